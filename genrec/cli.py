@@ -1,0 +1,209 @@
+"""The `genrec` command: parses arguments into typed configs and calls library functions. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from .errors import GenrecError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(fn):
+    """Turn known failures into one line on stderr and a documented exit code (2: bad input, 130: interrupted)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GenrecError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing partial was written (rerun with --resume where supported)", 130)
+        except MemoryError:
+            _fail("out of memory: lower --batch-size or the history/prompt limits", 3)
+
+    return wrapper
+
+
+def _overrides(**kwargs) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="genrec")
+def main() -> None:
+    """genrec: generative recommendation with language models.
+
+    \b
+    Typical flow on the embedded MovieLens sample:
+      genrec data prepare                       # -> runs/sample/data
+      genrec sft --config configs/sft.yaml      # -> runs/sample/model (LoRA adapter + everything to serve it)
+      genrec generate --users users.jsonl       # -> constrained top-K items per user (JSONL)
+      genrec evaluate                           # -> HR/NDCG/MRR/validity/coverage beside baselines
+    """
+
+
+# ------------------------------------------------------------------------------------------------ data
+@main.group()
+def data() -> None:
+    """Prepare interaction data for training and evaluation."""
+
+
+@data.command("prepare")
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with DataConfig keys.")
+@click.option("--interactions", help="Interactions file (CSV/TSV/JSONL/Parquet, optionally .gz). Default: embedded sample.")
+@click.option("--catalog", help="Item catalog file (item id, title, other text fields).")
+@click.option("--output", "-o", help="Output directory [runs/sample/data].")
+@click.option("--user-col", help="User id column (default: detected, e.g. user_id, userId).")
+@click.option("--item-col", help="Item id column in the interactions (default: detected).")
+@click.option("--time-col", help="Timestamp column: unix seconds or dates (default: detected).")
+@click.option("--rating-col", help="Rating column (optional).")
+@click.option("--title-col", help="Title column in the catalog (default: detected).")
+@click.option("--catalog-item-col", help="Item id column in the catalog (default: as --item-col or detected).")
+@click.option("--text-cols", help="Comma-separated catalog columns kept as item attributes (default: all others).")
+@click.option("--context-cols", help="Comma-separated interaction columns rendered as context.")
+@click.option("--min-user-interactions", type=int, help="k-core: minimum interactions per user [5] (at least 3).")
+@click.option("--min-item-interactions", type=int, help="k-core: minimum interactions per item [5].")
+@click.option("--max-history", type=int, help="Keep the most recent N items of each history [50].")
+@click.option("--min-rating", type=float, help="Keep interactions rated at least this (positives only).")
+@click.option("--keep-cold-items/--no-keep-cold-items", default=None, help="Keep catalog items never interacted with.")
+@click.option("--strict/--no-strict", default=None, help="Fail on interactions naming unknown items instead of dropping.")
+@click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
+@click.argument("overrides", nargs=-1)
+@friendly
+def data_prepare(config_path, overrides, **opts) -> None:
+    """Validate, k-core filter and split (leave-one-out by time) into an HF DatasetDict.
+
+    Extra KEY=VALUE arguments override config keys.
+    """
+    from .config import DataConfig, load_config, parse_overrides
+    from .data import prepare
+
+    cfg = load_config(DataConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
+    prepare(cfg, log=lambda m: click.echo(m, err=True))
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+@main.group()
+def prompts() -> None:
+    """Inspect prompt templates."""
+
+
+@prompts.command("show")
+@click.option("--data", "data_dir", default="runs/sample/data", show_default=True, help="Prepared data directory.")
+@click.option("--user", "user_id", required=True, help="User id whose test example is rendered.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--task", default="next_item", show_default=True, help="Shipped template name (prompts/<task>.j2).")
+@click.option("--template", type=click.Path(), help="Your own Jinja template file.")
+@click.option("--model", default="default", show_default=True, help="Model whose tokenizer and chat template apply.")
+@friendly
+def prompts_show(data_dir, user_id, split, task, template, model) -> None:
+    """Print exactly what the model sees for one user (chat-wrapped prompt and the target completion)."""
+    from .config import PromptConfig
+    from .training import show_prompt
+
+    click.echo(show_prompt(data_dir, user_id, split, PromptConfig(task=task, template=template), model))
+
+
+# ------------------------------------------------------------------------------------------------ sft
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with SFTConfig keys (configs/sft.yaml).")
+@click.option("--data", "data_dir", help="Prepared data directory.")
+@click.option("--output", "-o", help="Output model directory.")
+@click.option("--model", help="Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.")
+@click.option("--task", help="Prompt task (template prompts/<task>.j2).")
+@click.option("--template", type=click.Path(), help="Your own Jinja template.")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--resume/--no-resume", default=None, help="Continue from the last checkpoint in --output.")
+@click.option("--merge/--no-merge", default=None, help="Also write a merged full model (for vLLM).")
+@click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
+@click.argument("overrides", nargs=-1)
+@friendly
+def sft(config_path, data_dir, output, model, task, template, max_steps, resume, merge, overwrite, overrides) -> None:
+    """LoRA supervised fine-tuning with TRL on prompt/completion examples.
+
+    Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
+    Multi-GPU: `accelerate launch -m genrec.cli sft ...` runs the same command distributed.
+    """
+    from .config import SFTConfig, load_config, parse_overrides
+    from .training import train
+
+    cfg = load_config(SFTConfig, config_path, {
+        **parse_overrides(overrides),
+        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, resume=resume, merge=merge,
+                     overwrite=overwrite, **{"prompt.task": task, "prompt.template": template})})
+    train(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ generate
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with GenerateConfig keys.")
+@click.option("--model", help="Model directory written by `genrec sft`.")
+@click.option("--users", help="Users file: JSONL (or CSV) with user_id and/or history, optional context, request.")
+@click.option("--out", help="Output JSONL.")
+@click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's training data).")
+@click.option("--k", type=int, help="Recommendations per user [10].")
+@click.option("--beam-width", type=int, help="Beam width (>= k) [max(k, 10)].")
+@click.option("--batch-size", type=int, help="Users per batch [8].")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@click.option("--exclude-seen/--include-seen", default=None, help="Never recommend items in the history [on].")
+@click.option("--with-reasons/--no-reasons", default=None, help="Add a short reason after each item.")
+@click.option("--strict/--no-strict", default=None, help="Unknown users/items are errors instead of skipped.")
+@click.option("--resume/--no-resume", default=None, help="Keep users already in --out and generate the rest.")
+@click.argument("overrides", nargs=-1)
+@friendly
+def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
+             with_reasons, strict, resume, overrides) -> None:
+    """Top-K recommendations per user, constrained to valid catalog items."""
+    from .config import GenerateConfig, load_config, parse_overrides
+    from .generation import generate_file
+
+    cfg = load_config(GenerateConfig, config_path, {
+        **parse_overrides(overrides),
+        **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
+                     batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
+                     strict=strict, resume=resume)})
+    if not cfg.users:
+        raise GenrecError("--users FILE is required")
+    summary = generate_file(cfg)
+    click.echo(json.dumps(summary), err=True)
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")
+@click.option("--model", help="Model directory written by `genrec sft`.")
+@click.option("--data", "data_dir", help="Prepared data (default: the model's training data).")
+@click.option("--split", type=click.Choice(["valid", "test"]), help="Split to evaluate [test].")
+@click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
+@click.option("--max-users", type=int, help="Evaluate the first N users (deterministic sample).")
+@click.option("--batch-size", type=int)
+@click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
+@click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
+@click.argument("overrides", nargs=-1)
+@friendly
+def evaluate(config_path, model, data_dir, split, ks, max_users, batch_size, baselines, output, overrides) -> None:
+    """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
+    from .config import EvaluateConfig, load_config, parse_overrides
+    from .evaluation import run_evaluation
+
+    if baselines == "none":
+        baselines = []
+    cfg = load_config(EvaluateConfig, config_path, {
+        **parse_overrides(overrides),
+        **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, batch_size=batch_size,
+                     baselines=baselines, output=output)})
+    report = run_evaluation(cfg)
+    click.echo(report["markdown"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Typed configurations, one dataclass per command, loaded from YAML plus `key=value` overrides.
+
+The CLI only parses arguments into these; library functions take them as their single source of settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import GenrecError
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data" / "movielens"
+
+
+@dataclass
+class DataConfig:
+    """`genrec data prepare`: raw interactions + catalog -> a prepared dataset directory."""
+
+    interactions: str = str(SAMPLE_DIR / "ratings.csv.gz")
+    catalog: str = str(SAMPLE_DIR / "movies.csv.gz")
+    output: str = "runs/sample/data"
+    # Column names; None means "detect from common names" (user_id/userId/user, ...).
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    rating_col: str | None = None
+    title_col: str | None = None
+    catalog_item_col: str | None = None
+    text_cols: list[str] | None = None  # extra catalog text fields kept for prompts; None = every other column
+    context_cols: list[str] = field(default_factory=list)  # interaction columns rendered as context
+    min_user_interactions: int = 5
+    min_item_interactions: int = 5
+    max_history: int = 50
+    min_rating: float | None = None
+    keep_cold_items: bool = False
+    strict: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class PromptConfig:
+    """How a user's history becomes a prompt; shared by training, generation and serving."""
+
+    task: str = "next_item"
+    template: str | None = None  # path to a Jinja file; None = prompts/<task>.j2
+    max_history: int = 20
+    max_prompt_tokens: int = 384
+    max_title_chars: int = 120
+    with_reasons: bool = False
+    max_reason_tokens: int = 40
+
+
+@dataclass
+class SFTConfig:
+    """`genrec sft`: LoRA supervised fine-tuning with TRL."""
+
+    data: str = "runs/sample/data"
+    output: str = "runs/sample/model"
+    model: str = "default"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 120
+    num_epochs: float = 1.0
+    max_train_examples: int | None = None
+    save_steps: int = 40
+    logging_steps: int = 5
+    seed: int = 42
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPUs that support it
+    activation_checkpointing: bool = False
+    merge: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class GenerateConfig:
+    """`genrec generate`: constrained top-K recommendations for a users file."""
+
+    model: str = "runs/sample/model"
+    users: str = ""
+    out: str = "runs/sample/recommendations.jsonl"
+    data: str | None = None  # prepared data for user_id lookup; default: the one the model was trained on
+    k: int = 10
+    beam_width: int | None = None  # default: max(k, 10)
+    batch_size: int = 8
+    backend: str = "hf"
+    exclude_seen: bool = True
+    with_reasons: bool = False
+    strict: bool = False
+    resume: bool = False
+    dtype: str = "auto"
+
+
+@dataclass
+class EvaluateConfig:
+    """`genrec evaluate`: full-ranking leave-one-out metrics beside baselines."""
+
+    model: str = "runs/sample/model"
+    data: str | None = None
+    split: str = "test"
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    max_users: int | None = None
+    batch_size: int = 8
+    beam_width: int | None = None
+    exclude_seen: bool = True
+    baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
+    output: str | None = None  # default: <model>/eval-<split>
+    seed: int = 42
+    backend: str = "hf"
+    dtype: str = "auto"
+
+
+C = TypeVar("C")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, with a one-line error naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise GenrecError(f"config key '{key}' must be a mapping")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise GenrecError(f"config key '{key}' must be a list")
+        return [_coerce(v, inner, key) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        raise GenrecError(f"config key '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}") from None
+
+
+def _from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise GenrecError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Defaults <- YAML file <- overrides (dotted keys such as `prompt.max_history=10`)."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise GenrecError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise GenrecError(f"config file {path}{where} is not valid YAML") from None
+        if not isinstance(data, dict):
+            raise GenrecError(f"config file {path} must contain a mapping of keys to values")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise GenrecError(f"config key '{key}' is not a nested mapping")
+        node[last] = value
+    return _from_dict(cls, data)
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise GenrecError(f"expected key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,295 @@
+"""Data preparation: raw interactions + item catalog -> leave-one-out splits as an HF DatasetDict.
+
+A prepared directory holds:
+  dataset/        DatasetDict(train, valid, test); rows: user_id, history, history_ts, target, target_ts, context
+  catalog.jsonl   one item per line: item_id, title, attrs (other text fields)
+  users.jsonl     each user's full chronological sequence (items, timestamps): for exclusion of seen items,
+                  user-id lookup at generation, and sequential baselines
+  manifest.json   source files and hashes, options, counts
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import DataConfig, to_dict
+from .errors import GenrecError
+from .files import atomic_dir, read_json, read_jsonl, sha256_file, write_json, write_jsonl
+
+USER_ALIASES = ["user_id", "userId", "user", "uid", "reviewerID", "user_id:token"]
+ITEM_ALIASES = ["item_id", "itemId", "movieId", "item", "iid", "asin", "product_id", "item_id:token"]
+TIME_ALIASES = ["timestamp", "time", "ts", "datetime", "date", "unixReviewTime", "timestamp:float"]
+RATING_ALIASES = ["rating", "score", "stars", "overall", "rating:float"]
+TITLE_ALIASES = ["title", "name", "item_title", "title:token_seq"]
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read CSV / TSV / JSONL / Parquet (optionally .gz) with every column as string."""
+    path = Path(path)
+    if not path.exists():
+        raise GenrecError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise GenrecError(f"{what} path {path} is a directory, expected a file")
+    if path.stat().st_size == 0:
+        raise GenrecError(f"{what} file {path} is empty")
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    kind = suffixes[-1] if suffixes else ".csv"
+    try:
+        if kind == ".parquet":
+            df = pd.read_parquet(path).astype(str)
+        elif kind in (".jsonl", ".json", ".ndjson"):
+            df = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+            df = df.astype(str).where(df.notna(), None)
+        else:
+            sep = "\t" if kind in (".tsv", ".tab", ".inter", ".item") else ","
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                             encoding="utf-8", encoding_errors="strict")
+    except UnicodeDecodeError as exc:
+        raise GenrecError(f"{what} file {path} is not valid UTF-8 (byte offset {exc.start})") from None
+    except (ValueError, pd.errors.ParserError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GenrecError(f"{what} file {path} could not be parsed: {first}") from None
+    if df.empty or len(df.columns) == 0:
+        raise GenrecError(f"{what} file {path} has no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _pick_column(df: pd.DataFrame, given: str | None, aliases: list[str], role: str, what: str,
+                 required: bool = True) -> str | None:
+    if given is not None:
+        if given not in df.columns:
+            raise GenrecError(f"{what} has no column '{given}' for {role} (columns: {', '.join(df.columns)})")
+        return given
+    for name in aliases:
+        if name in df.columns:
+            return name
+    if required:
+        raise GenrecError(f"{what} has no {role} column (looked for {', '.join(aliases)}; "
+                          f"columns: {', '.join(df.columns)}); name it with the matching --*-col option")
+    return None
+
+
+def parse_timestamps(values: pd.Series, what: str) -> np.ndarray:
+    """Unix seconds from numbers or ISO-like dates; any missing or unparsable value is an error."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().any():  # a numeric column: every value must be a finite number
+        arr = numeric.to_numpy(dtype=float)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise GenrecError(f"{what}: timestamp {values.iloc[row]!r} in data row {row + 1} cannot be parsed")
+        return arr.astype(np.int64)
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise GenrecError(f"{what}: timestamp {values.iloc[row]!r} in data row {row + 1} cannot be parsed")
+    return (parsed.astype("int64") // 10**9).to_numpy()
+
+
+def _kcore(df: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
+    while True:
+        item_counts = df["item"].map(df["item"].value_counts())
+        user_counts = df["user"].map(df["user"].value_counts())
+        keep = (item_counts >= min_item) & (user_counts >= min_user)
+        if keep.all():
+            return df
+        df = df[keep]
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset directory, loaded."""
+
+    path: Path
+    manifest: dict
+    catalog: dict[str, dict]  # item_id -> {item_id, title, attrs}
+    users: dict[str, dict]  # user_id -> {items, timestamps}
+
+    def split(self, name: str):
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(self.path / "dataset"))
+        if name not in ds:
+            raise GenrecError(f"{self.path} has no split '{name}' (splits: {', '.join(ds.keys())})")
+        return ds[name]
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    path = Path(path)
+    if not (path / "manifest.json").is_file() or not (path / "dataset").is_dir():
+        raise GenrecError(f"{path} is not a prepared genrec dataset (run `genrec data prepare` first)")
+    manifest = read_json(path / "manifest.json")
+    catalog = {row["item_id"]: row for row in read_jsonl(path / "catalog.jsonl")}
+    users = {row["user_id"]: row for row in read_jsonl(path / "users.jsonl")}
+    return PreparedData(path=path, manifest=manifest, catalog=catalog, users=users)
+
+
+def prepare(cfg: DataConfig, log=print) -> dict:
+    """Validate, filter, split and write a prepared dataset atomically; return the manifest."""
+    inter = read_table(cfg.interactions, "interactions")
+    cat = read_table(cfg.catalog, "catalog")
+
+    u_col = _pick_column(inter, cfg.user_col, USER_ALIASES, "user", "interactions")
+    i_col = _pick_column(inter, cfg.item_col, ITEM_ALIASES, "item", "interactions")
+    t_col = _pick_column(inter, cfg.time_col, TIME_ALIASES, "timestamp", "interactions")
+    r_col = _pick_column(inter, cfg.rating_col, RATING_ALIASES, "rating", "interactions", required=False)
+    ci_col = _pick_column(cat, cfg.catalog_item_col or cfg.item_col, ITEM_ALIASES, "item", "catalog")
+    title_col = _pick_column(cat, cfg.title_col, TITLE_ALIASES, "title", "catalog")
+    for c in cfg.context_cols:
+        _pick_column(inter, c, [], "context", "interactions")
+    text_cols = cfg.text_cols
+    if text_cols is None:
+        text_cols = [c for c in cat.columns if c not in (ci_col, title_col)]
+    for c in text_cols:
+        _pick_column(cat, c, [], "text", "catalog")
+
+    # --- catalog checks
+    cat = cat.copy()
+    cat[ci_col] = cat[ci_col].fillna("").astype(str).str.strip()
+    if (cat[ci_col] == "").any():
+        row = int(np.flatnonzero((cat[ci_col] == "").to_numpy())[0])
+        raise GenrecError(f"catalog: empty item id in data row {row + 1}")
+    dup = cat[ci_col][cat[ci_col].duplicated()]
+    if len(dup):
+        raise GenrecError(f"catalog: {len(dup)} duplicate item id(s), first {dup.iloc[0]!r}")
+    titles = cat[title_col].fillna("").astype(str)
+    empty = titles.str.strip() == ""
+    if empty.any():
+        raise GenrecError(f"catalog: {int(empty.sum())} item(s) with an empty title, "
+                          f"first item id {cat[ci_col][empty].iloc[0]!r}")
+
+    # --- interactions
+    n_raw = len(inter)
+    df = pd.DataFrame({
+        "user": inter[u_col].fillna("").astype(str).str.strip(),
+        "item": inter[i_col].fillna("").astype(str).str.strip(),
+        "ts": parse_timestamps(inter[t_col], "interactions"),
+        "row": np.arange(n_raw),
+    })
+    for c in cfg.context_cols:
+        df["ctx_" + c] = inter[c].fillna("").astype(str)
+    if ((df["user"] == "") | (df["item"] == "")).any():
+        row = int(np.flatnonzero(((df["user"] == "") | (df["item"] == "")).to_numpy())[0])
+        raise GenrecError(f"interactions: empty user or item id in data row {row + 1}")
+    if cfg.min_rating is not None:
+        if r_col is None:
+            raise GenrecError("--min-rating was given but the interactions have no rating column")
+        ratings = pd.to_numeric(inter[r_col], errors="coerce")
+        if ratings.isna().any():
+            row = int(np.flatnonzero(ratings.isna().to_numpy())[0])
+            raise GenrecError(f"interactions: rating {inter[r_col].iloc[row]!r} in data row {row + 1} is not a number")
+        df = df[(ratings >= cfg.min_rating).to_numpy()]
+    known = df["item"].isin(set(cat[ci_col]))
+    n_unknown = int((~known).sum())
+    if n_unknown and cfg.strict:
+        raise GenrecError(f"interactions: {n_unknown} row(s) name items absent from the catalog, "
+                          f"first {df['item'][~known].iloc[0]!r} (drop them by leaving out --strict)")
+    df = df[known]
+    df = _kcore(df, max(3, cfg.min_user_interactions), max(1, cfg.min_item_interactions))
+    if df.empty:
+        raise GenrecError("no interactions left after filtering (check --min-* options and item ids)")
+    # Chronological per user; equal timestamps keep file order (never item-id order, which leaks).
+    df = df.sort_values(["user", "ts", "row"], kind="stable")
+
+    n_users_raw = inter[u_col].nunique()
+    kept_items = set(df["item"])
+    catalog_rows = []
+    dup_titles = 0
+    seen_titles: set[str] = set()
+    for item_id, title, *attrs in zip(cat[ci_col], titles, *[cat[c] for c in text_cols]):
+        if not cfg.keep_cold_items and item_id not in kept_items:
+            continue
+        title = " ".join(title.split())
+        if title in seen_titles:
+            dup_titles += 1
+        seen_titles.add(title)
+        catalog_rows.append({
+            "item_id": item_id,
+            "title": title,
+            "attrs": {c: ("" if a is None or (isinstance(a, float) and math.isnan(a)) else str(a))
+                      for c, a in zip(text_cols, attrs)},
+        })
+
+    ctx_cols = ["ctx_" + c for c in cfg.context_cols]
+    splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    users_rows = []
+    H = cfg.max_history
+    for user, g in df.groupby("user", sort=False):
+        items = g["item"].tolist()
+        ts = g["ts"].tolist()
+        ctx = [dict(zip(cfg.context_cols, vals)) for vals in zip(*[g[c].tolist() for c in ctx_cols])] \
+            if ctx_cols else [{} for _ in items]
+        users_rows.append({"user_id": user, "items": items, "timestamps": ts})
+
+        def example(t: int) -> dict:
+            lo = max(0, t - H)
+            return {"user_id": user, "history": items[lo:t], "history_ts": ts[lo:t],
+                    "target": items[t], "target_ts": ts[t], "context": json.dumps(ctx[t])}
+
+        n = len(items)
+        splits["test"].append(example(n - 1))
+        splits["valid"].append(example(n - 2))
+        for t in range(1, n - 2):
+            splits["train"].append(example(t))
+
+    if not splits["train"]:
+        raise GenrecError("the training split is empty after filtering")
+
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+    features = Features({
+        "user_id": Value("string"), "history": Sequence(Value("string")), "history_ts": Sequence(Value("int64")),
+        "target": Value("string"), "target_ts": Value("int64"), "context": Value("string"),
+    })
+    dsd = DatasetDict({k: Dataset.from_list(v, features=features) for k, v in splits.items()})
+
+    lengths = np.array([len(u["items"]) for u in users_rows])
+    n_users, n_items, n_inter = len(users_rows), len(kept_items), len(df)
+    manifest = {
+        "genrec_prepared": 1,
+        "sources": {
+            "interactions": {"path": str(Path(cfg.interactions).resolve()), "sha256": sha256_file(cfg.interactions)},
+            "catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)},
+        },
+        "options": to_dict(cfg),
+        "columns": {"user": u_col, "item": i_col, "timestamp": t_col, "rating": r_col, "catalog_item": ci_col,
+                    "title": title_col, "text": text_cols, "context": cfg.context_cols},
+        "counts": {
+            "raw_interactions": n_raw, "raw_users": int(n_users_raw), "catalog_items": len(cat),
+            "dropped_unknown_item_interactions": n_unknown,
+            "dropped_users": int(n_users_raw - n_users),
+            "users": n_users, "items": n_items, "catalog_items_kept": len(catalog_rows),
+            "interactions": n_inter, "density": n_inter / (n_users * n_items),
+            "duplicate_titles": dup_titles,
+            "train_examples": len(splits["train"]), "valid_examples": len(splits["valid"]),
+            "test_examples": len(splits["test"]),
+            "history_length_p50": float(np.percentile(lengths, 50)),
+            "history_length_p90": float(np.percentile(lengths, 90)),
+            "history_length_max": int(lengths.max()),
+        },
+    }
+    with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
+        dsd.save_to_disk(str(tmp / "dataset"))
+        write_jsonl(tmp / "catalog.jsonl", catalog_rows)
+        write_jsonl(tmp / "users.jsonl", users_rows)
+        write_json(tmp / "manifest.json", manifest)
+    c = manifest["counts"]
+    log(f"prepared {cfg.output}: {c['users']} users, {c['items']} items, {c['interactions']} interactions, "
+        f"density {c['density']:.4f}; history length p50 {c['history_length_p50']:.0f}, "
+        f"p90 {c['history_length_p90']:.0f}, max {c['history_length_max']}; "
+        f"train/valid/test examples {c['train_examples']}/{c['valid_examples']}/{c['test_examples']}")
+    if n_unknown:
+        log(f"dropped {n_unknown} interaction(s) naming items absent from the catalog")
+    if c["dropped_users"]:
+        log(f"dropped {c['dropped_users']} user(s) left with too few interactions after filtering")
+    if dup_titles:
+        log(f"{dup_titles} duplicate title(s) in the catalog (disambiguated in the item index)")
+    return manifest

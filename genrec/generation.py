@@ -1,0 +1,267 @@
+"""Recommendation requests -> constrained top-K items (+ optional reasons). Used by `generate`, `evaluate`, `serve`.
+
+Empty-history policy: a request with neither history nor request text gets the most popular training items
+(flagged `"fallback": "popular"` in its output line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import GenerateConfig, PromptConfig
+from .errors import GenrecError
+from .files import read_json, read_jsonl
+from .index import ItemIndex, TokenTrie
+from .models import MODEL_CARD, load_base, resolve_base_model
+from .prompts import PromptBuilder, load_template
+
+
+@dataclass
+class Request:
+    """One user to recommend for: a known user id and/or an explicit history, optional context and request."""
+
+    user_id: str | None = None
+    history: list[str] = field(default_factory=list)
+    history_ts: list[int] | None = None
+    context: dict = field(default_factory=dict)
+    request: str | None = None
+    seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
+
+
+class Recommender:
+    """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
+
+    def __init__(self, model_dir: str | Path, dtype: str = "auto"):
+        model_dir = Path(model_dir)
+        card_path = model_dir / MODEL_CARD
+        if not card_path.is_file():
+            if any(model_dir.glob("checkpoint-*")):
+                raise GenrecError(f"{model_dir} is an unfinished training run (finish it with `genrec sft --resume`)")
+            raise GenrecError(f"{model_dir} is not a genrec model directory (no {MODEL_CARD}; train with `genrec sft`)")
+        self.dir = model_dir
+        self.card = read_json(card_path)
+        if self.card.get("merged"):
+            self.model, self.tok = load_base(model_dir / self.card["merged"], dtype)
+        else:
+            from peft import PeftModel
+
+            base, self.tok = load_base(resolve_base_model(self.card["base_model"]), dtype)
+            self.model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().eval()
+            from .models import load_tokenizer
+
+            self.tok = load_tokenizer(model_dir)
+        self.index = ItemIndex.load(model_dir / "item_index.json")
+        self.catalog = {row["item_id"]: row for row in read_jsonl(model_dir / "catalog.jsonl")}
+        prompt = dict(self.card["prompt"])
+        prompt["template"] = str(model_dir / prompt["template"])
+        self.prompt_cfg = PromptConfig(**prompt)
+        self.builder = PromptBuilder(self.tok, self.prompt_cfg, self.catalog, self.index,
+                                     load_template(self.prompt_cfg.template))
+        self.trie = TokenTrie([self.builder.item_tokens(t) for t in self.index.targets])
+        self.popular = read_json(model_dir / "popularity.json")
+
+    @property
+    def with_reasons(self) -> bool:
+        return self.builder.with_reasons
+
+    def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
+                  exclude_seen: bool = True, with_reasons: bool = False) -> list[dict]:
+        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}]."""
+        from .constrained import beam_search
+
+        if k < 1 or k > len(self.index.item_ids):
+            raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
+        if with_reasons and not self.with_reasons:
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
+        width = max(beam_width or max(k, 10), k)
+        results: list[dict | None] = [None] * len(requests)
+        todo, prompts, banned = [], [], []
+        for n, req in enumerate(requests):
+            if not req.history and not req.request:
+                results[n] = self._fallback(req, k, exclude_seen)
+                continue
+            prompts.append(self.builder.encode(req.history, req.history_ts, req.context, req.request))
+            seen = (req.seen | set(req.history)) if exclude_seen else set()
+            banned.append({self.index.position[i] for i in seen if i in self.index.position})
+            todo.append(n)
+        if todo:
+            found = beam_search(self.model, prompts, self.trie, k, width, self.tok.pad_token_id, banned)
+            reasons = self._reasons(prompts, found) if with_reasons else None
+            for j, n in enumerate(todo):
+                recs = []
+                for rank, h in enumerate(found[j], start=1):
+                    item_id = self.index.item_ids[h.item]
+                    rec = {"item_id": item_id, "title": self.catalog[item_id]["title"], "rank": rank,
+                           "score": round(h.score, 5)}
+                    if reasons is not None:
+                        rec["reason"] = reasons[j][rank - 1]
+                    recs.append(rec)
+                results[n] = {"recommendations": recs}
+        return results  # type: ignore[return-value]
+
+    def _fallback(self, req: Request, k: int, exclude_seen: bool) -> dict:
+        seen = req.seen if exclude_seen else set()
+        items = [i for i in self.popular if i not in seen and i in self.catalog][:k]
+        return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}
+                                    for r, i in enumerate(items, start=1)], "fallback": "popular"}
+
+    def _reasons(self, prompts: list[list[int]], found) -> list[list[str]]:
+        """Greedy free-text reasons after each chosen item; the item itself is already fixed."""
+        import torch
+        from transformers import GenerationConfig
+
+        from .constrained import left_pad
+
+        seqs, owners = [], []
+        for j, hyps in enumerate(found):
+            for h in hyps:
+                seqs.append(prompts[j] + self.builder.item_tokens(self.index.targets[h.item]))
+                owners.append(j)
+        texts: list[str] = []
+        gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.prompt_cfg.max_reason_tokens,
+                              eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(seqs), 32):
+            ids, attn = left_pad(seqs[start:start + 32], self.tok.pad_token_id, device)
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=attn, generation_config=gc)
+            for row in out[:, ids.shape[1]:]:
+                texts.append(" ".join(self.tok.decode(row, skip_special_tokens=True).split()))
+        per_user: list[list[str]] = [[] for _ in found]
+        for j, text in zip(owners, texts):
+            per_user[j].append(text)
+        return per_user
+
+
+# ------------------------------------------------------------------------------------------- users file
+def read_users_file(path: str | Path) -> list[dict]:
+    """JSONL (one object per line) or CSV (user_id[,history as space/|-separated ids][,request])."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenrecError(f"users file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenrecError(f"users file {path} is not valid UTF-8 (byte offset {exc.start})") from None
+    if not text.strip():
+        raise GenrecError(f"users file {path} is empty")
+    if path.suffix.lower() == ".csv":
+        import csv
+        import io
+
+        rows = []
+        for row in csv.DictReader(io.StringIO(text)):
+            hist = (row.get("history") or "").replace("|", " ").split()
+            rows.append({k: v for k, v in {"user_id": row.get("user_id") or None, "history": hist,
+                                            "request": row.get("request") or None}.items() if v})
+        return rows
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GenrecError(f"users file {path} line {n}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise GenrecError(f"users file {path} line {n}: expected a JSON object")
+        rows.append(obj)
+    return rows
+
+
+def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], max_history: int,
+               where: str) -> Request:
+    """Validate one users-file/HTTP object; raises GenrecError naming what is wrong."""
+    uid = obj.get("user_id")
+    if uid is not None and not isinstance(uid, (str, int)):
+        raise GenrecError(f"{where}: user_id must be a string")
+    hist = obj.get("history")
+    if hist is not None and (not isinstance(hist, list) or not all(isinstance(i, (str, int)) for i in hist)):
+        raise GenrecError(f"{where}: history must be a list of item ids")
+    ctx = obj.get("context") or {}
+    if not isinstance(ctx, dict):
+        raise GenrecError(f"{where}: context must be an object")
+    req_text = obj.get("request")
+    if req_text is not None and not isinstance(req_text, str):
+        raise GenrecError(f"{where}: request must be a string")
+    seen: set[str] = set()
+    history: list[str] = []
+    if hist is not None:
+        history = [str(i) for i in hist]
+    elif uid is not None:
+        if users is None or str(uid) not in users:
+            raise GenrecError(f"{where}: unknown user_id {uid!r}")
+        history = list(users[str(uid)]["items"])
+    elif req_text is None:
+        raise GenrecError(f"{where}: give user_id, history or request")
+    unknown = [i for i in history if i not in catalog]
+    if unknown:
+        raise GenrecError(f"{where}: unknown item id {unknown[0]!r} in history")
+    seen = set(history)
+    return Request(user_id=None if uid is None else str(uid), history=history[-max_history:] if max_history else [],
+                   context=ctx, request=req_text, seen=seen)
+
+
+def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Read a users file, write one JSONL line per user atomically; return a summary."""
+    from tqdm.auto import tqdm
+
+    if cfg.backend != "hf":
+        raise GenrecError(f"backend {cfg.backend!r} is not available in this build (use --backend hf)")
+    rows = read_users_file(cfg.users)
+    rec = Recommender(cfg.model, cfg.dtype)
+    users = None
+    data_dir = cfg.data or rec.card.get("data")
+    if any("history" not in r for r in rows):
+        if data_dir and Path(data_dir, "users.jsonl").is_file():
+            users = {u["user_id"]: u for u in read_jsonl(Path(data_dir) / "users.jsonl")}
+    # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
+    # a crash never leaves a half-written <out>, and --resume continues from the partial file.
+    out = Path(cfg.out)
+    partial = out.with_name(out.name + ".partial")
+    done: dict[str, str] = {}
+    if cfg.resume and partial.is_file():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                done[str(json.loads(line)["index"])] = line
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line from a crash is regenerated
+    requests, skipped = [], 0
+    for n, obj in enumerate(rows, start=1):
+        try:
+            requests.append((n, obj, to_request(obj, users, rec.catalog, 10**9, f"users file line {n}")))
+        except GenrecError as exc:
+            if cfg.strict:
+                raise
+            skipped += 1
+            log(f"warning: skipped: {exc}")
+    settings = {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
+                "with_reasons": cfg.with_reasons}
+    t0 = time.time()
+    pending = [r for r in requests if str(r[0]) not in done]
+    bar = tqdm(total=len(requests), initial=len(requests) - len(pending), desc="users", unit="user")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "w", encoding="utf-8") as fh:
+        for line in done.values():
+            fh.write(line + "\n")
+        for start in range(0, len(pending), cfg.batch_size):
+            chunk = pending[start:start + cfg.batch_size]
+            results = rec.recommend([r for _, _, r in chunk], cfg.k, cfg.beam_width, cfg.exclude_seen,
+                                    cfg.with_reasons)
+            for (n, obj, req), res in zip(chunk, results):
+                line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(chunk))
+    os.replace(partial, out)
+    bar.close()
+    elapsed = time.time() - t0
+    return {"written": len(requests), "generated": len(pending), "resumed": len(done), "skipped": skipped,
+            "seconds": round(elapsed, 2), "users_per_second": round(len(pending) / elapsed, 3) if elapsed else None,
+            "out": str(out)}

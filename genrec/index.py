@@ -1,0 +1,93 @@
+"""Item identifiers (what the model writes for an item) and the token trie that constrains decoding to them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import GenrecError
+from .files import read_json, write_json
+
+ID_STYLES = ("title",)
+
+
+@dataclass
+class ItemIndex:
+    """Maps catalog items to their generation target strings; one target per item, all distinct."""
+
+    style: str
+    item_ids: list[str]
+    targets: list[str]
+    disambiguated: int = 0
+    position: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.position = {item: i for i, item in enumerate(self.item_ids)}
+
+    @classmethod
+    def build(cls, catalog: list[dict], style: str = "title") -> ItemIndex:
+        if style not in ID_STYLES:
+            raise GenrecError(f"unknown item identifier style {style!r} (available: {', '.join(ID_STYLES)})")
+        counts = Counter(row["title"] for row in catalog)
+        targets, seen, n_dis = [], set(), 0
+        for row in catalog:
+            title = row["title"]
+            # Duplicate titles: the first keeps its title, later ones get their item id appended (deterministic).
+            if counts[title] > 1 and title in seen:
+                title = f"{title} [{row['item_id']}]"
+                n_dis += 1
+            seen.add(row["title"])
+            targets.append(title)
+        if len(set(targets)) != len(targets):
+            raise GenrecError("item targets are not unique even after disambiguation")
+        return cls(style=style, item_ids=[r["item_id"] for r in catalog], targets=targets, disambiguated=n_dis)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"style": self.style, "disambiguated": self.disambiguated,
+                          "items": [{"item_id": i, "target": t} for i, t in zip(self.item_ids, self.targets)]})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemIndex:
+        data = read_json(path)
+        return cls(style=data["style"], item_ids=[r["item_id"] for r in data["items"]],
+                   targets=[r["target"] for r in data["items"]], disambiguated=data.get("disambiguated", 0))
+
+
+class TokenTrie:
+    """Prefix tree over token sequences; a leaf (reached through the end token) names one item."""
+
+    def __init__(self, sequences: list[list[int]]):
+        self.children: list[dict[int, int]] = [{}]
+        self.leaf_item: dict[int, int] = {}
+        for item, seq in enumerate(sequences):
+            node = 0
+            for tok in seq:
+                nxt = self.children[node].get(tok)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][tok] = nxt
+                    self.children.append({})
+                node = nxt
+            if node in self.leaf_item:
+                raise GenrecError(f"items {self.leaf_item[node]} and {item} have the same token sequence")
+            self.leaf_item[node] = item
+        self.depth = max((len(s) for s in sequences), default=0)
+        self._allowed: dict[int, list[int]] = {}
+
+    def allowed(self, node: int) -> list[int]:
+        out = self._allowed.get(node)
+        if out is None:
+            out = self._allowed[node] = list(self.children[node])
+        return out
+
+    def step(self, node: int, token: int) -> int | None:
+        return self.children[node].get(token)
+
+    def walk(self, tokens: list[int]) -> int | None:
+        node = 0
+        for t in tokens:
+            node = self.children[node].get(t)
+            if node is None:
+                return None
+        return node

@@ -1,0 +1,203 @@
+"""Jinja prompt templates -> token ids, with item text kept as plain data.
+
+A template defines blocks `system` and `user` (and optionally `reason`, the supervised explanation that follows
+the item). Context passed to every block:
+  history    list of items, oldest first: {id, title, target, attrs, timestamp, date}
+  context    dict of context fields of the request (device, hour, scene, ...), possibly empty
+  request    natural-language request text or None
+  candidate  an item (preference tasks) or None
+  item       the target item (only in the `reason` block)
+  id_style   how items are identified ("title", ...)
+  n_history  number of history items shown
+Rendering is sandboxed with StrictUndefined. Item and user text is tokenized with special tokens split,
+so a title containing "<|im_end|>" reaches the model as the characters, never as the control token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .config import PromptConfig
+from .errors import GenrecError
+from .index import ItemIndex
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+_SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
+REASON_SEPARATOR = "\n"
+
+
+def template_path(cfg: PromptConfig) -> Path:
+    path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{cfg.task}.j2"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
+        raise GenrecError(f"template {path} does not exist (shipped tasks: {known})")
+    return path
+
+
+@dataclass
+class Template:
+    path: Path
+    source: str
+    template: jinja2.Template
+
+    @property
+    def has_reason(self) -> bool:
+        return "reason" in self.template.blocks
+
+    def render_block(self, block: str, variables: dict) -> str:
+        fn = self.template.blocks.get(block)
+        if fn is None:
+            raise GenrecError(f"template {self.path} has no block '{block}'")
+        try:
+            return "".join(fn(self.template.new_context(variables))).strip()
+        except jinja2.UndefinedError as exc:
+            raise GenrecError(f"template {self.path}: {exc.message}") from None
+        except jinja2.TemplateError as exc:
+            raise GenrecError(f"template {self.path}: {exc}") from None
+
+
+def load_template(path: str | Path) -> Template:
+    path = Path(path)
+    source = path.read_text(encoding="utf-8")
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    try:
+        tmpl = env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise GenrecError(f"template {path} line {exc.lineno}: {exc.message}") from None
+    t = Template(path=path, source=source, template=tmpl)
+    for block in ("system", "user"):
+        if block not in tmpl.blocks:
+            raise GenrecError(f"template {path} must define a '{{% block {block} %}}'")
+    return t
+
+
+def _clean(text: str, limit: int) -> str:
+    """One line, bounded length: item text can never start a new turn or field in the prompt."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class PromptBuilder:
+    """Turns (history, context, request) into prompt token ids and items into completion token ids."""
+
+    def __init__(self, tokenizer, cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex,
+                 template: Template | None = None):
+        self.tok = tokenizer
+        self.cfg = cfg
+        self.catalog = catalog
+        self.index = index
+        self.template = template or load_template(template_path(cfg))
+        self.eos_id = tokenizer.eos_token_id
+        sep = self.plain(REASON_SEPARATOR)
+        if len(sep) != 1:
+            raise GenrecError("the tokenizer must encode a newline as one token")
+        self.reason_sep_id = sep[0]
+        self._frame = self._chat_frame()
+
+    @property
+    def with_reasons(self) -> bool:
+        return self.template.has_reason
+
+    @property
+    def item_end_id(self) -> int:
+        """Token that closes the item part: EOS, or the newline that starts the reason."""
+        return self.reason_sep_id if self.with_reasons else self.eos_id
+
+    def plain(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _control(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _chat_frame(self) -> tuple[list[int], list[int], list[int]]:
+        """Token ids of the chat template around the system and user text (computed once)."""
+        if self.tok.chat_template:
+            text = self.tok.apply_chat_template(
+                [{"role": "system", "content": _SYS}, {"role": "user", "content": _USR}],
+                tokenize=False, add_generation_prompt=True)
+            if text.count(_SYS) == 1 and text.count(_USR) == 1 and text.index(_SYS) < text.index(_USR):
+                pre, rest = text.split(_SYS)
+                mid, post = rest.split(_USR)
+                return self._control(pre), self._control(mid), self._control(post)
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        return bos, self.plain("\n\n"), self.plain("\n\nAnswer: ")
+
+    def item_view(self, item_id: str, timestamp: int | None = None) -> dict:
+        row = self.catalog.get(item_id)
+        if row is None:
+            raise GenrecError(f"unknown item id {item_id!r}")
+        lim = self.cfg.max_title_chars
+        pos = self.index.position.get(item_id)
+        return {
+            "id": item_id,
+            "title": _clean(row["title"], lim),
+            "target": self.index.targets[pos] if pos is not None else _clean(row["title"], lim),
+            "attrs": {k: _clean(v, lim) for k, v in row.get("attrs", {}).items()},
+            "timestamp": timestamp,
+            "date": dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d") if timestamp else "",
+        }
+
+    def _variables(self, history, history_ts, context, request, candidate) -> dict:
+        ts = history_ts if history_ts is not None else [None] * len(history)
+        return {
+            "history": [self.item_view(i, t) for i, t in zip(history, ts)],
+            "context": {str(k): _clean(v, self.cfg.max_title_chars) for k, v in (context or {}).items()},
+            "request": _clean(request, 4 * self.cfg.max_title_chars) if request else None,
+            "candidate": self.item_view(candidate) if candidate else None,
+            "id_style": self.index.style,
+            "n_history": len(history),
+        }
+
+    def render(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
+               request: str | None = None, candidate: str | None = None) -> tuple[str, str, int]:
+        """(system text, user text, number of history items kept) within the token budget."""
+        history = list(history)[-self.cfg.max_history:] if self.cfg.max_history > 0 else []
+        if history_ts is not None:
+            history_ts = list(history_ts)[-len(history):] if history else []
+        while True:
+            v = self._variables(history, history_ts, context, request, candidate)
+            system, user = self.template.render_block("system", v), self.template.render_block("user", v)
+            if len(self._wrap(system, user)) <= self.cfg.max_prompt_tokens:
+                return system, user, len(history)
+            if not history:
+                raise GenrecError(f"prompt is longer than max_prompt_tokens={self.cfg.max_prompt_tokens} "
+                                  "even without history")
+            # Trim from the oldest end: the target (never part of the prompt) is untouched.
+            history = history[1:]
+            history_ts = history_ts[1:] if history_ts is not None else None
+
+    def _wrap(self, system: str, user: str) -> list[int]:
+        pre, mid, post = self._frame
+        return pre + self.plain(system) + mid + self.plain(user) + post
+
+    def encode(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
+               request: str | None = None, candidate: str | None = None) -> list[int]:
+        system, user, _ = self.render(history, history_ts, context, request, candidate)
+        return self._wrap(system, user)
+
+    def as_text(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def item_tokens(self, target: str) -> list[int]:
+        """The exact token sequence the model writes for an item: target text, then the end token."""
+        return self.plain(target) + [self.item_end_id]
+
+    def reason_text(self, item_id: str, history: list[str], history_ts: list[int] | None = None,
+                    context: dict | None = None) -> str:
+        v = self._variables(list(history)[-self.cfg.max_history:], None, context, None, None)
+        v["item"] = self.item_view(item_id)
+        return " ".join(self.template.render_block("reason", v).split())
+
+    def completion(self, item_id: str, history: list[str], context: dict | None = None) -> list[int]:
+        pos = self.index.position.get(item_id)
+        if pos is None:
+            raise GenrecError(f"item {item_id!r} is not in the item index")
+        ids = self.item_tokens(self.index.targets[pos])
+        if self.with_reasons:
+            ids += self.plain(self.reason_text(item_id, history, context=context)) + [self.eos_id]
+        return ids

@@ -1,0 +1,224 @@
+"""`genrec sft`: prompt/completion examples from prepared data, LoRA fine-tuning with TRL's SFTTrainer.
+
+We tokenize examples ourselves (prompt ids + completion ids + completion mask) so that training sees exactly the
+token sequences that constrained decoding later allows; TRL then masks the prompt out of the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from .config import PromptConfig, SFTConfig, to_dict
+from .data import PreparedData, load_prepared
+from .errors import GenrecError
+from .files import atomic_file, write_json, write_jsonl
+from .index import ItemIndex
+from .models import MODEL_CARD, load_tokenizer, pick_dtype, resolve_base_model
+from .prompts import PromptBuilder, load_template, template_path
+
+
+def train_popularity(data: PreparedData) -> Counter:
+    """Interaction counts in the training part of each sequence (the last two items are valid/test)."""
+    counts: Counter = Counter()
+    for user in data.users.values():
+        counts.update(user["items"][:-2])
+    return counts
+
+
+def make_builder(tokenizer, prompt_cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex) -> PromptBuilder:
+    return PromptBuilder(tokenizer, prompt_cfg, catalog, index, load_template(template_path(prompt_cfg)))
+
+
+def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfig, model: str) -> str:
+    data = load_prepared(data_dir)
+    rows = data.split(split).filter(lambda r: r["user_id"] == user_id)
+    if len(rows) == 0:
+        raise GenrecError(f"user {user_id!r} has no example in split '{split}' of {data_dir}")
+    row = rows[-1]
+    tok = load_tokenizer(resolve_base_model(model))
+    builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
+    prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
+    completion = builder.completion(row["target"], row["history"])
+    return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
+            f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
+
+
+def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int) -> tuple[list[dict], int]:
+    """Tokenized examples in a seeded random order; examples that cannot be rendered are skipped and counted."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    if limit is not None:
+        order = order[:limit]
+    out, skipped = [], 0
+    from tqdm.auto import tqdm
+
+    for i in tqdm(order, desc="tokenizing examples", unit="ex", mininterval=1.0):
+        row = rows[i]
+        try:
+            prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
+            completion = builder.completion(row["target"], row["history"])
+        except GenrecError:
+            skipped += 1
+            continue
+        out.append({"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+    return out, skipped
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """Newest checkpoint that was saved completely (a kill during a save leaves one without trainer_state.json)."""
+    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _prepare_output(cfg: SFTConfig) -> Path:
+    out = Path(cfg.output)
+    if out.exists() and any(out.iterdir()):
+        has_ckpt = last_checkpoint(out) is not None
+        if cfg.overwrite:
+            shutil.rmtree(out)
+        elif cfg.resume:
+            if not has_ckpt:
+                raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
+        elif (out / MODEL_CARD).exists():
+            raise GenrecError(f"output {out} already holds a trained model (pass --overwrite to replace it)")
+        else:
+            raise GenrecError(f"output {out} holds an unfinished run (pass --resume to continue or --overwrite)")
+    elif cfg.resume:
+        raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _plot_loss(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_file(png_path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: SFTConfig, log=print) -> Path:
+    """Fine-tune and write a self-contained model directory; `genrec.json` is written last (= complete)."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+    from datasets import Dataset
+
+    data = load_prepared(cfg.data)
+    base = resolve_base_model(cfg.model)
+    if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
+        raise GenrecError("set max_steps > 0 or num_epochs > 0")
+    out = _prepare_output(cfg)
+    tok = load_tokenizer(base)
+    index = ItemIndex.build(list(data.catalog.values()))
+    builder = make_builder(tok, cfg.prompt, data.catalog, index)
+
+    train_rows = data.split("train")
+    if len(train_rows) == 0:
+        raise GenrecError(f"the training split of {cfg.data} is empty")
+    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
+    limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows)) if x is not None)
+    examples, skipped = build_examples(builder, train_rows, limit, cfg.seed)
+    if not examples:
+        raise GenrecError("no training example could be rendered (check the template and max_prompt_tokens)")
+    if skipped:
+        log(f"skipped {skipped} example(s) that do not fit the prompt budget")
+
+    dtype = pick_dtype(cfg.dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    cuda = torch.cuda.is_available()
+    args = TRLConfig(
+        output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
+        gradient_checkpointing=cfg.activation_checkpointing, completion_only_loss=True, max_length=None,
+        report_to=[], dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
+        dataset_num_proc=None,
+    )
+    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=cfg.lora_target_modules if cfg.lora_target_modules == "all-linear"
+                             else [m.strip() for m in cfg.lora_target_modules.split(",")],
+                             task_type="CAUSAL_LM")
+    loss_log = out / "loss.jsonl"
+
+    class LossLog(TrainerCallback):
+        def on_log(self, args_, state, control, logs=None, **kw):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                with open(loss_log, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "loss": logs["loss"],
+                                         "learning_rate": logs.get("learning_rate")}) + "\n")
+
+    if not cfg.resume and loss_log.exists():
+        loss_log.unlink()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
+                         peft_config=peft_config, callbacks=[LossLog()])
+    t0 = time.time()
+    ckpt = last_checkpoint(out) if cfg.resume else None
+    if ckpt is not None:
+        log(f"resuming from {ckpt}")
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    elapsed = time.time() - t0
+    if not trainer.is_world_process_zero():
+        return out
+
+    # Final artefacts: adapter + tokenizer + item index + catalog + template, then the card last.
+    trainer.model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    index.save(out / "item_index.json")
+    write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
+    shutil.copyfile(builder.template.path, out / "template.j2")
+    write_json(out / "popularity.json", [i for i, _ in train_popularity(data).most_common()])
+    if cfg.merge:
+        merged = trainer.model.merge_and_unload()
+        tmp = out / ".merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(out / "merged", ignore_errors=True)
+        tmp.rename(out / "merged")
+    if loss_log.exists():
+        _plot_loss(loss_log, out / "loss.png")
+    prompt = to_dict(cfg.prompt)
+    prompt["template"] = "template.j2"
+    write_json(out / MODEL_CARD, {
+        "genrec_model": 1,
+        "base_model": "default" if cfg.model in ("default", None, "") else str(base.resolve()),
+        "adapter": True,
+        "merged": "merged" if cfg.merge else None,
+        "data": str(Path(cfg.data).resolve()),
+        "prompt": prompt,
+        "with_reasons": builder.with_reasons,
+        "id_style": index.style,
+        "sft": to_dict(cfg),
+        "train_examples": len(examples),
+        "skipped_examples": skipped,
+        "train_loss": result.training_loss,
+        "train_seconds": elapsed,
+        "global_step": trainer.state.global_step,
+    })
+    log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
+    return out

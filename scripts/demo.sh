@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded MovieLens sample: prepare -> fine-tune -> generate -> evaluate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export PATH="$PWD/.venv/bin:$PATH"
+RUN=${GENREC_DEMO_DIR:-runs/sample}
+genrec data prepare --output "$RUN/data" --overwrite
+genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --overwrite
+printf '{"user_id": "1"}\n{"user_id": "42"}\n{"history": ["1", "260", "1196"], "context": {"device": "tv"}}\n' > "$RUN/users.jsonl"
+genrec generate --model "$RUN/model" --users "$RUN/users.jsonl" --out "$RUN/recommendations.jsonl" --k 10
+head -c 600 "$RUN/recommendations.jsonl"; echo
+genrec evaluate --model "$RUN/model" --max-users "${GENREC_DEMO_USERS:-48}" --k 1,5,10

@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny real dataset cut from the embedded MovieLens sample, the real default model, and one
+real fine-tuned tiny model reused by the generation/evaluation/serving tests."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GENREC_CACHE", str(Path.home() / ".cache" / "genrec"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from genrec.config import SAMPLE_DIR, DataConfig, SFTConfig, PromptConfig  # noqa: E402
+
+TINY_USERS = 30
+TINY_PER_USER = 25
+
+
+def write_tiny_raw(dst: Path) -> tuple[Path, Path]:
+    """The most recent TINY_PER_USER ratings of the first TINY_USERS users, and their movies (real rows)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    with gzip.open(SAMPLE_DIR / "ratings.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        header, *lines = fh.read().splitlines()
+    by_user: dict[str, list[str]] = {}
+    for line in lines:
+        user = line.split(",", 1)[0]
+        if user in by_user or len(by_user) < TINY_USERS:
+            by_user.setdefault(user, []).append(line)
+    keep = []
+    for rows in by_user.values():
+        keep += sorted(rows, key=lambda r: int(r.rsplit(",", 1)[1]))[-TINY_PER_USER:]
+    items = {r.split(",")[1] for r in keep}
+    (dst / "ratings.csv").write_text("\n".join([header] + keep) + "\n", encoding="utf-8")
+    import csv
+
+    with gzip.open(SAMPLE_DIR / "movies.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        movies = [r for r in csv.reader(fh)]
+    with open(dst / "movies.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(movies[0])
+        w.writerows(r for r in movies[1:] if r[0] in items)
+    return dst / "ratings.csv", dst / "movies.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> tuple[Path, Path]:
+    return write_tiny_raw(tmp_path_factory.mktemp("raw"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_raw) -> Path:
+    from genrec.data import prepare
+
+    out = tmp_path_factory.mktemp("prep") / "data"
+    prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
+                       min_item_interactions=1, min_user_interactions=5), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    from genrec.models import resolve_base_model
+
+    return resolve_base_model("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_dir):
+    from genrec.models import load_tokenizer
+
+    return load_tokenizer(base_model_dir)
+
+
+def tiny_sft_config(data: Path, out: Path, **kw) -> SFTConfig:
+    cfg = SFTConfig(data=str(data), output=str(out), batch_size=4, max_steps=6, save_steps=3, logging_steps=1,
+                    learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.05, seed=7,
+                    prompt=PromptConfig(max_history=3, max_prompt_tokens=128))
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
+    """A real 6-step LoRA fine-tune of the default model on the tiny data (uninterrupted reference run)."""
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    train(tiny_sft_config(tiny_data, out), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def recommender(tiny_model):
+    from genrec.generation import Recommender
+
+    return Recommender(tiny_model)

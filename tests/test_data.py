@@ -1,0 +1,164 @@
+"""Data preparation on real files: splits, ordering, filtering, summary, and every bad-input case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from genrec.cli import main
+from genrec.config import DataConfig
+from genrec.data import load_prepared, prepare
+
+
+def run_prepare(tmp_path: Path, inter: Path, cat: Path, *extra: str):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["data", "prepare", "--interactions", str(inter), "--catalog", str(cat),
+                                    "--output", str(out), "--min-item-interactions", "1", *extra])
+    return res, out
+
+
+def assert_clean_failure(res, out: Path, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in res.output
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]  # no temp dir left behind
+
+
+def test_splits_are_leave_one_out_by_time(tiny_data):
+    data = load_prepared(tiny_data)
+    test, valid, train = data.split("test"), data.split("valid"), data.split("train")
+    assert len(test) == len(valid) == len(data.users)
+    for row in test:
+        seq = data.users[row["user_id"]]["items"]
+        assert row["target"] == seq[-1] and row["history"] == seq[:-1][-50:]
+        assert row["history_ts"] == sorted(row["history_ts"])
+    for row in valid:
+        seq = data.users[row["user_id"]]["items"]
+        assert row["target"] == seq[-2] and row["history"] == seq[:-2][-50:]
+    # Training examples never see the valid/test targets: every train target lies before them.
+    for row in train:
+        seq = data.users[row["user_id"]]["items"]
+        t = len(row["history"])
+        assert seq[t] == row["target"] and t < len(seq) - 2
+    counts = data.manifest["counts"]
+    assert counts["train_examples"] == len(train) and counts["users"] == len(data.users)
+    assert data.manifest["sources"]["interactions"]["sha256"]
+
+
+def test_equal_timestamps_keep_file_order_not_id_order(tmp_path):
+    inter = tmp_path / "i.csv"
+    # user u: items 9,3,7 share a timestamp; file order must win (9, 3, 7), not id order (3, 7, 9).
+    inter.write_text("user_id,item_id,timestamp\nu,9,100\nu,3,100\nu,7,100\nu,1,50\nu,2,200\n")
+    cat = tmp_path / "c.csv"
+    cat.write_text("item_id,title\n" + "".join(f"{i},Movie {i}\n" for i in (1, 2, 3, 7, 9)))
+    out = tmp_path / "p"
+    prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(out), min_item_interactions=1,
+                       min_user_interactions=3), log=lambda m: None)
+    assert load_prepared(out).users["u"]["items"] == ["1", "9", "3", "7", "2"]
+
+
+def test_kcore_and_short_users_dropped(tmp_path):
+    inter = tmp_path / "i.tsv"
+    rows = ["user\titem\ttime"] + [f"a\t{i}\t{i}" for i in range(1, 6)] + ["b\t1\t1", "b\t2\t2"]
+    inter.write_text("\n".join(rows) + "\n")
+    cat = tmp_path / "c.jsonl"
+    cat.write_text("".join(json.dumps({"item_id": str(i), "title": f"T{i}"}) + "\n" for i in range(1, 6)))
+    out = tmp_path / "p"
+    m = prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(out), min_item_interactions=1,
+                           min_user_interactions=3), log=lambda m: None)
+    assert m["counts"]["users"] == 1 and m["counts"]["dropped_users"] == 1
+
+
+def test_parquet_and_iso_dates(tmp_path):
+    import pandas as pd
+
+    inter = tmp_path / "i.parquet"
+    pd.DataFrame({"user_id": ["u"] * 4, "item_id": ["a", "b", "c", "d"],
+                  "timestamp": ["2020-01-01", "2020-01-02T10:00:00", "2020-01-03", "2020-01-04"]}).to_parquet(inter)
+    cat = tmp_path / "c.csv"
+    cat.write_text("item_id,title\na,A\nb,B\nc,C\nd,D\n")
+    out = tmp_path / "p"
+    prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(out), min_item_interactions=1,
+                       min_user_interactions=3), log=lambda m: None)
+    assert load_prepared(out).users["u"]["items"] == ["a", "b", "c", "d"]
+
+
+def test_unknown_items_dropped_by_default_and_strict_fails(tmp_path, tiny_raw):
+    inter = tmp_path / "i.csv"
+    inter.write_text(tiny_raw[0].read_text() + "1,999999999,4.0,964982703\n")
+    res, out = run_prepare(tmp_path, inter, tiny_raw[1])
+    assert res.exit_code == 0, res.output
+    assert "dropped 1 interaction(s) naming items absent from the catalog" in res.output
+    (tmp_path / "x").mkdir()
+    res, out2 = run_prepare(tmp_path / "x", inter, tiny_raw[1], "--strict")
+    assert_clean_failure(res, out2, "absent from the catalog")
+
+
+def test_summary_printed(tmp_path, tiny_raw):
+    res, out = run_prepare(tmp_path, *tiny_raw)
+    assert res.exit_code == 0
+    assert "users" in res.output and "density" in res.output and "p90" in res.output
+    res2, _ = run_prepare(tmp_path, *tiny_raw)
+    assert res2.exit_code == 2 and "already exists" in res2.output
+
+
+BAD = {
+    "missing_file": (None, "does not exist"),
+    "empty_file": ("", "is empty"),
+    "header_only": ("user_id,item_id,timestamp\n", "has no rows"),
+    "missing_column": ("user_id,item_id\nu,1\n", "no timestamp column"),
+    "bad_timestamp": ("user_id,item_id,timestamp\nu,1,yesterday-ish\n", "cannot be parsed"),
+    "nan_timestamp": ("user_id,item_id,timestamp\nu,1,NaN\n", "timestamp"),
+    "empty_user": ("user_id,item_id,timestamp\n,1,5\n", "empty user or item id"),
+    "malformed_csv": ('user_id,item_id,timestamp\n"u,1,5\n', "could not be parsed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_interactions(tmp_path, tiny_raw, case):
+    text, needle = BAD[case]
+    inter = tmp_path / "i.csv"
+    if text is not None:
+        inter.write_text(text)
+    res, out = run_prepare(tmp_path, inter, tiny_raw[1])
+    assert_clean_failure(res, out, needle)
+
+
+def test_non_utf8(tmp_path, tiny_raw):
+    inter = tmp_path / "i.csv"
+    inter.write_bytes(b"user_id,item_id,timestamp\nu\xff\xfe,1,5\n")
+    res, out = run_prepare(tmp_path, inter, tiny_raw[1])
+    assert_clean_failure(res, out, "not valid UTF-8")
+
+
+@pytest.mark.parametrize("catalog,needle", [
+    ("item_id,title\n1,A\n1,B\n", "duplicate item id"),
+    ("item_id,title\n1,A\n2,   \n", "empty title"),
+    ("item_id,name_x\n1,A\n", "no title column"),
+])
+def test_bad_catalog(tmp_path, tiny_raw, catalog, needle):
+    cat = tmp_path / "c.csv"
+    cat.write_text(catalog)
+    res, out = run_prepare(tmp_path, tiny_raw[0], cat)
+    assert_clean_failure(res, out, needle)
+
+
+def test_misnamed_column_option(tmp_path, tiny_raw):
+    res, out = run_prepare(tmp_path, *tiny_raw, "--user-col", "uid_missing")
+    assert_clean_failure(res, out, "no column 'uid_missing'")
+
+
+def test_broken_config_yaml(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("interactions: [unclosed\n")
+    res = CliRunner().invoke(main, ["data", "prepare", "--config", str(bad)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output
+    bad.write_text("no_such_key: 1\n")
+    res = CliRunner().invoke(main, ["data", "prepare", "--config", str(bad)])
+    assert res.exit_code == 2 and "unknown config key 'no_such_key'" in res.output
