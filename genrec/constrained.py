@@ -97,10 +97,15 @@ def beam_search(model, prompts: list[list[int]], trie: TokenTrie, k: int, beam_w
         n_owner, n_node, n_score, n_tok, src, feed = [], [], [], [], [], []
         for b, rows in rows_of.items():
             flat = cand[rows].view(-1)
-            top_s, top_i = flat.topk(min(2 * W, flat.numel()))
+            # Take candidates best-first until W live beams: usually 2W suffice; when many finish or are
+            # banned, look deeper, so the beam stays full while any valid continuation exists.
+            n_finite = int(torch.isfinite(flat).sum())
+            top_s, top_i = flat.topk(min(n_finite, 2 * W))
+            if len(top_s) < n_finite and len(top_s) > 0:
+                top_s, top_i = flat.topk(min(n_finite, 2 * W + len(finished[b]) + 4 * W))
             live = 0
             for score, fi in zip(top_s.tolist(), top_i.tolist()):
-                if live == W or score == NEG_INF:
+                if live == W:
                     break
                 r, tok = rows[fi // vocab], fi % vocab
                 if constrained:
@@ -140,3 +145,22 @@ def beam_search(model, prompts: list[list[int]], trie: TokenTrie, k: int, beam_w
                     attention_mask=attn, position_ids=last_pos.view(-1, 1), past_key_values=cache, use_cache=True)
         logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
     return finished
+
+
+def top_items(model, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int, pad_id: int,
+              banned: list[set[int]] | None = None) -> list[list[Hypothesis]]:
+    """Beam search that always returns min(k, valid items) results: a beam can commit to a subtree holding
+    fewer than k allowed items; such prompts are searched again with twice the width."""
+    n_items = len(trie.leaf_item)
+    found = beam_search(model, prompts, trie, k, beam_width, pad_id, banned)
+    width = max(beam_width, k)
+    while True:
+        short = [b for b, f in enumerate(found)
+                 if len(f) < min(k, n_items - len(banned[b] if banned else ()))]
+        if not short or width >= n_items:
+            return found
+        width = min(2 * width, n_items)
+        again = beam_search(model, [prompts[b] for b in short], trie, k, width, pad_id,
+                            [banned[b] for b in short] if banned else None)
+        for b, f in zip(short, again):
+            found[b] = f

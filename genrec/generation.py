@@ -72,7 +72,7 @@ class Recommender:
     def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
                   exclude_seen: bool = True, with_reasons: bool = False) -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}]."""
-        from .constrained import beam_search
+        from .constrained import top_items
 
         if k < 1 or k > len(self.index.item_ids):
             raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
@@ -90,7 +90,7 @@ class Recommender:
             banned.append({self.index.position[i] for i in seen if i in self.index.position})
             todo.append(n)
         if todo:
-            found = beam_search(self.model, prompts, self.trie, k, width, self.tok.pad_token_id, banned)
+            found = top_items(self.model, prompts, self.trie, k, width, self.tok.pad_token_id, banned)
             reasons = self._reasons(prompts, found) if with_reasons else None
             for j, n in enumerate(todo):
                 recs = []

@@ -29,15 +29,16 @@ class ItemIndex:
     def build(cls, catalog: list[dict], style: str = "title") -> ItemIndex:
         if style not in ID_STYLES:
             raise GenrecError(f"unknown item identifier style {style!r} (available: {', '.join(ID_STYLES)})")
-        counts = Counter(row["title"] for row in catalog)
+        titles = [" ".join(str(row["title"]).split()) for row in catalog]  # one line: never a new prompt field
+        counts = Counter(titles)
         targets, seen, n_dis = [], set(), 0
-        for row in catalog:
-            title = row["title"]
+        for row, title in zip(catalog, titles):
+            plain = title
             # Duplicate titles: the first keeps its title, later ones get their item id appended (deterministic).
             if counts[title] > 1 and title in seen:
                 title = f"{title} [{row['item_id']}]"
                 n_dis += 1
-            seen.add(row["title"])
+            seen.add(plain)
             targets.append(title)
         if len(set(targets)) != len(targets):
             raise GenrecError("item targets are not unique even after disambiguation")

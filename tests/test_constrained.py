@@ -1,0 +1,108 @@
+"""Trie-constrained beam search on the real default model: every result is a catalog item, always."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from genrec.config import PromptConfig
+from genrec.constrained import beam_search, top_items
+from genrec.index import ItemIndex, TokenTrie
+from genrec.prompts import PromptBuilder, load_template, template_path
+
+
+@pytest.fixture(scope="module")
+def base_lm(base_model_dir):
+    from genrec.models import load_base
+
+    return load_base(base_model_dir)
+
+
+def build(tokenizer, titles):
+    catalog = {str(i): {"item_id": str(i), "title": t, "attrs": {}} for i, t in enumerate(titles)}
+    index = ItemIndex.build(list(catalog.values()))
+    cfg = PromptConfig()
+    b = PromptBuilder(tokenizer, cfg, catalog, index, load_template(template_path(cfg)))
+    return catalog, index, b, TokenTrie([b.item_tokens(t) for t in index.targets])
+
+
+words = st.sampled_from(["Heat", "Alien", "Aliens", "The", "Matrix", "Love", "Actually", "2", "(1995)", "Star"])
+titles_st = st.lists(st.lists(words, min_size=1, max_size=4).map(" ".join), min_size=2, max_size=12)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # shrinking a model-backed case takes minutes
+@given(titles=titles_st, k=st.integers(1, 5), data=st.data())
+def test_results_are_always_catalog_items(base_lm, titles, k, data):
+    model, tok = base_lm
+    catalog, index, b, trie = build(tok, titles)
+    n = len(index.item_ids)
+    banned = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    history = [index.item_ids[data.draw(st.integers(0, n - 1))]]
+    found = top_items(model, [b.encode(history)], trie, k, k, tok.pad_token_id, [banned])[0]
+    items = [h.item for h in found]
+    assert len(items) == len(set(items))  # distinct
+    assert all(0 <= i < n for i in items)  # catalog items only
+    assert not set(items) & banned  # excluded items never appear
+    assert len(items) == min(k, n - len(banned))
+    assert [h.score for h in found] == sorted((h.score for h in found), reverse=True)
+
+
+def test_prefix_titles_and_duplicates(base_lm):
+    model, tok = base_lm
+    titles = ["Heat", "Heat (1995)", "Heat", "Alien", "Aliens", "Alien 3"]
+    catalog, index, b, trie = build(tok, titles)
+    assert index.disambiguated == 1 and index.targets[2] == "Heat [2]"
+    found = beam_search(model, [b.encode(["3"])], trie, 6, 6, tok.pad_token_id, [set()])[0]
+    assert sorted(h.item for h in found) == list(range(6))  # every item reachable, incl. prefixes of others
+
+
+def test_scores_are_sequence_log_probabilities(base_lm):
+    import torch
+
+    model, tok = base_lm
+    catalog, index, b, trie = build(tok, ["Heat", "Alien", "Toy Story"])
+    prompt = b.encode(["0"])
+    best = beam_search(model, [prompt], trie, 1, 3, tok.pad_token_id, [set()])[0][0]
+    seq = prompt + b.item_tokens(index.targets[best.item])
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
+    ref = sum(logits[len(prompt) - 1 + j, t].item() for j, t in enumerate(seq[len(prompt):]))
+    assert best.score == pytest.approx(ref, abs=1e-3)
+
+
+def test_unconstrained_search_runs_for_benchmarks(base_lm):
+    model, tok = base_lm
+    catalog, index, b, trie = build(tok, ["Heat", "Alien"])
+    found = beam_search(model, [b.encode(["0"])], trie, 2, 4, tok.pad_token_id, [set()], constrained=False,
+                        max_new_tokens=6)[0]
+    assert all(h.item == -1 or 0 <= h.item < 2 for h in found)
+
+
+def test_batch_equals_one_by_one(recommender, tiny_data):
+    from genrec.data import load_prepared
+    from genrec.generation import Request
+
+    data = load_prepared(tiny_data)
+    rows = data.split("test")
+    reqs = [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in list(rows)[:4]]
+    batched = recommender.recommend(reqs, k=5)
+    single = [recommender.recommend([r], k=5)[0] for r in reqs]
+    for a, s in zip(batched, single):
+        assert [x["item_id"] for x in a["recommendations"]] == [x["item_id"] for x in s["recommendations"]]
+        for x, y in zip(a["recommendations"], s["recommendations"]):
+            assert x["score"] == pytest.approx(y["score"], abs=1e-3)
+
+
+def test_exclude_seen(recommender, tiny_data):
+    from genrec.data import load_prepared
+    from genrec.generation import Request
+
+    data = load_prepared(tiny_data)
+    row = data.split("test")[0]
+    seen = set(data.users[row["user_id"]]["items"][:-1])
+    res = recommender.recommend([Request(history=row["history"], seen=seen)], k=10)[0]
+    assert not {r["item_id"] for r in res["recommendations"]} & seen
+    res2 = recommender.recommend([Request(history=row["history"], seen=seen)], k=10, exclude_seen=False)[0]
+    assert len(res2["recommendations"]) == 10
