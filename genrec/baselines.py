@@ -67,8 +67,12 @@ def _pad_left(seqs: list[list[int]], L: int) -> torch.Tensor:
 
 def train_sasrec(train_seqs: list[list[int]], valid: list[tuple[list[int], int]], n_items: int, seed: int = 42,
                  max_len: int = 50, epochs: int = 200, patience: int = 10, batch_size: int = 128,
-                 log=print) -> SASRec:
-    """Item ids are 1..n_items. Early stopping on NDCG@10 of `valid` (history, target) pairs."""
+                 max_seconds: float | None = None, log=print) -> SASRec:
+    """Item ids are 1..n_items. Early stopping on NDCG@10 of `valid` (history, target) pairs; `max_seconds`
+    bounds training time (reported, so a budget-limited baseline is never mistaken for a converged one)."""
+    import time
+
+    t0 = time.time()
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = SASRec(n_items, max_len=max_len)
@@ -97,6 +101,9 @@ def train_sasrec(train_seqs: list[list[int]], valid: list[tuple[list[int], int]]
             bad += 1
             if bad >= patience:
                 break
+        if max_seconds is not None and time.time() - t0 > max_seconds:
+            log(f"SASRec: stopped by the {max_seconds:.0f}s time budget")
+            break
     log(f"SASRec: {epoch + 1} epochs, best valid NDCG@10 {best:.4f}")
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -120,6 +120,7 @@ class EvaluateConfig:
     beam_width: int | None = None
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
+    sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
     output: str | None = None  # default: <model>/eval-<split>
     seed: int = 42
     backend: str = "hf"

@@ -157,7 +157,7 @@ def _sasrec_results(data, chosen, rows, offset, seen, targets, cfg, catalog, log
     valid = [(s[:-2], s[-2]) for s in seqs.values() if len(s) >= 3]
     random.Random(cfg.seed).shuffle(valid)
     t0 = time.time()
-    model = train_sasrec(train, valid[:1000], len(ids), seed=cfg.seed, log=log)
+    model = train_sasrec(train, valid[:1000], len(ids), seed=cfg.seed, max_seconds=cfg.sasrec_seconds, log=log)
     log(f"SASRec trained in {time.time() - t0:.0f}s")
     hist = [seqs[rows[i]["user_id"]][:-offset] for i in chosen]
     scores = sasrec_scores(model, hist, [{ids[i] for i in s if i in ids} for s in seen])

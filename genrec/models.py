@@ -46,6 +46,8 @@ def convert_default_model(target: Path | None = None, log=print) -> Path:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained refuses a GGUF-loaded model
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # incomplete leftovers (no config.json) are never trusted
+        shutil.rmtree(target, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         model.save_pretrained(tmp)

@@ -10,4 +10,4 @@ genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --
 printf '{"user_id": "1"}\n{"user_id": "42"}\n{"history": ["1", "260", "1196"], "context": {"device": "tv"}}\n' > "$RUN/users.jsonl"
 genrec generate --model "$RUN/model" --users "$RUN/users.jsonl" --out "$RUN/recommendations.jsonl" --k 10
 head -c 600 "$RUN/recommendations.jsonl"; echo
-genrec evaluate --model "$RUN/model" --max-users "${GENREC_DEMO_USERS:-48}" --k 1,5,10
+genrec evaluate --model "$RUN/model" --max-users "${GENREC_DEMO_USERS:-32}" --k 1,5,10 sasrec_seconds=90
