@@ -185,12 +185,14 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
 @click.option("--split", type=click.Choice(["valid", "test"]), help="Split to evaluate [test].")
 @click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
 @click.option("--max-users", type=int, help="Evaluate the first N users (deterministic sample).")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
 @click.option("--batch-size", type=int)
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
-def evaluate(config_path, model, data_dir, split, ks, max_users, batch_size, baselines, output, overrides) -> None:
+def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, output,
+             overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
     from .evaluation import run_evaluation
@@ -199,10 +201,35 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, batch_size, bas
         baselines = []
     cfg = load_config(EvaluateConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, batch_size=batch_size,
-                     baselines=baselines, output=output)})
+        **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, backend=backend,
+                     batch_size=batch_size, baselines=baselines, output=output)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
+
+
+# ------------------------------------------------------------------------------------------------ serve
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with ServeConfig keys.")
+@click.option("--model", help="Model directory written by `genrec sft`.")
+@click.option("--host", help="Address to bind [127.0.0.1].")
+@click.option("--port", type=int, help="Port [8000].")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@click.option("--served-model-name", help="Model name clients send [the model directory's name].")
+@click.argument("overrides", nargs=-1)
+@friendly
+def serve(config_path, model, host, port, backend, served_model_name, overrides) -> None:
+    """OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /v1/recommendations.
+
+    Completions name only catalog items (constrained search); extra KEY=VALUE arguments set limits, e.g.
+    max_history=100 timeout_s=60 max_body_bytes=65536.
+    """
+    from .config import ServeConfig, load_config, parse_overrides
+    from .serving import serve as run_server
+
+    cfg = load_config(ServeConfig, config_path, {
+        **parse_overrides(overrides),
+        **_overrides(model=model, host=host, port=port, backend=backend, served_model_name=served_model_name)})
+    run_server(cfg, log=lambda m: click.echo(m, err=True))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,24 @@ class EvaluateConfig:
     dtype: str = "auto"
 
 
+@dataclass
+class ServeConfig:
+    """`genrec serve`: the OpenAI-compatible HTTP API over a genrec model."""
+
+    model: str = "runs/sample/model"
+    host: str = "127.0.0.1"  # loopback unless asked otherwise
+    port: int = 8000
+    backend: str = "hf"
+    dtype: str = "auto"
+    served_model_name: str | None = None  # default: the model directory's name
+    max_batch_size: int = 8  # requests joined into one search
+    max_history: int = 200  # items per request
+    max_request_chars: int = 2000
+    max_k: int = 100
+    max_body_bytes: int = 1 << 20
+    timeout_s: float = 300.0
+
+
 C = TypeVar("C")
 
 

@@ -85,7 +85,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     unknown = set(cfg.baselines) - {"popular", "sasrec"}
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
-    rec = Recommender(cfg.model, cfg.dtype)
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
     data = load_prepared(cfg.data or rec.card["data"])
     rows = data.split(cfg.split)
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)

@@ -17,7 +17,7 @@ from .config import GenerateConfig, PromptConfig
 from .errors import GenrecError
 from .files import read_json, read_jsonl
 from .index import ItemIndex, TokenTrie
-from .models import MODEL_CARD, load_base, resolve_base_model
+from .models import MODEL_CARD, load_base, load_tokenizer, resolve_base_model
 from .prompts import PromptBuilder, load_template
 
 
@@ -36,7 +36,11 @@ class Request:
 class Recommender:
     """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
 
-    def __init__(self, model_dir: str | Path, dtype: str = "auto"):
+    def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf"):
+        from .backends import BACKENDS, HFBackend, VLLMBackend
+
+        if backend not in BACKENDS:
+            raise GenrecError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
         model_dir = Path(model_dir)
         card_path = model_dir / MODEL_CARD
         if not card_path.is_file():
@@ -45,16 +49,7 @@ class Recommender:
             raise GenrecError(f"{model_dir} is not a genrec model directory (no {MODEL_CARD}; train with `genrec sft`)")
         self.dir = model_dir
         self.card = read_json(card_path)
-        if self.card.get("merged"):
-            self.model, self.tok = load_base(model_dir / self.card["merged"], dtype)
-        else:
-            from peft import PeftModel
-
-            base, self.tok = load_base(resolve_base_model(self.card["base_model"]), dtype)
-            self.model = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload().eval()
-            from .models import load_tokenizer
-
-            self.tok = load_tokenizer(model_dir)
+        self.tok = load_tokenizer(model_dir)
         self.index = ItemIndex.load(model_dir / "item_index.json")
         self.catalog = {row["item_id"]: row for row in read_jsonl(model_dir / "catalog.jsonl")}
         prompt = dict(self.card["prompt"])
@@ -64,6 +59,25 @@ class Recommender:
                                      load_template(self.prompt_cfg.template))
         self.trie = TokenTrie([self.builder.item_tokens(t) for t in self.index.targets])
         self.popular = read_json(model_dir / "popularity.json")
+        merged = model_dir / self.card["merged"] if self.card.get("merged") else None
+        if backend == "vllm":
+            base = merged or resolve_base_model(self.card["base_model"])
+            self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,
+                                       lora_rank=self.card.get("sft", {}).get("lora_r", 16))
+        else:
+            if merged is not None:
+                model, _ = load_base(merged, dtype)
+            else:
+                from peft import PeftModel
+
+                base_model, _ = load_base(resolve_base_model(self.card["base_model"]), dtype)
+                model = PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
+            self.backend = HFBackend(model, self.tok.pad_token_id, self.tok.eos_token_id)
+
+    @property
+    def model(self):
+        """The transformers model of the HF backend (benchmarks and tests compare against it)."""
+        return self.backend.model
 
     @property
     def with_reasons(self) -> bool:
@@ -90,7 +104,7 @@ class Recommender:
             banned.append({self.index.position[i] for i in seen if i in self.index.position})
             todo.append(n)
         if todo:
-            found = top_items(self.model, prompts, self.trie, k, width, self.tok.pad_token_id, banned)
+            found = top_items(self.backend, prompts, self.trie, k, width, banned)
             reasons = self._reasons(prompts, found) if with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
@@ -112,29 +126,15 @@ class Recommender:
 
     def _reasons(self, prompts: list[list[int]], found) -> list[list[str]]:
         """Greedy free-text reasons after each chosen item; the item itself is already fixed."""
-        import torch
-        from transformers import GenerationConfig
-
-        from .constrained import left_pad
-
         seqs, owners = [], []
         for j, hyps in enumerate(found):
             for h in hyps:
                 seqs.append(prompts[j] + self.builder.item_tokens(self.index.targets[h.item]))
                 owners.append(j)
-        texts: list[str] = []
-        gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=self.prompt_cfg.max_reason_tokens,
-                              eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
-        device = next(self.model.parameters()).device
-        for start in range(0, len(seqs), 32):
-            ids, attn = left_pad(seqs[start:start + 32], self.tok.pad_token_id, device)
-            with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=attn, generation_config=gc)
-            for row in out[:, ids.shape[1]:]:
-                texts.append(" ".join(self.tok.decode(row, skip_special_tokens=True).split()))
+        outs = self.backend.greedy(seqs, self.prompt_cfg.max_reason_tokens) if seqs else []
         per_user: list[list[str]] = [[] for _ in found]
-        for j, text in zip(owners, texts):
-            per_user[j].append(text)
+        for j, ids in zip(owners, outs):
+            per_user[j].append(" ".join(self.tok.decode(ids, skip_special_tokens=True).split()))
         return per_user
 
 
@@ -174,8 +174,7 @@ def read_users_file(path: str | Path) -> list[dict]:
     return rows
 
 
-def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], max_history: int,
-               where: str) -> Request:
+def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], where: str) -> Request:
     """Validate one users-file/HTTP object; raises GenrecError naming what is wrong."""
     uid = obj.get("user_id")
     if uid is not None and not isinstance(uid, (str, int)):
@@ -203,18 +202,16 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
     if unknown:
         raise GenrecError(f"{where}: unknown item id {unknown[0]!r} in history")
     seen = set(history)
-    return Request(user_id=None if uid is None else str(uid), history=history[-max_history:] if max_history else [],
-                   context=ctx, request=req_text, seen=seen)
+    return Request(user_id=None if uid is None else str(uid), history=history, context=ctx, request=req_text,
+                   seen=seen)
 
 
 def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Read a users file, write one JSONL line per user atomically; return a summary."""
     from tqdm.auto import tqdm
 
-    if cfg.backend != "hf":
-        raise GenrecError(f"backend {cfg.backend!r} is not available in this build (use --backend hf)")
     rows = read_users_file(cfg.users)
-    rec = Recommender(cfg.model, cfg.dtype)
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
     users = None
     data_dir = cfg.data or rec.card.get("data")
     if any("history" not in r for r in rows):
@@ -234,7 +231,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     requests, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         try:
-            requests.append((n, obj, to_request(obj, users, rec.catalog, 10**9, f"users file line {n}")))
+            requests.append((n, obj, to_request(obj, users, rec.catalog, f"users file line {n}")))
         except GenrecError as exc:
             if cfg.strict:
                 raise

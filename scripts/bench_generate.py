@@ -41,8 +41,8 @@ def main() -> None:
         t0 = time.perf_counter()
         n_items = 0
         for s in range(0, len(prompts), args.batch_size):
-            found = beam_search(rec.model, prompts[s:s + args.batch_size], rec.trie, args.k, args.k,
-                                rec.tok.pad_token_id, banned[s:s + args.batch_size],
+            found = beam_search(rec.backend, prompts[s:s + args.batch_size], rec.trie, args.k, args.k,
+                                banned[s:s + args.batch_size],
                                 constrained=mode == "constrained", max_new_tokens=rec.trie.depth)
             n_items += sum(1 for f in found for h in f if h.item >= 0)
         dt = time.perf_counter() - t0

@@ -16,7 +16,10 @@ from genrec.prompts import PromptBuilder, load_template, template_path
 def base_lm(base_model_dir):
     from genrec.models import load_base
 
-    return load_base(base_model_dir)
+    from genrec.backends import HFBackend
+
+    model, tok = load_base(base_model_dir)
+    return HFBackend(model, tok.pad_token_id, tok.eos_token_id), tok
 
 
 def build(tokenizer, titles):
@@ -40,7 +43,7 @@ def test_results_are_always_catalog_items(base_lm, titles, k, data):
     n = len(index.item_ids)
     banned = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
     history = [index.item_ids[data.draw(st.integers(0, n - 1))]]
-    found = top_items(model, [b.encode(history)], trie, k, k, tok.pad_token_id, [banned])[0]
+    found = top_items(model, [b.encode(history)], trie, k, k, [banned])[0]
     items = [h.item for h in found]
     assert len(items) == len(set(items))  # distinct
     assert all(0 <= i < n for i in items)  # catalog items only
@@ -54,7 +57,7 @@ def test_prefix_titles_and_duplicates(base_lm):
     titles = ["Heat", "Heat (1995)", "Heat", "Alien", "Aliens", "Alien 3"]
     catalog, index, b, trie = build(tok, titles)
     assert index.disambiguated == 1 and index.targets[2] == "Heat [2]"
-    found = beam_search(model, [b.encode(["3"])], trie, 6, 6, tok.pad_token_id, [set()])[0]
+    found = beam_search(model, [b.encode(["3"])], trie, 6, 6, [set()])[0]
     assert sorted(h.item for h in found) == list(range(6))  # every item reachable, incl. prefixes of others
 
 
@@ -64,10 +67,10 @@ def test_scores_are_sequence_log_probabilities(base_lm):
     model, tok = base_lm
     catalog, index, b, trie = build(tok, ["Heat", "Alien", "Toy Story"])
     prompt = b.encode(["0"])
-    best = beam_search(model, [prompt], trie, 1, 3, tok.pad_token_id, [set()])[0][0]
+    best = beam_search(model, [prompt], trie, 1, 3, [set()])[0][0]
     seq = prompt + b.item_tokens(index.targets[best.item])
     with torch.no_grad():
-        logits = model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
+        logits = model.model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
     ref = sum(logits[len(prompt) - 1 + j, t].item() for j, t in enumerate(seq[len(prompt):]))
     assert best.score == pytest.approx(ref, abs=1e-3)
 
@@ -75,7 +78,7 @@ def test_scores_are_sequence_log_probabilities(base_lm):
 def test_unconstrained_search_runs_for_benchmarks(base_lm):
     model, tok = base_lm
     catalog, index, b, trie = build(tok, ["Heat", "Alien"])
-    found = beam_search(model, [b.encode(["0"])], trie, 2, 4, tok.pad_token_id, [set()], constrained=False,
+    found = beam_search(model, [b.encode(["0"])], trie, 2, 4, [set()], constrained=False,
                         max_new_tokens=6)[0]
     assert all(h.item == -1 or 0 <= h.item < 2 for h in found)
 

