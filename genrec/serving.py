@@ -27,7 +27,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+
+from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the route annotations here
 
 from .config import ServeConfig
 from .errors import GenrecError
@@ -288,13 +291,19 @@ def stream_chunks(resp: dict, include_usage: bool):
 
 
 def create_app(rec: Recommender, cfg: ServeConfig):
-    from fastapi import FastAPI, Request as HTTPRequest
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     service = Service(rec, cfg)
-    app = FastAPI(title="genrec", version="1", description=__doc__.split("\n\n")[0])
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.batcher.close()
+
+    app = FastAPI(title="genrec", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
     app.state.service = service
 
     def error(status: int, message: str, kind: str = "invalid_request_error", code=None, param=None):
@@ -371,10 +380,6 @@ def create_app(rec: Recommender, cfg: ServeConfig):
     @app.post("/v1/recommendations")
     async def recommendations(request: HTTPRequest):
         return await service.recommendations(await read_body(request))
-
-    @app.on_event("shutdown")
-    async def _stop():
-        service.batcher.close()
 
     return app
 
