@@ -47,10 +47,34 @@ def gather_allowed(logp: torch.Tensor, allowed: list[list[int]] | None) -> torch
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
+def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA that keeps grouped KV heads grouped under a padding mask. transformers' SDPA path copies K/V once per
+    query head whenever a mask is present (SmolLM2: 9 query / 3 KV heads); on CPU, torch's kernel takes
+    `enable_gqa` with a mask, so beam search over left-padded batches runs ~2-3x faster with the same numbers."""
+    causal = query.shape[2] > 1 and attention_mask is None and (True if is_causal is None else bool(is_causal))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_cpu_attention(model) -> None:
+    """Switch an SDPA model on CPU to `_sdpa_gqa` (same masks as SDPA); other models are left as they are."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if next(model.parameters()).device.type != "cpu" or model.config._attn_implementation != "sdpa":
+        return
+    AttentionInterface.register("genrec_sdpa", _sdpa_gqa)
+    AttentionMaskInterface.register("genrec_sdpa", sdpa_mask)
+    model.set_attn_implementation("genrec_sdpa")
+
+
 class HFBeams:
     """Live beams of one search on a transformers model: the prompts are encoded once and their KV cache is
     repeated/reordered across beams (`index_select` on the batch axis), so a step costs one token per live row."""
 
+    @torch.no_grad()
     def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
         from transformers import DynamicCache
 
@@ -64,6 +88,7 @@ class HFBeams:
         self.last_pos = pos[:, -1]
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
 
+    @torch.no_grad()
     def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
         device = self.attn.device
         src_t = torch.tensor(src, device=device)
@@ -81,9 +106,9 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model, pad_id: int, eos_id: int):
+        use_cpu_attention(model)
         self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
 
-    @torch.no_grad()
     def start(self, prompts: list[list[int]], allowed: list[list[int]] | None) -> HFBeams:
         return HFBeams(self.model, prompts, self.pad_id, allowed)
 

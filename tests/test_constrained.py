@@ -109,3 +109,38 @@ def test_exclude_seen(recommender, tiny_data):
     assert not {r["item_id"] for r in res["recommendations"]} & seen
     res2 = recommender.recommend([Request(history=row["history"], seen=seen)], k=10, exclude_seen=False)[0]
     assert len(res2["recommendations"]) == 10
+
+
+def test_beams_never_enter_subtrees_of_excluded_items(base_lm):
+    backend, tok = base_lm
+    titles = [f"Star Wars: Episode {n}" for n in range(1, 9)] + ["Heat", "Alien"]
+    catalog, index, b, trie = build(tok, titles)
+    banned = set(range(8))  # every "Star Wars" item, e.g. all already seen
+    dead = trie.dead_nodes(banned)
+    star = trie.children[0][b.item_tokens(titles[0])[0]]
+    assert star in dead and 0 not in dead
+    assert trie.allowed(0, dead) == [t for t, c in trie.children[0].items() if c != star]
+    # The history makes "Star Wars" the likely continuation; a width-2 search still finds both allowed items
+    # in one pass (no beam is spent in the excluded subtree).
+    found = beam_search(backend, [b.encode(["0", "1", "2"])], trie, 2, 2, [banned])[0]
+    assert sorted(h.item for h in found) == [8, 9]
+    assert beam_search(backend, [b.encode(["0"])], trie, 2, 2, [set(range(10))])[0] == []  # all excluded
+
+
+def test_cpu_attention_matches_transformers_sdpa(base_model_dir):
+    """The GQA-under-mask attention the HF backend switches to on CPU gives transformers' SDPA numbers."""
+    import torch
+
+    from genrec.backends import HFBackend, left_pad
+    from genrec.models import load_base
+
+    model, tok = load_base(base_model_dir)
+    assert model.config._attn_implementation == "sdpa"
+    ids, attn = left_pad([list(range(200, 240)), list(range(300, 317))], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=attn).logits
+        HFBackend(model, tok.pad_token_id, tok.eos_token_id)
+        assert model.config._attn_implementation == "genrec_sdpa"
+        got = model(input_ids=ids, attention_mask=attn).logits
+    mask = attn.bool()
+    assert torch.allclose(got[mask], ref[mask], atol=1e-4)
