@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--datasets", default="movielens,scientific")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--sasrec-seconds", type=float, default=600.0, help="SASRec training-time budget")
     ap.add_argument("--work", default="runs/bench_quality")
     args = ap.parse_args()
 
@@ -65,7 +66,9 @@ def main() -> None:
     from genrec.training import train
 
     work = Path(args.work)
-    report, rows = {"steps": args.steps, "users": args.users, "machine": machine(), "datasets": {}}, []
+    report = {"steps": args.steps, "users": args.users, "sasrec_seconds": args.sasrec_seconds, "machine": machine(),
+              "datasets": {}}
+    rows = []
     for name in args.datasets.split(","):
         d = work / name
         if name == "movielens":
@@ -79,7 +82,8 @@ def main() -> None:
         train(SFTConfig(data=str(d / "data"), output=str(d / "model"), overwrite=True, max_steps=args.steps,
                         save_steps=10**6, prompt=PromptConfig(max_history=5, max_prompt_tokens=160)))
         sft_s = time.time() - t0
-        ev = run_evaluation(EvaluateConfig(model=str(d / "model"), max_users=args.users, ks=[1, 5, 10, 20]))
+        ev = run_evaluation(EvaluateConfig(model=str(d / "model"), max_users=args.users, ks=[1, 5, 10, 20],
+                                           sasrec_seconds=args.sasrec_seconds))
         report["datasets"][name] = {"sft_seconds": sft_s, **{k: ev[k] for k in ("users_evaluated", "users_in_split",
                                                                                  "catalog_items", "results")}}
         for model, m in ev["results"].items():

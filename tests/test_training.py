@@ -55,23 +55,38 @@ def _adapter(path: Path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+def _sft_args(cfg, data, out, save_steps: int) -> list[str]:
+    return [sys.executable, "-m", "genrec.cli", "sft", "--data", str(data), "--output", str(out),
+            f"batch_size={cfg.batch_size}", f"max_steps={cfg.max_steps}", f"save_steps={save_steps}",
+            f"learning_rate={cfg.learning_rate}", f"lora_r={cfg.lora_r}", f"lora_alpha={cfg.lora_alpha}",
+            f"seed={cfg.seed}", "logging_steps=1", f"prompt.max_history={cfg.prompt.max_history}",
+            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}"]
+
+
+def _assert_same_adapter(a: Path, b: Path) -> None:
+    ref, got = _adapter(a), _adapter(b)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert (ref[key] - got[key]).abs().max().item() < 1e-5, key
+
+
+def _kill_when(proc, ready, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, "training ended before the kill"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_resume_after_sigkill_reaches_the_same_adapter(tmp_path, tiny_data, tiny_model):
     """Kill -9 after the first checkpoint, resume, and compare with the uninterrupted reference run."""
     out = tmp_path / "killed"
     cfg = tiny_sft_config(tiny_data, out)
-    args = [sys.executable, "-m", "genrec.cli", "sft", "--data", str(tiny_data), "--output", str(out),
-            f"batch_size={cfg.batch_size}", f"max_steps={cfg.max_steps}", f"save_steps={cfg.save_steps}",
-            f"learning_rate={cfg.learning_rate}", f"lora_r={cfg.lora_r}", f"lora_alpha={cfg.lora_alpha}",
-            f"seed={cfg.seed}", "logging_steps=1", f"prompt.max_history={cfg.prompt.max_history}",
-            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}"]
+    args = _sft_args(cfg, tiny_data, out, cfg.save_steps)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "checkpoint-3" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before the first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_when(proc, lambda: (out / "checkpoint-3" / "trainer_state.json").exists())
     assert not (out / MODEL_CARD).exists()
     # An unfinished run is refused as a model, and refused as an output without --resume.
     res = CliRunner().invoke(main, ["generate", "--model", str(out), "--users", str(tmp_path / "u.jsonl")])
@@ -84,10 +99,33 @@ def test_resume_after_sigkill_reaches_the_same_adapter(tmp_path, tiny_data, tiny
     r = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / MODEL_CARD).exists()
-    ref, got = _adapter(tiny_model), _adapter(out)
-    assert ref.keys() == got.keys()
-    for key in ref:
-        assert (ref[key] - got[key]).abs().max().item() < 1e-5, key
+    _assert_same_adapter(tiny_model, out)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, tiny_data, tiny_model):
+    """Checkpoints every step and kill -9 at a seeded random moment after the first one (possibly in the middle
+    of writing a checkpoint): resume uses the newest complete checkpoint and reaches the same adapter."""
+    import random
+
+    out = tmp_path / "killed"
+    cfg = tiny_sft_config(tiny_data, out)
+    args = _sft_args(cfg, tiny_data, out, 1)
+    delay = random.Random(int(os.environ.get("GENREC_KILL_SEED", "3"))).uniform(0.0, 6.0)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = [None]
+
+    def ready() -> bool:
+        if first[0] is None and (out / "checkpoint-1" / "trainer_state.json").exists():
+            first[0] = time.time()
+        return first[0] is not None and time.time() - first[0] >= delay
+
+    _kill_when(proc, ready)
+    if (out / MODEL_CARD).exists():
+        pytest.skip("training finished before the kill on this machine")
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_same_adapter(tiny_model, out)
 
 
 @pytest.mark.parametrize("args,needle", [
