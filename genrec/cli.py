@@ -188,10 +188,11 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
 @click.option("--batch-size", type=int)
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
+@click.option("--perturb", help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
-def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, output,
+def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, perturb, output,
              overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
@@ -202,7 +203,7 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_
     cfg = load_config(EvaluateConfig, config_path, {
         **parse_overrides(overrides),
         **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, backend=backend,
-                     batch_size=batch_size, baselines=baselines, output=output)})
+                     batch_size=batch_size, baselines=baselines, perturb=perturb, output=output)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
 

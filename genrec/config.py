@@ -121,6 +121,7 @@ class EvaluateConfig:
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
+    perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
     output: str | None = None  # default: <model>/eval-<split>
     seed: int = 42
     backend: str = "hf"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from .baselines import popular_rankings
@@ -42,6 +44,96 @@ def rank_metrics(ranked: list[list[str]], targets: list[str], ks: list[int], cat
     return out
 
 
+def _attr_tokens(row: dict) -> frozenset[str]:
+    """Attribute values split on the usual list separators (MovieLens genres "A|B", category paths "A > B")."""
+    out = set()
+    for v in (row.get("attrs") or {}).values():
+        out.update(t.strip().lower() for t in re.split(r"[|,;>]", str(v)) if t.strip())
+    return frozenset(out)
+
+
+def beyond_accuracy(ranked: list[list[str]], targets: list[str], counts: Counter,
+                    catalog: dict[str, dict]) -> tuple[dict, float]:
+    """Per-model list metrics beyond accuracy, and the test targets' mean popularity percentile for reference.
+
+    ILD: mean pairwise Jaccard distance of the items' attribute tokens within a list (pairs where both items have
+    no attributes are skipped). Novelty: mean -log2 p(item), p = (training count + 1) / (total + catalog size).
+    pop_pct: mean popularity percentile of recommended items (0 = least, 1 = most popular in training).
+    long_tail: share of recommended items outside the head (the most popular items holding 80% of training
+    interactions).
+    """
+    items = list(catalog)
+    n = len(items)
+    order = sorted(items, key=lambda i: counts.get(i, 0))
+    pct, pos = {}, 0
+    while pos < n:  # ties share the mean of their ranks
+        end = pos
+        while end + 1 < n and counts.get(order[end + 1], 0) == counts.get(order[pos], 0):
+            end += 1
+        for i in order[pos:end + 1]:
+            pct[i] = ((pos + end) / 2) / max(n - 1, 1)
+        pos = end + 1
+    total = sum(counts.values())
+    head, acc = set(), 0
+    for i, c in counts.most_common():
+        if acc >= 0.8 * total:
+            break
+        head.add(i)
+        acc += c
+    toks = {i: _attr_tokens(catalog[i]) for i in items}
+    ild, n_lists = 0.0, 0
+    for recs in ranked:
+        dists = [1 - len(toks[a] & toks[b]) / len(toks[a] | toks[b])
+                 for x, a in enumerate(recs) for b in recs[x + 1:] if toks.get(a) or toks.get(b)]
+        if dists:
+            ild += sum(dists) / len(dists)
+            n_lists += 1
+    flat = [i for recs in ranked for i in recs if i in pct]
+    out = {
+        "ILD": ild / n_lists if n_lists else 0.0,
+        "novelty": sum(-math.log2((counts.get(i, 0) + 1) / (total + n)) for i in flat) / len(flat) if flat else 0.0,
+        "pop_pct": sum(pct[i] for i in flat) / len(flat) if flat else 0.0,
+        "long_tail": sum(1 for i in flat if i not in head) / len(flat) if flat else 0.0,
+    }
+    target_pct = [pct[t] for t in targets if t in pct]
+    return out, (sum(target_pct) / len(target_pct) if target_pct else 0.0)
+
+
+PERTURBATIONS = ("insert", "drop", "shuffle")
+
+
+def parse_perturb(spec: str | None) -> tuple[str, float] | None:
+    """'insert:0.2' | 'drop:0.2' | 'shuffle' -> (kind, fraction)."""
+    if not spec:
+        return None
+    kind, _, frac = spec.partition(":")
+    if kind not in PERTURBATIONS:
+        raise GenrecError(f"unknown perturbation {spec!r} (insert:F, drop:F or shuffle)")
+    try:
+        f = float(frac) if frac else (1.0 if kind == "shuffle" else 0.2)
+    except ValueError:
+        raise GenrecError(f"perturbation fraction must be a number, got {frac!r}") from None
+    if not 0 < f <= 1:
+        raise GenrecError("perturbation fraction must be in (0, 1]")
+    return kind, f
+
+
+def perturb_history(history: list[str], kind: str, frac: float, items: list[str], rng: random.Random) -> list[str]:
+    """Noisy behaviour: random catalog items inserted at random places, items dropped (one always stays), or
+    the order shuffled. The same rng feeds genrec and SASRec, so both see identical noisy histories."""
+    h = list(history)
+    m = max(1, round(frac * len(h))) if h else 0
+    if kind == "insert":
+        for _ in range(m):
+            h.insert(rng.randrange(len(h) + 1), rng.choice(items))
+    elif kind == "drop":
+        for _ in range(min(m, len(h) - 1)):
+            del h[rng.randrange(len(h))]
+    else:
+        rng.shuffle(h)
+    return h
+
+
 def select_rows(n_rows: int, max_users: int | None, seed: int) -> list[int]:
     idx = list(range(n_rows))
     if max_users is not None and max_users < n_rows:
@@ -51,6 +143,7 @@ def select_rows(n_rows: int, max_users: int | None, seed: int) -> list[int]:
 
 def markdown_table(results: dict[str, dict], ks: list[int]) -> str:
     cols = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR", "validity", "coverage"]
+    cols += [c for c in ("ILD", "novelty", "pop_pct", "long_tail") if all(c in m for m in results.values())]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |")
@@ -78,10 +171,9 @@ def _bar_chart(results: dict[str, dict], k: int, path: Path) -> None:
 
 
 def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
-    from tqdm.auto import tqdm
-
     if not cfg.ks or min(cfg.ks) < 1:
         raise GenrecError("--k needs positive cutoffs, e.g. 1,5,10,20")
+    parse_perturb(cfg.perturb)  # a bad spec fails before any model is loaded
     unknown = set(cfg.baselines) - {"popular", "sasrec"}
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
@@ -104,25 +196,39 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         seen.append(prior if cfg.exclude_seen else set())
 
     t0 = time.time()
-    ranked: list[list[str]] = []
-    lines = []
-    bar = tqdm(total=len(requests), desc=f"genrec {cfg.split}", unit="user")
-    for start in range(0, len(requests), cfg.batch_size):
-        chunk = requests[start:start + cfg.batch_size]
-        for req, res in zip(chunk, rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen)):
-            ids = [r["item_id"] for r in res["recommendations"]]
-            ranked.append(ids)
-            lines.append({"user_id": req.user_id, "target": targets[len(ranked) - 1], "recommended": ids})
-        bar.update(len(chunk))
-    bar.close()
+    ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
     gen_seconds = time.time() - t0
-    results = {"genrec": rank_metrics(ranked, targets, cfg.ks, catalog)}
-
+    lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = train_popularity(data)
+    lists = {"genrec": ranked}
     if "popular" in cfg.baselines:
-        results["popular"] = rank_metrics(popular_rankings(counts, seen, kmax), targets, cfg.ks, catalog)
+        lists["popular"] = popular_rankings(counts, seen, kmax)
+    # Noisy behaviour (--perturb): the same noisy histories for genrec and SASRec, seen-item exclusion unchanged.
+    perturb = parse_perturb(cfg.perturb)
+    histories = [[data.users[rows[i]["user_id"]]["items"][:-offset] for i in chosen]]
+    if perturb:
+        rng = random.Random(cfg.seed + 1)
+        histories.append([perturb_history(h, *perturb, rec.index.item_ids, rng) for h in histories[0]])
+        noisy = [Request(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
+                 for r, h in zip(requests, histories[1])]
+        lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, kmax, f"genrec {cfg.split} ({cfg.perturb})")
     if "sasrec" in cfg.baselines:
-        results["sasrec"] = _sasrec_results(data, chosen, rows, offset, seen, targets, cfg, catalog, log)
+        sas = _sasrec_ranked(data, histories, seen, cfg, catalog, kmax, log)
+        lists["sasrec"] = sas[0]
+        if perturb:
+            lists["sasrec~perturbed"] = sas[1]
+    full = {}
+    for name, rk in lists.items():
+        full[name] = rank_metrics(rk, targets, cfg.ks, catalog)
+        extra, target_pct = beyond_accuracy(rk, targets, counts, rec.catalog)
+        full[name].update(extra)
+    results = {n: m for n, m in full.items() if "~" not in n}
+    perturbation = None
+    if perturb:
+        perturbation = {"spec": cfg.perturb, "models": {
+            n: {m: {"clean": full[n][m], "perturbed": full[f"{n}~perturbed"][m],
+                    "drop": full[n][m] - full[f"{n}~perturbed"][m]} for m in ("HR@" + str(kmax), "NDCG@" + str(kmax), "MRR")}
+            for n in ("genrec", "sasrec") if f"{n}~perturbed" in full}}
 
     out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
     md = markdown_table(results, cfg.ks)
@@ -130,13 +236,20 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
-        "results": results, "settings": to_dict(cfg),
+        "results": results, "targets_pop_pct": target_pct, "perturbation": perturbation, "settings": to_dict(cfg),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
     with atomic_file(out / "metrics.md") as fh:
         fh.write(f"Split `{cfg.split}`: {len(chosen)}/{len(rows)} users, full ranking over {len(catalog)} items, "
-                 f"exclude seen = {cfg.exclude_seen}.\n\n{md}\n")
+                 f"exclude seen = {cfg.exclude_seen}. Test targets' mean popularity percentile: {target_pct:.3f}."
+                 f"\n\n{md}\n")
+        if perturbation:
+            fh.write(f"\nPerturbation `{cfg.perturb}` (same noisy histories for every model):\n\n"
+                     "| model | metric | clean | perturbed | drop |\n|---|---|---|---|---|\n")
+            for n, ms in perturbation["models"].items():
+                for m, v in ms.items():
+                    fh.write(f"| {n} | {m} | {v['clean']:.4f} | {v['perturbed']:.4f} | {v['drop']:.4f} |\n")
     write_jsonl(out / "recommendations.jsonl", lines)
     k_plot = 10 if 10 in cfg.ks else kmax
     _bar_chart(results, k_plot, out / "metrics.png")
@@ -146,24 +259,40 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     return report
 
 
-def _sasrec_results(data, chosen, rows, offset, seen, targets, cfg, catalog, log) -> dict:
+def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
+                   desc: str) -> list[list[str]]:
+    from tqdm.auto import tqdm
+
+    ranked: list[list[str]] = []
+    bar = tqdm(total=len(requests), desc=desc, unit="user")
+    for start in range(0, len(requests), cfg.batch_size):
+        chunk = requests[start:start + cfg.batch_size]
+        for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen):
+            ranked.append([r["item_id"] for r in res["recommendations"]])
+        bar.update(len(chunk))
+    bar.close()
+    return ranked
+
+
+def _sasrec_ranked(data, histories: list[list[list[str]]], seen, cfg, catalog, kmax, log) -> list[list[list[str]]]:
+    """Train SASRec once (before the validation targets, early-stopped on them); rank for each history variant."""
+    import numpy as np
+
     from .baselines import sasrec_scores, train_sasrec
 
     ids = {item: n + 1 for n, item in enumerate(sorted(catalog))}
     inv = {v: k for k, v in ids.items()}
     seqs = {u: [ids[i] for i in row["items"] if i in ids] for u, row in data.users.items()}
-    # Train on everything before the validation target; early-stop on the validation targets.
     train = [s[:-2] for s in seqs.values()]
     valid = [(s[:-2], s[-2]) for s in seqs.values() if len(s) >= 3]
     random.Random(cfg.seed).shuffle(valid)
     t0 = time.time()
     model = train_sasrec(train, valid[:1000], len(ids), seed=cfg.seed, max_seconds=cfg.sasrec_seconds, log=log)
     log(f"SASRec trained in {time.time() - t0:.0f}s")
-    hist = [seqs[rows[i]["user_id"]][:-offset] for i in chosen]
-    scores = sasrec_scores(model, hist, [{ids[i] for i in s if i in ids} for s in seen])
-    kmax = max(cfg.ks)
-    import numpy as np
-
-    top = np.argsort(-scores, axis=1)[:, :kmax]
-    ranked = [[inv[int(j) + 1] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)]
-    return rank_metrics(ranked, targets, cfg.ks, catalog)
+    excluded = [{ids[i] for i in s if i in ids} for s in seen]
+    out = []
+    for hists in histories:
+        scores = sasrec_scores(model, [[ids[i] for i in h if i in ids] for h in hists], excluded)
+        top = np.argsort(-scores, axis=1)[:, :kmax]
+        out.append([[inv[int(j) + 1] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)])
+    return out

@@ -89,7 +89,7 @@ def main() -> None:
         for model, m in ev["results"].items():
             rows.append({"dataset": name, "model": model, "HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"],
                          "MRR": m["MRR"], "validity": m["validity"], "coverage": m["coverage"]})
-    write_results("bench_quality", report, rows)
+        write_results("bench_quality", report, rows)  # after each dataset: a long run keeps what it finished
 
 
 if __name__ == "__main__":

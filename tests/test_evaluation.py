@@ -48,3 +48,57 @@ def test_evaluate_cli(tmp_path, tiny_model):
 def test_evaluate_bad_options(tiny_model):
     res = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--baselines", "magic"])
     assert res.exit_code == 2 and "unknown baseline" in res.output
+
+
+def test_beyond_accuracy_hand_computed():
+    from collections import Counter
+
+    from genrec.evaluation import beyond_accuracy
+
+    catalog = {"a": {"attrs": {"genres": "X|Y"}}, "b": {"attrs": {"genres": "X"}}, "c": {"attrs": {"genres": "Z"}},
+               "d": {"attrs": {}}}
+    counts = Counter({"a": 6, "b": 3, "c": 1})
+    m, target_pct = beyond_accuracy([["a", "b"], ["c", "d"]], ["c", "a"], counts, catalog)
+    assert m["ILD"] == pytest.approx((0.5 + 1.0) / 2)  # Jaccard distances {x,y}/{x} and {z}/{}
+    assert m["novelty"] == pytest.approx(sum(-math.log2((c + 1) / 14) for c in (6, 3, 1, 0)) / 4)
+    assert m["pop_pct"] == pytest.approx((1 + 2 / 3 + 1 / 3 + 0) / 4)
+    assert m["long_tail"] == pytest.approx(0.5)  # head = {a, b}: the items holding 80% of interactions
+    assert target_pct == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_perturbations_are_seeded_and_shaped():
+    import random
+
+    from genrec.evaluation import parse_perturb, perturb_history
+
+    h = [str(i) for i in range(10)]
+    items = ["x", "y", "z"]
+    ins = perturb_history(h, "insert", 0.2, items, random.Random(1))
+    assert len(ins) == 12 and [i for i in ins if i in h] == h
+    assert ins == perturb_history(h, "insert", 0.2, items, random.Random(1))
+    drop = perturb_history(h, "drop", 0.5, items, random.Random(1))
+    assert len(drop) == 5 and [i for i in h if i in drop] == drop
+    assert perturb_history(["1"], "drop", 1.0, items, random.Random(1)) == ["1"]  # one item always stays
+    sh = perturb_history(h, "shuffle", 1.0, items, random.Random(1))
+    assert sorted(sh) == sorted(h) and sh != h
+    assert parse_perturb("shuffle") == ("shuffle", 1.0) and parse_perturb("insert:0.3") == ("insert", 0.3)
+    for bad in ("noise:0.1", "drop:x", "drop:0", "insert:2"):
+        with pytest.raises(Exception, match="perturbation"):
+            parse_perturb(bad)
+
+
+def test_evaluate_with_perturbation(tmp_path, tiny_model):
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--max-users", "4", "--k", "5",
+                                    "--baselines", "sasrec", "--perturb", "drop:0.5", "--output", str(out),
+                                    "sasrec_seconds=5"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["results"]) == {"genrec", "sasrec"}  # perturbed runs are reported as drops, not models
+    for model in ("genrec", "sasrec"):
+        for v in report["perturbation"]["models"][model].values():
+            assert v["drop"] == pytest.approx(v["clean"] - v["perturbed"])
+        assert 0.0 <= report["results"][model]["pop_pct"] <= 1.0 and report["results"][model]["ILD"] >= 0.0
+    assert "Perturbation `drop:0.5`" in (out / "metrics.md").read_text()
+    bad = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--perturb", "noise"])
+    assert bad.exit_code == 2 and "unknown perturbation" in bad.output
