@@ -75,6 +75,9 @@ def data() -> None:
 @click.option("--max-history", type=int, help="Keep the most recent N items of each history [50].")
 @click.option("--min-rating", type=float, help="Keep interactions rated at least this (positives only).")
 @click.option("--keep-cold-items/--no-keep-cold-items", default=None, help="Keep catalog items never interacted with.")
+@click.option("--hash-user-ids/--no-hash-user-ids", default=None,
+              help="Replace user ids by salted HMAC-SHA256 pseudonyms before anything is written.")
+@click.option("--user-id-salt", help="Salt for --hash-user-ids [$GENREC_USER_ID_SALT, else random]; never written.")
 @click.option("--strict/--no-strict", default=None, help="Fail on interactions naming unknown items instead of dropping.")
 @click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
 @click.argument("overrides", nargs=-1)

@@ -40,6 +40,8 @@ class DataConfig:
     max_history: int = 50
     min_rating: float | None = None
     keep_cold_items: bool = False
+    hash_user_ids: bool = False  # replace user ids by salted HMAC pseudonyms before anything is written
+    user_id_salt: str | None = None  # default: $GENREC_USER_ID_SALT, else random (never written)
     strict: bool = False
     overwrite: bool = False
 

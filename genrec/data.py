@@ -33,6 +33,25 @@ CONTROL_CHARS = r"[\x00-\x1f\x7f]"
 TABLE_KINDS = (".csv", ".tsv", ".tab", ".txt", ".inter", ".item", ".jsonl", ".json", ".ndjson", ".parquet")
 
 
+def hash_user_ids(users: pd.Series, salt: str | None) -> pd.Series:
+    """HMAC-SHA256(salt, raw id), 16 hex digits: prepared data, training examples, models and reports then carry
+    no raw user id. The salt is never written anywhere; without one (option or GENREC_USER_ID_SALT) a random salt
+    is used, so the pseudonyms cannot be linked back, nor reproduced by a later run."""
+    import hmac
+    import os
+    import secrets
+
+    key = (salt or os.environ.get("GENREC_USER_ID_SALT") or secrets.token_hex(32)).encode()
+    cache: dict[str, str] = {}
+
+    def one(u: str) -> str:
+        if u not in cache:
+            cache[u] = hmac.new(key, u.encode(), "sha256").hexdigest()[:16]
+        return cache[u]
+
+    return users.map(one)
+
+
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
     """Read CSV / TSV / JSONL / Parquet (optionally .gz) with every column as string."""
     path = Path(path)
@@ -188,6 +207,8 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     if ((df["user"] == "") | (df["item"] == "")).any():
         row = int(np.flatnonzero(((df["user"] == "") | (df["item"] == "")).to_numpy())[0])
         raise GenrecError(f"interactions: empty user or item id in data row {row + 1}")
+    if cfg.hash_user_ids:
+        df["user"] = hash_user_ids(df["user"], cfg.user_id_salt)
     bad = (df["user"].str.contains(CONTROL_CHARS) | df["item"].str.contains(CONTROL_CHARS)).to_numpy()
     if bad.any():
         raise GenrecError(f"interactions: control character in a user or item id in data row "
@@ -272,7 +293,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
             "interactions": {"path": str(Path(cfg.interactions).resolve()), "sha256": sha256_file(cfg.interactions)},
             "catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)},
         },
-        "options": to_dict(cfg),
+        "options": {**to_dict(cfg), "user_id_salt": "<redacted>" if cfg.user_id_salt else None},
         "columns": {"user": u_col, "item": i_col, "timestamp": t_col, "rating": r_col, "catalog_item": ci_col,
                     "title": title_col, "text": text_cols, "context": cfg.context_cols},
         "counts": {

@@ -162,3 +162,33 @@ def test_broken_config_yaml(tmp_path):
     bad.write_text("no_such_key: 1\n")
     res = CliRunner().invoke(main, ["data", "prepare", "--config", str(bad)])
     assert res.exit_code == 2 and "unknown config key 'no_such_key'" in res.output
+
+
+def test_hashed_user_ids_leave_no_raw_id_in_any_artefact(tmp_path, tiny_raw):
+    """Prepare with --hash-user-ids, then train with checkpoints: no raw user id and not the salt in any file."""
+    import re
+
+    from conftest import tiny_sft_config
+
+    from genrec.training import train
+
+    # Distinctive raw ids, so a search of every written byte cannot be fooled by numbers that are item ids.
+    header, *rows = tiny_raw[0].read_text(encoding="utf-8").splitlines()
+    inter = tmp_path / "ratings.csv"
+    inter.write_text("\n".join([header] + [f"person-{r.split(',', 1)[0]}-x,{r.split(',', 1)[1]}" for r in rows]) + "\n")
+    raw_ids = {r.split(",", 1)[0] for r in inter.read_text().splitlines()[1:]}
+    salt = "pepper-0123456789"
+    res, out = run_prepare(tmp_path, inter, tiny_raw[1], "--hash-user-ids", "--user-id-salt", salt)
+    assert res.exit_code == 0, res.output
+    users = load_prepared(out).users
+    assert len(users) == len(raw_ids) and not set(users) & raw_ids
+    assert all(re.fullmatch(r"[0-9a-f]{16}", u) for u in users)
+    res2, out2 = run_prepare(tmp_path / "again", inter, tiny_raw[1], "--hash-user-ids", "--user-id-salt", salt)
+    assert set(load_prepared(out2).users) == set(users)  # same salt, same pseudonyms
+    model = tmp_path / "model"
+    train(tiny_sft_config(out, model, max_steps=2, save_steps=1), log=lambda m: None)
+    files = [p for p in list(out.rglob("*")) + list(model.rglob("*")) if p.is_file()]
+    assert any(p.name == "adapter_model.safetensors" for p in files) and any("checkpoint-" in str(p) for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        assert salt.encode() not in blob and b"person-" not in blob, path
