@@ -79,6 +79,12 @@ class Recommender:
         """The transformers model of the HF backend (benchmarks and tests compare against it)."""
         return self.backend.model
 
+    def known_users(self, data_dir: str | Path | None = None) -> dict[str, dict] | None:
+        """user_id -> prepared user (its item sequence) from `data_dir` or the data the model was trained on, so
+        requests may name a user instead of sending a history; None when that data is not there."""
+        path = Path(data_dir or self.card.get("data") or "") / "users.jsonl"
+        return {u["user_id"]: u for u in read_jsonl(path)} if path.is_file() else None
+
     @property
     def with_reasons(self) -> bool:
         return self.builder.with_reasons
@@ -212,11 +218,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
 
     rows = read_users_file(cfg.users)
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
-    users = None
-    data_dir = cfg.data or rec.card.get("data")
-    if any("history" not in r for r in rows):
-        if data_dir and Path(data_dir, "users.jsonl").is_file():
-            users = {u["user_id"]: u for u in read_jsonl(Path(data_dir) / "users.jsonl")}
+    users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
     out = Path(cfg.out)

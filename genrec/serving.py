@@ -34,7 +34,6 @@ from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the
 
 from .config import ServeConfig
 from .errors import GenrecError
-from .files import read_jsonl
 from .generation import Recommender, Request, to_request
 
 
@@ -113,13 +112,7 @@ class Service:
         self.rec, self.cfg = rec, cfg
         self.name = cfg.served_model_name or rec.dir.name
         self.created = int(time.time())
-        self.users = None
-        data_dir = rec.card.get("data")
-        if data_dir:
-            try:
-                self.users = {u["user_id"]: u for u in read_jsonl(f"{data_dir}/users.jsonl")}
-            except OSError:
-                self.users = None
+        self.users = rec.known_users()
         self.batcher = Batcher(rec, cfg.max_batch_size)
 
     # ---------------------------------------------------------------- parsing
