@@ -159,12 +159,14 @@ def sft(config_path, data_dir, output, model, task, template, max_steps, resume,
 @click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
 @click.option("--exclude-seen/--include-seen", default=None, help="Never recommend items in the history [on].")
 @click.option("--with-reasons/--no-reasons", default=None, help="Add a short reason after each item.")
+@click.option("--popularity-penalty", type=float,
+              help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
 @click.option("--strict/--no-strict", default=None, help="Unknown users/items are errors instead of skipped.")
 @click.option("--resume/--no-resume", default=None, help="Keep users already in --out and generate the rest.")
 @click.argument("overrides", nargs=-1)
 @friendly
 def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
-             with_reasons, strict, resume, overrides) -> None:
+             with_reasons, popularity_penalty, strict, resume, overrides) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
     from .config import GenerateConfig, load_config, parse_overrides
     from .generation import generate_file
@@ -173,7 +175,7 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
         **parse_overrides(overrides),
         **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
                      batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
-                     strict=strict, resume=resume)})
+                     popularity_penalty=popularity_penalty, strict=strict, resume=resume)})
     if not cfg.users:
         raise GenrecError("--users FILE is required")
     summary = generate_file(cfg)
@@ -192,11 +194,13 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
 @click.option("--batch-size", type=int)
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
 @click.option("--perturb", help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).")
+@click.option("--popularity-penalty", type=float,
+              help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
-def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, perturb, output,
-             overrides) -> None:
+def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, perturb,
+             popularity_penalty, output, overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
     from .evaluation import run_evaluation
@@ -206,7 +210,8 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_
     cfg = load_config(EvaluateConfig, config_path, {
         **parse_overrides(overrides),
         **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, backend=backend,
-                     batch_size=batch_size, baselines=baselines, perturb=perturb, output=output)})
+                     batch_size=batch_size, baselines=baselines, perturb=perturb,
+                     popularity_penalty=popularity_penalty, output=output)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
 

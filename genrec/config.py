@@ -55,6 +55,7 @@ class PromptConfig:
     max_history: int = 20
     max_prompt_tokens: int = 384
     max_title_chars: int = 120
+    item_facts: list[str] | None = None  # catalog attributes shown as facts beside items; None = all kept, [] = none
     with_reasons: bool = False
     max_reason_tokens: int = 40
 
@@ -104,6 +105,7 @@ class GenerateConfig:
     backend: str = "hf"
     exclude_seen: bool = True
     with_reasons: bool = False
+    popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count); 0 = off
     strict: bool = False
     resume: bool = False
     dtype: str = "auto"
@@ -123,6 +125,7 @@ class EvaluateConfig:
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
+    popularity_penalty: float = 0.0  # as in GenerateConfig (applies to the genrec model only)
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
     output: str | None = None  # default: <model>/eval-<split>
     seed: int = 42

@@ -27,8 +27,13 @@ class Hypothesis:
 @torch.no_grad()
 def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
                 banned: list[set[int]] | None = None, constrained: bool = True,
-                max_new_tokens: int | None = None) -> list[list[Hypothesis]]:
+                max_new_tokens: int | None = None, item_penalty: list[float] | None = None) -> list[list[Hypothesis]]:
     """Top-k items per prompt, best first. `banned[b]` are item positions never returned for prompt b.
+
+    `item_penalty[i]` (>= 0, e.g. a popularity penalty) is subtracted from item i's log-probability. A beam is
+    ranked from its first token by its log-probability minus the smallest penalty of any item below it, so
+    beams do not spend the width on prefixes of penalised items only; that bound only grows along a path,
+    which keeps the early stop ("scores only fall") exact.
 
     Only live beams are kept as rows (finished prompts and dead beams are dropped), so the cost per step follows
     the work left; beams never enter subtrees whose items are all banned. With constrained=False the same search
@@ -43,6 +48,16 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     def allowed_for(owner: list[int], nodes: list[int]) -> list[list[int]] | None:
         return [trie.allowed(n, dead[o]) for o, n in zip(owner, nodes)] if constrained else None
 
+    bound = trie.subtree_min(item_penalty) if item_penalty is not None and constrained else None
+
+    def step_penalty(nodes: list[int], allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+        """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
+        out = torch.zeros(like.shape, dtype=like.dtype)
+        for r, (n, toks_r) in enumerate(zip(nodes, allowed)):
+            kids = trie.children[n]
+            out[r, :len(toks_r)] = torch.tensor([bound[kids[t]] - bound[n] for t in toks_r], dtype=like.dtype)
+        return out.to(like.device)
+
     # Live rows: parallel lists (owner prompt, trie node, score, tokens so far). One row per prompt at first.
     owner, nodes, scores, toks = list(range(B)), [0] * B, [0.0] * B, [[] for _ in range(B)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
@@ -55,8 +70,12 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     allowed = allowed_for(owner, nodes)
     beams = backend.start(prompts, allowed)
     logp = beams.logp
+    if bound is not None:
+        scores = [-bound[0]] * len(scores)
     for step in range(max_len):
         cand = logp.new_tensor(scores).view(-1, 1) + logp  # [R, A]
+        if bound is not None:
+            cand = cand - step_penalty(nodes, allowed, cand)
         width = cand.shape[1]
         rows_of: dict[int, list[int]] = {}
         for r, o in enumerate(owner):
@@ -109,11 +128,11 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
 
 
 def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
-              banned: list[set[int]] | None = None) -> list[list[Hypothesis]]:
+              banned: list[set[int]] | None = None, item_penalty: list[float] | None = None) -> list[list[Hypothesis]]:
     """Beam search that always returns min(k, allowed items) results: should a search still end short, that
     prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare)."""
     n_items = len(trie.leaf_item)
-    found = beam_search(backend, prompts, trie, k, beam_width, banned)
+    found = beam_search(backend, prompts, trie, k, beam_width, banned, item_penalty=item_penalty)
     width = max(beam_width, k)
     while True:
         short = [b for b, f in enumerate(found)
@@ -122,6 +141,6 @@ def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_w
             return found
         width = min(2 * width, n_items)
         again = beam_search(backend, [prompts[b] for b in short], trie, k, width,
-                            [banned[b] for b in short] if banned else None)
+                            [banned[b] for b in short] if banned else None, item_penalty=item_penalty)
         for b, f in zip(short, again):
             found[b] = f

@@ -174,6 +174,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if not cfg.ks or min(cfg.ks) < 1:
         raise GenrecError("--k needs positive cutoffs, e.g. 1,5,10,20")
     parse_perturb(cfg.perturb)  # a bad spec fails before any model is loaded
+    if cfg.popularity_penalty < 0:
+        raise GenrecError(f"--popularity-penalty must be >= 0, got {cfg.popularity_penalty}")
     unknown = set(cfg.baselines) - {"popular", "sasrec"}
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
@@ -267,7 +269,8 @@ def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfi
     bar = tqdm(total=len(requests), desc=desc, unit="user")
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
-        for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen):
+        for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen,
+                                 popularity_penalty=cfg.popularity_penalty):
             ranked.append([r["item_id"] for r in res["recommendations"]])
         bar.update(len(chunk))
     bar.close()

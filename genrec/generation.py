@@ -7,6 +7,7 @@ Empty-history policy: a request with neither history nor request text gets the m
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -58,7 +59,12 @@ class Recommender:
         self.builder = PromptBuilder(self.tok, self.prompt_cfg, self.catalog, self.index,
                                      load_template(self.prompt_cfg.template))
         self.trie = TokenTrie([self.builder.item_tokens(t) for t in self.index.targets])
-        self.popular = read_json(model_dir / "popularity.json")
+        counts = read_json(model_dir / "popularity.json")  # item -> training count, most popular first
+        if isinstance(counts, list):  # models written before counts were kept: rank stands in for count
+            counts = {i: len(counts) - r for r, i in enumerate(counts)}
+        self.popular = list(counts)
+        self.train_counts = counts
+        self._penalties: dict[float, list[float]] = {}
         merged = model_dir / self.card["merged"] if self.card.get("merged") else None
         if backend == "vllm":
             base = merged or resolve_base_model(self.card["base_model"])
@@ -89,9 +95,23 @@ class Recommender:
     def with_reasons(self) -> bool:
         return self.builder.with_reasons
 
+    def popularity_penalty(self, strength: float) -> list[float] | None:
+        """Per item `strength * log(1 + training count)`: subtracted from an item's log-probability, it
+        down-weights popular items (0 = none; at 1 an item seen 10x as often needs ~10x the model probability)."""
+        if strength < 0 or not math.isfinite(strength):
+            raise GenrecError(f"popularity penalty must be a finite number >= 0, got {strength}")
+        if not strength:
+            return None
+        if strength not in self._penalties:
+            self._penalties[strength] = [strength * math.log1p(self.train_counts.get(i, 0))
+                                         for i in self.index.item_ids]
+        return self._penalties[strength]
+
     def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
-                  exclude_seen: bool = True, with_reasons: bool = False) -> list[dict]:
-        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}]."""
+                  exclude_seen: bool = True, with_reasons: bool = False,
+                  popularity_penalty: float = 0.0) -> list[dict]:
+        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
+        With a popularity penalty, `score` is the penalised log-probability the items are ranked by."""
         from .constrained import top_items
 
         if k < 1 or k > len(self.index.item_ids):
@@ -99,6 +119,7 @@ class Recommender:
         if with_reasons and not self.with_reasons:
             raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
         width = max(beam_width or max(k, 10), k)
+        penalty = self.popularity_penalty(popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
         todo, prompts, banned = [], [], []
         for n, req in enumerate(requests):
@@ -110,7 +131,7 @@ class Recommender:
             banned.append({self.index.position[i] for i in seen if i in self.index.position})
             todo.append(n)
         if todo:
-            found = top_items(self.backend, prompts, self.trie, k, width, banned)
+            found = top_items(self.backend, prompts, self.trie, k, width, banned, penalty)
             reasons = self._reasons(prompts, found) if with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
@@ -240,7 +261,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
             skipped += 1
             log(f"warning: skipped: {exc}")
     settings = {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
-                "with_reasons": cfg.with_reasons}
+                "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty}
     t0 = time.time()
     pending = [r for r in requests if str(r[0]) not in done]
     bar = tqdm(total=len(requests), initial=len(requests) - len(pending), desc="users", unit="user")
@@ -251,7 +272,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
         for start in range(0, len(pending), cfg.batch_size):
             chunk = pending[start:start + cfg.batch_size]
             results = rec.recommend([r for _, _, r in chunk], cfg.k, cfg.beam_width, cfg.exclude_seen,
-                                    cfg.with_reasons)
+                                    cfg.with_reasons, cfg.popularity_penalty)
             for (n, obj, req), res in zip(chunk, results):
                 line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")

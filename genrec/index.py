@@ -102,6 +102,17 @@ class TokenTrie:
                 frontier.append(p)
         return dead
 
+    def subtree_min(self, item_values: list[float]) -> list[float]:
+        """Per node, the smallest value of any item below it (a leaf: its item's value)."""
+        out = [float("inf")] * len(self.children)
+        for node, item in self.leaf_item.items():
+            out[node] = item_values[item]
+        for node in range(len(self.children) - 1, 0, -1):  # children always have larger ids than parents
+            p = self.parent[node]
+            if out[node] < out[p]:
+                out[p] = out[node]
+        return out
+
     def step(self, node: int, token: int) -> int | None:
         return self.children[node].get(token)
 

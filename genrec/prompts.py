@@ -2,7 +2,9 @@
 
 A template defines blocks `system` and `user` (and optionally `reason`, the supervised explanation that follows
 the item). Context passed to every block:
-  history    list of items, oldest first: {id, title, target, attrs, timestamp, date}
+  history    list of items, oldest first: {id, title, target, attrs, facts, timestamp, date}; `facts` is the
+             item's knowledge as one compact line ("genres: Comedy, Drama; brand: Acme"), from the
+             attributes named in PromptConfig.item_facts
   context    dict of context fields of the request (device, hour, scene, ...), possibly empty
   request    natural-language request text or None
   candidate  an item (preference tasks) or None
@@ -98,6 +100,11 @@ class PromptBuilder:
             raise GenrecError("the tokenizer must encode a newline as one token")
         self.reason_sep_id = sep[0]
         self._frame = self._chat_frame()
+        kept = sorted({k for row in catalog.values() for k in row.get("attrs", {})})
+        self.fact_keys = kept if cfg.item_facts is None else list(cfg.item_facts)
+        missing = [k for k in self.fact_keys if k not in kept]
+        if missing:
+            raise GenrecError(f"item fact {missing[0]!r} is not a catalog attribute (kept: {', '.join(kept) or 'none'})")
 
     @property
     def with_reasons(self) -> bool:
@@ -133,11 +140,15 @@ class PromptBuilder:
             raise GenrecError(f"unknown item id {item_id!r}")
         lim = self.cfg.max_title_chars
         pos = self.index.position.get(item_id)
+        attrs = row.get("attrs", {})
+        facts = "; ".join(f"{k}: {_clean(attrs[k].replace('|', ', '), lim)}" for k in self.fact_keys
+                          if attrs.get(k, "").strip())
         return {
             "id": item_id,
             "title": _clean(row["title"], lim),
             "target": self.index.targets[pos] if pos is not None else _clean(row["title"], lim),
-            "attrs": {k: _clean(v, lim) for k, v in row.get("attrs", {}).items()},
+            "attrs": {k: _clean(v, lim) for k, v in attrs.items()},
+            "facts": _clean(facts, 2 * lim),
             "timestamp": timestamp,
             "date": dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d") if timestamp else "",
         }

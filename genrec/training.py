@@ -191,7 +191,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     index.save(out / "item_index.json")
     write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
     shutil.copyfile(builder.template.path, out / "template.j2")
-    write_json(out / "popularity.json", [i for i, _ in train_popularity(data).most_common()])
+    write_json(out / "popularity.json", dict(train_popularity(data).most_common()))  # item -> training count
     if cfg.merge:
         merged = trainer.model.merge_and_unload()
         tmp = out / ".merged.tmp"

@@ -144,3 +144,23 @@ def test_cpu_attention_matches_transformers_sdpa(base_model_dir):
         got = model(input_ids=ids, attention_mask=attn).logits
     mask = attn.bool()
     assert torch.allclose(got[mask], ref[mask], atol=1e-4)
+
+
+def test_item_penalty_ranks_by_penalised_log_probability(base_lm):
+    """A per-item penalty (the popularity penalty) gives exactly the top-k of log p(item) - penalty."""
+    backend, tok = base_lm
+    titles = ["Heat", "Alien", "Aliens", "Toy Story", "Toy Story 2", "The Matrix", "Love Actually", "Star Wars"]
+    catalog, index, b, trie = build(tok, titles)
+    prompt = b.encode(["3"])
+    exact = {h.item: h.score for h in beam_search(backend, [prompt], trie, len(titles), len(titles), [set()])[0]}
+    assert len(exact) == len(titles)
+    best = max(exact, key=exact.get)
+    penalty = [0.0] * len(titles)
+    penalty[best] = 50.0  # the model's favourite, made "very popular"
+    want = sorted(exact, key=lambda i: -(exact[i] - penalty[i]))[:3]
+    found = beam_search(backend, [prompt], trie, 3, len(titles), [set()], item_penalty=penalty)[0]
+    assert [h.item for h in found] == want and best not in want  # exact when the beam is as wide as the catalog
+    narrow = beam_search(backend, [prompt], trie, 3, 3, [set()], item_penalty=penalty)[0]  # beam: approximate
+    assert len(narrow) == 3 and best not in {h.item for h in narrow}
+    for h in found + narrow:
+        assert h.score == pytest.approx(exact[h.item] - penalty[h.item], abs=1e-3)

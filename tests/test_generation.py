@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
+from genrec.errors import GenrecError
 
 
 def run_generate(model: Path, users: Path, out: Path, *extra: str):
@@ -119,3 +120,24 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
     with_r = rec.recommend(req, k=3, with_reasons=True)[0]["recommendations"]
     assert [r["item_id"] for r in plain] == [r["item_id"] for r in with_r]
     assert all(isinstance(r["reason"], str) for r in with_r)
+
+
+def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
+    from genrec.data import load_prepared
+    from genrec.generation import Request
+
+    data = load_prepared(tiny_data)
+    reqs = [Request(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
+    counts = recommender.train_counts
+
+    def mean_count(results):
+        items = [x["item_id"] for res in results for x in res["recommendations"]]
+        assert len(items) == 6 * 10
+        return sum(counts.get(i, 0) for i in items) / len(items)
+
+    plain = recommender.recommend(reqs, k=10)
+    assert recommender.recommend(reqs, k=10, popularity_penalty=0.0) == plain
+    strong = recommender.recommend(reqs, k=10, popularity_penalty=2.0)
+    assert mean_count(strong) < mean_count(plain)
+    with pytest.raises(GenrecError, match="popularity penalty"):
+        recommender.recommend(reqs, k=10, popularity_penalty=-1)

@@ -118,3 +118,17 @@ def test_prompts_show_cli(tiny_data):
     assert "<|im_start|>assistant" in res.output
     res = CliRunner().invoke(main, ["prompts", "show", "--data", str(tiny_data), "--user", "no-such-user"])
     assert res.exit_code == 2 and "no example" in res.output
+
+
+def test_item_facts_render_declared_attributes_only(tokenizer):
+    catalog = {"1": {"item_id": "1", "title": "Heat", "attrs": {"genres": "Action|Crime", "brand": "Acme {{ 7*7 }}"}},
+               "2": {"item_id": "2", "title": "Alien", "attrs": {"genres": "", "brand": "Fox"}}}
+    text = builder_for(tokenizer, catalog).as_text(builder_for(tokenizer, catalog).encode(["1", "2"]))
+    assert "1. Heat (brand: Acme {{ 7*7 }}; genres: Action, Crime)" in text  # all kept attributes, as data
+    assert "2. Alien (brand: Fox)" in text  # empty values are left out
+    b = builder_for(tokenizer, catalog, item_facts=["genres"])
+    assert "1. Heat (genres: Action, Crime)\n2. Alien\n" in b.as_text(b.encode(["1", "2"]))
+    b = builder_for(tokenizer, catalog, item_facts=[])
+    assert "1. Heat\n2. Alien\n" in b.as_text(b.encode(["1", "2"]))
+    with pytest.raises(GenrecError, match="item fact 'year' is not a catalog attribute"):
+        builder_for(tokenizer, catalog, item_facts=["year"])
