@@ -2,11 +2,67 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import os
 import platform
 import time
 from pathlib import Path
+
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def movielens_raw(work: Path, max_tags: int = 3) -> tuple[Path, Path]:
+    """ml-latest-small ratings as they are; movies with genres plus each movie's most frequent free-text tags."""
+    src = SHARED / "movielens_latest_small"
+    work.mkdir(parents=True, exist_ok=True)
+    tags: dict[str, dict[str, int]] = {}
+    with gzip.open(src / "tags.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            t = " ".join(row["tag"].split()).lower()
+            tags.setdefault(row["movieId"], {})[t] = tags.get(row["movieId"], {}).get(t, 0) + 1
+    with gzip.open(src / "movies.csv.gz", "rt", encoding="utf-8", newline="") as fh, \
+            open(work / "movies.csv", "w", newline="", encoding="utf-8") as out:
+        w = csv.writer(out)
+        w.writerow(["movieId", "title", "genres", "tags"])
+        for row in csv.DictReader(fh):
+            top = sorted(tags.get(row["movieId"], {}).items(), key=lambda kv: (-kv[1], kv[0]))[:max_tags]
+            genres = "" if row["genres"] == "(no genres listed)" else row["genres"]
+            w.writerow([row["movieId"], row["title"], genres, "|".join(t for t, _ in top)])
+    return src / "ratings.csv.gz", work / "movies.csv"
+
+
+def scientific_raw(work: Path) -> tuple[Path, Path]:
+    """UniSRec Scientific: items with title, category path and brand parsed from its text field; sequences
+    rebuilt from its test rows (history <= 50 + target), positions standing in for times."""
+    src = SHARED / "unisrec_amazon18_scientific"
+    work.mkdir(parents=True, exist_ok=True)
+    idx2asin = {}
+    with gzip.open(src / "Scientific.item2index.gz", "rt") as fh:
+        for line in fh:
+            asin, idx = line.rstrip("\n").split("\t")
+            idx2asin[idx] = asin
+    with gzip.open(src / "Scientific.text.gz", "rt") as fh, open(work / "items.csv", "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["item_id", "title", "category", "brand"])
+        next(fh)
+        for line in fh:
+            asin, text = line.rstrip("\n").split("\t", 1)
+            parts = text.strip().removesuffix(".").rsplit(". ", 2)  # "<title>. <category path>. <brand>."
+            title, category, brand = (parts + ["", ""])[:3] if len(parts) < 3 else parts
+            category = category.removeprefix("Industrial & Scientific").strip()
+            w.writerow([asin, title.strip() or asin, category, brand.strip()])
+    with gzip.open(src / "Scientific.test.inter.gz", "rt") as fh, open(work / "inter.csv", "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["user_id", "item_id", "timestamp"])
+        next(fh)
+        for line in fh:
+            user, hist, target = line.rstrip("\n").split("\t")
+            for t, idx in enumerate(hist.split() + [target]):
+                w.writerow([user, idx2asin[idx], t])
+    return work / "inter.csv", work / "items.csv"
 
 
 def machine() -> dict:

@@ -11,45 +11,12 @@ Datasets (read from ../shared/data, never copied into the repo):
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_results  # noqa: E402
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
-
-def scientific_raw(work: Path) -> tuple[Path, Path]:
-    src = SHARED / "unisrec_amazon18_scientific"
-    work.mkdir(parents=True, exist_ok=True)
-    idx2asin = {}
-    with gzip.open(src / "Scientific.item2index.gz", "rt") as fh:
-        for line in fh:
-            asin, idx = line.rstrip("\n").split("\t")
-            idx2asin[idx] = asin
-    with gzip.open(src / "Scientific.text.gz", "rt") as fh, open(work / "items.csv", "w", newline="") as out:
-        w = csv.writer(out)
-        w.writerow(["item_id", "title", "categories"])
-        next(fh)
-        for line in fh:
-            asin, text = line.rstrip("\n").split("\t", 1)
-            parts = [p.strip() for p in text.split(". ")]
-            w.writerow([asin, parts[0] or asin, " ".join(parts[1:-1])])
-    with gzip.open(src / "Scientific.test.inter.gz", "rt") as fh, open(work / "inter.csv", "w", newline="") as out:
-        w = csv.writer(out)
-        w.writerow(["user_id", "item_id", "timestamp"])
-        next(fh)
-        for line in fh:
-            user, hist, target = line.rstrip("\n").split("\t")
-            for t, idx in enumerate(hist.split() + [target]):
-                w.writerow([user, idx2asin[idx], t])  # order only: positions stand in for times
-    return work / "inter.csv", work / "items.csv"
-
+from bench_common import SHARED, machine, movielens_raw, scientific_raw, write_results  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +39,7 @@ def main() -> None:
     for name in args.datasets.split(","):
         d = work / name
         if name == "movielens":
-            inter, cat = SHARED / "movielens_latest_small/ratings.csv.gz", SHARED / "movielens_latest_small/movies.csv.gz"
+            inter, cat = movielens_raw(d / "raw")
         elif name == "scientific":
             inter, cat = scientific_raw(d / "raw")
         else:
