@@ -66,7 +66,7 @@ def data() -> None:
 @click.option("--item-col", help="Item id column in the interactions (default: detected).")
 @click.option("--time-col", help="Timestamp column: unix seconds or dates (default: detected).")
 @click.option("--rating-col", help="Rating column (optional).")
-@click.option("--title-col", help="Title column in the catalog (default: detected).")
+@click.option("--title-col", help="Title column in the catalog (default: detected; 'none': no titles, ids stand in).")
 @click.option("--catalog-item-col", help="Item id column in the catalog (default: as --item-col or detected).")
 @click.option("--text-cols", help="Comma-separated catalog columns kept as item attributes (default: all others).")
 @click.option("--context-cols", help="Comma-separated interaction columns rendered as context.")
@@ -125,12 +125,16 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--task", help="Prompt task (template prompts/<task>.j2).")
 @click.option("--template", type=click.Path(), help="Your own Jinja template.")
 @click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--item-id", type=click.Choice(["title", "id", "semantic"]),
+              help="What the model writes for an item: its title, a random-permutation number, or a semantic "
+                   "code learned from item text + co-occurrence [title]. Generate/evaluate/serve use the model's.")
 @click.option("--resume/--no-resume", default=None, help="Continue from the last checkpoint in --output.")
 @click.option("--merge/--no-merge", default=None, help="Also write a merged full model (for vLLM).")
 @click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
 @click.argument("overrides", nargs=-1)
 @friendly
-def sft(config_path, data_dir, output, model, task, template, max_steps, resume, merge, overwrite, overrides) -> None:
+def sft(config_path, data_dir, output, model, task, template, max_steps, item_id, resume, merge, overwrite,
+        overrides) -> None:
     """LoRA supervised fine-tuning with TRL on prompt/completion examples.
 
     Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
@@ -141,7 +145,8 @@ def sft(config_path, data_dir, output, model, task, template, max_steps, resume,
 
     cfg = load_config(SFTConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, resume=resume, merge=merge,
+        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, item_id=item_id, resume=resume,
+                     merge=merge,
                      overwrite=overwrite, **{"prompt.task": task, "prompt.template": template})})
     train(cfg)
 

@@ -31,7 +31,7 @@ class DataConfig:
     item_col: str | None = None
     time_col: str | None = None
     rating_col: str | None = None
-    title_col: str | None = None
+    title_col: str | None = None  # "none": the catalog has no titles (item ids stand in; no item text)
     catalog_item_col: str | None = None
     text_cols: list[str] | None = None  # extra catalog text fields kept for prompts; None = every other column
     context_cols: list[str] = field(default_factory=list)  # interaction columns rendered as context
@@ -68,6 +68,11 @@ class SFTConfig:
     output: str = "runs/sample/model"
     model: str = "default"
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
+    semantic_levels: int = 3  # code length before collision disambiguation
+    semantic_codebook: int = 256  # codes per level (capped at the catalog size)
+    semantic_text_weight: float = 0.5  # share of the text embedding vs the co-occurrence embedding
+    align_examples: float = 0.0  # semantic/id: extra code->title and title->code examples, as a share of the data
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05

@@ -170,7 +170,9 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     t_col = _pick_column(inter, cfg.time_col, TIME_ALIASES, "timestamp", "interactions")
     r_col = _pick_column(inter, cfg.rating_col, RATING_ALIASES, "rating", "interactions", required=False)
     ci_col = _pick_column(cat, cfg.catalog_item_col or cfg.item_col, ITEM_ALIASES, "item", "catalog")
-    title_col = _pick_column(cat, cfg.title_col, TITLE_ALIASES, "title", "catalog")
+    # --title-col none (e.g. LC-Rec's ASIN-only data): the item id stands in as title; the catalog has no text.
+    title_col = None if cfg.title_col == "none" else _pick_column(cat, cfg.title_col, TITLE_ALIASES, "title",
+                                                                   "catalog")
     for c in cfg.context_cols:
         _pick_column(inter, c, [], "context", "interactions")
     text_cols = cfg.text_cols
@@ -188,7 +190,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     dup = cat[ci_col][cat[ci_col].duplicated()]
     if len(dup):
         raise GenrecError(f"catalog: {len(dup)} duplicate item id(s), first {dup.iloc[0]!r}")
-    titles = cat[title_col].fillna("").astype(str)
+    titles = cat[title_col].fillna("").astype(str) if title_col else cat[ci_col]
     empty = titles.str.strip() == ""
     if empty.any():
         raise GenrecError(f"catalog: {int(empty.sum())} item(s) with an empty title, "

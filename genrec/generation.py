@@ -66,6 +66,8 @@ class Recommender:
         self.train_counts = counts
         self._penalties: dict[float, list[float]] = {}
         merged = model_dir / self.card["merged"] if self.card.get("merged") else None
+        if self.index.new_tokens and merged is None:
+            raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         if backend == "vllm":
             base = merged or resolve_base_model(self.card["base_model"])
             self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,

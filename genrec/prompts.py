@@ -173,7 +173,7 @@ class PromptBuilder:
         while True:
             v = self._variables(history, history_ts, context, request, candidate)
             system, user = self.template.render_block("system", v), self.template.render_block("user", v)
-            if len(self._wrap(system, user)) <= self.cfg.max_prompt_tokens:
+            if len(self.wrap(system, user)) <= self.cfg.max_prompt_tokens:
                 return system, user, len(history)
             if not history:
                 raise GenrecError(f"prompt is longer than max_prompt_tokens={self.cfg.max_prompt_tokens} "
@@ -182,14 +182,14 @@ class PromptBuilder:
             history = history[1:]
             history_ts = history_ts[1:] if history_ts is not None else None
 
-    def _wrap(self, system: str, user: str) -> list[int]:
+    def wrap(self, system: str, user: str) -> list[int]:
         pre, mid, post = self._frame
         return pre + self.plain(system) + mid + self.plain(user) + post
 
     def encode(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
                request: str | None = None, candidate: str | None = None) -> list[int]:
         system, user, _ = self.render(history, history_ts, context, request, candidate)
-        return self._wrap(system, user)
+        return self.wrap(system, user)
 
     def as_text(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)

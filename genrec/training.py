@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from .config import PromptConfig, SFTConfig, to_dict
 from .data import PreparedData, load_prepared
 from .errors import GenrecError
@@ -46,6 +48,97 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
     completion = builder.completion(row["target"], row["history"])
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
+
+
+class CodeRows(TrainerCallback):
+    """Trains the embedding rows of new code tokens directly, next to LoRA, and saves them with each checkpoint.
+
+    Why not PEFT's trainable_token_indices: with tied embeddings it wraps the output layer too, and TRL's fused
+    LM head reads `lm_head.weight` / `.bias` straight from the module, which that wrapper does not provide. Here
+    the (tied) embedding matrix is trainable with a gradient mask, so only the new rows ever change (AdamW without
+    weight decay leaves rows with zero gradient untouched) and the fused head sees them on both sides.
+    """
+
+    FILE = "code_embeddings.safetensors"
+
+    def __init__(self, new_ids: list[int]):
+        self.ids = list(new_ids)
+        self.weights: list = []
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            self.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    def attach(self, model) -> None:
+        import torch
+
+        if not self.ids:
+            return
+        seen = set()
+        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if emb is None or id(emb.weight) in seen:
+                continue
+            seen.add(id(emb.weight))
+            mask = torch.zeros(emb.weight.shape[0], 1, dtype=emb.weight.dtype, device=emb.weight.device)
+            mask[self.ids] = 1
+            emb.weight.requires_grad_(True)
+            emb.weight.register_hook(lambda g, m=mask: g * m)
+            self.weights.append(emb.weight)
+
+    def save(self, directory: Path) -> None:
+        if not self.ids:
+            return
+        from safetensors.torch import save
+
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"rows_{n}": w.detach()[self.ids].cpu().contiguous() for n, w in enumerate(self.weights)}
+        with atomic_file(directory / self.FILE, "wb") as fh:
+            fh.write(save(tensors))
+
+    def load(self, directory: Path) -> None:
+        if not self.ids:
+            return
+        from safetensors.torch import load_file
+
+        path = directory / self.FILE
+        if not path.is_file():
+            raise GenrecError(f"{directory} has no {self.FILE}: cannot resume the code-token embeddings")
+        tensors = load_file(str(path))
+        for n, w in enumerate(self.weights):
+            w.data[self.ids] = tensors[f"rows_{n}"].to(w.device, w.dtype)
+
+
+def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
+    """The item identifiers the model will write; semantic ids learn from the training part of sequences only."""
+    histories = [u["items"][:-2] for u in data.users.values()]
+    has_text = data.manifest.get("columns", {}).get("title") is not None
+    index = ItemIndex.build(list(data.catalog.values()), cfg.item_id, histories, has_text, cfg.seed,
+                            cfg.semantic_levels, cfg.semantic_codebook, cfg.semantic_text_weight)
+    if index.style == "semantic":
+        st = index.stats
+        log(f"semantic ids: {st['distinct_prefixes']} distinct codes of {st['levels']} levels for "
+            f"{len(index.item_ids)} items ({st['collided_items']} items share a code, disambiguated; "
+            f"text {'on' if st['text'] else 'off'})")
+    return index
+
+
+def alignment_examples(builder: PromptBuilder, catalog: dict[str, dict], n: int, seed: int) -> list[dict]:
+    """LC-Rec-style alignment: "which item is <code>?" -> title and "what is the code of <title>?" -> code, so
+    code tokens are tied to what items are. Items with no title of their own (title = id) are skipped."""
+    rng = random.Random(seed)
+    items = [i for i, row in catalog.items() if row["title"] != i]
+    out = []
+    for _ in range(n if items else 0):
+        item = rng.choice(items)
+        target = builder.index.targets[builder.index.position[item]]
+        title = builder.item_view(item)["title"]
+        if rng.random() < 0.5:
+            question, answer = f"Which item has the code {target}?", builder.plain(title) + [builder.eos_id]
+        else:
+            question, answer = f"What is the code of the item titled: {title}?", builder.item_tokens(target)
+        prompt = builder.wrap("You are a recommender system.", question)
+        out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
+    return out
 
 
 def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int) -> tuple[list[dict], int]:
@@ -120,7 +213,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     """Fine-tune and write a self-contained model directory; `genrec.json` is written last (= complete)."""
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
     from datasets import Dataset
@@ -131,7 +224,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError("set max_steps > 0 or num_epochs > 0")
     out = _prepare_output(cfg)
     tok = load_tokenizer(base)
-    index = ItemIndex.build(list(data.catalog.values()))
+    index = build_index(data, cfg, log)
+    if index.new_tokens:
+        tok.add_tokens(index.new_tokens)
     builder = make_builder(tok, cfg.prompt, data.catalog, index)
 
     train_rows = data.split("train")
@@ -140,6 +235,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows)) if x is not None)
     examples, skipped = build_examples(builder, train_rows, limit, cfg.seed)
+    if cfg.align_examples > 0 and index.style != "title":
+        examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
+        random.Random(cfg.seed).shuffle(examples)
     if not examples:
         raise GenrecError("no training example could be rendered (check the template and max_prompt_tokens)")
     if skipped:
@@ -147,6 +245,12 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
     dtype = pick_dtype(cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
+    if new_ids:
+        if cfg.weight_decay:
+            raise GenrecError("item_id=semantic trains new embedding rows directly: set weight_decay=0")
+        torch.manual_seed(cfg.seed)
+        model.resize_token_embeddings(len(tok))
     cuda = torch.cuda.is_available()
     args = TRLConfig(
         output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
@@ -174,25 +278,30 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
     if not cfg.resume and loss_log.exists():
         loss_log.unlink()
+    code_rows = CodeRows(new_ids)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
-                         peft_config=peft_config, callbacks=[LossLog()])
+                         peft_config=peft_config, callbacks=[LossLog(), code_rows])
+    code_rows.attach(trainer.model)
     t0 = time.time()
     ckpt = last_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         log(f"resuming from {ckpt}")
+        code_rows.load(ckpt)
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     elapsed = time.time() - t0
     if not trainer.is_world_process_zero():
         return out
 
     # Final artefacts: adapter + tokenizer + item index + catalog + template, then the card last.
-    trainer.model.save_pretrained(str(out))
+    trainer.model.save_pretrained(str(out), save_embedding_layers=False)  # code rows: code_rows.save
+    code_rows.save(out)
     tok.save_pretrained(str(out))
     index.save(out / "item_index.json")
     write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
     shutil.copyfile(builder.template.path, out / "template.j2")
     write_json(out / "popularity.json", dict(train_popularity(data).most_common()))  # item -> training count
-    if cfg.merge:
+    merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
+    if merge:
         merged = trainer.model.merge_and_unload()
         tmp = out / ".merged.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,7 +317,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "genrec_model": 1,
         "base_model": "default" if cfg.model in ("default", None, "") else str(base.resolve()),
         "adapter": True,
-        "merged": "merged" if cfg.merge else None,
+        "merged": "merged" if merge else None,
         "data": str(Path(cfg.data).resolve()),
         "prompt": prompt,
         "with_reasons": builder.with_reasons,

@@ -98,3 +98,14 @@ def recommender(tiny_model):
     from genrec.generation import Recommender
 
     return Recommender(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def semantic_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
+    """A real 3-step fine-tune that writes semantic codes (new tokens), with alignment examples."""
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("semantic") / "m"
+    train(tiny_sft_config(tiny_data, out, item_id="semantic", max_steps=3, save_steps=100, semantic_codebook=8,
+                          align_examples=0.25), log=lambda m: None)
+    return out

@@ -46,7 +46,7 @@ def test_item_text_is_data_not_control_tokens(tokenizer, title):
     b = builder_for(tokenizer, catalog)
     ids = b.encode(["1"])
     special = set(tokenizer.all_special_ids)
-    frame_specials = sum(1 for t in b._wrap("", "") if t in special)
+    frame_specials = sum(1 for t in b.wrap("", "") if t in special)
     assert sum(1 for t in ids if t in special) == frame_specials  # none came from the title
     text = b.as_text(ids)
     assert "{{ 7*7 }}" in text or "<|im_end|>" in text or "pirate" in text  # literal, not evaluated

@@ -75,3 +75,17 @@ def test_server_on_vllm_backend(vrec):
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def test_semantic_ids_on_vllm_serve_the_merged_model(semantic_model, tiny_data):
+    """Code tokens are new vocabulary: vLLM serves the merged model and finds the same items as HF."""
+    from genrec.generation import Recommender
+
+    hf = Recommender(semantic_model)
+    vl = Recommender(semantic_model, backend="vllm")
+    try:
+        reqs = requests_for(tiny_data, 2)
+        for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
+            assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
+    finally:
+        del vl.backend.llm

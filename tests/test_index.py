@@ -1,0 +1,140 @@
+"""Item identifiers: random-permutation ids and semantic codes (real MiniLM text encoder, real co-occurrence)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genrec.data import load_prepared
+from genrec.index import ItemIndex, TokenTrie
+
+
+@pytest.fixture(scope="module")
+def data(tiny_data):
+    return load_prepared(tiny_data)
+
+
+def histories(data):
+    return [u["items"][:-2] for u in data.users.values()]
+
+
+def test_id_style_is_a_seeded_permutation_not_catalog_order(data):
+    cat = list(data.catalog.values())
+    a = ItemIndex.build(cat, "id", seed=1)
+    assert a.targets == ItemIndex.build(cat, "id", seed=1).targets  # deterministic
+    assert a.targets != ItemIndex.build(cat, "id", seed=2).targets
+    assert len(set(a.targets)) == len(cat) and len({len(t) for t in a.targets}) == 1  # unique, fixed width
+    numbers = [int(t) for t in a.targets]
+    assert sorted(numbers) == list(range(len(cat)))
+    # no leak through numbering: consecutive catalog items are not consecutive ids
+    assert sum(1 for x, y in zip(numbers, numbers[1:]) if y == x + 1) < len(cat) // 10
+
+
+@pytest.fixture(scope="module")
+def semantic(data):
+    return ItemIndex.build(list(data.catalog.values()), "semantic", histories(data), seed=3, codebook=8)
+
+
+def test_semantic_codes_unique_deterministic_and_round_trip(data, semantic):
+    cat = list(data.catalog.values())
+    assert len(set(semantic.targets)) == len(cat)
+    again = ItemIndex.build(cat, "semantic", histories(data), seed=3, codebook=8)
+    assert again.targets == semantic.targets
+    for item, target in zip(semantic.item_ids, semantic.targets):
+        assert target.startswith("<a_") and "<b_" in target and "<c_" in target
+        assert semantic.item_of(target) == item
+        assert set(t + ">" for t in target.split(">")[:-1]) <= set(semantic.new_tokens)
+    st = semantic.stats
+    assert st["text"] and st["distinct_prefixes"] > len(cat) // 4  # codes spread over the space, not one blob
+
+
+def test_trie_over_code_tokens(tokenizer, semantic, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    tok.add_tokens(semantic.new_tokens)
+    seqs = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in semantic.targets]
+    for t, s in zip(semantic.targets, seqs):
+        assert len(s) == t.count("<") + 1  # one new token per code level
+    trie = TokenTrie(seqs)
+    assert len(trie.leaf_item) == len(semantic.targets)
+    first = {s[0] for s in seqs}
+    assert set(trie.allowed(0)) == first and len(first) <= 8  # level-1 codebook
+
+
+def test_cold_items_get_codes_from_text_and_text_free_catalogs_collaborative_codes(data):
+    cat = list(data.catalog.values())
+    twin = dict(cat[0], item_id="cold-twin")  # in the catalog, never in a history
+    idx = ItemIndex.build(cat + [twin], "semantic", histories(data), seed=3, codebook=8)
+    assert idx.targets[-1] and len(set(idx.targets)) == len(cat) + 1
+    no_text = [{"item_id": r["item_id"], "title": r["item_id"], "attrs": {}} for r in cat]
+    ids_only = ItemIndex.build(no_text, "semantic", histories(data), has_text=False, seed=3, codebook=8)
+    assert not ids_only.stats["text"] and len(set(ids_only.targets)) == len(cat)
+    # collaborative-only codes follow co-occurrence: items that never co-occur are not all in one cluster
+    assert ids_only.stats["distinct_prefixes"] > 1
+
+
+def test_index_save_load(semantic, tmp_path):
+    semantic.save(tmp_path / "idx.json")
+    back = ItemIndex.load(tmp_path / "idx.json")
+    assert (back.style, back.targets, back.new_tokens) == ("semantic", semantic.targets, semantic.new_tokens)
+    assert json.loads((tmp_path / "idx.json").read_text())["stats"]["levels"] == 3
+
+
+@pytest.fixture(scope="module")
+def id_model(tiny_data, tmp_path_factory):
+    from conftest import tiny_sft_config
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("idstyle") / "m"
+    train(tiny_sft_config(tiny_data, out, item_id="id", max_steps=3, save_steps=100, align_examples=0.25),
+          log=lambda m: None)
+    return out
+
+
+@pytest.mark.parametrize("style", ["id", "semantic"])
+def test_sft_and_generate_with_item_codes(tiny_data, request, style):
+    """A real fine-tune writing codes: only catalog items come out, histories are written as codes."""
+    from genrec.generation import Recommender, Request
+
+    out = request.getfixturevalue("id_model" if style == "id" else "semantic_model")
+    card = json.loads((out / "genrec.json").read_text())
+    assert card["id_style"] == style
+    if style == "semantic":
+        assert card["merged"] == "merged"  # new vocabulary: the merged model is what vLLM serves
+    rec = Recommender(out)
+    assert rec.index.style == style
+    data = load_prepared(tiny_data)
+    row = data.split("test")[0]
+    prompt = rec.builder.as_text(rec.builder.encode(row["history"]))
+    assert rec.index.targets[rec.index.position[row["history"][-1]]] in prompt  # history written as codes
+    res = rec.recommend([Request(history=row["history"], seen=set(row["history"]))], k=5)[0]["recommendations"]
+    assert len(res) == 5 and all(r["item_id"] in data.catalog for r in res)
+    assert not {r["item_id"] for r in res} & set(row["history"])
+
+
+def test_only_code_token_rows_are_trained(semantic_model, base_model_dir):
+    """The new rows of the tied embedding moved away from their initialisation; every old row is untouched."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from genrec.models import load_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(str(semantic_model / "merged"), dtype=torch.float32)
+    old = base.get_input_embeddings().weight
+    new = merged.get_input_embeddings().weight
+    n_old = old.shape[0]
+    tok = load_tokenizer(semantic_model)
+    assert new.shape[0] == len(tok) > n_old
+    assert torch.equal(new[:n_old], old)
+    assert merged.get_output_embeddings().weight.data_ptr() == new.data_ptr()  # still tied
+    rows = load_file(str(semantic_model / "code_embeddings.safetensors"))["rows_0"]
+    assert torch.equal(rows, new[n_old:])
+    # trained: rows of codes used in the training targets differ from the mean-resized initialisation
+    torch.manual_seed(7)  # tiny_sft_config's seed, as training does before resizing
+    base.resize_token_embeddings(len(tok))
+    assert not torch.allclose(base.get_input_embeddings().weight[n_old:], new[n_old:])
