@@ -65,6 +65,30 @@ def scientific_raw(work: Path) -> tuple[Path, Path]:
     return work / "inter.csv", work / "items.csv"
 
 
+def lcrec_raw(work: Path, name: str) -> tuple[Path, Path]:
+    """LC-Rec Instruments/Games: full chronological sequences (positions stand in for times), items named by
+    their ASIN (never LC-Rec's index, which numbers items in order of first appearance), no item text."""
+    folder = {"instruments": "lcrec_amazon18_instruments", "games": "lcrec_amazon18_games"}[name]
+    stem = name.capitalize()
+    src = SHARED / folder
+    work.mkdir(parents=True, exist_ok=True)
+    with gzip.open(src / f"{stem}.item2id.gz", "rt") as fh:
+        asin = {idx: a for a, idx in (line.rstrip("\n").split("\t") for line in fh)}
+    with gzip.open(src / f"{stem}.inter.json.gz", "rt") as fh:
+        seqs = json.load(fh)
+    with open(work / "inter.csv", "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["user_id", "item_id", "timestamp"])
+        for user, items in seqs.items():
+            for t, idx in enumerate(items):
+                w.writerow([user, asin[str(idx)], t])
+    with open(work / "items.csv", "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["item_id"])
+        w.writerows([a] for a in sorted(asin.values()))
+    return work / "inter.csv", work / "items.csv"
+
+
 def machine() -> dict:
     import torch
 

