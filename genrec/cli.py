@@ -187,6 +187,32 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
     click.echo(json.dumps(summary), err=True)
 
 
+# ------------------------------------------------------------------------------------------------ rank
+@main.command()
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with RankConfig keys.")
+@click.option("--model", help="Preference model directory (`genrec sft --task preference`).")
+@click.option("--candidates", help="JSONL: user_id and/or history, and candidates (a list of item ids) per line.")
+@click.option("--out", help="Output JSONL: each line's candidates ranked by P(yes).")
+@click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's training data).")
+@click.option("--batch-size", type=int, help="Users per batch [8].")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@click.option("--strict/--no-strict", default=None, help="Bad lines are errors instead of skipped.")
+@click.argument("overrides", nargs=-1)
+@friendly
+def rank(config_path, model, candidates, out, data_dir, batch_size, backend, strict, overrides) -> None:
+    """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits."""
+    from .config import RankConfig, load_config, parse_overrides
+    from .generation import rank_file
+
+    cfg = load_config(RankConfig, config_path, {
+        **parse_overrides(overrides),
+        **_overrides(model=model, candidates=candidates, out=out, data=data_dir, batch_size=batch_size,
+                     backend=backend, strict=strict)})
+    if not cfg.candidates:
+        raise GenrecError("--candidates FILE is required")
+    click.echo(json.dumps(rank_file(cfg)), err=True)
+
+
 # ------------------------------------------------------------------------------------------------ evaluate
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")

@@ -117,6 +117,20 @@ class GenerateConfig:
 
 
 @dataclass
+class RankConfig:
+    """`genrec rank`: re-rank given candidate items per user by P(yes) of a preference model."""
+
+    model: str = "runs/sample/preference"
+    candidates: str = ""
+    out: str = "runs/sample/ranked.jsonl"
+    data: str | None = None  # prepared data for user_id lookup; default: the model's training data
+    batch_size: int = 8
+    backend: str = "hf"
+    strict: bool = False
+    dtype: str = "auto"
+
+
+@dataclass
 class EvaluateConfig:
     """`genrec evaluate`: full-ranking leave-one-out metrics beside baselines."""
 
@@ -131,6 +145,7 @@ class EvaluateConfig:
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
     popularity_penalty: float = 0.0  # as in GenerateConfig (applies to the genrec model only)
+    negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
     output: str | None = None  # default: <model>/eval-<split>
     seed: int = 42

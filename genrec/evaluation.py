@@ -180,6 +180,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    if rec.builder.is_preference:
+        return evaluate_preference(rec, cfg, log)
     data = load_prepared(cfg.data or rec.card["data"])
     rows = data.split(cfg.split)
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
@@ -258,6 +260,80 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     report["markdown"] = md
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
+    return report
+
+
+def auc(scores: list[float], labels: list[int]) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pairs = sorted(zip(scores, labels))
+    rank_sum, pos, i = 0.0, 0, 0
+    while i < len(pairs):  # average ranks over ties
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        n_pos = sum(lab for _, lab in pairs[i:j + 1])
+        rank_sum += n_pos * (i + j + 2) / 2
+        pos += n_pos
+        i = j + 1
+    neg = len(pairs) - pos
+    if not pos or not neg:
+        raise GenrecError("AUC needs positive and negative examples")
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def log_loss(probs: list[float], labels: list[int]) -> float:
+    eps = 1e-7
+    return -sum(math.log(min(max(p if y else 1 - p, eps), 1)) for p, y in zip(probs, labels)) / len(probs)
+
+
+def evaluate_preference(rec: Recommender, cfg: EvaluateConfig, log) -> dict:
+    """Behaviour prediction: each user's held-out item (label 1) against `cfg.negatives` items the user never
+    interacted with (label 0, seeded), scored by P(yes); AUC and log-loss beside a popularity score's AUC."""
+    from tqdm.auto import tqdm
+
+    from .training import sample_negative
+
+    data = load_prepared(cfg.data or rec.card["data"])
+    rows = data.split(cfg.split)
+    chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
+    rng = random.Random(cfg.seed)
+    counts = train_popularity(data)
+    requests, cands, labels = [], [], []
+    for i in chosen:
+        row = rows[i]
+        interacted = set(data.users[row["user_id"]]["items"])
+        negs = [sample_negative(rng, rec.index.item_ids, interacted) for _ in range(cfg.negatives)]
+        requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
+                                context=json.loads(row["context"])))
+        cands.append([row["target"]] + [n for n in negs if n is not None])
+        labels.append([1] + [0] * (len(cands[-1]) - 1))
+    probs: list[list[float]] = []
+    bar = tqdm(total=len(requests), desc=f"preference {cfg.split}", unit="user")
+    for start in range(0, len(requests), cfg.batch_size):
+        probs += rec.preference(requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
+        bar.update(len(requests[start:start + cfg.batch_size]))
+    bar.close()
+    flat_p = [p for ps in probs for p in ps]
+    flat_y = [y for ys in labels for y in ys]
+    flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
+    results = {"genrec": {"AUC": auc(flat_p, flat_y), "log_loss": log_loss(flat_p, flat_y),
+                          "mean_p_yes_positive": sum(p for p, y in zip(flat_p, flat_y) if y) / sum(flat_y)},
+               "popular": {"AUC": auc(flat_pop, flat_y)}}
+    out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
+    report = {"task": "preference", "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
+              "negatives_per_positive": cfg.negatives, "results": results, "settings": to_dict(cfg)}
+    md = "| model | AUC | log-loss |\n|---|---|---|\n" + "".join(
+        f"| {n} | {r['AUC']:.4f} | {r.get('log_loss', float('nan')):.4f} |\n" for n, r in results.items())
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", report)
+    with atomic_file(out / "metrics.md") as fh:
+        fh.write(f"Preference, split `{cfg.split}`: {len(chosen)} users, 1 held-out item vs {cfg.negatives} "
+                 f"sampled non-interacted item(s) each.\n\n{md}")
+    write_jsonl(out / "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "p_yes": p}
+                                       for r, c, y, p in zip(requests, cands, labels, probs)])
+    report["markdown"] = md
+    report["output"] = str(out)
+    log(f"report written to {out}/metrics.json, metrics.md")
     return report
 
 

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import GenerateConfig, PromptConfig
+from .config import GenerateConfig, PromptConfig, RankConfig
 from .errors import GenrecError
-from .files import read_json, read_jsonl
+from .files import read_json, read_jsonl, write_jsonl
 from .index import ItemIndex, TokenTrie
 from .models import MODEL_CARD, load_base, load_tokenizer, resolve_base_model
 from .prompts import PromptBuilder, load_template
@@ -116,6 +116,8 @@ class Recommender:
         With a popularity penalty, `score` is the penalised log-probability the items are ranked by."""
         from .constrained import top_items
 
+        if self.builder.is_preference:
+            raise GenrecError(f"{self.dir} is a preference model: it scores given candidates (use `genrec rank`)")
         if k < 1 or k > len(self.index.item_ids):
             raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
         if with_reasons and not self.with_reasons:
@@ -146,6 +148,28 @@ class Recommender:
                     recs.append(rec)
                 results[n] = {"recommendations": recs}
         return results  # type: ignore[return-value]
+
+    def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
+        """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""
+        if not self.builder.is_preference:
+            raise GenrecError(f"{self.dir} was not trained for preference prediction (train with --task preference)")
+        yes, no = self.builder.answer_ids()
+        prompts, owners = [], []
+        for n, (req, cands) in enumerate(zip(requests, candidates)):
+            for c in cands:
+                if c not in self.catalog:
+                    raise GenrecError(f"unknown candidate item id {c!r}")
+                prompts.append(self.builder.encode(req.history, req.history_ts, req.context, req.request, c))
+                owners.append(n)
+        probs: list[float] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            logp = self.backend.start(chunk, [[yes, no]] * len(chunk)).logp.float()
+            probs += logp.softmax(-1)[:, 0].tolist()  # P(yes | yes or no)
+        out: list[list[float]] = [[] for _ in requests]
+        for n, p in zip(owners, probs):
+            out[n].append(p)
+        return out
 
     def _fallback(self, req: Request, k: int, exclude_seen: bool) -> dict:
         seen = req.seen if exclude_seen else set()
@@ -287,3 +311,40 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     return {"written": len(requests), "generated": len(pending), "resumed": len(done), "skipped": skipped,
             "seconds": round(elapsed, 2), "users_per_second": round(len(pending) / elapsed, 3) if elapsed else None,
             "out": str(out)}
+
+
+def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Re-rank each line's `candidates` by P(yes) of a preference model; the output is written whole or not at all."""
+    rows = read_users_file(cfg.candidates)
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
+    todo, skipped = [], 0
+    for n, obj in enumerate(rows, start=1):
+        where = f"candidates file line {n}"
+        try:
+            cands = obj.get("candidates")
+            if not isinstance(cands, list) or not cands or not all(isinstance(c, (str, int)) for c in cands):
+                raise GenrecError(f"{where}: candidates must be a non-empty list of item ids")
+            cands = [str(c) for c in cands]
+            unknown = [c for c in cands if c not in rec.catalog]
+            if unknown:
+                raise GenrecError(f"{where}: unknown candidate item id {unknown[0]!r}")
+            todo.append((n, obj, to_request(obj, users, rec.catalog, where), cands))
+        except GenrecError as exc:
+            if cfg.strict:
+                raise
+            skipped += 1
+            log(f"warning: skipped: {exc}")
+    from tqdm.auto import tqdm
+
+    lines = []
+    for start in tqdm(range(0, len(todo), cfg.batch_size), desc="ranking", unit="batch"):
+        chunk = todo[start:start + cfg.batch_size]
+        probs = rec.preference([r for _, _, r, _ in chunk], [c for *_, c in chunk])
+        for (n, obj, _, cands), ps in zip(chunk, probs):
+            ranked = sorted(zip(cands, ps), key=lambda cp: -cp[1])
+            lines.append({"index": n, "user_id": obj.get("user_id"), "ranked": [
+                {"item_id": c, "title": rec.catalog[c]["title"], "rank": r, "p_yes": round(p, 6)}
+                for r, (c, p) in enumerate(ranked, start=1)]})
+    write_jsonl(cfg.out, lines)
+    return {"written": len(lines), "skipped": skipped, "out": str(cfg.out)}

@@ -107,6 +107,18 @@ class PromptBuilder:
             raise GenrecError(f"item fact {missing[0]!r} is not a catalog attribute (kept: {', '.join(kept) or 'none'})")
 
     @property
+    def is_preference(self) -> bool:
+        """Preference templates answer "yes"/"no" about `candidate` instead of writing an item."""
+        return self.cfg.task == "preference"
+
+    def answer_ids(self) -> tuple[int, int]:
+        """Token ids of "yes" and "no" (each must be one token: the score is a softmax over exactly these two)."""
+        yes, no = self.plain("yes"), self.plain("no")
+        if len(yes) != 1 or len(no) != 1:
+            raise GenrecError("the tokenizer must encode 'yes' and 'no' as one token each")
+        return yes[0], no[0]
+
+    @property
     def with_reasons(self) -> bool:
         return self.template.has_reason
 

@@ -44,8 +44,12 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
     row = rows[-1]
     tok = load_tokenizer(resolve_base_model(model))
     builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
-    prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
-    completion = builder.completion(row["target"], row["history"])
+    if builder.is_preference:  # the positive example: the real next item as candidate
+        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidate=row["target"])
+        completion = [builder.answer_ids()[0], builder.eos_id]
+    else:
+        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
+        completion = builder.completion(row["target"], row["history"])
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
 
@@ -141,19 +145,47 @@ def alignment_examples(builder: PromptBuilder, catalog: dict[str, dict], n: int,
     return out
 
 
-def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int) -> tuple[list[dict], int]:
-    """Tokenized examples in a seeded random order; examples that cannot be rendered are skipped and counted."""
+def sample_negative(rng: random.Random, item_ids: list[str], interacted: set[str]) -> str | None:
+    """A catalog item the user never interacted with (None if there is none)."""
+    if len(interacted) >= len(item_ids):
+        return None
+    while True:
+        item = item_ids[rng.randrange(len(item_ids))]
+        if item not in interacted:
+            return item
+
+
+def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
+                   users: dict[str, dict] | None = None) -> tuple[list[dict], int]:
+    """Tokenized examples in a seeded random order; examples that cannot be rendered are skipped and counted.
+    Preference templates get two examples per row: the real next item ("yes") and one sampled item the user never
+    interacted with ("no"), from a seeded generator."""
     order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
+    rng = random.Random(seed)
+    rng.shuffle(order)
     if limit is not None:
-        order = order[:limit]
+        order = order[:limit // 2 if builder.is_preference else limit]
     out, skipped = [], 0
     from tqdm.auto import tqdm
 
+    item_ids = builder.index.item_ids
     for i in tqdm(order, desc="tokenizing examples", unit="ex", mininterval=1.0):
         row = rows[i]
         try:
-            prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
+            ctx = json.loads(row["context"])
+            if builder.is_preference:
+                yes, no = builder.answer_ids()
+                seen = set(users[row["user_id"]]["items"]) if users else set(row["history"]) | {row["target"]}
+                pairs = [(row["target"], yes)]
+                neg = sample_negative(rng, item_ids, seen)
+                if neg is not None:
+                    pairs.append((neg, no))
+                for cand, answer in pairs:
+                    prompt = builder.encode(row["history"], row["history_ts"], ctx, candidate=cand)
+                    out.append({"input_ids": prompt + [answer, builder.eos_id],
+                                "completion_mask": [0] * len(prompt) + [1, 1]})
+                continue
+            prompt = builder.encode(row["history"], row["history_ts"], ctx)
             completion = builder.completion(row["target"], row["history"])
         except GenrecError:
             skipped += 1
@@ -234,7 +266,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError(f"the training split of {cfg.data} is empty")
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows)) if x is not None)
-    examples, skipped = build_examples(builder, train_rows, limit, cfg.seed)
+    examples, skipped = build_examples(builder, train_rows, limit, cfg.seed, data.users)
     if cfg.align_examples > 0 and index.style != "title":
         examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
         random.Random(cfg.seed).shuffle(examples)

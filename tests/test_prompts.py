@@ -24,10 +24,14 @@ def test_every_shipped_template_renders(tokenizer, tiny_data, task):
     data = load_prepared(tiny_data)
     b = builder_for(tokenizer, data.catalog, task=task)
     for row in data.split("test"):
-        ids = b.encode(row["history"], row["history_ts"], json.loads(row["context"]))
+        cand = row["target"] if b.is_preference else None
+        ids = b.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidate=cand)
         text = b.as_text(ids)
         assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
         assert data.catalog[row["history"][-1]]["title"] in text
+        if b.is_preference:
+            assert f"Candidate: {data.catalog[cand]['title']}" in text
+            continue
         comp = b.completion(row["target"], row["history"])
         assert comp[-1] == tokenizer.eos_token_id
         assert b.as_text(comp).startswith(b.index.targets[b.index.position[row["target"]]])
