@@ -70,6 +70,8 @@ def data() -> None:
 @click.option("--catalog-item-col", help="Item id column in the catalog (default: as --item-col or detected).")
 @click.option("--text-cols", help="Comma-separated catalog columns kept as item attributes (default: all others).")
 @click.option("--context-cols", help="Comma-separated interaction columns rendered as context.")
+@click.option("--derive-context", help="Context fields derived from each interaction's timestamp (UTC): "
+                                       "time_of_day, day_of_week, hour.")
 @click.option("--min-user-interactions", type=int, help="k-core: minimum interactions per user [5] (at least 3).")
 @click.option("--min-item-interactions", type=int, help="k-core: minimum interactions per item [5].")
 @click.option("--max-history", type=int, help="Keep the most recent N items of each history [50].")

@@ -35,6 +35,7 @@ class DataConfig:
     catalog_item_col: str | None = None
     text_cols: list[str] | None = None  # extra catalog text fields kept for prompts; None = every other column
     context_cols: list[str] = field(default_factory=list)  # interaction columns rendered as context
+    derive_context: list[str] = field(default_factory=list)  # from timestamps: time_of_day, day_of_week, hour
     min_user_interactions: int = 5
     min_item_interactions: int = 5
     max_history: int = 50

@@ -33,6 +33,19 @@ CONTROL_CHARS = r"[\x00-\x1f\x7f]"
 TABLE_KINDS = (".csv", ".tsv", ".tab", ".txt", ".inter", ".item", ".jsonl", ".json", ".ndjson", ".parquet")
 
 
+DERIVED_CONTEXT = ("time_of_day", "day_of_week", "hour")
+
+
+def derived_context(ts: int, fields: list[str]) -> dict[str, str]:
+    """Context read off a unix timestamp (UTC): the scene an interaction happened in, known at request time."""
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(int(ts), dt.UTC)
+    values = {"hour": str(t.hour), "day_of_week": t.strftime("%A"),
+              "time_of_day": ("night", "morning", "afternoon", "evening")[t.hour // 6]}
+    return {f: values[f] for f in fields}
+
+
 def hash_user_ids(users: pd.Series, salt: str | None) -> pd.Series:
     """HMAC-SHA256(salt, raw id), 16 hex digits: prepared data, training examples, models and reports then carry
     no raw user id. The salt is never written anywhere; without one (option or GENREC_USER_ID_SALT) a random salt
@@ -175,6 +188,9 @@ def prepare(cfg: DataConfig, log=print) -> dict:
                                                                    "catalog")
     for c in cfg.context_cols:
         _pick_column(inter, c, [], "context", "interactions")
+    for f in cfg.derive_context:
+        if f not in DERIVED_CONTEXT:
+            raise GenrecError(f"unknown derived context {f!r} (available: {', '.join(DERIVED_CONTEXT)})")
     text_cols = cfg.text_cols
     if text_cols is None:
         text_cols = [c for c in cat.columns if c not in (ci_col, title_col)]
@@ -263,6 +279,8 @@ def prepare(cfg: DataConfig, log=print) -> dict:
         ts = g["ts"].tolist()
         ctx = [dict(zip(cfg.context_cols, vals)) for vals in zip(*[g[c].tolist() for c in ctx_cols])] \
             if ctx_cols else [{} for _ in items]
+        if cfg.derive_context:
+            ctx = [{**c, **derived_context(t, cfg.derive_context)} for c, t in zip(ctx, ts)]
         users_rows.append({"user_id": user, "items": items, "timestamps": ts})
 
         def example(t: int) -> dict:

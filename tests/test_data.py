@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from genrec.cli import main
 from genrec.config import DataConfig
 from genrec.data import load_prepared, prepare
+from genrec.errors import GenrecError
 
 
 def run_prepare(tmp_path: Path, inter: Path, cat: Path, *extra: str):
@@ -192,3 +193,40 @@ def test_hashed_user_ids_leave_no_raw_id_in_any_artefact(tmp_path, tiny_raw):
     for path in files:
         blob = path.read_bytes()
         assert salt.encode() not in blob and b"person-" not in blob, path
+
+
+def test_derived_time_context_follows_the_target_timestamp(tmp_path, tiny_raw):
+    import datetime as dt
+
+    from genrec.config import DataConfig
+    from genrec.data import load_prepared, prepare
+
+    out = tmp_path / "ctx"
+    prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
+                       min_item_interactions=1, derive_context=["time_of_day", "day_of_week"]), log=lambda m: None)
+    rows = load_prepared(out).split("test")
+    for row in rows:
+        ctx = json.loads(row["context"])
+        t = dt.datetime.fromtimestamp(row["target_ts"], dt.UTC)
+        assert ctx["day_of_week"] == t.strftime("%A")
+        assert ctx["time_of_day"] == {0: "night", 1: "morning", 2: "afternoon", 3: "evening"}[t.hour // 6]
+    assert len({json.loads(r["context"])["time_of_day"] for r in rows}) > 1
+    with pytest.raises(GenrecError, match="unknown derived context 'weather'"):
+        prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(tmp_path / "x"),
+                           derive_context=["weather"]), log=lambda m: None)
+
+
+def test_context_reaches_the_prompt(tokenizer, tmp_path, tiny_raw):
+    from genrec.config import DataConfig, PromptConfig
+    from genrec.data import load_prepared, prepare
+    from genrec.index import ItemIndex
+    from genrec.training import make_builder
+
+    out = tmp_path / "ctx"
+    prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
+                       min_item_interactions=1, derive_context=["time_of_day"]), log=lambda m: None)
+    data = load_prepared(out)
+    b = make_builder(tokenizer, PromptConfig(), data.catalog, ItemIndex.build(list(data.catalog.values())))
+    row = data.split("test")[0]
+    text = b.as_text(b.encode(row["history"], row["history_ts"], json.loads(row["context"])))
+    assert f"Context: time_of_day={json.loads(row['context'])['time_of_day']}" in text
