@@ -229,11 +229,13 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @click.option("--perturb", help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).")
 @click.option("--popularity-penalty", type=float,
               help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
+@click.option("--with-reasons/--no-reasons", default=None,
+              help="Reason models: measure how often reasons name non-catalog titles or unsupported attributes.")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
 def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, perturb,
-             popularity_penalty, output, overrides) -> None:
+             popularity_penalty, with_reasons, output, overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
     from .evaluation import run_evaluation
@@ -244,7 +246,7 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_
         **parse_overrides(overrides),
         **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, backend=backend,
                      batch_size=batch_size, baselines=baselines, perturb=perturb,
-                     popularity_penalty=popularity_penalty, output=output)})
+                     popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
 

@@ -146,6 +146,7 @@ class EvaluateConfig:
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
     popularity_penalty: float = 0.0  # as in GenerateConfig (applies to the genrec model only)
+    with_reasons: bool = False  # reason models: also measure how grounded the top-1 reasons are
     negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
     output: str | None = None  # default: <model>/eval-<split>

@@ -202,6 +202,15 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     t0 = time.time()
     ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
     gen_seconds = time.time() - t0
+    grounding = None
+    if cfg.with_reasons:  # the top-1 item's reason per user, checked against the catalog and the history
+        cases = []
+        for start in range(0, len(requests), cfg.batch_size):
+            chunk = requests[start:start + cfg.batch_size]
+            for req, res in zip(chunk, rec.recommend(chunk, 1, cfg.beam_width, cfg.exclude_seen, with_reasons=True)):
+                top = res["recommendations"][0]
+                cases.append((top["reason"], top["item_id"], req.history[-rec.prompt_cfg.max_history:]))
+        grounding = reason_grounding(cases, rec.catalog)
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = train_popularity(data)
     lists = {"genrec": ranked}
@@ -240,7 +249,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
-        "results": results, "targets_pop_pct": target_pct, "perturbation": perturbation, "settings": to_dict(cfg),
+        "results": results, "targets_pop_pct": target_pct, "perturbation": perturbation,
+        "reason_grounding": grounding, "settings": to_dict(cfg),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
@@ -254,6 +264,9 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             for n, ms in perturbation["models"].items():
                 for m, v in ms.items():
                     fh.write(f"| {n} | {m} | {v['clean']:.4f} | {v['perturbed']:.4f} | {v['drop']:.4f} |\n")
+        if grounding:
+            fh.write("\nReasons (top-1 item per user): " + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in grounding.items()) + "\n")
     write_jsonl(out / "recommendations.jsonl", lines)
     k_plot = 10 if 10 in cfg.ks else kmax
     _bar_chart(results, k_plot, out / "metrics.png")
@@ -261,6 +274,44 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
     return report
+
+
+TITLE_MENTION = re.compile(r"[A-Z0-9][^.,;:!?()\"]{0,80}\(\d{4}\)|\"[^\"]{2,80}\"")
+
+
+def reason_grounding(cases: list[tuple[str, str, list[str]]], catalog: dict[str, dict]) -> dict:
+    """How grounded free-text reasons are; `cases` are (reason, recommended item id, history item ids).
+
+    non_catalog_title: share of reasons naming a title-like span ("Name (1999)" or a quoted string) that is no
+      catalog title. unsupported_attribute: share naming an attribute value (e.g. a genre; attributes with at most
+      100 distinct values) that neither the recommended item nor any history item has. mentions_item /
+      mentions_history: share naming the recommended item's title / some history item's title.
+    """
+    titles = {" ".join(r["title"].lower().split()) for r in catalog.values()}
+    values: dict[str, set[str]] = {}
+    for row in catalog.values():
+        for k, v in row.get("attrs", {}).items():
+            values.setdefault(k, set()).update(x.strip().lower() for x in re.split(r"[|,]", v) if x.strip())
+    vocab = {v for vs in values.values() if len(vs) <= 100 for v in vs if len(v) > 2}
+
+    def item_values(i: str) -> set[str]:
+        return {x.strip().lower() for v in catalog[i].get("attrs", {}).values() for x in re.split(r"[|,]", v)}
+
+    counts = Counter()
+    for reason, item, history in cases:
+        low = " ".join(reason.lower().split())
+        spans = [" ".join(m.group(0).strip('" ').lower().split()) for m in TITLE_MENTION.finditer(reason)]
+        # a span may start before the title ("Because you enjoyed Heat (1995)"): any word-suffix may be the title
+        counts["non_catalog_title"] += any(not any(" ".join(w[i:]) in titles for i in range(len(w)))
+                                           for w in (sp.split() for sp in spans))
+        allowed = item_values(item).union(*(item_values(h) for h in history if h in catalog))
+        said = {v for v in vocab if re.search(rf"\b{re.escape(v)}\w*\b", low)}
+        counts["unsupported_attribute"] += bool(said - allowed)
+        counts["mentions_item"] += catalog[item]["title"].lower() in low
+        counts["mentions_history"] += any(catalog[h]["title"].lower() in low for h in history if h in catalog)
+    n = len(cases)
+    return {"reasons": n, **{k: (counts[k] / n if n else 0.0) for k in (
+        "non_catalog_title", "unsupported_attribute", "mentions_item", "mentions_history")}}
 
 
 def auc(scores: list[float], labels: list[int]) -> float:

@@ -120,6 +120,33 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
     with_r = rec.recommend(req, k=3, with_reasons=True)[0]["recommendations"]
     assert [r["item_id"] for r in plain] == [r["item_id"] for r in with_r]
     assert all(isinstance(r["reason"], str) for r in with_r)
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+
+    rep = run_evaluation(EvaluateConfig(model=str(tmp_path / "r"), max_users=3, baselines=[], with_reasons=True,
+                                        output=str(tmp_path / "ev")), log=lambda m: None)
+    g = rep["reason_grounding"]
+    assert g["reasons"] == 3 and all(0 <= g[k] <= 1 for k in ("non_catalog_title", "unsupported_attribute"))
+    assert "Reasons (top-1 item per user)" in (tmp_path / "ev" / "metrics.md").read_text()
+
+
+def test_reason_grounding_flags_invented_titles_and_attributes():
+    from genrec.evaluation import reason_grounding
+
+    catalog = {"1": {"title": "Heat (1995)", "attrs": {"genres": "Action|Crime"}},
+               "2": {"title": "Toy Story (1995)", "attrs": {"genres": "Animation|Comedy"}},
+               "3": {"title": "Alien (1979)", "attrs": {"genres": "Horror|Sci-Fi"}}}
+    cases = [
+        ("Because you recently enjoyed Toy Story (1995), and this is an action title.", "1", ["2"]),  # grounded
+        ("Because you loved Jurassic Park (1993).", "1", ["2"]),  # a title outside the catalog
+        ("A horror classic like you enjoy.", "1", ["2"]),  # horror: neither the item's nor the history's
+        ("A comedy pick.", "1", ["2"]),  # comedy comes from the history: supported
+    ]
+    g = reason_grounding(cases, catalog)
+    assert g["reasons"] == 4
+    assert g["non_catalog_title"] == pytest.approx(1 / 4)
+    assert g["unsupported_attribute"] == pytest.approx(1 / 4)
+    assert g["mentions_history"] == pytest.approx(1 / 4)
 
 
 def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
