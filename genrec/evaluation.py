@@ -190,14 +190,27 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     catalog = set(rec.index.item_ids)
 
     requests, targets, seen = [], [], []
+    cold = rec.builder.is_request  # request models: cold-start users who only say what they want
+    rng = random.Random(cfg.seed)
     for i in chosen:
         row = rows[i]
         items = data.users[row["user_id"]]["items"]
-        prior = set(items[:-offset])
-        requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                context=json.loads(row["context"]), seen=prior if cfg.exclude_seen else set()))
+        prior = set(items[:-offset]) if cfg.exclude_seen and not cold else set()
+        if cold:
+            text = rec.builder.request_for(row["target"], rng)
+            if text is None:
+                continue
+            requests.append(Request(user_id=row["user_id"], request=text, context=json.loads(row["context"])))
+        else:
+            requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
+                                    context=json.loads(row["context"]), seen=prior))
         targets.append(row["target"])
-        seen.append(prior if cfg.exclude_seen else set())
+        seen.append(prior)
+    if cold and cfg.perturb:
+        raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
+    if cold:
+        cfg.baselines = [b for b in cfg.baselines if b != "sasrec"]  # no history: nothing for SASRec to read
+        chosen = [i for i in chosen if rec.builder.request_for(rows[i]["target"], random.Random(0)) is not None]
 
     t0 = time.time()
     ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")

@@ -119,6 +119,23 @@ class PromptBuilder:
         return yes[0], no[0]
 
     @property
+    def is_request(self) -> bool:
+        """Request templates answer a natural-language request (cold start), the history being optional."""
+        return self.cfg.task == "request"
+
+    def request_for(self, item_id: str, rng) -> str | None:
+        """A request an item would answer, from its attributes only (never its title, which would give the answer
+        away): "something with genres: Comedy, Romance". None for an item without attributes."""
+        attrs = self.item_view(item_id)["attrs"]
+        keys = sorted(k for k, v in attrs.items() if v.strip())
+        if not keys:
+            return None
+        picked = rng.sample(keys, rng.randint(1, len(keys)))
+        facts = "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in sorted(picked))
+        return rng.choice(["I am looking for something with {}", "Recommend me an item with {}",
+                           "Something with {}, please"]).format(facts)
+
+    @property
     def with_reasons(self) -> bool:
         return self.template.has_reason
 

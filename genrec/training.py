@@ -185,8 +185,15 @@ def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
                     out.append({"input_ids": prompt + [answer, builder.eos_id],
                                 "completion_mask": [0] * len(prompt) + [1, 1]})
                 continue
-            prompt = builder.encode(row["history"], row["history_ts"], ctx)
-            completion = builder.completion(row["target"], row["history"])
+            history, history_ts, request = row["history"], row["history_ts"], None
+            if builder.is_request:  # cold start: a request from the target's attributes, at most 2 history items
+                request = builder.request_for(row["target"], rng)
+                if request is None:
+                    raise GenrecError(f"item {row['target']!r} has no attributes to build a request from")
+                keep = rng.choice([0, 0, 1, 2])
+                history, history_ts = history[len(history) - keep:], history_ts[len(history_ts) - keep:]
+            prompt = builder.encode(history, history_ts, ctx, request)
+            completion = builder.completion(row["target"], history)
         except GenrecError:
             skipped += 1
             continue

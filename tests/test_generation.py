@@ -168,3 +168,32 @@ def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data
     assert mean_count(strong) < mean_count(plain)
     with pytest.raises(GenrecError, match="popularity penalty"):
         recommender.recommend(reqs, k=10, popularity_penalty=-1)
+
+
+def test_request_model_cold_start(tmp_path, tiny_data):
+    """A user with no history types what they want: only catalog items come back; training requests never
+    contain the target's title."""
+    import random
+
+    from conftest import tiny_sft_config
+
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+    from genrec.generation import Recommender, Request
+    from genrec.training import train
+
+    cfg = tiny_sft_config(tiny_data, tmp_path / "q", max_steps=2, save_steps=100)
+    cfg.prompt.task = "request"
+    train(cfg, log=lambda m: None)
+    rec = Recommender(tmp_path / "q")
+    item = next(i for i, r in rec.catalog.items() if r["attrs"].get("genres"))
+    text = rec.builder.request_for(item, random.Random(1))
+    assert rec.catalog[item]["title"] not in text and "genres:" in text
+    res = rec.recommend([Request(request="a funny animated movie for children")], k=5)[0]
+    assert "fallback" not in res and len(res["recommendations"]) == 5
+    assert all(r["item_id"] in rec.catalog for r in res["recommendations"])
+    short = rec.recommend([Request(history=[item], request="something scary", seen={item})], k=3)[0]
+    assert item not in {r["item_id"] for r in short["recommendations"]}
+    rep = run_evaluation(EvaluateConfig(model=str(tmp_path / "q"), max_users=4, output=str(tmp_path / "ev")),
+                         log=lambda m: None)
+    assert set(rep["results"]) == {"genrec", "popular"} and rep["results"]["genrec"]["validity"] == 1.0
