@@ -33,6 +33,13 @@ def friendly(fn):
     return wrapper
 
 
+# options shared by the commands that load a model
+backend_option = click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+batch_option = click.option("--batch-size", type=int, help="Users per batch [8].")
+data_option = click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's "
+                           "training data; another dataset's: items from its catalog, title models only).")
+
+
 def _overrides(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -124,8 +131,11 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--data", "data_dir", help="Prepared data directory.")
 @click.option("--output", "-o", help="Output model directory.")
 @click.option("--model", help="Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.")
-@click.option("--task", help="Prompt task (template prompts/<task>.j2).")
-@click.option("--template", type=click.Path(), help="Your own Jinja template.")
+@click.option("--task", help="Prompt task (template prompts/<task>.j2): next_item, next_item_reason, request, "
+                             "preference, rating; several comma-separated are mixed in one run, the first is the main.")
+@click.option("--template", type=click.Path(), help="Your own Jinja template (for the main task).")
+@click.option("--init-from", type=click.Path(), help="Continue the adapter of this genrec model (transfer from "
+                                                    "another dataset; titles on both sides).")
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--item-id", type=click.Choice(["title", "id", "semantic"]),
               help="What the model writes for an item: its title, a random-permutation number, or a semantic "
@@ -135,8 +145,8 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
 @click.argument("overrides", nargs=-1)
 @friendly
-def sft(config_path, data_dir, output, model, task, template, max_steps, item_id, resume, merge, overwrite,
-        overrides) -> None:
+def sft(config_path, data_dir, output, model, task, template, init_from, max_steps, item_id, resume, merge,
+        overwrite, overrides) -> None:
     """LoRA supervised fine-tuning with TRL on prompt/completion examples.
 
     Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
@@ -145,11 +155,12 @@ def sft(config_path, data_dir, output, model, task, template, max_steps, item_id
     from .config import SFTConfig, load_config, parse_overrides
     from .training import train
 
+    tasks = [t.strip() for t in task.split(",") if t.strip()] if task else None
     cfg = load_config(SFTConfig, config_path, {
         **parse_overrides(overrides),
         **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, item_id=item_id, resume=resume,
-                     merge=merge,
-                     overwrite=overwrite, **{"prompt.task": task, "prompt.template": template})})
+                     merge=merge, overwrite=overwrite, init_from=init_from, tasks=tasks,
+                     **{"prompt.task": tasks[0] if tasks else None, "prompt.template": template})})
     train(cfg)
 
 
@@ -159,11 +170,11 @@ def sft(config_path, data_dir, output, model, task, template, max_steps, item_id
 @click.option("--model", help="Model directory written by `genrec sft`.")
 @click.option("--users", help="Users file: JSONL (or CSV) with user_id and/or history, optional context, request.")
 @click.option("--out", help="Output JSONL.")
-@click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's training data).")
+@data_option
 @click.option("--k", type=int, help="Recommendations per user [10].")
 @click.option("--beam-width", type=int, help="Beam width (>= k) [max(k, 10)].")
-@click.option("--batch-size", type=int, help="Users per batch [8].")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@batch_option
+@backend_option
 @click.option("--exclude-seen/--include-seen", default=None, help="Never recommend items in the history [on].")
 @click.option("--with-reasons/--no-reasons", default=None, help="Add a short reason after each item.")
 @click.option("--popularity-penalty", type=float,
@@ -192,17 +203,18 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
 # ------------------------------------------------------------------------------------------------ rank
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with RankConfig keys.")
-@click.option("--model", help="Preference model directory (`genrec sft --task preference`).")
+@click.option("--model", help="Preference or rating model (`genrec sft --task preference` or `rating`).")
 @click.option("--candidates", help="JSONL: user_id and/or history, and candidates (a list of item ids) per line.")
 @click.option("--out", help="Output JSONL: each line's candidates ranked by P(yes).")
-@click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's training data).")
-@click.option("--batch-size", type=int, help="Users per batch [8].")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@data_option
+@batch_option
+@backend_option
 @click.option("--strict/--no-strict", default=None, help="Bad lines are errors instead of skipped.")
 @click.argument("overrides", nargs=-1)
 @friendly
 def rank(config_path, model, candidates, out, data_dir, batch_size, backend, strict, overrides) -> None:
-    """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits."""
+    """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits (or by the expected
+    rating of a rating model)."""
     from .config import RankConfig, load_config, parse_overrides
     from .generation import rank_file
 
@@ -219,12 +231,15 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")
 @click.option("--model", help="Model directory written by `genrec sft`.")
-@click.option("--data", "data_dir", help="Prepared data (default: the model's training data).")
+@click.option("--data", "data_dir", help="Prepared data (default: the model's training data; another dataset's: "
+                                        "zero-shot transfer to its catalog, title models only).")
 @click.option("--split", type=click.Choice(["valid", "test"]), help="Split to evaluate [test].")
+@click.option("--task", help="Task of a multi-task model to measure [its main task]: next_item, request "
+                             "(cold-start users), preference (AUC), rating (RMSE/MAE).")
 @click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
 @click.option("--max-users", type=int, help="Evaluate the first N users (deterministic sample).")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
-@click.option("--batch-size", type=int)
+@backend_option
+@batch_option
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
 @click.option("--perturb", help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).")
 @click.option("--popularity-penalty", type=float,
@@ -234,7 +249,7 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
-def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_size, baselines, perturb,
+def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, batch_size, baselines, perturb,
              popularity_penalty, with_reasons, output, overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
@@ -244,7 +259,7 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_
         baselines = []
     cfg = load_config(EvaluateConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(model=model, data=data_dir, split=split, ks=ks, max_users=max_users, backend=backend,
+        **_overrides(model=model, data=data_dir, split=split, task=task, ks=ks, max_users=max_users, backend=backend,
                      batch_size=batch_size, baselines=baselines, perturb=perturb,
                      popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output)})
     report = run_evaluation(cfg)
@@ -257,7 +272,7 @@ def evaluate(config_path, model, data_dir, split, ks, max_users, backend, batch_
 @click.option("--model", help="Model directory written by `genrec sft`.")
 @click.option("--host", help="Address to bind [127.0.0.1].")
 @click.option("--port", type=int, help="Port [8000].")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
+@backend_option
 @click.option("--served-model-name", help="Model name clients send [the model directory's name].")
 @click.argument("overrides", nargs=-1)
 @friendly

@@ -69,6 +69,8 @@ class SFTConfig:
     output: str = "runs/sample/model"
     model: str = "default"
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
+    init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
     item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)
@@ -138,6 +140,7 @@ class EvaluateConfig:
     model: str = "runs/sample/model"
     data: str | None = None
     split: str = "test"
+    task: str | None = None  # which task of a (multi-task) model to measure; default: its main task
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     max_users: int | None = None
     batch_size: int = 8

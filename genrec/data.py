@@ -2,8 +2,9 @@
 
 A prepared directory holds:
   dataset/        DatasetDict(train, valid, test); rows: user_id, history, history_ts, target, target_ts, context
+                  (+ history_ratings, target_rating when the interactions have ratings)
   catalog.jsonl   one item per line: item_id, title, attrs (other text fields)
-  users.jsonl     each user's full chronological sequence (items, timestamps): for exclusion of seen items,
+  users.jsonl     each user's full chronological sequence (items, timestamps, ratings): for exclusion of seen items,
                   user-id lookup at generation, and sequential baselines
   manifest.json   source files and hashes, options, counts
 """
@@ -220,6 +221,12 @@ def prepare(cfg: DataConfig, log=print) -> dict:
         "ts": parse_timestamps(inter[t_col], "interactions"),
         "row": np.arange(n_raw),
     })
+    if r_col is not None:  # kept for rating prediction and --min-rating
+        ratings = pd.to_numeric(inter[r_col], errors="coerce")
+        if ratings.isna().any():
+            row = int(np.flatnonzero(ratings.isna().to_numpy())[0])
+            raise GenrecError(f"interactions: rating {inter[r_col].iloc[row]!r} in data row {row + 1} is not a number")
+        df["rating"] = ratings.to_numpy(dtype=float)
     for c in cfg.context_cols:
         df["ctx_" + c] = inter[c].fillna("").astype(str)
     if ((df["user"] == "") | (df["item"] == "")).any():
@@ -234,11 +241,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     if cfg.min_rating is not None:
         if r_col is None:
             raise GenrecError("--min-rating was given but the interactions have no rating column")
-        ratings = pd.to_numeric(inter[r_col], errors="coerce")
-        if ratings.isna().any():
-            row = int(np.flatnonzero(ratings.isna().to_numpy())[0])
-            raise GenrecError(f"interactions: rating {inter[r_col].iloc[row]!r} in data row {row + 1} is not a number")
-        df = df[(ratings >= cfg.min_rating).to_numpy()]
+        df = df[df["rating"] >= cfg.min_rating]
     known = df["item"].isin(set(cat[ci_col]))
     n_unknown = int((~known).sum())
     if n_unknown and cfg.strict:
@@ -281,12 +284,17 @@ def prepare(cfg: DataConfig, log=print) -> dict:
             if ctx_cols else [{} for _ in items]
         if cfg.derive_context:
             ctx = [{**c, **derived_context(t, cfg.derive_context)} for c, t in zip(ctx, ts)]
-        users_rows.append({"user_id": user, "items": items, "timestamps": ts})
+        ratings = [float(r) for r in g["rating"]] if r_col is not None else None
+        users_rows.append({"user_id": user, "items": items, "timestamps": ts,
+                           **({"ratings": ratings} if ratings is not None else {})})
 
         def example(t: int) -> dict:
             lo = max(0, t - H)
-            return {"user_id": user, "history": items[lo:t], "history_ts": ts[lo:t],
-                    "target": items[t], "target_ts": ts[t], "context": json.dumps(ctx[t])}
+            row = {"user_id": user, "history": items[lo:t], "history_ts": ts[lo:t],
+                   "target": items[t], "target_ts": ts[t], "context": json.dumps(ctx[t])}
+            if ratings is not None:
+                row.update(history_ratings=ratings[lo:t], target_rating=ratings[t])
+            return row
 
         n = len(items)
         splits["test"].append(example(n - 1))
@@ -302,6 +310,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     features = Features({
         "user_id": Value("string"), "history": Sequence(Value("string")), "history_ts": Sequence(Value("int64")),
         "target": Value("string"), "target_ts": Value("int64"), "context": Value("string"),
+        **({"history_ratings": Sequence(Value("float32")), "target_rating": Value("float32")} if r_col else {}),
     })
     dsd = DatasetDict({k: Dataset.from_list(v, features=features) for k, v in splits.items()})
 

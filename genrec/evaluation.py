@@ -180,8 +180,14 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
-    if rec.builder.is_preference:
-        return evaluate_preference(rec, cfg, log)
+    transfer = bool(cfg.data) and rec.use_data(cfg.data)
+    if transfer:
+        log(f"note: {cfg.data} is not the model's training data: evaluating zero-shot transfer on its catalog")
+    task = cfg.task or rec.builder.cfg.task
+    if task not in rec.builders:
+        raise GenrecError(f"{cfg.model} was not trained for task {task!r} (it has: {', '.join(rec.builders)})")
+    if rec.builders[task].scores_candidates:
+        return evaluate_candidates(rec, cfg, task, log)
     data = load_prepared(cfg.data or rec.card["data"])
     rows = data.split(cfg.split)
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
@@ -190,27 +196,29 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     catalog = set(rec.index.item_ids)
 
     requests, targets, seen = [], [], []
-    cold = rec.builder.is_request  # request models: cold-start users who only say what they want
+    cold = task == "request"  # cold-start users who only say what they want
+    builder = rec.builders[task]
     rng = random.Random(cfg.seed)
     for i in chosen:
         row = rows[i]
         items = data.users[row["user_id"]]["items"]
         prior = set(items[:-offset]) if cfg.exclude_seen and not cold else set()
         if cold:
-            text = rec.builder.request_for(row["target"], rng)
+            text = builder.request_for(row["target"], rng)
             if text is None:
                 continue
             requests.append(Request(user_id=row["user_id"], request=text, context=json.loads(row["context"])))
         else:
             requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                    context=json.loads(row["context"]), seen=prior))
+                                    context=json.loads(row["context"]), seen=prior,
+                                    ratings=row.get("history_ratings")))
         targets.append(row["target"])
         seen.append(prior)
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
     if cold:
         cfg.baselines = [b for b in cfg.baselines if b != "sasrec"]  # no history: nothing for SASRec to read
-        chosen = [i for i in chosen if rec.builder.request_for(rows[i]["target"], random.Random(0)) is not None]
+        chosen = [i for i in chosen if builder.request_for(rows[i]["target"], random.Random(0)) is not None]
 
     t0 = time.time()
     ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
@@ -222,7 +230,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             chunk = requests[start:start + cfg.batch_size]
             for req, res in zip(chunk, rec.recommend(chunk, 1, cfg.beam_width, cfg.exclude_seen, with_reasons=True)):
                 top = res["recommendations"][0]
-                cases.append((top["reason"], top["item_id"], req.history[-rec.prompt_cfg.max_history:]))
+                cases.append((top["reason"], top["item_id"], req.history[-builder.cfg.max_history:]))
         grounding = reason_grounding(cases, rec.catalog)
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = train_popularity(data)
@@ -263,7 +271,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
         "results": results, "targets_pop_pct": target_pct, "perturbation": perturbation,
-        "reason_grounding": grounding, "settings": to_dict(cfg),
+        "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
+        "settings": to_dict(cfg),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
@@ -350,51 +359,94 @@ def log_loss(probs: list[float], labels: list[int]) -> float:
     return -sum(math.log(min(max(p if y else 1 - p, eps), 1)) for p, y in zip(probs, labels)) / len(probs)
 
 
-def evaluate_preference(rec: Recommender, cfg: EvaluateConfig, log) -> dict:
-    """Behaviour prediction: each user's held-out item (label 1) against `cfg.negatives` items the user never
-    interacted with (label 0, seeded), scored by P(yes); AUC and log-loss beside a popularity score's AUC."""
+def rating_errors(pred: list[float], truth: list[float]) -> dict:
+    n = len(truth)
+    if n == 0:
+        raise GenrecError("no rated held-out interactions to evaluate")
+    return {"RMSE": math.sqrt(sum((p - t) ** 2 for p, t in zip(pred, truth)) / n),
+            "MAE": sum(abs(p - t) for p, t in zip(pred, truth)) / n}
+
+
+def rating_baselines(data, user_ids: list[str], items: list[str], offset: int) -> dict[str, list[float]]:
+    """Global, user and item mean ratings from the training part of each sequence (unknowns -> global mean)."""
+    train = [(i, r) for u in data.users.values() for i, r in zip(u["items"][:-2], u["ratings"][:-2])]
+    glob = sum(r for _, r in train) / len(train)
+    by_item: dict[str, list[float]] = {}
+    for i, r in train:
+        by_item.setdefault(i, []).append(r)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else glob
+
+    return {"global_mean": [glob] * len(items),
+            "user_mean": [mean(data.users[u]["ratings"][:-offset]) for u in user_ids],
+            "item_mean": [mean(by_item.get(i, [])) for i in items]}
+
+
+def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, log) -> dict:
+    """Scoring tasks on each user's held-out item.
+    preference: the item (label 1) against `cfg.negatives` items the user never interacted with (label 0,
+      seeded), scored by P(yes): AUC and log-loss beside a popularity score's AUC.
+    rating: the expected rating against the user's real rating: RMSE and MAE beside global/user/item means."""
     from tqdm.auto import tqdm
 
     from .training import sample_negative
 
     data = load_prepared(cfg.data or rec.card["data"])
     rows = data.split(cfg.split)
+    offset = 1 if cfg.split == "test" else 2
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
     rng = random.Random(cfg.seed)
-    counts = train_popularity(data)
     requests, cands, labels = [], [], []
     for i in chosen:
         row = rows[i]
-        interacted = set(data.users[row["user_id"]]["items"])
-        negs = [sample_negative(rng, rec.index.item_ids, interacted) for _ in range(cfg.negatives)]
+        if task == "rating":
+            if row.get("target_rating") is None:
+                raise GenrecError(f"{data.path} has no ratings: the rating task needs a rating column")
+            cand, label = [row["target"]], [row["target_rating"]]
+        else:
+            interacted = set(data.users[row["user_id"]]["items"])
+            negs = [sample_negative(rng, rec.index.item_ids, interacted) for _ in range(cfg.negatives)]
+            cand = [row["target"]] + [n for n in negs if n is not None]
+            label = [1] + [0] * (len(cand) - 1)
         requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                context=json.loads(row["context"])))
-        cands.append([row["target"]] + [n for n in negs if n is not None])
-        labels.append([1] + [0] * (len(cands[-1]) - 1))
-    probs: list[list[float]] = []
-    bar = tqdm(total=len(requests), desc=f"preference {cfg.split}", unit="user")
+                                context=json.loads(row["context"]), ratings=row.get("history_ratings")))
+        cands.append(cand)
+        labels.append(label)
+    score = rec.preference if task == "preference" else rec.rate
+    scores: list[list[float]] = []
+    bar = tqdm(total=len(requests), desc=f"{task} {cfg.split}", unit="user")
     for start in range(0, len(requests), cfg.batch_size):
-        probs += rec.preference(requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
+        scores += score(requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
         bar.update(len(requests[start:start + cfg.batch_size]))
     bar.close()
-    flat_p = [p for ps in probs for p in ps]
+    flat_s = [p for ps in scores for p in ps]
     flat_y = [y for ys in labels for y in ys]
-    flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
-    results = {"genrec": {"AUC": auc(flat_p, flat_y), "log_loss": log_loss(flat_p, flat_y),
-                          "mean_p_yes_positive": sum(p for p, y in zip(flat_p, flat_y) if y) / sum(flat_y)},
-               "popular": {"AUC": auc(flat_pop, flat_y)}}
+    if task == "rating":
+        results = {"genrec": rating_errors(flat_s, flat_y)}
+        for name, pred in rating_baselines(data, [r.user_id for r in requests], [c[0] for c in cands],
+                                           offset).items():
+            results[name] = rating_errors(pred, flat_y)
+        cols, what = ["RMSE", "MAE"], "the expected rating vs the user's rating of the held-out item"
+    else:
+        counts = train_popularity(data)
+        flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
+        results = {"genrec": {"AUC": auc(flat_s, flat_y), "log_loss": log_loss(flat_s, flat_y),
+                              "mean_p_yes_positive": sum(p for p, y in zip(flat_s, flat_y) if y) / sum(flat_y)},
+                   "popular": {"AUC": auc(flat_pop, flat_y)}}
+        cols, what = ["AUC", "log_loss"], f"1 held-out item vs {cfg.negatives} sampled non-interacted item(s) each"
     out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
-    report = {"task": "preference", "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
-              "negatives_per_positive": cfg.negatives, "results": results, "settings": to_dict(cfg)}
-    md = "| model | AUC | log-loss |\n|---|---|---|\n" + "".join(
-        f"| {n} | {r['AUC']:.4f} | {r.get('log_loss', float('nan')):.4f} |\n" for n, r in results.items())
+    report = {"task": task, "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
+              "negatives_per_positive": cfg.negatives if task == "preference" else None, "results": results,
+              "settings": to_dict(cfg)}
+    md = f"| model | {' | '.join(cols)} |\n|---|" + "---|" * len(cols) + "\n" + "".join(
+        f"| {n} | " + " | ".join(f"{r[c]:.4f}" if c in r else "" for c in cols) + " |\n" for n, r in results.items())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
     with atomic_file(out / "metrics.md") as fh:
-        fh.write(f"Preference, split `{cfg.split}`: {len(chosen)} users, 1 held-out item vs {cfg.negatives} "
-                 f"sampled non-interacted item(s) each.\n\n{md}")
-    write_jsonl(out / "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "p_yes": p}
-                                       for r, c, y, p in zip(requests, cands, labels, probs)])
+        fh.write(f"{task.capitalize()}, split `{cfg.split}`: {len(chosen)} users, {what}.\n\n{md}")
+    write_jsonl(out / "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "scores": p}
+                                       for r, c, y, p in zip(requests, cands, labels, scores)])
     report["markdown"] = md
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md")

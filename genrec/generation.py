@@ -32,6 +32,7 @@ class Request:
     context: dict = field(default_factory=dict)
     request: str | None = None
     seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
+    ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
 
 
 class Recommender:
@@ -51,20 +52,11 @@ class Recommender:
         self.dir = model_dir
         self.card = read_json(card_path)
         self.tok = load_tokenizer(model_dir)
-        self.index = ItemIndex.load(model_dir / "item_index.json")
-        self.catalog = {row["item_id"]: row for row in read_jsonl(model_dir / "catalog.jsonl")}
-        prompt = dict(self.card["prompt"])
-        prompt["template"] = str(model_dir / prompt["template"])
-        self.prompt_cfg = PromptConfig(**prompt)
-        self.builder = PromptBuilder(self.tok, self.prompt_cfg, self.catalog, self.index,
-                                     load_template(self.prompt_cfg.template))
-        self.trie = TokenTrie([self.builder.item_tokens(t) for t in self.index.targets])
         counts = read_json(model_dir / "popularity.json")  # item -> training count, most popular first
         if isinstance(counts, list):  # models written before counts were kept: rank stands in for count
             counts = {i: len(counts) - r for r, i in enumerate(counts)}
-        self.popular = list(counts)
-        self.train_counts = counts
-        self._penalties: dict[float, list[float]] = {}
+        self._set_catalog([row for row in read_jsonl(model_dir / "catalog.jsonl")],
+                          ItemIndex.load(model_dir / "item_index.json"), counts)
         merged = model_dir / self.card["merged"] if self.card.get("merged") else None
         if self.index.new_tokens and merged is None:
             raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
@@ -82,6 +74,51 @@ class Recommender:
                 model = PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
             self.backend = HFBackend(model, self.tok.pad_token_id, self.tok.eos_token_id)
 
+    def _set_catalog(self, rows: list[dict], index: ItemIndex, counts: dict[str, int]) -> None:
+        """The items this model recommends, one prompt builder per trained task, and a trie per item ending."""
+        self.index = index
+        self.catalog = {row["item_id"]: row for row in rows}
+        self.builders: dict[str, PromptBuilder] = {}
+        for task, prompt in (self.card.get("tasks") or {self.card["prompt"]["task"]: self.card["prompt"]}).items():
+            cfg = PromptConfig(**{**prompt, "template": str(self.dir / prompt["template"])})
+            self.builders[task] = PromptBuilder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
+        self.builder = self.builders[self.card["prompt"]["task"]]  # the main task
+        self.prompt_cfg = self.builder.cfg
+        writers = [b for b in self.builders.values() if not b.scores_candidates]
+        # history-only requests go to a sequential task, falling back to the request task; request text to the latter
+        self.generator = next((b for b in writers if not b.is_request), writers[0] if writers else None)
+        self.requester = self.builders.get("request", self.generator)
+        self._tries: dict[int, TokenTrie] = {}
+        self.popular = list(counts)
+        self.train_counts = counts
+        self._penalties: dict[float, list[float]] = {}
+
+    def use_data(self, data_dir: str | Path) -> bool:
+        """Recommend from the catalog of another prepared dataset (cross-domain transfer, zero-shot): items are
+        written as titles, so a title model can name items it never saw. False when the catalog is the model's."""
+        from .data import load_prepared
+        from .training import train_popularity
+
+        data = load_prepared(data_dir)
+        if set(data.catalog) == set(self.catalog):
+            return False
+        if self.index.style != "title":
+            raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
+                              f"from the catalog of {data_dir} (only title models transfer)")
+        counts = dict(train_popularity(data).most_common())
+        self._set_catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts)
+        return True
+
+    def trie_for(self, builder: PromptBuilder) -> TokenTrie:
+        """The catalog's item token sequences as the builder ends them (EOS, or the newline before a reason)."""
+        if builder.item_end_id not in self._tries:
+            self._tries[builder.item_end_id] = TokenTrie([builder.item_tokens(t) for t in self.index.targets])
+        return self._tries[builder.item_end_id]
+
+    @property
+    def trie(self) -> TokenTrie:
+        return self.trie_for(self.generator or self.builder)
+
     @property
     def model(self):
         """The transformers model of the HF backend (benchmarks and tests compare against it)."""
@@ -95,7 +132,7 @@ class Recommender:
 
     @property
     def with_reasons(self) -> bool:
-        return self.builder.with_reasons
+        return self.generator is not None and self.generator.with_reasons
 
     def popularity_penalty(self, strength: float) -> list[float] | None:
         """Per item `strength * log(1 + training count)`: subtracted from an item's log-probability, it
@@ -116,8 +153,9 @@ class Recommender:
         With a popularity penalty, `score` is the penalised log-probability the items are ranked by."""
         from .constrained import top_items
 
-        if self.builder.is_preference:
-            raise GenrecError(f"{self.dir} is a preference model: it scores given candidates (use `genrec rank`)")
+        if self.generator is None:
+            raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
+                              "(use `genrec rank`)")
         if k < 1 or k > len(self.index.item_ids):
             raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
         if with_reasons and not self.with_reasons:
@@ -125,18 +163,23 @@ class Recommender:
         width = max(beam_width or max(k, 10), k)
         penalty = self.popularity_penalty(popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
-        todo, prompts, banned = [], [], []
+        groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):
             if not req.history and not req.request:
                 results[n] = self._fallback(req, k, exclude_seen)
                 continue
-            prompts.append(self.builder.encode(req.history, req.history_ts, req.context, req.request))
-            seen = (req.seen | set(req.history)) if exclude_seen else set()
-            banned.append({self.index.position[i] for i in seen if i in self.index.position})
-            todo.append(n)
-        if todo:
-            found = top_items(self.backend, prompts, self.trie, k, width, banned, penalty)
-            reasons = self._reasons(prompts, found) if with_reasons else None
+            b = self.requester if req.request else self.generator
+            groups.setdefault(id(b), (b, []))[1].append(n)
+        for builder, todo in groups.values():
+            prompts, banned = [], []
+            for n in todo:
+                req = requests[n]
+                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.request,
+                                              history_ratings=req.ratings))
+                seen = (req.seen | set(req.history)) if exclude_seen else set()
+                banned.append({self.index.position[i] for i in seen if i in self.index.position})
+            found = top_items(self.backend, prompts, self.trie_for(builder), k, width, banned, penalty)
+            reasons = self._reasons(builder, prompts, found) if with_reasons and builder.with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
                 for rank, h in enumerate(found[j], start=1):
@@ -151,22 +194,36 @@ class Recommender:
 
     def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""
-        if not self.builder.is_preference:
-            raise GenrecError(f"{self.dir} was not trained for preference prediction (train with --task preference)")
-        yes, no = self.builder.answer_ids()
+        probs = self._answer_probs("preference", requests, candidates, batch_size)
+        return [[p[0] for p in ps] for ps in probs]
+
+    def rate(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
+        """Expected rating (1-5) per (request, candidate): the five digit tokens' softmax times their values."""
+        from .prompts import RATING_LEVELS
+
+        probs = self._answer_probs("rating", requests, candidates, batch_size)
+        return [[sum(r * q for r, q in zip(RATING_LEVELS, p)) for p in ps] for ps in probs]
+
+    def _answer_probs(self, task: str, requests: list[Request], candidates: list[list[str]],
+                      batch_size: int) -> list[list[list[float]]]:
+        """Per (request, candidate): the softmax over the task's answer tokens at the first answer position."""
+        builder = self.builders.get(task)
+        if builder is None:
+            raise GenrecError(f"{self.dir} was not trained for {task} prediction (train with --task {task})")
+        answers = list(builder.answer_ids())
         prompts, owners = [], []
         for n, (req, cands) in enumerate(zip(requests, candidates)):
             for c in cands:
                 if c not in self.catalog:
                     raise GenrecError(f"unknown candidate item id {c!r}")
-                prompts.append(self.builder.encode(req.history, req.history_ts, req.context, req.request, c))
+                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.request, c,
+                                              history_ratings=req.ratings))
                 owners.append(n)
-        probs: list[float] = []
+        probs: list[list[float]] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            logp = self.backend.start(chunk, [[yes, no]] * len(chunk)).logp.float()
-            probs += logp.softmax(-1)[:, 0].tolist()  # P(yes | yes or no)
-        out: list[list[float]] = [[] for _ in requests]
+            probs += self.backend.start(chunk, [answers] * len(chunk)).logp.float().softmax(-1).tolist()
+        out: list[list[list[float]]] = [[] for _ in requests]
         for n, p in zip(owners, probs):
             out[n].append(p)
         return out
@@ -177,14 +234,14 @@ class Recommender:
         return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}
                                     for r, i in enumerate(items, start=1)], "fallback": "popular"}
 
-    def _reasons(self, prompts: list[list[int]], found) -> list[list[str]]:
+    def _reasons(self, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:
         """Greedy free-text reasons after each chosen item; the item itself is already fixed."""
         seqs, owners = [], []
         for j, hyps in enumerate(found):
             for h in hyps:
-                seqs.append(prompts[j] + self.builder.item_tokens(self.index.targets[h.item]))
+                seqs.append(prompts[j] + builder.item_tokens(self.index.targets[h.item]))
                 owners.append(j)
-        outs = self.backend.greedy(seqs, self.prompt_cfg.max_reason_tokens) if seqs else []
+        outs = self.backend.greedy(seqs, builder.cfg.max_reason_tokens) if seqs else []
         per_user: list[list[str]] = [[] for _ in found]
         for j, ids in zip(owners, outs):
             per_user[j].append(" ".join(self.tok.decode(ids, skip_special_tokens=True).split()))
@@ -241,22 +298,25 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
     req_text = obj.get("request")
     if req_text is not None and not isinstance(req_text, str):
         raise GenrecError(f"{where}: request must be a string")
-    seen: set[str] = set()
     history: list[str] = []
+    ratings = obj.get("ratings")
     if hist is not None:
         history = [str(i) for i in hist]
     elif uid is not None:
         if users is None or str(uid) not in users:
             raise GenrecError(f"{where}: unknown user_id {uid!r}")
         history = list(users[str(uid)]["items"])
+        ratings = users[str(uid)].get("ratings") if ratings is None else ratings
     elif req_text is None:
         raise GenrecError(f"{where}: give user_id, history or request")
+    if ratings is not None and (not isinstance(ratings, list) or len(ratings) != len(history) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in ratings)):
+        raise GenrecError(f"{where}: ratings must be a list of numbers, one per history item")
     unknown = [i for i in history if i not in catalog]
     if unknown:
         raise GenrecError(f"{where}: unknown item id {unknown[0]!r} in history")
-    seen = set(history)
     return Request(user_id=None if uid is None else str(uid), history=history, context=ctx, request=req_text,
-                   seen=seen)
+                   seen=set(history), ratings=ratings)
 
 
 def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -264,7 +324,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     from tqdm.auto import tqdm
 
     rows = read_users_file(cfg.users)
-    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
@@ -313,11 +373,22 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
             "out": str(out)}
 
 
-def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
-    """Re-rank each line's `candidates` by P(yes) of a preference model; the output is written whole or not at all."""
-    rows = read_users_file(cfg.candidates)
+def load_for_data(cfg: GenerateConfig | RankConfig, log) -> Recommender:
+    """The model of `cfg`, recommending from the catalog of `cfg.data` when that is another dataset's."""
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    if cfg.data and rec.use_data(cfg.data):
+        log(f"note: {cfg.data} is not the model's training data: items come from its catalog (zero-shot transfer)")
+    return rec
+
+
+def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Re-rank each line's `candidates` by P(yes) of a preference model (or the expected rating of a rating
+    model); the output is written whole or not at all."""
+    rows = read_users_file(cfg.candidates)
+    rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
+    task = "preference" if "preference" in rec.builders else "rating"
+    score, key = (rec.preference, "p_yes") if task == "preference" else (rec.rate, "expected_rating")
     todo, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         where = f"candidates file line {n}"
@@ -340,11 +411,11 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     lines = []
     for start in tqdm(range(0, len(todo), cfg.batch_size), desc="ranking", unit="batch"):
         chunk = todo[start:start + cfg.batch_size]
-        probs = rec.preference([r for _, _, r, _ in chunk], [c for *_, c in chunk])
+        probs = score([r for _, _, r, _ in chunk], [c for *_, c in chunk])
         for (n, obj, _, cands), ps in zip(chunk, probs):
             ranked = sorted(zip(cands, ps), key=lambda cp: -cp[1])
             lines.append({"index": n, "user_id": obj.get("user_id"), "ranked": [
-                {"item_id": c, "title": rec.catalog[c]["title"], "rank": r, "p_yes": round(p, 6)}
+                {"item_id": c, "title": rec.catalog[c]["title"], "rank": r, key: round(p, 6)}
                 for r, (c, p) in enumerate(ranked, start=1)]})
     write_jsonl(cfg.out, lines)
     return {"written": len(lines), "skipped": skipped, "out": str(cfg.out)}

@@ -92,9 +92,15 @@ class ItemIndex:
                    new_tokens=data.get("new_tokens", []), stats=data.get("stats", {}))
 
 
+def facts_line(attrs: dict[str, str], keys) -> str:
+    """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
+    what prompts show beside items and what the text encoder reads for semantic ids."""
+    return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
+
+
 def _item_text(row: dict) -> str:
-    facts = "; ".join(f"{k}: {v.replace('|', ', ')}" for k, v in sorted(row.get("attrs", {}).items()) if v)
-    return " ".join(f"{row['title']}. {facts}".split())
+    attrs = row.get("attrs", {})
+    return " ".join(f"{row['title']}. {facts_line(attrs, sorted(attrs))}".split())
 
 
 class TokenTrie:

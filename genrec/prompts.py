@@ -2,12 +2,12 @@
 
 A template defines blocks `system` and `user` (and optionally `reason`, the supervised explanation that follows
 the item). Context passed to every block:
-  history    list of items, oldest first: {id, title, target, attrs, facts, timestamp, date}; `facts` is the
-             item's knowledge as one compact line ("genres: Comedy, Drama; brand: Acme"), from the
-             attributes named in PromptConfig.item_facts
+  history    list of items, oldest first: {id, title, target, attrs, facts, timestamp, date, rating}; `facts` is
+             the item's knowledge as one compact line ("genres: Comedy, Drama; brand: Acme"), from the
+             attributes named in PromptConfig.item_facts; `rating` is the user's rating (1-5) or None
   context    dict of context fields of the request (device, hour, scene, ...), possibly empty
   request    natural-language request text or None
-  candidate  an item (preference tasks) or None
+  candidate  an item (preference and rating tasks) or None
   item       the target item (only in the `reason` block)
   id_style   how items are identified ("title", ...)
   n_history  number of history items shown
@@ -18,6 +18,7 @@ so a title containing "<|im_end|>" reaches the model as the characters, never as
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,17 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .config import PromptConfig
 from .errors import GenrecError
-from .index import ItemIndex
+from .index import ItemIndex, facts_line
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 _SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
 REASON_SEPARATOR = "\n"
+RATING_LEVELS = (1, 2, 3, 4, 5)
+
+
+def rating_level(rating: float) -> int:
+    """A rating on a 1-5 scale as the answer digit: halves round up (3.5 -> 4), out-of-scale values are clamped."""
+    return min(RATING_LEVELS[-1], max(RATING_LEVELS[0], math.floor(rating + 0.5)))
 
 
 def template_path(cfg: PromptConfig) -> Path:
@@ -111,12 +118,24 @@ class PromptBuilder:
         """Preference templates answer "yes"/"no" about `candidate` instead of writing an item."""
         return self.cfg.task == "preference"
 
-    def answer_ids(self) -> tuple[int, int]:
-        """Token ids of "yes" and "no" (each must be one token: the score is a softmax over exactly these two)."""
-        yes, no = self.plain("yes"), self.plain("no")
-        if len(yes) != 1 or len(no) != 1:
-            raise GenrecError("the tokenizer must encode 'yes' and 'no' as one token each")
-        return yes[0], no[0]
+    @property
+    def is_rating(self) -> bool:
+        """Rating templates answer the user's rating of `candidate`, one digit from 1 to 5."""
+        return self.cfg.task == "rating"
+
+    @property
+    def scores_candidates(self) -> bool:
+        """The answer is one token about a given candidate, read from its logits (never an item to generate)."""
+        return self.is_preference or self.is_rating
+
+    def answer_ids(self) -> tuple[int, ...]:
+        """The answer tokens a scoring task chooses among ("yes", "no" or "1".."5"), each exactly one token:
+        the score comes from a softmax over exactly these."""
+        words = [str(r) for r in RATING_LEVELS] if self.is_rating else ["yes", "no"]
+        ids = [self.plain(w) for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise GenrecError(f"the tokenizer must encode each of {', '.join(words)} as one token")
+        return tuple(i[0] for i in ids)
 
     @property
     def is_request(self) -> bool:
@@ -163,15 +182,14 @@ class PromptBuilder:
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         return bos, self.plain("\n\n"), self.plain("\n\nAnswer: ")
 
-    def item_view(self, item_id: str, timestamp: int | None = None) -> dict:
+    def item_view(self, item_id: str, timestamp: int | None = None, rating: float | None = None) -> dict:
         row = self.catalog.get(item_id)
         if row is None:
             raise GenrecError(f"unknown item id {item_id!r}")
         lim = self.cfg.max_title_chars
         pos = self.index.position.get(item_id)
         attrs = row.get("attrs", {})
-        facts = "; ".join(f"{k}: {_clean(attrs[k].replace('|', ', '), lim)}" for k in self.fact_keys
-                          if attrs.get(k, "").strip())
+        facts = facts_line({k: _clean(v, lim) for k, v in attrs.items()}, self.fact_keys)
         return {
             "id": item_id,
             "title": _clean(row["title"], lim),
@@ -180,12 +198,14 @@ class PromptBuilder:
             "facts": _clean(facts, 2 * lim),
             "timestamp": timestamp,
             "date": dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d") if timestamp else "",
+            "rating": None if rating is None else rating_level(rating),
         }
 
-    def _variables(self, history, history_ts, context, request, candidate) -> dict:
+    def _variables(self, history, history_ts, context, request, candidate, history_ratings=None) -> dict:
         ts = history_ts if history_ts is not None else [None] * len(history)
+        rs = history_ratings if history_ratings is not None else [None] * len(history)
         return {
-            "history": [self.item_view(i, t) for i, t in zip(history, ts)],
+            "history": [self.item_view(i, t, r) for i, t, r in zip(history, ts, rs)],
             "context": {str(k): _clean(v, self.cfg.max_title_chars) for k, v in (context or {}).items()},
             "request": _clean(request, 4 * self.cfg.max_title_chars) if request else None,
             "candidate": self.item_view(candidate) if candidate else None,
@@ -194,30 +214,30 @@ class PromptBuilder:
         }
 
     def render(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
-               request: str | None = None, candidate: str | None = None) -> tuple[str, str, int]:
+               request: str | None = None, candidate: str | None = None,
+               history_ratings: list[float] | None = None) -> tuple[str, str, int]:
         """(system text, user text, number of history items kept) within the token budget."""
-        history = list(history)[-self.cfg.max_history:] if self.cfg.max_history > 0 else []
-        if history_ts is not None:
-            history_ts = list(history_ts)[-len(history):] if history else []
+        n = min(len(history), max(self.cfg.max_history, 0))
         while True:
-            v = self._variables(history, history_ts, context, request, candidate)
+            # Keep the newest n items (and their times/ratings); the target is never part of the prompt.
+            recent = [list(x)[len(x) - n:] if x is not None else None for x in (history, history_ts, history_ratings)]
+            v = self._variables(recent[0], recent[1], context, request, candidate, recent[2])
             system, user = self.template.render_block("system", v), self.template.render_block("user", v)
             if len(self.wrap(system, user)) <= self.cfg.max_prompt_tokens:
-                return system, user, len(history)
-            if not history:
+                return system, user, n
+            if n == 0:
                 raise GenrecError(f"prompt is longer than max_prompt_tokens={self.cfg.max_prompt_tokens} "
                                   "even without history")
-            # Trim from the oldest end: the target (never part of the prompt) is untouched.
-            history = history[1:]
-            history_ts = history_ts[1:] if history_ts is not None else None
+            n -= 1
 
     def wrap(self, system: str, user: str) -> list[int]:
         pre, mid, post = self._frame
         return pre + self.plain(system) + mid + self.plain(user) + post
 
     def encode(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
-               request: str | None = None, candidate: str | None = None) -> list[int]:
-        system, user, _ = self.render(history, history_ts, context, request, candidate)
+               request: str | None = None, candidate: str | None = None,
+               history_ratings: list[float] | None = None) -> list[int]:
+        system, user, _ = self.render(history, history_ts, context, request, candidate, history_ratings)
         return self.wrap(system, user)
 
     def as_text(self, ids: list[int]) -> str:

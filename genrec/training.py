@@ -6,6 +6,7 @@ token sequences that constrained decoding later allows; TRL then masks the promp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -21,7 +22,7 @@ from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .index import ItemIndex
 from .models import MODEL_CARD, load_tokenizer, pick_dtype, resolve_base_model
-from .prompts import PromptBuilder, load_template, template_path
+from .prompts import RATING_LEVELS, PromptBuilder, load_template, rating_level, template_path
 
 
 def train_popularity(data: PreparedData) -> Counter:
@@ -41,15 +42,10 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
     rows = data.split(split).filter(lambda r: r["user_id"] == user_id)
     if len(rows) == 0:
         raise GenrecError(f"user {user_id!r} has no example in split '{split}' of {data_dir}")
-    row = rows[-1]
     tok = load_tokenizer(resolve_base_model(model))
     builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
-    if builder.is_preference:  # the positive example: the real next item as candidate
-        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidate=row["target"])
-        completion = [builder.answer_ids()[0], builder.eos_id]
-    else:
-        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]))
-        completion = builder.completion(row["target"], row["history"])
+    # the first (for preference: the positive) example the user's last row gives
+    prompt, completion = task_examples(builder, rows[-1], random.Random(0), data.users)[0]
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
 
@@ -155,50 +151,70 @@ def sample_negative(rng: random.Random, item_ids: list[str], interacted: set[str
             return item
 
 
+def task_examples(builder: PromptBuilder, row: dict, rng: random.Random,
+                  users: dict[str, dict] | None = None) -> list[tuple[list[int], list[int]]]:
+    """The (prompt ids, completion ids) pairs one prepared row gives for the builder's task:
+    next_item*  history -> the target item (+ reason)
+    request     a request built from the target's attributes, at most 2 history items -> the target item
+    preference  (target, "yes") and (one seeded item the user never interacted with, "no")
+    rating      (target, its rating as a digit 1-5); rows without a rating raise GenrecError
+    """
+    ctx = json.loads(row["context"])
+    ratings = row.get("history_ratings")
+    if builder.scores_candidates:
+        if builder.is_rating:
+            if row.get("target_rating") is None:
+                raise GenrecError("the rating task needs rated interactions: prepare the data (again) from interactions "
+                                  "with a rating column")
+            pairs = [(row["target"], builder.answer_ids()[rating_level(row["target_rating"]) - RATING_LEVELS[0]])]
+        else:
+            yes, no = builder.answer_ids()
+            seen = set(users[row["user_id"]]["items"]) if users else set(row["history"]) | {row["target"]}
+            neg = sample_negative(rng, builder.index.item_ids, seen)
+            pairs = [(row["target"], yes)] + ([(neg, no)] if neg is not None else [])
+        return [(builder.encode(row["history"], row["history_ts"], ctx, candidate=cand, history_ratings=ratings),
+                 [answer, builder.eos_id]) for cand, answer in pairs]
+    history, history_ts, request = row["history"], row["history_ts"], None
+    if builder.is_request:
+        request = builder.request_for(row["target"], rng)
+        if request is None:
+            raise GenrecError(f"item {row['target']!r} has no attributes to build a request from")
+        keep = rng.choice([0, 0, 1, 2])
+        history, history_ts = history[len(history) - keep:], history_ts[len(history_ts) - keep:]
+        ratings = ratings[len(ratings) - keep:] if ratings is not None else None
+    return [(builder.encode(history, history_ts, ctx, request, history_ratings=ratings),
+             builder.completion(row["target"], history))]
+
+
 def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
                    users: dict[str, dict] | None = None) -> tuple[list[dict], int]:
-    """Tokenized examples in a seeded random order; examples that cannot be rendered are skipped and counted.
-    Preference templates get two examples per row: the real next item ("yes") and one sampled item the user never
-    interacted with ("no"), from a seeded generator."""
+    """Tokenized examples (see task_examples) from rows in a seeded random order; rows that cannot be rendered
+    are skipped and counted. Preference rows give two examples each, so half as many rows are read."""
+    from tqdm.auto import tqdm
+
     order = list(range(len(rows)))
     rng = random.Random(seed)
     rng.shuffle(order)
     if limit is not None:
         order = order[:limit // 2 if builder.is_preference else limit]
     out, skipped = [], 0
-    from tqdm.auto import tqdm
-
-    item_ids = builder.index.item_ids
-    for i in tqdm(order, desc="tokenizing examples", unit="ex", mininterval=1.0):
-        row = rows[i]
+    for i in tqdm(order, desc=f"tokenizing {builder.cfg.task} examples", unit="ex", mininterval=1.0):
         try:
-            ctx = json.loads(row["context"])
-            if builder.is_preference:
-                yes, no = builder.answer_ids()
-                seen = set(users[row["user_id"]]["items"]) if users else set(row["history"]) | {row["target"]}
-                pairs = [(row["target"], yes)]
-                neg = sample_negative(rng, item_ids, seen)
-                if neg is not None:
-                    pairs.append((neg, no))
-                for cand, answer in pairs:
-                    prompt = builder.encode(row["history"], row["history_ts"], ctx, candidate=cand)
-                    out.append({"input_ids": prompt + [answer, builder.eos_id],
-                                "completion_mask": [0] * len(prompt) + [1, 1]})
-                continue
-            history, history_ts, request = row["history"], row["history_ts"], None
-            if builder.is_request:  # cold start: a request from the target's attributes, at most 2 history items
-                request = builder.request_for(row["target"], rng)
-                if request is None:
-                    raise GenrecError(f"item {row['target']!r} has no attributes to build a request from")
-                keep = rng.choice([0, 0, 1, 2])
-                history, history_ts = history[len(history) - keep:], history_ts[len(history_ts) - keep:]
-            prompt = builder.encode(history, history_ts, ctx, request)
-            completion = builder.completion(row["target"], history)
+            pairs = task_examples(builder, rows[i], rng, users)
         except GenrecError:
             skipped += 1
             continue
-        out.append({"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+        out += [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in pairs]
     return out, skipped
+
+
+def task_builders(tok, cfg: SFTConfig, catalog: dict[str, dict], index: ItemIndex) -> dict[str, PromptBuilder]:
+    """One prompt builder per task of the run, the first being the main one (it alone takes prompt.template)."""
+    tasks = cfg.tasks or [cfg.prompt.task]
+    if len(set(tasks)) != len(tasks):
+        raise GenrecError(f"a task is named twice in {','.join(tasks)}")
+    return {t: make_builder(tok, dataclasses.replace(cfg.prompt, task=t, template=cfg.prompt.template if n == 0
+                                                     else None), catalog, index) for n, t in enumerate(tasks)}
 
 
 def last_checkpoint(out: Path) -> Path | None:
@@ -225,6 +241,26 @@ def _prepare_output(cfg: SFTConfig) -> Path:
         raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
+    """The genrec model whose LoRA adapter this run continues (cross-domain transfer), checked to fit: same base
+    model, titles on both sides (ids and codes name items of one catalog only)."""
+    if not cfg.init_from:
+        return None
+    init = Path(cfg.init_from)
+    card_path = init / MODEL_CARD
+    if not card_path.is_file():
+        raise GenrecError(f"init_from: {init} is not a genrec model directory (no {MODEL_CARD})")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("id_style", "title") != "title" or index.style != "title":
+        raise GenrecError("init_from: transfer between datasets needs item_id=title on both models "
+                          "(ids and semantic codes only name items of the catalog they were built on)")
+    if not card.get("adapter") or not (init / "adapter_config.json").is_file():
+        raise GenrecError(f"init_from: {init} holds no LoRA adapter")
+    if resolve_base_model(card["base_model"]).resolve() != base.resolve():
+        raise GenrecError(f"init_from: {init} was trained on another base model ({card['base_model']})")
+    return init
 
 
 def _plot_loss(log_path: Path, png_path: Path) -> None:
@@ -266,24 +302,31 @@ def train(cfg: SFTConfig, log=print) -> Path:
     index = build_index(data, cfg, log)
     if index.new_tokens:
         tok.add_tokens(index.new_tokens)
-    builder = make_builder(tok, cfg.prompt, data.catalog, index)
+    builders = task_builders(tok, cfg, data.catalog, index)
+    builder = next(iter(builders.values()))  # the main task
 
     train_rows = data.split("train")
     if len(train_rows) == 0:
         raise GenrecError(f"the training split of {cfg.data} is empty")
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
-    limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows)) if x is not None)
-    examples, skipped = build_examples(builder, train_rows, limit, cfg.seed, data.users)
+    limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
+    examples, skipped = [], {}
+    for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
+        ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
+        if not ex:
+            raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
+                              "max_prompt_tokens)")
+        examples += ex
     if cfg.align_examples > 0 and index.style != "title":
         examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
-        random.Random(cfg.seed).shuffle(examples)
-    if not examples:
-        raise GenrecError("no training example could be rendered (check the template and max_prompt_tokens)")
-    if skipped:
-        log(f"skipped {skipped} example(s) that do not fit the prompt budget")
+    random.Random(cfg.seed).shuffle(examples)
+    for task, n in skipped.items():
+        if n:
+            log(f"skipped {n} {task} example(s) that could not be rendered within the prompt budget")
 
     dtype = pick_dtype(cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    init = _init_adapter(cfg, base, index)
     new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
     if new_ids:
         if cfg.weight_decay:
@@ -317,6 +360,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
     if not cfg.resume and loss_log.exists():
         loss_log.unlink()
+    if init is not None:  # transfer: continue the given model's adapter (its LoRA settings apply)
+        from peft import PeftModel
+
+        log(f"starting from the adapter of {init}")
+        model, peft_config = PeftModel.from_pretrained(model, str(init), is_trainable=True), None
     code_rows = CodeRows(new_ids)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
                          peft_config=peft_config, callbacks=[LossLog(), code_rows])
@@ -337,7 +385,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
     tok.save_pretrained(str(out))
     index.save(out / "item_index.json")
     write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
-    shutil.copyfile(builder.template.path, out / "template.j2")
+    tasks = {}
+    for n, (task, b) in enumerate(builders.items()):
+        name = "template.j2" if n == 0 else f"template-{task}.j2"
+        shutil.copyfile(b.template.path, out / name)
+        tasks[task] = {**to_dict(b.cfg), "template": name}
     write_json(out / "popularity.json", dict(train_popularity(data).most_common()))  # item -> training count
     merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
     if merge:
@@ -350,20 +402,20 @@ def train(cfg: SFTConfig, log=print) -> Path:
         tmp.rename(out / "merged")
     if loss_log.exists():
         _plot_loss(loss_log, out / "loss.png")
-    prompt = to_dict(cfg.prompt)
-    prompt["template"] = "template.j2"
     write_json(out / MODEL_CARD, {
         "genrec_model": 1,
         "base_model": "default" if cfg.model in ("default", None, "") else str(base.resolve()),
         "adapter": True,
         "merged": "merged" if merge else None,
         "data": str(Path(cfg.data).resolve()),
-        "prompt": prompt,
+        "prompt": next(iter(tasks.values())),  # the main task
+        "tasks": tasks,
+        "init_from": str(init.resolve()) if init else None,
         "with_reasons": builder.with_reasons,
         "id_style": index.style,
         "sft": to_dict(cfg),
         "train_examples": len(examples),
-        "skipped_examples": skipped,
+        "skipped_examples": sum(skipped.values()),
         "train_loss": result.training_loss,
         "train_seconds": elapsed,
         "global_step": trainer.state.global_step,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import json
@@ -87,6 +88,40 @@ def lcrec_raw(work: Path, name: str) -> tuple[Path, Path]:
         w.writerow(["item_id"])
         w.writerows([a] for a in sorted(asin.values()))
     return work / "inter.csv", work / "items.csv"
+
+
+def bench_parser(doc: str, datasets: str | None, steps: int, work: str, users: int = 100) -> argparse.ArgumentParser:
+    """The options every quality benchmark shares; scripts add their own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if datasets:
+        ap.add_argument("--datasets", default=datasets)
+    ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per fine-tune (the same for every arm)")
+    ap.add_argument("--users", type=int, default=users, help="test users per evaluation (a seeded sample)")
+    ap.add_argument("--sasrec-seconds", type=float, default=120.0)
+    ap.add_argument("--work", default=work)
+    ap.add_argument("--name", default=Path(work).name, help="results file stem under runs/bench/")
+    return ap
+
+
+def start_report(args: argparse.Namespace) -> dict:
+    return {**{k: v for k, v in vars(args).items() if k not in ("work", "name")}, "machine": machine(),
+            "datasets": {}}
+
+
+def prepare_shared(name: str, work: Path, **options) -> Path:
+    """A shared dataset prepared under work/<name>/data: movielens, scientific (item text), instruments or games
+    (no item text: item ids stand in for titles)."""
+    from genrec.config import DataConfig
+    from genrec.data import prepare
+
+    d = work / name
+    if name in ("instruments", "games"):
+        inter, cat = lcrec_raw(d / "raw", name)
+        options = {"title_col": "none", "max_history": 20, **options}
+    else:
+        inter, cat = {"movielens": movielens_raw, "scientific": scientific_raw}[name](d / "raw")
+    prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(d / "data"), overwrite=True, **options))
+    return d / "data"
 
 
 def machine() -> dict:

@@ -13,46 +13,32 @@ so a title prompt keeps fewer history items within the same token budget.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import lcrec_raw, machine, scientific_raw, write_results  # noqa: E402
+from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
 
 STYLES = {"scientific": ["title", "id", "semantic"], "instruments": ["id", "semantic"], "games": ["id", "semantic"]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="scientific,instruments")
+    ap = bench_parser(__doc__, "scientific,instruments", 60, "runs/bench_item_ids")
     ap.add_argument("--styles", help="comma-separated subset of title,id,semantic")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--prompt-tokens", type=int, default=320)
-    ap.add_argument("--sasrec-seconds", type=float, default=120.0)
-    ap.add_argument("--work", default="runs/bench_item_ids")
     args = ap.parse_args()
 
-    from genrec.config import DataConfig, EvaluateConfig, PromptConfig, SFTConfig
-    from genrec.data import prepare
+    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
     from genrec.training import train
 
     work = Path(args.work)
-    report = {**{k: v for k, v in vars(args).items() if k != "work"}, "machine": machine(), "datasets": {}}
+    report = start_report(args)
     rows: list[dict] = []
     for name in args.datasets.split(","):
         d = work / name
-        if name == "scientific":
-            inter, cat = scientific_raw(d / "raw")
-            dcfg = DataConfig(interactions=str(inter), catalog=str(cat), output=str(d / "data"), overwrite=True)
-        else:
-            inter, cat = lcrec_raw(d / "raw", name)
-            dcfg = DataConfig(interactions=str(inter), catalog=str(cat), output=str(d / "data"), overwrite=True,
-                              title_col="none", max_history=20)
-        prepare(dcfg)
+        prepare_shared(name, work)
         res = report["datasets"][name] = {}
         styles = [s for s in STYLES[name] if not args.styles or s in args.styles.split(",")]
         for n, style in enumerate(styles):
@@ -72,7 +58,7 @@ def main() -> None:
                              "HR@5": m["HR@5"], "HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"], "MRR": m["MRR"],
                              "validity": m["validity"], "coverage": m["coverage"],
                              "sft_s": round(sft_s) if model == "genrec" else float("nan")})
-            write_results("bench_item_ids", report, rows)  # keep what finished
+            write_results(args.name, report, rows)  # keep what finished
 
 
 if __name__ == "__main__":

@@ -14,38 +14,30 @@ then evaluations on the same users:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, movielens_raw, scientific_raw, write_results  # noqa: E402
+from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="movielens,scientific")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--users", type=int, default=100)
+    ap = bench_parser(__doc__, "movielens,scientific", 40, "runs/bench_knowledge")
     ap.add_argument("--perturb", default="drop:0.2")
     ap.add_argument("--penalty", type=float, default=1.0)
-    ap.add_argument("--sasrec-seconds", type=float, default=120.0)
-    ap.add_argument("--work", default="runs/bench_knowledge")
     args = ap.parse_args()
 
-    from genrec.config import DataConfig, EvaluateConfig, PromptConfig, SFTConfig
-    from genrec.data import prepare
+    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
     from genrec.training import train
 
     work = Path(args.work)
-    report = {**{k: v for k, v in vars(args).items() if k != "work"}, "machine": machine(), "datasets": {}}
+    report = start_report(args)
     rows: list[dict] = []
     for name in args.datasets.split(","):
         d = work / name
-        inter, cat = {"movielens": movielens_raw, "scientific": scientific_raw}[name](d / "raw")
-        prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(d / "data"), overwrite=True))
+        prepare_shared(name, work)
         res = report["datasets"][name] = {}
         for arm, facts in (("facts", None), ("plain", [])):
             t0 = time.time()
@@ -78,7 +70,7 @@ def main() -> None:
                              "NDCG@10": ms["NDCG@10"]["perturbed"], "MRR": ms["MRR"]["perturbed"],
                              **{c: float("nan") for c in ("pop_pct", "long_tail", "ILD", "novelty",
                                                            "targets_pop_pct")}})
-            write_results("bench_knowledge", report, rows)  # keep what finished
+            write_results(args.name, report, rows)  # keep what finished
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""The other recommendation tasks and cross-domain transfer, on the shared MovieLens and Amazon Scientific data.
+
+tasks (MovieLens: ratings; context time_of_day + day_of_week derived from the timestamps), same budget per arm:
+  context   next_item with the context fields in its prompts      } with/without context, same test users,
+  plain     next_item without context                             } SASRec and most-popular beside
+  mixed     ONE run mixing next_item, preference, rating, request, measured per task: preference AUC beside
+            popularity, rating RMSE/MAE beside global/user/item means, request HR@K on cold-start users
+            (no history, a request built from the held-out item's attributes) beside popularity
+transfer (titles make it possible): source only (zero-shot on the target's catalog), source + a short fine-tune
+  on the target (--short-steps, continuing the source adapter), target only (--steps); both directions.
+
+    python scripts/bench_tasks.py [--parts tasks,transfer] [--steps 40] [--short-steps 15] [--users 100]
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
+
+COLS = ("HR@10", "NDCG@10", "AUC", "RMSE", "MAE")
+
+
+def main() -> None:
+    ap = bench_parser(__doc__, None, 40, "runs/bench_tasks")
+    ap.add_argument("--parts", default="tasks,transfer")
+    ap.add_argument("--short-steps", type=int, default=15)
+    args = ap.parse_args()
+
+    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
+    from genrec.evaluation import run_evaluation
+    from genrec.training import train
+
+    work = Path(args.work)
+    report = start_report(args)
+    report["parts"] = {}
+    rows: list[dict] = []
+    prompt = PromptConfig(max_history=10, max_prompt_tokens=320, item_facts=[])
+
+    def sft(data: Path, out: Path, steps: int, **kw) -> float:
+        t0 = time.time()
+        train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
+                        prompt=prompt, **kw))
+        return round(time.time() - t0, 1)
+
+    def measure(part: str, dataset: str, arm: str, model: Path, sft_s: float | None, **kw) -> dict:
+        cfg = EvaluateConfig(model=str(model), max_users=args.users, ks=[5, 10], sasrec_seconds=args.sasrec_seconds,
+                             output=str(model.parent / ("eval-" + re.sub(r"\W+", "-", f"{dataset} {arm}"))),
+                             **{"baselines": ["popular"], **kw})
+        ev = run_evaluation(cfg)
+        report["parts"].setdefault(part, {})[f"{dataset}/{arm}"] = {
+            k: ev.get(k) for k in ("task", "users_evaluated", "catalog_items", "results", "catalog_transfer")}
+        report["parts"][part][f"{dataset}/{arm}"]["sft_seconds"] = sft_s
+        for name, m in ev["results"].items():
+            rows.append({"part": part, "dataset": dataset, "arm": arm if name == "genrec" else "-",
+                         "model": "genrec" if name == "genrec" else name,
+                         **{c: m.get(c, float("nan")) for c in COLS},
+                         "sft_s": sft_s if name == "genrec" and sft_s is not None else float("nan")})
+        write_results(args.name, report, rows)  # keep what finished
+        return ev
+
+    parts = args.parts.split(",")
+    ml = prepare_shared("movielens", work)
+    sci = prepare_shared("scientific", work)
+    if "tasks" in parts:
+        ctx = prepare_shared("movielens", work / "context", derive_context=["time_of_day", "day_of_week"])
+        d = work / "tasks"
+        s = sft(ctx, d / "context", args.steps)
+        measure("tasks", "movielens", "next_item, context", d / "context", s)
+        s = sft(ml, d / "plain", args.steps)
+        measure("tasks", "movielens", "next_item, no context", d / "plain", s, baselines=["popular", "sasrec"])
+        s = sft(ctx, d / "mixed", args.steps, tasks=["next_item", "preference", "rating", "request"])
+        for task in ("preference", "rating", "request"):
+            measure("tasks", "movielens", f"mixed: {task}", d / "mixed", s if task == "preference" else None,
+                    task=task)
+    if "transfer" in parts:
+        d = work / "transfer"
+        src = {"movielens": ml, "scientific": sci}
+        alone = {name: sft(data, d / f"{name}-only", args.steps) for name, data in src.items()}
+        for source, target in (("movielens", "scientific"), ("scientific", "movielens")):
+            arm = f"{source} -> {target}"
+            measure("transfer", target, f"{target} only", d / f"{target}-only", alone[target])
+            measure("transfer", target, f"{source} zero-shot", d / f"{source}-only", alone[source], data=str(src[target]))
+            s = sft(src[target], d / f"{source}-then-{target}", args.short_steps, init_from=str(d / f"{source}-only"))
+            measure("transfer", target, f"{arm} +{args.short_steps} steps", d / f"{source}-then-{target}", s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Several tasks in one model, rating prediction, and cross-domain transfer, on the real tiny model and data."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from genrec.cli import main
+from genrec.data import load_prepared
+from genrec.errors import GenrecError
+
+TASKS = ["next_item", "preference", "rating", "request"]
+
+
+@pytest.fixture(scope="module")
+def mixed_model(tiny_data, tmp_path_factory):
+    """One real 4-step fine-tune mixing four tasks."""
+    from conftest import tiny_sft_config
+    from genrec.config import PromptConfig
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("mixed") / "m"
+    cfg = tiny_sft_config(tiny_data, out, max_steps=4, save_steps=100, tasks=TASKS)
+    cfg.prompt = PromptConfig(max_history=3, max_prompt_tokens=200)
+    train(cfg, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_data(tiny_raw, tmp_path_factory):
+    """Another dataset with another catalog (a stricter item core of the same raw files)."""
+    from genrec.config import DataConfig
+    from genrec.data import prepare
+
+    out = tmp_path_factory.mktemp("other") / "data"
+    prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
+                       min_item_interactions=2, min_user_interactions=3), log=lambda m: None)
+    return out
+
+
+def test_prepared_rows_carry_the_ratings_of_the_sequence(tiny_data):
+    data = load_prepared(tiny_data)
+    rows = data.split("test")
+    assert len(rows) == len(data.users)
+    for row in rows:
+        user = data.users[row["user_id"]]
+        assert len(user["ratings"]) == len(user["items"])
+        assert row["target_rating"] == pytest.approx(user["ratings"][-1])
+        n = len(row["history"])
+        assert row["history_ratings"] == pytest.approx(user["ratings"][-1 - n:-1])
+    assert {r for u in data.users.values() for r in u["ratings"]} <= {x / 2 for x in range(1, 11)}
+
+
+def test_rating_levels_round_halves_up_and_clamp():
+    from genrec.prompts import rating_level
+
+    assert [rating_level(r) for r in (0.5, 1.0, 2.5, 3.49, 3.5, 4.5, 5.0, 7.0)] == [1, 1, 3, 3, 4, 5, 5, 5]
+
+
+def test_rating_examples_answer_the_rating_digit_and_show_history_ratings(tokenizer, tiny_data):
+    from genrec.config import PromptConfig
+    from genrec.index import ItemIndex
+    from genrec.prompts import rating_level
+    from genrec.training import make_builder, task_examples
+
+    data = load_prepared(tiny_data)
+    b = make_builder(tokenizer, PromptConfig(task="rating", max_history=4, max_prompt_tokens=400), data.catalog,
+                     ItemIndex.build(list(data.catalog.values())))
+    digits = b.answer_ids()
+    assert [tokenizer.decode([d]) for d in digits] == ["1", "2", "3", "4", "5"]
+    for row in list(data.split("train"))[:10]:
+        (prompt, completion), = task_examples(b, row, random.Random(0), data.users)
+        assert completion == [digits[rating_level(row["target_rating"]) - 1], b.eos_id]
+        text = b.as_text(prompt)
+        line = next(ln for ln in text.splitlines() if b.item_view(row["history"][-1])["title"] in ln)
+        assert line.endswith(f": {rating_level(row['history_ratings'][-1])}/5")
+        assert f"Candidate: {b.item_view(row['target'])['title']}" in text
+    unrated = dict(row, target_rating=None)
+    with pytest.raises(GenrecError, match="rating column"):
+        task_examples(b, unrated, random.Random(0), data.users)
+
+
+def test_mixed_model_card_and_templates(mixed_model):
+    card = json.loads((mixed_model / "genrec.json").read_text())
+    assert list(card["tasks"]) == TASKS and card["prompt"]["task"] == "next_item"
+    for task, prompt in card["tasks"].items():
+        assert (mixed_model / prompt["template"]).is_file() and prompt["task"] == task
+    assert card["train_examples"] >= 16  # 4 steps x batch 4, shared between the tasks
+
+
+def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
+    from genrec.generation import Recommender, Request
+
+    rec = Recommender(mixed_model)
+    assert rec.generator.cfg.task == "next_item" and rec.requester.cfg.task == "request"
+    data = load_prepared(tiny_data)
+    row = data.split("test")[0]
+    req = Request(history=row["history"], ratings=row["history_ratings"])
+    recs = rec.recommend([req, Request(request="Something with genres: Comedy")], k=5)
+    for r in recs:
+        assert len(r["recommendations"]) == 5 and all(x["item_id"] in data.catalog for x in r["recommendations"])
+    assert recs[0]["recommendations"] != recs[1]["recommendations"]  # two different prompts
+    cands = [row["target"], *list(data.catalog)[:3]]
+    p_yes = rec.preference([req], [cands])[0]
+    stars = rec.rate([req], [cands])[0]
+    assert all(0 < p < 1 for p in p_yes) and all(1 <= s <= 5 for s in stars)
+    assert len(set(stars)) > 1  # depends on the candidate
+
+
+def test_expected_rating_is_the_digit_softmax_mean(mixed_model, tiny_data):
+    import torch
+
+    from genrec.generation import Recommender, Request
+
+    rec = Recommender(mixed_model)
+    b = rec.builders["rating"]
+    data = load_prepared(tiny_data)
+    row = data.split("test")[1]
+    got = rec.rate([Request(history=row["history"], ratings=row["history_ratings"])], [[row["target"]]])[0][0]
+    ids = b.encode(row["history"], candidate=row["target"], history_ratings=row["history_ratings"])
+    with torch.no_grad():
+        logits = rec.model(torch.tensor([ids])).logits[0, -1]
+    p = torch.softmax(logits[list(b.answer_ids())].float(), -1)
+    assert got == pytest.approx(float((p * torch.arange(1, 6)).sum()), abs=1e-4)
+
+
+def test_evaluate_rating_beside_mean_baselines(mixed_model, tiny_data, tmp_path):
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(mixed_model), "--task", "rating", "--max-users", "10",
+                                  "-o", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert rep["task"] == "rating" and set(rep["results"]) == {"genrec", "global_mean", "user_mean", "item_mean"}
+    for m in rep["results"].values():
+        assert 0 <= m["MAE"] <= m["RMSE"] <= 4.5
+    # the user-mean baseline, recomputed by hand from the users file
+    data = load_prepared(tiny_data)
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "scores.jsonl").read_text().splitlines()]
+    errs = [abs(sum(data.users[ln["user_id"]]["ratings"][:-1]) / (len(data.users[ln["user_id"]]["ratings"]) - 1)
+                - ln["labels"][0]) for ln in lines]
+    assert rep["results"]["user_mean"]["MAE"] == pytest.approx(sum(errs) / len(errs))
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(mixed_model), "--task", "next_item_reason"])
+    assert r.exit_code == 2 and "not trained for task 'next_item_reason'" in r.output
+
+
+def test_evaluate_other_tasks_of_the_mixed_model(mixed_model, tmp_path):
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+
+    pref = run_evaluation(EvaluateConfig(model=str(mixed_model), task="preference", max_users=6,
+                                         output=str(tmp_path / "p")), log=lambda m: None)
+    assert 0 <= pref["results"]["genrec"]["AUC"] <= 1
+    cold = run_evaluation(EvaluateConfig(model=str(mixed_model), task="request", max_users=6, ks=[5],
+                                         baselines=["popular"], output=str(tmp_path / "r")), log=lambda m: None)
+    assert cold["task"] == "request" and cold["results"]["genrec"]["validity"] == 1.0
+
+
+def test_rating_needs_rated_data(tmp_path, tiny_raw):
+    import csv
+
+    from genrec.config import DataConfig
+    from genrec.data import prepare
+    from genrec.training import build_examples, make_builder
+    from genrec.config import PromptConfig
+    from genrec.index import ItemIndex
+    from genrec.models import load_tokenizer, resolve_base_model
+
+    src = tmp_path / "norating.csv"
+    with open(tiny_raw[0], newline="") as fh, open(src, "w", newline="") as out:
+        w = csv.writer(out)
+        for row in csv.reader(fh):
+            w.writerow([row[0], row[1], row[3]])
+    prepare(DataConfig(interactions=str(src), catalog=str(tiny_raw[1]), output=str(tmp_path / "d"),
+                       min_item_interactions=1), log=lambda m: None)
+    data = load_prepared(tmp_path / "d")
+    assert "ratings" not in next(iter(data.users.values()))
+    b = make_builder(load_tokenizer(resolve_base_model("default")), PromptConfig(task="rating"), data.catalog,
+                     ItemIndex.build(list(data.catalog.values())))
+    ex, skipped = build_examples(b, data.split("train"), 5, 0, data.users)
+    assert ex == [] and skipped == 5
+
+
+def test_zero_shot_transfer_recommends_from_the_target_catalog(tiny_model, other_data, tmp_path):
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+
+    target = load_prepared(other_data)
+    rep = run_evaluation(EvaluateConfig(model=str(tiny_model), data=str(other_data), max_users=5, ks=[5],
+                                        baselines=["popular"], output=str(tmp_path / "ev")), log=lambda m: None)
+    assert rep["catalog_transfer"] is True and rep["catalog_items"] == len(target.catalog)
+    lines = [json.loads(x) for x in (tmp_path / "ev" / "recommendations.jsonl").read_text().splitlines()]
+    assert all(i in target.catalog for ln in lines for i in ln["recommended"])
+    assert rep["results"]["genrec"]["validity"] == 1.0
+
+
+def test_codes_do_not_transfer(semantic_model, other_data):
+    from genrec.generation import Recommender
+
+    rec = Recommender(semantic_model)
+    with pytest.raises(GenrecError, match="only title models transfer"):
+        rec.use_data(other_data)
+
+
+def test_init_from_continues_the_given_adapter(tiny_model, other_data, tmp_path, semantic_model):
+    from safetensors.torch import load_file
+
+    from conftest import tiny_sft_config
+    from genrec.training import train
+
+    out = tmp_path / "t"
+    train(tiny_sft_config(other_data, out, init_from=str(tiny_model), max_steps=1, learning_rate=1e-9,
+                          save_steps=100), log=lambda m: None)
+    card = json.loads((out / "genrec.json").read_text())
+    assert card["init_from"] == str(tiny_model.resolve())
+    before = load_file(str(tiny_model / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter_model.safetensors"))
+    b_keys = [k for k in before if "lora_B" in k]
+    assert b_keys and set(after) == set(before)
+    assert any(before[k].abs().max() > 0 for k in b_keys)  # a fresh adapter would start with lora_B = 0
+    for k in b_keys:
+        assert (after[k] - before[k]).abs().max() < 1e-5
+    with pytest.raises(GenrecError, match="item_id=title"):
+        train(tiny_sft_config(other_data, tmp_path / "x", init_from=str(semantic_model)), log=lambda m: None)
+    with pytest.raises(GenrecError, match="not a genrec model"):
+        train(tiny_sft_config(other_data, tmp_path / "y", init_from=str(tmp_path)), log=lambda m: None)
