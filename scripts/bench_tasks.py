@@ -41,9 +41,9 @@ def main() -> None:
     rows: list[dict] = []
     prompt = PromptConfig(max_history=10, max_prompt_tokens=320, item_facts=[])
 
-    def sft(data: Path, out: Path, steps: int, **kw) -> float:
+    def sft(prepared: Path, out: Path, steps: int, **kw) -> float:
         t0 = time.time()
-        train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
+        train(SFTConfig(data=str(prepared), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
                         prompt=prompt, **kw))
         return round(time.time() - t0, 1)
 
@@ -64,29 +64,34 @@ def main() -> None:
         return ev
 
     parts = args.parts.split(",")
-    ml = prepare_shared("movielens", work)
-    sci = prepare_shared("scientific", work)
+    data = {"movielens": prepare_shared("movielens", work), "scientific": prepare_shared("scientific", work)}
+    alone: dict[str, float] = {}  # dataset -> SFT seconds of its next_item model without context (shared by parts)
+
+    def only(name: str) -> Path:
+        if name not in alone:
+            alone[name] = sft(data[name], work / f"{name}-only", args.steps)
+        return work / f"{name}-only"
+
     if "tasks" in parts:
         ctx = prepare_shared("movielens", work / "context", derive_context=["time_of_day", "day_of_week"])
         d = work / "tasks"
         s = sft(ctx, d / "context", args.steps)
         measure("tasks", "movielens", "next_item, context", d / "context", s)
-        s = sft(ml, d / "plain", args.steps)
-        measure("tasks", "movielens", "next_item, no context", d / "plain", s, baselines=["popular", "sasrec"])
+        measure("tasks", "movielens", "next_item, no context", only("movielens"), alone["movielens"],
+                baselines=["popular", "sasrec"])
         s = sft(ctx, d / "mixed", args.steps, tasks=["next_item", "preference", "rating", "request"])
         for task in ("preference", "rating", "request"):
             measure("tasks", "movielens", f"mixed: {task}", d / "mixed", s if task == "preference" else None,
                     task=task)
     if "transfer" in parts:
         d = work / "transfer"
-        src = {"movielens": ml, "scientific": sci}
-        alone = {name: sft(data, d / f"{name}-only", args.steps) for name, data in src.items()}
         for source, target in (("movielens", "scientific"), ("scientific", "movielens")):
-            arm = f"{source} -> {target}"
-            measure("transfer", target, f"{target} only", d / f"{target}-only", alone[target])
-            measure("transfer", target, f"{source} zero-shot", d / f"{source}-only", alone[source], data=str(src[target]))
-            s = sft(src[target], d / f"{source}-then-{target}", args.short_steps, init_from=str(d / f"{source}-only"))
-            measure("transfer", target, f"{arm} +{args.short_steps} steps", d / f"{source}-then-{target}", s)
+            if target != "movielens" or "tasks" not in parts:  # measured above already
+                measure("transfer", target, f"{target} only", only(target), alone[target])
+            measure("transfer", target, f"{source} zero-shot", only(source), alone[source], data=str(data[target]))
+            s = sft(data[target], d / f"{source}-then-{target}", args.short_steps, init_from=str(only(source)))
+            measure("transfer", target, f"{source} -> {target} +{args.short_steps} steps",
+                    d / f"{source}-then-{target}", s)
 
 
 if __name__ == "__main__":
