@@ -14,6 +14,7 @@ transfer (titles make it possible): source only (zero-shot on the target's catal
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -29,6 +30,7 @@ def main() -> None:
     ap = bench_parser(__doc__, None, 40, "runs/bench_tasks")
     ap.add_argument("--parts", default="tasks,transfer")
     ap.add_argument("--short-steps", type=int, default=15)
+    ap.add_argument("--reuse", action="store_true", help="keep the <dataset>-only models a previous run finished")
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
@@ -68,9 +70,12 @@ def main() -> None:
     alone: dict[str, float] = {}  # dataset -> SFT seconds of its next_item model without context (shared by parts)
 
     def only(name: str) -> Path:
+        path = work / f"{name}-only"
+        if name not in alone and args.reuse and (path / "genrec.json").is_file():
+            alone[name] = round(json.loads((path / "genrec.json").read_text())["train_seconds"], 1)
         if name not in alone:
-            alone[name] = sft(data[name], work / f"{name}-only", args.steps)
-        return work / f"{name}-only"
+            alone[name] = sft(data[name], path, args.steps)
+        return path
 
     if "tasks" in parts:
         ctx = prepare_shared("movielens", work / "context", derive_context=["time_of_day", "day_of_week"])
