@@ -180,15 +180,13 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
-    transfer = bool(cfg.data) and rec.use_data(cfg.data)
-    if transfer:
-        log(f"note: {cfg.data} is not the model's training data: evaluating zero-shot transfer on its catalog")
+    data = load_prepared(cfg.data or rec.card["data"])
+    transfer = rec.use_data(data, log)
     task = cfg.task or rec.builder.cfg.task
     if task not in rec.builders:
         raise GenrecError(f"{cfg.model} was not trained for task {task!r} (it has: {', '.join(rec.builders)})")
     if rec.builders[task].scores_candidates:
-        return evaluate_candidates(rec, cfg, task, log)
-    data = load_prepared(cfg.data or rec.card["data"])
+        return evaluate_candidates(rec, cfg, task, data, log)
     rows = data.split(cfg.split)
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
     offset = 1 if cfg.split == "test" else 2  # position of the target from the end of the user's sequence
@@ -383,7 +381,7 @@ def rating_baselines(data, user_ids: list[str], items: list[str], offset: int) -
             "item_mean": [mean(by_item.get(i, [])) for i in items]}
 
 
-def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, log) -> dict:
+def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, log) -> dict:
     """Scoring tasks on each user's held-out item.
     preference: the item (label 1) against `cfg.negatives` items the user never interacted with (label 0,
       seeded), scored by P(yes): AUC and log-loss beside a popularity score's AUC.
@@ -392,7 +390,6 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, log) -
 
     from .training import sample_negative
 
-    data = load_prepared(cfg.data or rec.card["data"])
     rows = data.split(cfg.split)
     offset = 1 if cfg.split == "test" else 2
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)

@@ -55,7 +55,7 @@ class Recommender:
         counts = read_json(model_dir / "popularity.json")  # item -> training count, most popular first
         if isinstance(counts, list):  # models written before counts were kept: rank stands in for count
             counts = {i: len(counts) - r for r, i in enumerate(counts)}
-        self._set_catalog([row for row in read_jsonl(model_dir / "catalog.jsonl")],
+        self._set_catalog(read_jsonl(model_dir / "catalog.jsonl"),
                           ItemIndex.load(model_dir / "item_index.json"), counts)
         merged = model_dir / self.card["merged"] if self.card.get("merged") else None
         if self.index.new_tokens and merged is None:
@@ -93,20 +93,19 @@ class Recommender:
         self.train_counts = counts
         self._penalties: dict[float, list[float]] = {}
 
-    def use_data(self, data_dir: str | Path) -> bool:
+    def use_data(self, data, log=lambda m: None) -> bool:
         """Recommend from the catalog of another prepared dataset (cross-domain transfer, zero-shot): items are
         written as titles, so a title model can name items it never saw. False when the catalog is the model's."""
-        from .data import load_prepared
         from .training import train_popularity
 
-        data = load_prepared(data_dir)
         if set(data.catalog) == set(self.catalog):
             return False
         if self.index.style != "title":
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
-                              f"from the catalog of {data_dir} (only title models transfer)")
+                              f"from the catalog of {data.path} (only title models transfer)")
         counts = dict(train_popularity(data).most_common())
         self._set_catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts)
+        log(f"note: {data.path} is not the model's training data: items come from its catalog (zero-shot transfer)")
         return True
 
     def trie_for(self, builder: PromptBuilder) -> TokenTrie:
@@ -375,9 +374,11 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
 
 def load_for_data(cfg: GenerateConfig | RankConfig, log) -> Recommender:
     """The model of `cfg`, recommending from the catalog of `cfg.data` when that is another dataset's."""
+    from .data import load_prepared
+
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
-    if cfg.data and rec.use_data(cfg.data):
-        log(f"note: {cfg.data} is not the model's training data: items come from its catalog (zero-shot transfer)")
+    if cfg.data:
+        rec.use_data(load_prepared(cfg.data), log)
     return rec
 
 
@@ -387,8 +388,7 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     rows = read_users_file(cfg.candidates)
     rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
-    task = "preference" if "preference" in rec.builders else "rating"
-    score, key = (rec.preference, "p_yes") if task == "preference" else (rec.rate, "expected_rating")
+    score, key = (rec.preference, "p_yes") if "preference" in rec.builders else (rec.rate, "expected_rating")
     todo, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         where = f"candidates file line {n}"

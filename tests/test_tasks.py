@@ -200,7 +200,7 @@ def test_codes_do_not_transfer(semantic_model, other_data):
 
     rec = Recommender(semantic_model)
     with pytest.raises(GenrecError, match="only title models transfer"):
-        rec.use_data(other_data)
+        rec.use_data(load_prepared(other_data))
 
 
 def test_init_from_continues_the_given_adapter(tiny_model, other_data, tmp_path, semantic_model):
