@@ -43,6 +43,10 @@ class DataConfig:
     keep_cold_items: bool = False
     hash_user_ids: bool = False  # replace user ids by salted HMAC pseudonyms before anything is written
     user_id_salt: str | None = None  # default: $GENREC_USER_ID_SALT, else random (never written)
+    # Equal timestamps: "shuffle" orders them by a seeded random permutation (file order can be item-id order, as
+    # in ml-latest-small, which would pick the held-out item by id); "file" keeps the file's row order.
+    tie_order: str = "shuffle"
+    seed: int = 42
     strict: bool = False
     overwrite: bool = False
 
@@ -147,7 +151,8 @@ class EvaluateConfig:
     beam_width: int | None = None
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
-    sasrec_seconds: float | None = 600.0  # training-time budget for the SASRec baseline (None: until early stop)
+    sasrec_seconds: float | None = None  # a cap on SASRec's training time (None: until early stopping converges)
+    sasrec_dropout: float | None = None  # None: 0.5 on sparse data (mean sequence < 20 items), else 0.2
     popularity_penalty: float = 0.0  # as in GenerateConfig (applies to the genrec model only)
     with_reasons: bool = False  # reason models: also measure how grounded the top-1 reasons are
     negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)

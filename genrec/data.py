@@ -251,8 +251,15 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     df = _kcore(df, max(3, cfg.min_user_interactions), max(1, cfg.min_item_interactions))
     if df.empty:
         raise GenrecError("no interactions left after filtering (check --min-* options and item ids)")
-    # Chronological per user; equal timestamps keep file order (never item-id order, which leaks).
-    df = df.sort_values(["user", "ts", "row"], kind="stable")
+    # Chronological per user. Equal timestamps: a seeded shuffle by default, since a file's order within a
+    # timestamp can be item-id order (ml-latest-small), which would choose the held-out item by its id.
+    if cfg.tie_order not in ("shuffle", "file"):
+        raise GenrecError(f"tie_order must be shuffle or file, got {cfg.tie_order!r}")
+    if cfg.tie_order == "shuffle":
+        df = df.assign(tie=np.random.default_rng(cfg.seed).permutation(len(df)))
+        df = df.sort_values(["user", "ts", "tie"], kind="stable").drop(columns="tie")
+    else:
+        df = df.sort_values(["user", "ts", "row"], kind="stable")
 
     n_users_raw = inter[u_col].nunique()
     kept_items = set(df["item"])
@@ -323,6 +330,8 @@ def prepare(cfg: DataConfig, log=print) -> dict:
             "catalog": {"path": str(Path(cfg.catalog).resolve()), "sha256": sha256_file(cfg.catalog)},
         },
         "options": {**to_dict(cfg), "user_id_salt": "<redacted>" if cfg.user_id_salt else None},
+        "tie_order": (f"equal timestamps in a seeded random order (seed {cfg.seed})" if cfg.tie_order == "shuffle"
+                      else "equal timestamps in the file's row order"),
         "columns": {"user": u_col, "item": i_col, "timestamp": t_col, "rating": r_col, "catalog_item": ci_col,
                     "title": title_col, "text": text_cols, "context": cfg.context_cols},
         "counts": {

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from . import metrics
 from .baselines import popular_rankings
 from .config import EvaluateConfig, to_dict
 from .data import load_prepared
@@ -150,18 +151,21 @@ def markdown_table(results: dict[str, dict], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _bar_chart(results: dict[str, dict], k: int, path: Path) -> None:
+def _bar_chart(intervals: dict[str, dict], k: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
+    names = list(intervals)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [results[n][f"HR@{k}"] for n in names], width=0.4, label=f"HR@{k}")
-    ax.bar([i + 0.2 for i in x], [results[n][f"NDCG@{k}"] for n in names], width=0.4, label=f"NDCG@{k}")
+    for off, m in ((-0.2, f"HR@{k}"), (0.2, f"NDCG@{k}")):
+        s = [intervals[n][m] for n in names]
+        ax.bar([i + off for i in x], [v["mean"] for v in s], width=0.4, label=m,
+               yerr=[[v["mean"] - v["lo"] for v in s], [v["hi"] - v["mean"] for v in s]], capsize=3)
     ax.set_xticks(list(x), names)
+    ax.set_title(title, fontsize=9)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -188,35 +192,42 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if rec.builders[task].scores_candidates:
         return evaluate_candidates(rec, cfg, task, data, log)
     rows = data.split(cfg.split)
-    chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
     offset = 1 if cfg.split == "test" else 2  # position of the target from the end of the user's sequence
     kmax = max(cfg.ks)
     catalog = set(rec.index.item_ids)
-
-    requests, targets, seen = [], [], []
     cold = task == "request"  # cold-start users who only say what they want
     builder = rec.builders[task]
-    rng = random.Random(cfg.seed)
-    for i in chosen:
-        row = rows[i]
-        items = data.users[row["user_id"]]["items"]
-        prior = set(items[:-offset]) if cfg.exclude_seen and not cold else set()
-        if cold:
-            text = builder.request_for(row["target"], rng)
-            if text is None:
-                continue
-            requests.append(Request(user_id=row["user_id"], request=text, context=json.loads(row["context"])))
-        else:
-            requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                    context=json.loads(row["context"]), seen=prior,
-                                    ratings=row.get("history_ratings")))
-        targets.append(row["target"])
-        seen.append(prior)
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
+    baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
+
+    # Every user of the split (baselines are cheap and run on all of them); the LLM on a seeded sample.
+    all_targets = [r["target"] for r in rows]
+    all_hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
+    # The user's earlier items are not recommended again, except the target itself: a re-consumed target stays
+    # rankable (excluding it would make it a certain miss); such users are counted in the report.
+    all_seen = [set(h) - {t} if cfg.exclude_seen and not cold else set() for h, t in zip(all_hist, all_targets)]
+    chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
+    requests = []
+    rng = random.Random(cfg.seed)
     if cold:
-        cfg.baselines = [b for b in cfg.baselines if b != "sasrec"]  # no history: nothing for SASRec to read
-        chosen = [i for i in chosen if builder.request_for(rows[i]["target"], random.Random(0)) is not None]
+        kept = []
+        for i in chosen:
+            text = builder.request_for(rows[i]["target"], rng)
+            if text is not None:
+                kept.append(i)
+                requests.append(Request(user_id=rows[i]["user_id"], request=text,
+                                        context=json.loads(rows[i]["context"])))
+        chosen = kept
+    else:
+        for i in chosen:
+            row = rows[i]
+            requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
+                                    context=json.loads(row["context"]), seen=all_seen[i],
+                                    ratings=row.get("history_ratings")))
+    targets = [all_targets[i] for i in chosen]
+    seen = [all_seen[i] for i in chosen]
+    repeats = sum(1 for i in chosen if all_targets[i] in set(all_hist[i])) if not cold else 0
 
     t0 = time.time()
     ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
@@ -233,28 +244,46 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = train_popularity(data)
     lists = {"genrec": ranked}
-    if "popular" in cfg.baselines:
-        lists["popular"] = popular_rankings(counts, seen, kmax)
+    everyone: dict[str, list[list[str]]] = {}  # baselines ranked for every user of the split
+    if "popular" in baselines:
+        everyone["popular"] = popular_rankings(counts, all_seen, kmax)
     # Noisy behaviour (--perturb): the same noisy histories for genrec and SASRec, seen-item exclusion unchanged.
     perturb = parse_perturb(cfg.perturb)
-    histories = [[data.users[rows[i]["user_id"]]["items"][:-offset] for i in chosen]]
+    histories = [all_hist]
     if perturb:
-        rng = random.Random(cfg.seed + 1)
-        histories.append([perturb_history(h, *perturb, rec.index.item_ids, rng) for h in histories[0]])
+        prng = random.Random(cfg.seed + 1)
+        noisy_chosen = [perturb_history(all_hist[i], *perturb, rec.index.item_ids, prng) for i in chosen]
+        histories.append(noisy_chosen)
         noisy = [Request(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
-                 for r, h in zip(requests, histories[1])]
+                 for r, h in zip(requests, noisy_chosen)]
         lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, kmax, f"genrec {cfg.split} ({cfg.perturb})")
-    if "sasrec" in cfg.baselines:
-        sas = _sasrec_ranked(data, histories, seen, cfg, catalog, kmax, log)
-        lists["sasrec"] = sas[0]
+    sasrec_facts = None
+    if "sasrec" in baselines:
+        sas, sasrec_facts = _sasrec_ranked(data, histories, [all_seen, seen], cfg, catalog, kmax, log)
+        everyone["sasrec"] = sas[0]
         if perturb:
             lists["sasrec~perturbed"] = sas[1]
+    for name, rk in everyone.items():
+        lists[name] = [rk[i] for i in chosen]
     full = {}
+    per_user_values = {}
     for name, rk in lists.items():
         full[name] = rank_metrics(rk, targets, cfg.ks, catalog)
         extra, target_pct = beyond_accuracy(rk, targets, counts, rec.catalog)
         full[name].update(extra)
+        per_user_values[name] = metrics.per_user(metrics.target_ranks(rk, targets), cfg.ks)
     results = {n: m for n, m in full.items() if "~" not in n}
+    draws = metrics.bootstrap_draws(len(targets), seed=cfg.seed)
+    intervals = {n: metrics.summary(per_user_values[n], draws) for n in results}
+    paired = {f"genrec - {n}": metrics.paired_difference(per_user_values["genrec"], per_user_values[n], draws)
+              for n in results if n != "genrec"}
+    all_users = {}
+    if everyone:
+        all_draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
+        for name, rk in everyone.items():
+            all_users[name] = {"metrics": rank_metrics(rk, all_targets, cfg.ks, catalog),
+                               "intervals": metrics.summary(
+                                   metrics.per_user(metrics.target_ranks(rk, all_targets), cfg.ks), all_draws)}
     perturbation = None
     if perturb:
         perturbation = {"spec": cfg.perturb, "models": {
@@ -264,20 +293,35 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
 
     out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
     md = markdown_table(results, cfg.ks)
+    k_main = 10 if 10 in cfg.ks else kmax
     report = {
         "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
+        "users_target_in_history": repeats,
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
-        "results": results, "targets_pop_pct": target_pct, "perturbation": perturbation,
+        "results": results, "intervals": intervals, "paired_differences": paired,
+        "baselines_all_users": all_users, "sasrec": sasrec_facts,
+        "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", report)
     with atomic_file(out / "metrics.md") as fh:
-        fh.write(f"Split `{cfg.split}`: {len(chosen)}/{len(rows)} users, full ranking over {len(catalog)} items, "
-                 f"exclude seen = {cfg.exclude_seen}. Test targets' mean popularity percentile: {target_pct:.3f}."
-                 f"\n\n{md}\n")
+        fh.write(f"Split `{cfg.split}`: {len(chosen)}/{len(rows)} users (seeded sample), full ranking over "
+                 f"{len(catalog)} items, exclude seen = {cfg.exclude_seen} (the target stays rankable; "
+                 f"{repeats} users' target is also in their history). Test targets' mean popularity percentile: "
+                 f"{target_pct:.3f}.\n\n{md}\n\n")
+        fh.write(intervals_markdown(intervals, paired, k_main, len(chosen)))
+        if all_users:
+            fh.write(f"\nBaselines on all {len(rows)} users of the split:\n\n| model | NDCG@{k_main} | HR@{k_main} |\n"
+                     "|---|---|---|\n" + "".join(
+                         f"| {n} | {metrics.fmt_ci(a['intervals'][f'NDCG@{k_main}'])} | "
+                         f"{metrics.fmt_ci(a['intervals'][f'HR@{k_main}'])} |\n" for n, a in all_users.items()))
+        if sasrec_facts:
+            fh.write(f"\nSASRec: {sasrec_facts['epochs']} epochs in {sasrec_facts['seconds']}s, "
+                     + (f"**capped** by sasrec_seconds={cfg.sasrec_seconds} (not converged)" if sasrec_facts["capped"]
+                        else "early-stopped on validation NDCG@10") + ".\n")
         if perturbation:
             fh.write(f"\nPerturbation `{cfg.perturb}` (same noisy histories for every model):\n\n"
                      "| model | metric | clean | perturbed | drop |\n|---|---|---|---|---|\n")
@@ -288,12 +332,26 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             fh.write("\nReasons (top-1 item per user): " + ", ".join(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in grounding.items()) + "\n")
     write_jsonl(out / "recommendations.jsonl", lines)
-    k_plot = 10 if 10 in cfg.ks else kmax
-    _bar_chart(results, k_plot, out / "metrics.png")
+    _bar_chart(intervals, k_main, out / "metrics.png", f"{cfg.split}: {len(chosen)} users, 95% bootstrap intervals")
     report["markdown"] = md
+    report["intervals_markdown"] = intervals_markdown(intervals, paired, k_main, len(chosen))
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
     return report
+
+
+def intervals_markdown(intervals: dict, paired: dict, k: int, n_users: int) -> str:
+    """Means with 95% bootstrap intervals, and genrec minus each baseline on the same users (* = excludes 0)."""
+    out = [f"95% bootstrap intervals ({n_users} users resampled, paired across models):\n",
+           f"| model | NDCG@{k} | HR@{k} | MRR |", "|---|---|---|---|"]
+    for n, s in intervals.items():
+        out.append(f"| {n} | {metrics.fmt_ci(s[f'NDCG@{k}'])} | {metrics.fmt_ci(s[f'HR@{k}'])} | "
+                   f"{metrics.fmt_ci(s['MRR'])} |")
+    if paired:
+        out += ["", f"| paired difference | NDCG@{k} | HR@{k} |", "|---|---|---|"]
+        for n, d in paired.items():
+            out.append(f"| {n} | {metrics.fmt_diff(d[f'NDCG@{k}'])} | {metrics.fmt_diff(d[f'HR@{k}'])} |")
+    return "\n".join(out) + "\n"
 
 
 TITLE_MENTION = re.compile(r"[A-Z0-9][^.,;:!?()\"]{0,80}\(\d{4}\)|\"[^\"]{2,80}\"")
@@ -466,8 +524,10 @@ def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfi
     return ranked
 
 
-def _sasrec_ranked(data, histories: list[list[list[str]]], seen, cfg, catalog, kmax, log) -> list[list[list[str]]]:
-    """Train SASRec once (before the validation targets, early-stopped on them); rank for each history variant."""
+def _sasrec_ranked(data, histories: list[list[list[str]]], seen: list[list[set[str]]], cfg, catalog, kmax,
+                   log) -> tuple[list[list[list[str]]], dict]:
+    """Train SASRec once on the training part of every sequence, early-stopped on every user's validation target;
+    rank for each history variant (excluding the matching `seen` sets). Returns the lists and training facts."""
     import numpy as np
 
     from .baselines import sasrec_scores, train_sasrec
@@ -477,14 +537,39 @@ def _sasrec_ranked(data, histories: list[list[list[str]]], seen, cfg, catalog, k
     seqs = {u: [ids[i] for i in row["items"] if i in ids] for u, row in data.users.items()}
     train = [s[:-2] for s in seqs.values()]
     valid = [(s[:-2], s[-2]) for s in seqs.values() if len(s) >= 3]
-    random.Random(cfg.seed).shuffle(valid)
-    t0 = time.time()
-    model = train_sasrec(train, valid[:1000], len(ids), seed=cfg.seed, max_seconds=cfg.sasrec_seconds, log=log)
-    log(f"SASRec trained in {time.time() - t0:.0f}s")
-    excluded = [{ids[i] for i in s if i in ids} for s in seen]
+    model, facts = train_sasrec(train, valid, len(ids), seed=cfg.seed, max_seconds=cfg.sasrec_seconds,
+                                dropout=cfg.sasrec_dropout, log=log)
     out = []
-    for hists in histories:
-        scores = sasrec_scores(model, [[ids[i] for i in h if i in ids] for h in hists], excluded)
-        top = np.argsort(-scores, axis=1)[:, :kmax]
+    for hists, excl in zip(histories, seen):
+        scores = sasrec_scores(model, [[ids[i] for i in h if i in ids] for h in hists],
+                               [{ids[i] for i in s if i in ids} for s in excl])
+        part = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax] if kmax < scores.shape[1] else \
+            np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
         out.append([[inv[int(j) + 1] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)])
-    return out
+    return out, facts
+
+
+def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Most-popular and SASRec alone on every user of the split, under the protocol `run_evaluation` uses (full
+    ranking, earlier items excluded, the target always rankable): the check that the baselines are as strong as
+    the literature before anything is compared to them."""
+    rows = data.split(cfg.split)
+    offset = 1 if cfg.split == "test" else 2
+    kmax = max(cfg.ks)
+    catalog = set(data.catalog)
+    targets = [r["target"] for r in rows]
+    hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
+    seen = [set(h) - {t} if cfg.exclude_seen else set() for h, t in zip(hist, targets)]
+    lists, facts = {}, None
+    if "popular" in cfg.baselines:
+        lists["popular"] = popular_rankings(train_popularity(data), seen, kmax)
+    if "sasrec" in cfg.baselines:
+        (lists["sasrec"],), facts = _sasrec_ranked(data, [hist], [seen], cfg, catalog, kmax, log)
+    draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
+    per = {n: metrics.per_user(metrics.target_ranks(rk, targets), cfg.ks) for n, rk in lists.items()}
+    return {"split": cfg.split, "users": len(rows), "catalog_items": len(catalog),
+            "results": {n: rank_metrics(rk, targets, cfg.ks, catalog) for n, rk in lists.items()},
+            "intervals": {n: metrics.summary(v, draws) for n, v in per.items()},
+            "paired_differences": {"sasrec - popular": metrics.paired_difference(per["sasrec"], per["popular"], draws)}
+            if {"sasrec", "popular"} <= set(per) else {}, "sasrec": facts}

@@ -60,8 +60,33 @@ def test_equal_timestamps_keep_file_order_not_id_order(tmp_path):
     cat.write_text("item_id,title\n" + "".join(f"{i},Movie {i}\n" for i in (1, 2, 3, 7, 9)))
     out = tmp_path / "p"
     prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(out), min_item_interactions=1,
-                       min_user_interactions=3), log=lambda m: None)
+                       min_user_interactions=3, tie_order="file"), log=lambda m: None)
     assert load_prepared(out).users["u"]["items"] == ["1", "9", "3", "7", "2"]
+    assert "file" in load_prepared(out).manifest["tie_order"]
+
+
+def test_equal_timestamps_shuffled_by_seed(tmp_path):
+    """The default: within a timestamp the order is a seeded permutation, neither file nor id order (ml-latest-small
+    lists items by id inside a timestamp, so file order would pick the held-out item by its id)."""
+    inter = tmp_path / "i.csv"
+    # 40 users, each 6 items on one timestamp, written in id order (as ml-latest-small does)
+    inter.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},{i},100\n" for u in range(40) for i in range(1, 7)))
+    cat = tmp_path / "c.csv"
+    cat.write_text("item_id,title\n" + "".join(f"{i},Movie {i}\n" for i in range(1, 7)))
+
+    def orders(seed, name):
+        prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(tmp_path / name),
+                           min_item_interactions=1, min_user_interactions=3, seed=seed), log=lambda m: None)
+        data = load_prepared(tmp_path / name)
+        assert "seeded random order (seed %d)" % seed in data.manifest["tie_order"]
+        return {u: r["items"] for u, r in data.users.items()}
+
+    a, b, c = orders(1, "a"), orders(1, "b"), orders(2, "c")
+    assert a == b  # reproducible
+    assert a != c  # the seed decides
+    last = [seq[-1] for seq in a.values()]
+    assert len(set(last)) > 3  # the held-out item is no longer always the highest id
+    assert sum(seq == sorted(seq, key=int) for seq in a.values()) < 5
 
 
 def test_kcore_and_short_users_dropped(tmp_path):
