@@ -56,8 +56,12 @@ class PromptConfig:
     """How a user's history becomes a prompt; shared by training, generation and serving."""
 
     task: str = "next_item"
-    template: str | None = None  # path to a Jinja file; None = prompts/<task>.j2
-    max_history: int = 20
+    template: str | None = None  # path to a Jinja file; None = prompts/<task>.j2 (sequence objective: sequence.j2)
+    # prefix: one prompt per history prefix, the loss on its answer; sequence: one list per user window, the loss
+    # on every item (next_item only; see sequence.py). Set by `genrec sft objective=...`.
+    objective: str = "prefix"
+    max_sequence_tokens: int = 1024  # sequence objective: tokens per training window and per inference prompt
+    max_history: int = 50
     max_prompt_tokens: int = 384
     max_title_chars: int = 120
     item_facts: list[str] | None = None  # catalog attributes shown as facts beside items; None = all kept, [] = none
@@ -74,6 +78,10 @@ class SFTConfig:
     model: str = "default"
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
+    objective: str = "sequence"  # next_item: sequence (every item of a user window is a target) | prefix
+    max_batch_tokens: int = 4096  # sequence objective: tokens per batch (windows grouped by length), not batch_size
+    max_minutes: float | None = None  # stop training after this many minutes (the LR schedule follows the clock)
+    report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
     init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
     item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation

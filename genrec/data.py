@@ -155,6 +155,11 @@ class PreparedData:
     catalog: dict[str, dict]  # item_id -> {item_id, title, attrs}
     users: dict[str, dict]  # user_id -> {items, timestamps}
 
+    @staticmethod
+    def train_items(user: dict) -> list[str]:
+        """The training part of a user's sequence: everything before the valid and test targets (leave-one-out)."""
+        return user["items"][:-2]
+
     def split(self, name: str):
         from datasets import load_from_disk
 

@@ -20,6 +20,7 @@ from .files import read_json, read_jsonl, write_jsonl
 from .index import ItemIndex, TokenTrie
 from .models import MODEL_CARD, load_base, load_tokenizer, resolve_base_model
 from .prompts import PromptBuilder, load_template
+from .sequence import make_builder
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Recommender:
         self.builders: dict[str, PromptBuilder] = {}
         for task, prompt in (self.card.get("tasks") or {self.card["prompt"]["task"]: self.card["prompt"]}).items():
             cfg = PromptConfig(**{**prompt, "template": str(self.dir / prompt["template"])})
-            self.builders[task] = PromptBuilder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
+            self.builders[task] = make_builder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
         self.builder = self.builders[self.card["prompt"]["task"]]  # the main task
         self.prompt_cfg = self.builder.cfg
         writers = [b for b in self.builders.values() if not b.scores_candidates]

@@ -41,7 +41,8 @@ def rating_level(rating: float) -> int:
 
 
 def template_path(cfg: PromptConfig) -> Path:
-    path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{cfg.task}.j2"
+    default = "sequence" if cfg.objective == "sequence" else cfg.task
+    path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{default}.j2"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
         raise GenrecError(f"template {path} does not exist (shipped tasks: {known})")

@@ -29,12 +29,14 @@ def train_popularity(data: PreparedData) -> Counter:
     """Interaction counts in the training part of each sequence (the last two items are valid/test)."""
     counts: Counter = Counter()
     for user in data.users.values():
-        counts.update(user["items"][:-2])
+        counts.update(data.train_items(user))
     return counts
 
 
 def make_builder(tokenizer, prompt_cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex) -> PromptBuilder:
-    return PromptBuilder(tokenizer, prompt_cfg, catalog, index, load_template(template_path(prompt_cfg)))
+    from .sequence import make_builder as build
+
+    return build(tokenizer, prompt_cfg, catalog, index)
 
 
 def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfig, model: str) -> str:
@@ -45,6 +47,14 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
     tok = load_tokenizer(resolve_base_model(model))
     builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
     # the first (for preference: the positive) example the user's last row gives
+    if getattr(builder, "objective", "prefix") == "sequence":  # the window ending at the row's target
+        row = rows[-1]
+        ex = builder.sequence_examples(list(row["history"]) + [row["target"]],
+                                       list(row["history_ts"]) + [row["target_ts"]])[-1]
+        prompt = builder.encode(row["history"], row["history_ts"])
+        return (f"# template: {builder.template.path}\n# sequence objective: this window has {len(ex['input_ids'])} "
+                f"tokens, {sum(ex['completion_mask'])} with loss; the prompt for its last item is {len(prompt)} "
+                f"tokens\n{builder.as_text(prompt)}{builder.as_text(builder.ident(row['target']))}")
     prompt, completion = task_examples(builder, rows[-1], random.Random(0), data.users)[0]
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
@@ -110,7 +120,7 @@ class CodeRows(TrainerCallback):
 
 def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
     """The item identifiers the model will write; semantic ids learn from the training part of sequences only."""
-    histories = [u["items"][:-2] for u in data.users.values()]
+    histories = [data.train_items(u) for u in data.users.values()]
     has_text = data.manifest.get("columns", {}).get("title") is not None
     index = ItemIndex.build(list(data.catalog.values()), cfg.item_id, histories, has_text, cfg.seed,
                             cfg.semantic_levels, cfg.semantic_codebook, cfg.semantic_text_weight)
@@ -213,8 +223,105 @@ def task_builders(tok, cfg: SFTConfig, catalog: dict[str, dict], index: ItemInde
     tasks = cfg.tasks or [cfg.prompt.task]
     if len(set(tasks)) != len(tasks):
         raise GenrecError(f"a task is named twice in {','.join(tasks)}")
-    return {t: make_builder(tok, dataclasses.replace(cfg.prompt, task=t, template=cfg.prompt.template if n == 0
-                                                     else None), catalog, index) for n, t in enumerate(tasks)}
+    if cfg.objective not in ("prefix", "sequence"):
+        raise GenrecError(f"unknown objective {cfg.objective!r} (sequence, prefix)")
+    # the sequence objective is next_item's; every task that asks a question after the history stays prefix
+    return {t: make_builder(tok, dataclasses.replace(
+        cfg.prompt, task=t, template=cfg.prompt.template if n == 0 else None,
+        objective=cfg.objective if t == "next_item" else "prefix"), catalog, index) for n, t in enumerate(tasks)}
+
+
+def sequence_examples(builder, data: PreparedData, seed: int) -> list[dict]:
+    """Every user's training part (the sequence less its valid and test items) as windows, in a seeded order."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for u in tqdm(list(data.users.values()), desc="tokenizing sequences", unit="user", mininterval=1.0):
+        train_items = data.train_items(u)
+        n = len(train_items)
+        out += builder.sequence_examples(train_items, u["timestamps"][:n],
+                                         u["ratings"][:n] if u.get("ratings") else None)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def token_batches(lengths: list[int], max_tokens: int, seed: int) -> list[list[int]]:
+    """Indices grouped by length into batches of at most `max_tokens` padded tokens (a longer example is a batch
+    of its own), in a seeded random batch order: little padding, and no batch mixes two users in one row."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if cur and longest_if * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, longest_if = [], lengths[i]
+        cur.append(i)
+        longest = longest_if
+    if cur:
+        batches.append(cur)
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+class Clock(TrainerCallback):
+    """`max_minutes`: the learning rate follows the clock (linear warmup by steps, then cosine over the time budget,
+    reaching 0 at the end) and training stops when the budget is spent; the time used survives --resume."""
+
+    FILE = "clock.json"
+
+    def __init__(self, minutes: float, lr: float, warmup_steps: int):
+        self.budget, self.lr, self.warmup = minutes * 60, lr, warmup_steps
+        self.before, self.t0 = 0.0, None
+
+    def used(self) -> float:
+        return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kw):
+        import math
+
+        frac = min(self.used() / self.budget, 1.0)
+        factor = 0.5 * (1 + math.cos(math.pi * frac))
+        if state.global_step < self.warmup:
+            factor *= (state.global_step + 1) / self.warmup
+        for g in optimizer.param_groups if optimizer is not None else []:
+            g["lr"] = self.lr * factor
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.used() >= self.budget:
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            write_json(ckpt / self.FILE, {"seconds": self.used()})
+
+    def load(self, ckpt: Path) -> None:
+        path = ckpt / self.FILE
+        if path.is_file():
+            self.before = float(json.loads(path.read_text())["seconds"])
+
+
+def token_batch_trainer(base):
+    """SFTTrainer whose training batches are given (token-budget batches) instead of a fixed example count."""
+
+    class TokenBatchTrainer(base):
+        def __init__(self, *args, batches: list[list[int]], **kw):
+            self._batches = batches
+            super().__init__(*args, **kw)
+
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+
+            ds = self._remove_unused_columns(self.train_dataset, description="training")
+            return self.accelerator.prepare(DataLoader(ds, batch_sampler=self._batches, collate_fn=self.data_collator,
+                                                       num_workers=0))
+
+    return TokenBatchTrainer
 
 
 def last_checkpoint(out: Path) -> Path | None:
@@ -311,7 +418,14 @@ def train(cfg: SFTConfig, log=print) -> Path:
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
     examples, skipped = [], {}
+    seq = [t for t, b in builders.items() if getattr(b, "objective", "prefix") == "sequence"]
+    if seq:  # the sequence objective: all windows (they are few); other tasks get as many examples each
+        examples = sequence_examples(builders[seq[0]], data, cfg.seed)[:cfg.max_train_examples]
+        skipped[seq[0]] = 0
+        limit = len(examples) * len(builders)
     for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
+        if task in seq:
+            continue
         ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
         if not ex:
             raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
@@ -334,6 +448,13 @@ def train(cfg: SFTConfig, log=print) -> Path:
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
     cuda = torch.cuda.is_available()
+    batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) if seq else None
+    if batches:
+        real = sum(len(e["input_ids"]) for e in examples)
+        padded = sum(len(b) * max(len(examples[i]["input_ids"]) for i in b) for b in batches)
+        log(f"sequence objective: {len(examples)} windows, {sum(sum(e['completion_mask']) for e in examples)} "
+            f"target tokens of {real}, {len(batches)} batches of <= {cfg.max_batch_tokens} tokens "
+            f"(padding {1 - real / padded:.1%})")
     args = TRLConfig(
         output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -342,7 +463,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
         gradient_checkpointing=cfg.activation_checkpointing, completion_only_loss=True, max_length=None,
-        report_to=[], dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
+        report_to=list(cfg.report_to), dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
         dataset_num_proc=None,
     )
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -366,14 +487,25 @@ def train(cfg: SFTConfig, log=print) -> Path:
         log(f"starting from the adapter of {init}")
         model, peft_config = PeftModel.from_pretrained(model, str(init), is_trainable=True), None
     code_rows = CodeRows(new_ids)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
-                         peft_config=peft_config, callbacks=[LossLog(), code_rows])
+    callbacks = [LossLog(), code_rows]
+    clock = None
+    if cfg.max_minutes is not None:
+        if cfg.max_minutes <= 0:
+            raise GenrecError(f"max_minutes must be > 0, got {cfg.max_minutes}")
+        steps = len(batches) if batches else -(-len(examples) // cfg.batch_size)
+        clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))))
+        callbacks.append(clock)
+    trainer_cls = token_batch_trainer(SFTTrainer) if batches else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
+                          peft_config=peft_config, callbacks=callbacks, **({"batches": batches} if batches else {}))
     code_rows.attach(trainer.model)
     t0 = time.time()
     ckpt = last_checkpoint(out) if cfg.resume else None
     if ckpt is not None:
         log(f"resuming from {ckpt}")
         code_rows.load(ckpt)
+        if clock is not None:
+            clock.load(ckpt)
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     elapsed = time.time() - t0
     if not trainer.is_world_process_zero():
@@ -415,6 +547,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "id_style": index.style,
         "sft": to_dict(cfg),
         "train_examples": len(examples),
+        "objective": cfg.objective if "next_item" in builders else "prefix",
+        "target_tokens": sum(sum(e["completion_mask"]) for e in examples),
+        "train_tokens": sum(len(e["input_ids"]) for e in examples),
+        "stopped_by_clock": bool(clock is not None and clock.used() >= clock.budget),
         "skipped_examples": sum(skipped.values()),
         "train_loss": result.training_loss,
         "train_seconds": elapsed,

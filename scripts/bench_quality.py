@@ -1,62 +1,102 @@
-"""Recommendation quality on the shared datasets with item text: prepare -> sft -> evaluate beside baselines.
+"""Recommendation quality per CPU-minute on the shared datasets: genrec (sequence objective, and the prefix
+objective as the "before") for the same M minutes of training, beside SASRec trained to convergence and
+most-popular, all under one protocol (leave-one-out, full ranking, earlier items excluded, the target rankable,
+equal timestamps in a seeded order; no k-core, users with < 3 interactions dropped, as the reference baselines).
 
-Datasets (read from ../shared/data, never copied into the repo):
-  movielens   ml-latest-small, 5-core (LlamaRec's "ML-100k": SASRec NDCG@10 0.0522, LlamaRec 0.0759)
-  scientific  UniSRec Amazon 2018 Industrial & Scientific (5-core); sequences rebuilt from its test rows
-              (history <= 50 + target: 3 users with longer histories lose their oldest items)
+The LLM arms are evaluated on a seeded sample of test users (default: up to 610, i.e. all of ml-latest-small), the
+baselines on every test user and on the LLM's users; each metric with a 95% bootstrap interval and genrec minus
+each baseline as a paired difference. Finished arms are reused (their metrics.json is kept), so the table can be
+filled over several sessions:
 
-    python scripts/bench_quality.py [--datasets movielens,scientific] [--steps 200] [--users 200]
+    python scripts/bench_quality.py --datasets movielens --arms sequence --minutes 60
+    python scripts/bench_quality.py --datasets movielens,scientific --arms sequence,prefix --minutes 60
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import SHARED, machine, movielens_raw, scientific_raw, write_results  # noqa: E402
+from bench_common import machine, prepare_shared, write_results  # noqa: E402
+
+ARMS = ("sequence", "prefix")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="movielens,scientific")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--users", type=int, default=200)
-    ap.add_argument("--sasrec-seconds", type=float, default=600.0, help="SASRec training-time budget")
+    ap.add_argument("--arms", default="sequence,prefix")
+    ap.add_argument("--minutes", type=float, default=60.0, help="training minutes per LLM arm (the same for each)")
+    ap.add_argument("--users", type=int, default=610, help="seeded test users for the LLM arms")
+    ap.add_argument("--history", type=int, default=30, help="prompt.max_history of the sequence arm (window and "
+                    "inference prompt)")
+    ap.add_argument("--facts", default="", help="prompt.item_facts for the sequence arm ('' = titles only)")
+    ap.add_argument("--sasrec-seconds", type=float, default=None, help="cap on SASRec (default: until converged)")
     ap.add_argument("--work", default="runs/bench_quality")
+    ap.add_argument("--name", default="bench_quality")
     args = ap.parse_args()
 
-    from genrec.config import DataConfig, EvaluateConfig, PromptConfig, SFTConfig
-    from genrec.data import prepare
+    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
+    from genrec.files import read_json
     from genrec.training import train
 
     work = Path(args.work)
-    report = {"steps": args.steps, "users": args.users, "sasrec_seconds": args.sasrec_seconds, "machine": machine(),
-              "datasets": {}}
+    report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
     for name in args.datasets.split(","):
-        d = work / name
-        if name == "movielens":
-            inter, cat = movielens_raw(d / "raw")
-        elif name == "scientific":
-            inter, cat = scientific_raw(d / "raw")
-        else:
-            raise SystemExit(f"unknown dataset {name}")
-        prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(d / "data"), overwrite=True))
-        t0 = time.time()
-        train(SFTConfig(data=str(d / "data"), output=str(d / "model"), overwrite=True, max_steps=args.steps,
-                        save_steps=10**6, prompt=PromptConfig(max_history=5, max_prompt_tokens=160)))
-        sft_s = time.time() - t0
-        ev = run_evaluation(EvaluateConfig(model=str(d / "model"), max_users=args.users, ks=[1, 5, 10, 20],
-                                           sasrec_seconds=args.sasrec_seconds))
-        report["datasets"][name] = {"sft_seconds": sft_s, **{k: ev[k] for k in ("users_evaluated", "users_in_split",
-                                                                                 "catalog_items", "results")}}
-        for model, m in ev["results"].items():
-            rows.append({"dataset": name, "model": model, "HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"],
-                         "MRR": m["MRR"], "validity": m["validity"], "coverage": m["coverage"]})
-        write_results("bench_quality", report, rows)  # after each dataset: a long run keeps what it finished
+        data = work / name / "data"
+        if not (data / "manifest.json").is_file():
+            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
+        for n, arm in enumerate(a for a in args.arms.split(",") if a):
+            if arm not in ARMS:
+                raise SystemExit(f"unknown arm {arm} ({', '.join(ARMS)})")
+            model, metrics_path = work / name / arm, work / name / arm / "eval-test" / "metrics.json"
+            if not metrics_path.is_file():
+                facts = [f for f in args.facts.split(",") if f]
+                prompt = PromptConfig(max_history=args.history, item_facts=facts) if arm == "sequence" else \
+                    PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)
+                t0 = time.time()
+                train(SFTConfig(data=str(data), output=str(model), objective=arm, prompt=prompt, max_steps=0,
+                                num_epochs=3, max_minutes=args.minutes, save_steps=50, overwrite=True))
+                sft_wall = time.time() - t0
+                ev = run_evaluation(EvaluateConfig(
+                    model=str(model), max_users=args.users, ks=[1, 5, 10],
+                    baselines=["popular", "sasrec"] if n == 0 else [], sasrec_seconds=args.sasrec_seconds))
+                ev["sft_wall_seconds"] = sft_wall
+                metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
+            ev = read_json(metrics_path)
+            card = read_json(model / "genrec.json")
+            report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
+                "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
+                "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}
+            report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
+                "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
+                "stopped_by_clock", "train_loss")}
+            for model_name, iv in ev["intervals"].items():
+                label = f"genrec ({arm})" if model_name == "genrec" else model_name
+                diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
+                rows.append({
+                    "dataset": name, "model": label, "users": ev["users_evaluated"],
+                    "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, {iv['NDCG@10']['hi']:.4f}]",
+                    "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
+                    "genrec - this (NDCG@10)": "" if diff is None else
+                    f"{diff['diff']:+.4f} [{diff['lo']:+.4f}, {diff['hi']:+.4f}]",
+                    "CPU-minutes (train)": round(card["train_seconds"] / 60, 1) if model_name == "genrec" else
+                    (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" and ev.get("sasrec") else ""),
+                })
+            for model_name, a in (ev.get("baselines_all_users") or {}).items():
+                iv = a["intervals"]
+                rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
+                             "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, "
+                             f"{iv['NDCG@10']['hi']:.4f}]",
+                             "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
+                             "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
+            write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
 
 
 if __name__ == "__main__":
