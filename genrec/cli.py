@@ -137,6 +137,11 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--init-from", type=click.Path(), help="Continue the adapter of this genrec model (transfer from "
                                                     "another dataset; titles on both sides).")
 @click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--objective", type=click.Choice(["sequence", "prefix"]),
+              help="next_item: sequence = one list per user window, every item a target (the demo's); prefix = one "
+                   "prompt per history prefix [prefix].")
+@click.option("--max-minutes", type=float, help="Stop training after this many minutes; the learning rate follows "
+                                                "the clock and the model is written as at the end.")
 @click.option("--item-id", type=click.Choice(["title", "id", "semantic"]),
               help="What the model writes for an item: its title, a random-permutation number, or a semantic "
                    "code learned from item text + co-occurrence [title]. Generate/evaluate/serve use the model's.")
@@ -145,8 +150,8 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
 @click.argument("overrides", nargs=-1)
 @friendly
-def sft(config_path, data_dir, output, model, task, template, init_from, max_steps, item_id, resume, merge,
-        overwrite, overrides) -> None:
+def sft(config_path, data_dir, output, model, task, template, init_from, max_steps, objective, max_minutes, item_id,
+        resume, merge, overwrite, overrides) -> None:
     """LoRA supervised fine-tuning with TRL on prompt/completion examples.
 
     Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
@@ -158,7 +163,8 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
     tasks = [t.strip() for t in task.split(",") if t.strip()] if task else None
     cfg = load_config(SFTConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, item_id=item_id, resume=resume,
+        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, objective=objective,
+                     max_minutes=max_minutes, item_id=item_id, resume=resume,
                      merge=merge, overwrite=overwrite, init_from=init_from, tasks=tasks,
                      **{"prompt.task": tasks[0] if tasks else None, "prompt.template": template})})
     train(cfg)
@@ -237,7 +243,7 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @click.option("--task", help="Task of a multi-task model to measure [its main task]: next_item, request "
                              "(cold-start users), preference (AUC), rating (RMSE/MAE).")
 @click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
-@click.option("--max-users", type=int, help="Evaluate the first N users (deterministic sample).")
+@click.option("--max-users", type=int, help="Evaluate N users drawn at random with --seed (the same N users on every run and model) [all].")
 @backend_option
 @batch_option
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")

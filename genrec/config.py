@@ -78,8 +78,10 @@ class SFTConfig:
     model: str = "default"
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
-    objective: str = "sequence"  # next_item: sequence (every item of a user window is a target) | prefix
-    max_batch_tokens: int = 4096  # sequence objective: tokens per batch (windows grouped by length), not batch_size
+    objective: str = "prefix"  # next_item: sequence (every item of a user window is a target) | prefix
+    # sequence objective: padded tokens per batch (windows grouped by length) instead of batch_size; on 2 CPU cores
+    # 1024 trains fastest per token (150 tokens/s, 4 GB peak RSS; 4096 runs at ~80 tokens/s and 8-14 GB)
+    max_batch_tokens: int = 1024
     max_minutes: float | None = None  # stop training after this many minutes (the LR schedule follows the clock)
     report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
     init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
@@ -90,7 +92,7 @@ class SFTConfig:
     align_examples: float = 0.0  # semantic/id: extra code->title and title->code examples, as a share of the data
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # 0: PEFT skips the dropout copy of every adapted input (~25% faster on CPU)
     lora_target_modules: str = "all-linear"
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"

@@ -1,7 +1,12 @@
 """Trie-constrained beam search: every finished hypothesis is a catalog item, scored by sequence log-probability.
 
+What it guarantees: every item returned is a valid catalog item, the K items are distinct, each is scored by its
+sequence log-probability (the end token included), and per-user exclusions hold. It is a beam search, not an exact
+search: an item whose prefix falls below the W-th live beam is lost for good, so the K returned are the best the
+beam found, not necessarily the K most probable items (a wider `beam_width` finds more of them).
+
 Why our own loop instead of `model.generate(num_beams=...)` or vLLM's beam search: we need the top-K *items*
-(distinct trie leaves) by exact sequence log-probability, with per-user exclusions, on either engine. The loop
+(distinct trie leaves) with per-user exclusions, on either engine. The loop
 asks a backend (backends.py) only for the raw log-probabilities of the tokens the trie allows from each live
 beam, so the model's generation_config (sampling, temperature, top-k/p) can never leak into the search, and the
 HF and vLLM backends return the same items with the same scores.

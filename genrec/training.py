@@ -400,6 +400,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
     from trl import SFTTrainer
     from datasets import Dataset
 
+    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
+        raise GenrecError(f"max_minutes must be > 0, got {cfg.max_minutes}")
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
@@ -490,8 +492,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
     callbacks = [LossLog(), code_rows]
     clock = None
     if cfg.max_minutes is not None:
-        if cfg.max_minutes <= 0:
-            raise GenrecError(f"max_minutes must be > 0, got {cfg.max_minutes}")
         steps = len(batches) if batches else -(-len(examples) // cfg.batch_size)
         clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))))
         callbacks.append(clock)

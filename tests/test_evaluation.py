@@ -43,6 +43,17 @@ def test_evaluate_cli(tmp_path, tiny_model):
     assert (out / "metrics.png").stat().st_size > 1000 and "| genrec |" in (out / "metrics.md").read_text()
     lines = (out / "recommendations.jsonl").read_text().splitlines()
     assert len(lines) == 6 and all(len(json.loads(x)["recommended"]) == 10 for x in lines)
+    # intervals for every model, paired differences against each baseline, baselines on every user of the split
+    for name, m in report["results"].items():
+        iv = report["intervals"][name]["NDCG@10"]
+        assert iv["lo"] <= m["NDCG@10"] <= iv["hi"] and iv["mean"] == pytest.approx(m["NDCG@10"])
+    assert set(report["paired_differences"]) == {"genrec - popular", "genrec - sasrec"}
+    d = report["paired_differences"]["genrec - popular"]["NDCG@10"]
+    assert d["diff"] == pytest.approx(report["results"]["genrec"]["NDCG@10"] - report["results"]["popular"]["NDCG@10"])
+    assert set(report["baselines_all_users"]) == {"popular", "sasrec"}
+    assert report["users_in_split"] > 6 and report["sasrec"]["converged"] and not report["sasrec"]["capped"]
+    md = (out / "metrics.md").read_text()
+    assert "95% bootstrap intervals (6 users" in md and f"all {report['users_in_split']} users" in md
 
 
 def test_evaluate_bad_options(tiny_model):
