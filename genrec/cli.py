@@ -243,7 +243,8 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @click.option("--task", help="Task of a multi-task model to measure [its main task]: next_item, request "
                              "(cold-start users), preference (AUC), rating (RMSE/MAE).")
 @click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
-@click.option("--max-users", type=int, help="Evaluate N users drawn at random with --seed (the same N users on every run and model) [all].")
+@click.option("--max-users", type=int, help="Evaluate N users drawn at random with --seed (the same N users on every run and "
+                                                "model) [all].")
 @backend_option
 @batch_option
 @click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
@@ -270,6 +271,12 @@ def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, 
                      popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
+    if report.get("intervals_markdown"):
+        click.echo("\n" + report["intervals_markdown"])
+        if report.get("sasrec") and report["sasrec"]["capped"]:
+            click.echo(f"SASRec was capped at sasrec_seconds={cfg.sasrec_seconds} ({report['sasrec']['epochs']} "
+                       "epochs): a budget baseline, not a converged one.")
+        click.echo(report["verdict"])
 
 
 # ------------------------------------------------------------------------------------------------ serve

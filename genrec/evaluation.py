@@ -335,9 +335,23 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     _bar_chart(intervals, k_main, out / "metrics.png", f"{cfg.split}: {len(chosen)} users, 95% bootstrap intervals")
     report["markdown"] = md
     report["intervals_markdown"] = intervals_markdown(intervals, paired, k_main, len(chosen))
+    report["verdict"] = verdict(paired, k_main, len(chosen))
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
     return report
+
+
+def verdict(paired: dict, k: int, n_users: int) -> str:
+    """One line saying what the comparison shows: better, worse, or not distinguishable on these users."""
+    if not paired:
+        return f"genrec was evaluated on {n_users} users; no baseline to compare with."
+    parts = []
+    for name, d in paired.items():
+        x = d[f"NDCG@{k}"]
+        word = ("better than" if x["lo"] > 0 else "worse than" if x["hi"] < 0 else "not distinguishable from")
+        parts.append(f"{word} {name.removeprefix('genrec - ')} (NDCG@{k} {x['diff']:+.4f}, 95% CI "
+                     f"[{x['lo']:+.4f}, {x['hi']:+.4f}])")
+    return f"On these {n_users} users genrec is " + "; ".join(parts) + "."
 
 
 def intervals_markdown(intervals: dict, paired: dict, k: int, n_users: int) -> str:

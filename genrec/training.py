@@ -306,6 +306,14 @@ class Clock(TrainerCallback):
             self.before = float(json.loads(path.read_text())["seconds"])
 
 
+def _targets(example: dict, builder) -> int:
+    """Items an example supervises: one per prefix example, one per masked end token in a sequence window."""
+    if getattr(builder, "objective", "prefix") != "sequence":
+        return 1
+    end = builder.item_end_id
+    return sum(1 for i, m in zip(example["input_ids"], example["completion_mask"]) if m and i == end) or 1
+
+
 def token_batch_trainer(base):
     """SFTTrainer whose training batches are given (token-budget batches) instead of a fixed example count."""
 
@@ -475,11 +483,13 @@ def train(cfg: SFTConfig, log=print) -> Path:
     loss_log = out / "loss.jsonl"
 
     class LossLog(TrainerCallback):
-        def on_log(self, args_, state, control, logs=None, **kw):
+        def on_log(self, args_, state, control, logs=None, optimizer=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
+                # the rate the optimizer really used (max_minutes sets it from the clock, not the scheduler)
+                lr = optimizer.param_groups[0]["lr"] if optimizer is not None else logs.get("learning_rate")
                 with open(loss_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": state.global_step, "loss": logs["loss"],
-                                         "learning_rate": logs.get("learning_rate")}) + "\n")
+                                         "learning_rate": lr, "seconds": time.time() - t0}) + "\n")
 
     if not cfg.resume and loss_log.exists():
         loss_log.unlink()
@@ -551,6 +561,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "target_tokens": sum(sum(e["completion_mask"]) for e in examples),
         "train_tokens": sum(len(e["input_ids"]) for e in examples),
         "stopped_by_clock": bool(clock is not None and clock.used() >= clock.budget),
+        "train_targets": sum(_targets(e, builder) for e in examples),  # supervised items in the example set
+        "tokens_seen": next((float(r["num_tokens"]) for r in reversed(trainer.state.log_history) if "num_tokens" in r),
+                            None),
         "skipped_examples": sum(skipped.values()),
         "train_loss": result.training_loss,
         "train_seconds": elapsed,

@@ -1,74 +1,64 @@
-"""Training throughput of `genrec sft` with a given config: tokens/s, examples/s, peak RSS, fraction of roofline.
+"""Training throughput of the two next-item objectives on the same data, side by side in one run: tokens per
+second, tokens per supervised target, supervised targets per second, peak RSS (each arm in its own process).
 
-Roofline: a LoRA step on a frozen base costs about 4 * N_params * tokens FLOPs (forward 2N, backward through the
-frozen weights for input gradients 2N; the adapters' own cost is ~1% and ignored). We divide the achieved rate by
-the fp32 GEMM rate measured on the same machine (`matmul_gflops`), i.e. the achievable, not the datasheet, peak.
+The prefix objective renders one prompt per history prefix (one target each); the sequence objective one window
+per user, every item a target. Each arm trains for the same wall-clock minutes (`--minutes`) from the same data.
 
-    python scripts/bench_sft.py [--config configs/sft.yaml] [--steps 8]
+    python scripts/bench_sft.py [--data runs/bench_quality/movielens/data] [--minutes 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, matmul_gflops, write_results  # noqa: E402
+from bench_common import machine, write_results  # noqa: E402
+
+
+def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Path) -> dict:
+    cmd = [sys.executable, "-m", "genrec.cli", "sft", "--data", data, "--output", str(out), "--objective", objective,
+           "--max-minutes", str(minutes), "--overwrite", "max_steps=0", "num_epochs=1", "save_steps=1000000",
+           "logging_steps=1", *extra]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{objective} arm failed: {' '.join(cmd)}")
+    card = json.loads((out / "genrec.json").read_text())
+    tokens_per_target = card["train_tokens"] / card["train_targets"]
+    tok_s = card["tokens_seen"] / card["train_seconds"]
+    return {"objective": objective, "train_seconds": round(card["train_seconds"], 1), "steps": card["global_step"],
+            "tokens_per_second": round(tok_s, 1), "tokens_per_target": round(tokens_per_target, 1),
+            "share_of_tokens_with_loss": round(card["target_tokens"] / card["train_tokens"], 3),
+            "targets_per_second": round(tok_s / tokens_per_target, 2),
+            "peak_rss_gib": round(usage.ru_maxrss / 2 ** 20, 2), "wall_seconds": round(time.time() - t0, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="configs/sft.yaml")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--data", default=None)
+    ap.add_argument("--data", default="runs/bench_quality/movielens/data")
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--prefix-args", default="batch_size=8 prompt.max_history=20 prompt.max_prompt_tokens=384 "
+                    "prompt.item_facts=", help="overrides of the prefix arm (today's design)")
+    ap.add_argument("--sequence-args", default="prompt.max_history=30 prompt.item_facts=",
+                    help="overrides of the sequence arm")
     args = ap.parse_args()
-
-    from genrec.config import SFTConfig, load_config
-    from genrec.data import load_prepared
-    from genrec.index import ItemIndex
-    from genrec.models import load_tokenizer, resolve_base_model
-    from genrec.training import build_examples, make_builder, train
-
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(SFTConfig, args.config, {"max_steps": args.steps, "output": f"{tmp}/m", "save_steps": 10**6,
-                                                    **({"data": args.data} if args.data else {})})
-        data = load_prepared(cfg.data)
-        tok = load_tokenizer(resolve_base_model(cfg.model))
-        builder = make_builder(tok, cfg.prompt, data.catalog, ItemIndex.build(list(data.catalog.values())))
-        n_ex = cfg.max_steps * cfg.batch_size * cfg.grad_accum
-        examples, _ = build_examples(builder, data.split("train"), n_ex, cfg.seed)
-        tokens = sum(len(e["input_ids"]) for e in examples)
-        t0 = time.perf_counter()
-        train(cfg, log=lambda m: None)
-        total = time.perf_counter() - t0
-        import json
-
-        card = json.loads((Path(cfg.output) / "genrec.json").read_text())
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        base = AutoModelForCausalLM.from_pretrained(str(resolve_base_model(cfg.model)), dtype=torch.float32)
-        n_params = sum(p.numel() for p in base.parameters())
-    train_s = card["train_seconds"]
-    peak_gflops = matmul_gflops()
-    achieved = 4 * n_params * tokens / train_s / 1e9
-    res = {
-        "config": args.config, "steps": cfg.max_steps, "batch_size": cfg.batch_size, "examples": len(examples),
-        "tokens": tokens, "mean_tokens_per_example": tokens / len(examples),
-        "train_seconds": train_s, "seconds_with_setup": total, "seconds_per_step": train_s / cfg.max_steps,
-        "tokens_per_second": tokens / train_s, "examples_per_second": len(examples) / train_s,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-        "achieved_gflops": achieved, "matmul_gflops": peak_gflops, "fraction_of_roofline": achieved / peak_gflops,
-        "machine": machine(),
-    }
-    write_results("bench_sft", res, [{k: res[k] for k in ("seconds_per_step", "tokens_per_second",
-                                                           "examples_per_second", "peak_rss_gib",
-                                                           "achieved_gflops", "matmul_gflops",
-                                                           "fraction_of_roofline")}])
+        for objective, extra in (("prefix", args.prefix_args), ("sequence", args.sequence_args)):
+            rows.append(run_arm(args.data, objective, args.minutes, extra.split(), Path(tmp) / objective))
+            print(rows[-1], flush=True)
+    ratio = rows[1]["targets_per_second"] / rows[0]["targets_per_second"]
+    write_results("bench_sft", {"settings": vars(args), "machine": machine(), "arms": rows,
+                                "sequence_over_prefix_targets_per_second": round(ratio, 2)}, rows)
+    print(f"sequence / prefix supervised targets per second: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

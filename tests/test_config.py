@@ -31,5 +31,15 @@ def test_shipped_configs_load():
     from genrec.config import DataConfig
 
     root = Path(__file__).parent.parent / "configs"
-    assert load_config(SFTConfig, root / "sft.yaml").max_steps > 0
+    sft = load_config(SFTConfig, root / "sft.yaml")
+    assert sft.objective == "sequence" and sft.max_minutes > 0 and sft.prompt.item_facts == []
     assert load_config(DataConfig, root / "data_movielens.yaml").text_cols == ["genres"]
+
+
+def test_empty_value_is_an_empty_list_none_is_none():
+    from genrec.config import SFTConfig, load_config
+
+    assert load_config(SFTConfig, None, {"prompt.item_facts": ""}).prompt.item_facts == []
+    assert load_config(SFTConfig, None, {"prompt.item_facts": "none"}).prompt.item_facts is None
+    assert load_config(SFTConfig, None, {"prompt.item_facts": "genres,tags"}).prompt.item_facts == ["genres", "tags"]
+    assert load_config(SFTConfig, None, {"max_minutes": ""}).max_minutes is None
