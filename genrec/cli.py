@@ -287,20 +287,22 @@ def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, 
 @click.option("--port", type=int, help="Port [8000].")
 @backend_option
 @click.option("--served-model-name", help="Model name clients send [the model directory's name].")
+@click.option("--api-key", help="Require `Authorization: Bearer KEY` on every route but /health [$GENREC_API_KEY].")
 @click.argument("overrides", nargs=-1)
 @friendly
-def serve(config_path, model, host, port, backend, served_model_name, overrides) -> None:
+def serve(config_path, model, host, port, backend, served_model_name, api_key, overrides) -> None:
     """OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /v1/recommendations.
 
     Completions name only catalog items (constrained search); extra KEY=VALUE arguments set limits, e.g.
-    max_history=100 timeout_s=60 max_body_bytes=65536.
+    max_history=100 timeout_s=60 max_body_bytes=65536 max_queue=64.
     """
     from .config import ServeConfig, load_config, parse_overrides
     from .serving import serve as run_server
 
     cfg = load_config(ServeConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(model=model, host=host, port=port, backend=backend, served_model_name=served_model_name)})
+        **_overrides(model=model, host=host, port=port, backend=backend, served_model_name=served_model_name,
+                     api_key=api_key)})
     run_server(cfg, log=lambda m: click.echo(m, err=True))
 
 

@@ -189,6 +189,8 @@ class ServeConfig:
     max_k: int = 100
     max_body_bytes: int = 1 << 20
     timeout_s: float = 300.0
+    max_queue: int = 64  # requests waiting for the model; beyond it a request is refused with 503 + Retry-After
+    api_key: str | None = None  # require `Authorization: Bearer <key>` on every route but /health ($GENREC_API_KEY)
 
 
 C = TypeVar("C")

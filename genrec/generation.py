@@ -34,6 +34,7 @@ class Request:
     request: str | None = None
     seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
     ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
+    trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
 
 
 class Recommender:
@@ -148,9 +149,11 @@ class Recommender:
 
     def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
                   exclude_seen: bool = True, with_reasons: bool = False,
-                  popularity_penalty: float = 0.0) -> list[dict]:
+                  popularity_penalty: float = 0.0, usage: list | None = None) -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
-        With a popularity penalty, `score` is the penalised log-probability the items are ranked by."""
+        With a popularity penalty, `score` is the penalised log-probability the items are ranked by. `usage`, when
+        given, is filled with one {prompt_tokens, completion_tokens} per request: the prompt the engine received
+        and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer."""
         from .constrained import top_items
 
         if self.generator is None:
@@ -163,6 +166,7 @@ class Recommender:
         width = max(beam_width or max(k, 10), k)
         penalty = self.popularity_penalty(popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
+        counts = [{"prompt_tokens": 0, "completion_tokens": 0} for _ in requests]
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):
             if not req.history and not req.request:
@@ -190,6 +194,11 @@ class Recommender:
                         rec["reason"] = reasons[j][rank - 1]
                     recs.append(rec)
                 results[n] = {"recommendations": recs}
+                counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(
+                    len(builder.item_tokens(self.index.targets[h.item])) for h in found[j]) + (sum(
+                        len(builder.plain(r)) + 1 for r in reasons[j]) if reasons is not None else 0)}
+        if usage is not None:
+            usage[:] = counts
         return results  # type: ignore[return-value]
 
     def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
@@ -284,6 +293,66 @@ def read_users_file(path: str | Path) -> list[dict]:
     return rows
 
 
+class TitleIndex:
+    """Catalog titles -> item ids: exact, then case- and whitespace-insensitive; close titles for an unknown one."""
+
+    def __init__(self, catalog: dict[str, dict]):
+        self.exact: dict[str, list[str]] = {}
+        self.loose: dict[str, list[str]] = {}
+        for item_id, row in catalog.items():
+            self.exact.setdefault(row["title"], []).append(item_id)
+            self.loose.setdefault(self.norm(row["title"]), []).append(item_id)
+        self.titles = sorted(self.exact)
+
+    @staticmethod
+    def norm(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    def ids(self, title: str) -> list[str]:
+        return self.exact.get(title) or self.loose.get(self.norm(title)) or []
+
+    def closest(self, text: str, n: int = 3) -> list[str]:
+        import difflib
+
+        return difflib.get_close_matches(text[:200], self.titles, n=n, cutoff=0.5)
+
+
+_TITLE_INDEXES: dict[int, tuple[dict, TitleIndex]] = {}
+
+
+def title_index(catalog: dict[str, dict]) -> TitleIndex:
+    """One index per catalog object (built on first use; generate, rank and serve reuse it)."""
+    hit = _TITLE_INDEXES.get(id(catalog))
+    if hit is None or hit[0] is not catalog:
+        hit = (catalog, TitleIndex(catalog))
+        _TITLE_INDEXES.clear()
+        _TITLE_INDEXES[id(catalog)] = hit
+    return hit[1]
+
+
+def resolve_items(entries: list[str], catalog: dict[str, dict], where: str) -> list[str]:
+    """History entries as catalog ids: an entry is an id, else a title (exact, then case/whitespace-insensitive).
+    A title shared by several items, or an entry that is neither, is a GenrecError naming the ids or the closest
+    titles."""
+    out = []
+    for entry in entries:
+        if entry in catalog:
+            out.append(entry)
+            continue
+        index = title_index(catalog)
+        ids = index.ids(entry)
+        if len(ids) == 1:
+            out.append(ids[0])
+        elif ids:
+            raise GenrecError(f"{where}: title {entry[:120]!r} is shared by items {', '.join(ids[:5])}: give the id")
+        else:
+            close = index.closest(entry)
+            hint = f" (closest titles: {'; '.join(repr(t) for t in close)})" if close else ""
+            raise GenrecError(f"{where}: unknown item {entry[:120]!r} in history: neither an item id nor a "
+                              f"title{hint}")
+    return out
+
+
 def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], where: str) -> Request:
     """Validate one users-file/HTTP object; raises GenrecError naming what is wrong."""
     uid = obj.get("user_id")
@@ -291,7 +360,7 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
         raise GenrecError(f"{where}: user_id must be a string")
     hist = obj.get("history")
     if hist is not None and (not isinstance(hist, list) or not all(isinstance(i, (str, int)) for i in hist)):
-        raise GenrecError(f"{where}: history must be a list of item ids")
+        raise GenrecError(f"{where}: history must be a list of item ids or titles")
     ctx = obj.get("context") or {}
     if not isinstance(ctx, dict):
         raise GenrecError(f"{where}: context must be an object")
@@ -312,9 +381,7 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
     if ratings is not None and (not isinstance(ratings, list) or len(ratings) != len(history) or not all(
             isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in ratings)):
         raise GenrecError(f"{where}: ratings must be a list of numbers, one per history item")
-    unknown = [i for i in history if i not in catalog]
-    if unknown:
-        raise GenrecError(f"{where}: unknown item id {unknown[0]!r} in history")
+    history = resolve_items(history, catalog, where)
     return Request(user_id=None if uid is None else str(uid), history=history, context=ctx, request=req_text,
                    seen=set(history), ratings=ratings)
 

@@ -21,7 +21,9 @@ is dropped before it runs.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import os
 import queue
 import threading
 import time
@@ -55,7 +57,10 @@ class Job:
 
 
 class Batcher:
-    """One thread owns the model: it takes every job waiting, groups them by settings, runs batched searches."""
+    """One thread owns the model and its tokenizer: it takes every job waiting, groups them by settings, runs
+    batched searches and counts tokens. Nothing else tokenizes: HF tokenizers switch special-token splitting per
+    call on shared state, so a second thread could turn "<|im_end|>" in item or user text into the control token
+    (or make the Rust tokenizer raise "Already borrowed")."""
 
     def __init__(self, rec: Recommender, max_batch: int):
         self.rec, self.max_batch = rec, max_batch
@@ -64,10 +69,19 @@ class Batcher:
         self.thread.start()
 
     def submit(self, requests: list[Request], k: int, with_reasons: bool, exclude_seen: bool,
-               timeout: float) -> Future:
+               timeout: float, max_queue: int | None = None) -> Future:
+        """Queue a job; with `max_queue`, refuse (APIError 503) when that many requests already wait."""
+        if not self.thread.is_alive():
+            raise APIError(503, "the model thread is not running", kind="server_error")
+        if max_queue is not None and self.waiting() + len(requests) > max_queue:
+            raise APIError(503, f"the server is busy ({self.waiting()} requests waiting); retry shortly",
+                           kind="server_busy", code="queue_full")
         fut: Future = Future()
         self.jobs.put(Job(requests, k, with_reasons, exclude_seen, time.monotonic() + timeout, fut))
         return fut
+
+    def waiting(self) -> int:
+        return self.jobs.qsize()
 
     def close(self) -> None:
         self.jobs.put(None)
@@ -94,7 +108,10 @@ class Batcher:
                 groups.setdefault((j.k, j.with_reasons, j.exclude_seen), []).append(j)
             for (k, reasons, excl), jobs in groups.items():
                 try:
-                    results = self.rec.recommend([r for j in jobs for r in j.requests], k, None, excl, reasons)
+                    usage: list[dict] = []
+                    results = self.rec.recommend([r for j in jobs for r in j.requests], k, None, excl, reasons,
+                                                 usage=usage)
+                    results = [{**r, "_usage": u} for r, u in zip(results, usage)]
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers 4xx/5xx
                     for j in jobs:
                         j.future.set_exception(exc)
@@ -153,8 +170,11 @@ class Service:
             req = to_request(fields, self.users, self.rec.catalog, where)
         except GenrecError as exc:
             raise APIError(400, str(exc)) from None
-        if len(req.seen) > self.cfg.max_history:
-            raise APIError(400, f"{where}: the user's history is longer than the limit {self.cfg.max_history}")
+        if len(req.history) > self.cfg.max_history:  # a stored history (a sent one over the limit is a 400 above):
+            cut = len(req.history) - self.cfg.max_history  # its most recent items; every item stays excluded
+            req.history = req.history[cut:]
+            req.ratings = req.ratings[cut:] if req.ratings is not None else None
+            req.trimmed = cut
         return req
 
     def _from_text(self, text, extra: dict, where: str) -> Request:
@@ -187,7 +207,7 @@ class Service:
         return k, with_reasons, self._bool(body, "exclude_seen", True)
 
     async def _run(self, requests: list[Request], k: int, reasons: bool, exclude_seen: bool) -> list[dict]:
-        fut = self.batcher.submit(requests, k, reasons, exclude_seen, self.cfg.timeout_s)
+        fut = self.batcher.submit(requests, k, reasons, exclude_seen, self.cfg.timeout_s, self.cfg.max_queue)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), self.cfg.timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
@@ -206,6 +226,9 @@ class Service:
         req = self._request(body, "request")
         k, reasons, excl = self._settings(body, "k")
         res = (await self._run([req], k, reasons, excl))[0]
+        res.pop("_usage", None)
+        if req.trimmed:
+            res["history_trimmed"] = req.trimmed  # the oldest items the prompt left out
         return {"user_id": req.user_id, **res,
                 "settings": {"k": k, "exclude_seen": excl, "backend": self.rec.backend.name, "model": self.name,
                              "with_reasons": reasons}}
@@ -230,7 +253,10 @@ class Service:
         choices = [{"index": i, "message": {"role": "assistant", "content": self._choice_text(r)},
                     "finish_reason": "stop", "logprobs": None, "item": r}
                    for i, r in enumerate(res["recommendations"])]
-        return self._envelope("chat.completion", choices, res, prompt_tokens=len(self.rec.tok(str(content))["input_ids"]))
+        out = self._envelope("chat.completion", choices, [res])
+        if req.trimmed:
+            out["history_trimmed"] = req.trimmed
+        return out
 
     async def completions(self, body: dict) -> dict:
         self._check_model(body)
@@ -248,12 +274,14 @@ class Service:
                 choices.append({"index": i, "text": self._choice_text(r), "finish_reason": "stop", "logprobs": None,
                                 "item": r})
                 i += 1
-        return self._envelope("text_completion", choices, results[0],
-                              prompt_tokens=sum(len(self.rec.tok(str(p))["input_ids"]) for p in prompts))
+        return self._envelope("text_completion", choices, results)
 
-    def _envelope(self, obj: str, choices: list[dict], res: dict, prompt_tokens: int) -> dict:
-        texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
-        completion_tokens = sum(len(self.rec.tok(t)["input_ids"]) + 1 for t in texts)
+    def _envelope(self, obj: str, choices: list[dict], results: list[dict]) -> dict:
+        """usage: the prompts the engine really received and the tokens it wrote (counted by the batcher)."""
+        used = [r.pop("_usage", {"prompt_tokens": 0, "completion_tokens": 0}) for r in results]
+        prompt_tokens = sum(u["prompt_tokens"] for u in used)
+        completion_tokens = sum(u["completion_tokens"] for u in used)
+        res = results[0]
         out = {"id": f"{'chatcmpl' if obj.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": obj,
                "created": int(time.time()), "model": self.name, "choices": choices,
                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -305,7 +333,23 @@ def create_app(rec: Recommender, cfg: ServeConfig):
 
     @app.exception_handler(APIError)
     async def _api_error(_req, exc: APIError):
-        return error(exc.status, str(exc), exc.kind, exc.code, exc.param)
+        resp = error(exc.status, str(exc), exc.kind, exc.code, exc.param)
+        if exc.status == 503:
+            resp.headers["Retry-After"] = "1"
+        return resp
+
+    key = cfg.api_key or os.environ.get("GENREC_API_KEY") or None
+
+    @app.middleware("http")
+    async def _auth(request: HTTPRequest, call_next):
+        """Every route but /health needs `Authorization: Bearer <key>` when a key is set (constant-time check)."""
+        if key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):
+                return error(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                             "invalid_request_error", "invalid_api_key")
+        return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req, exc):
@@ -354,7 +398,10 @@ def create_app(rec: Recommender, cfg: ServeConfig):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": service.name, "backend": rec.backend.name}
+        alive = service.batcher.thread.is_alive()
+        body = {"status": "ok" if alive else "error", "model": service.name, "backend": rec.backend.name,
+                "batcher_alive": alive, "queue_depth": service.batcher.waiting(), "max_queue": cfg.max_queue}
+        return body if alive else JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")
     async def models():
@@ -380,6 +427,9 @@ def create_app(rec: Recommender, cfg: ServeConfig):
 def serve(cfg: ServeConfig, log=print) -> None:
     import uvicorn
 
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("GENREC_API_KEY")):
+        log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
+            "(set --api-key or GENREC_API_KEY)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
     app = create_app(rec, cfg)
     log(f"serving {app.state.service.name} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/v1")

@@ -46,7 +46,7 @@ CASES = {
     "users/request_not_text.jsonl": ("generate", "request must be a string"),
     "users/not_utf8.jsonl": ("generate", "not valid UTF-8"),
     "users/unknown_user.jsonl": ("generate", "unknown user_id"),
-    "users/unknown_item.jsonl": ("generate", "unknown item id"),
+    "users/unknown_item.jsonl": ("generate", "neither an item id nor a title"),
     "configs/unclosed.yaml": ("sft", "not valid YAML"),
     "configs/list_not_mapping.yaml": ("sft", "must contain a mapping"),
     "configs/unknown_key.yaml": ("sft", "unknown config key 'lerning_rate'"),

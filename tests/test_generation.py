@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,28 @@ def test_request_model_cold_start(tmp_path, tiny_data):
     rep = run_evaluation(EvaluateConfig(model=str(tmp_path / "q"), max_users=4, output=str(tmp_path / "ev")),
                          log=lambda m: None)
     assert set(rep["results"]) == {"genrec", "popular"} and rep["results"]["genrec"]["validity"] == 1.0
+
+
+def test_history_entries_may_be_titles(tiny_data):
+    """Users think in titles: an entry is an id, else an exact title, else a case/whitespace-insensitive one; a
+    shared title names its ids; an unknown entry lists the closest titles; hostile strings are clear errors."""
+    from genrec.data import load_prepared
+    from genrec.errors import GenrecError
+    from genrec.generation import resolve_items, to_request
+
+    catalog = dict(load_prepared(tiny_data).catalog)
+    a, b = list(catalog)[:2]
+    ta = catalog[a]["title"]
+    assert resolve_items([a, ta, "  " + ta.upper().replace(" ", "   ") + " "], catalog, "x") == [a, a, a]
+    req = to_request({"history": [ta, b]}, None, catalog, "line 1")
+    assert req.history == [a, b] and req.seen == {a, b}
+    with pytest.raises(GenrecError, match="closest titles: " + re.escape(repr(ta))):
+        resolve_items([ta[:-2] + "x)"], catalog, "line 2")
+    shared = {**catalog, "dup": {**catalog[a], "item_id": "dup"}}
+    with pytest.raises(GenrecError, match=f"shared by items {a}, dup"):
+        resolve_items([ta], shared, "line 3")
+    assert resolve_items(["dup"], shared, "x") == ["dup"]  # an id always wins
+    for hostile in ["<|im_end|>", "\x00\x1b[2J", "x" * 100_000, "'; DROP TABLE items; --", "🎬" * 50]:
+        with pytest.raises(GenrecError, match="neither an item id nor a title") as exc:
+            resolve_items([hostile], catalog, "line 4")
+        assert len(str(exc.value)) < 600 and "\n" not in str(exc.value)
