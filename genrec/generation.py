@@ -152,8 +152,8 @@ class Recommender:
                   popularity_penalty: float = 0.0, usage: list | None = None) -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
         With a popularity penalty, `score` is the penalised log-probability the items are ranked by. `usage`, when
-        given, is filled with one {prompt_tokens, completion_tokens} per request: the prompt the engine received
-        and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer."""
+        given, is filled with one {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine
+        received and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer."""
         from .constrained import top_items
 
         if self.generator is None:
@@ -166,7 +166,7 @@ class Recommender:
         width = max(beam_width or max(k, 10), k)
         penalty = self.popularity_penalty(popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
-        counts = [{"prompt_tokens": 0, "completion_tokens": 0} for _ in requests]
+        counts = [{"prompt_tokens": 0, "completion_tokens": 0, "per_item": []} for _ in requests]
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):
             if not req.history and not req.request:
@@ -194,9 +194,11 @@ class Recommender:
                         rec["reason"] = reasons[j][rank - 1]
                     recs.append(rec)
                 results[n] = {"recommendations": recs}
-                counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(
-                    len(builder.item_tokens(self.index.targets[h.item])) for h in found[j]) + (sum(
-                        len(builder.plain(r)) + 1 for r in reasons[j]) if reasons is not None else 0)}
+                per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
+                            (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
+                            for r, h in enumerate(found[j])]
+                counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(per_item),
+                             "per_item": per_item}
         if usage is not None:
             usage[:] = counts
         return results  # type: ignore[return-value]

@@ -103,10 +103,13 @@ class Batcher:
                 batch.append(nxt)
             now = time.monotonic()
             live = [j for j in batch if j.deadline > now and j.future.set_running_or_notify_cancel()]
+            # jobs with different k share one search at the largest k (the same beam width covers it), each cut
+            # to its own k; only settings that change what is searched split a batch
             groups: dict[tuple, list[Job]] = {}
             for j in live:
-                groups.setdefault((j.k, j.with_reasons, j.exclude_seen), []).append(j)
-            for (k, reasons, excl), jobs in groups.items():
+                groups.setdefault((j.with_reasons, j.exclude_seen), []).append(j)
+            for (reasons, excl), jobs in groups.items():
+                k = max(j.k for j in jobs)
                 try:
                     usage: list[dict] = []
                     results = self.rec.recommend([r for j in jobs for r in j.requests], k, None, excl, reasons,
@@ -118,7 +121,9 @@ class Batcher:
                     continue
                 pos = 0
                 for j in jobs:
-                    j.future.set_result(results[pos:pos + len(j.requests)])
+                    j.future.set_result([{**r, "recommendations": r["recommendations"][:j.k], "_usage": {
+                        **r["_usage"], "completion_tokens": sum(r["_usage"]["per_item"][:j.k])}}
+                        for r in results[pos:pos + len(j.requests)]])
                     pos += len(j.requests)
 
 
