@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--check", action="store_true", help="exit 1 unless validity is 1 on every backend and both "
+                    "backends return the same top-1 for at least --min-agreement of users (a verdict, not numbers)")
+    ap.add_argument("--min-agreement", type=float, default=0.9)
     args = ap.parse_args()
 
     from genrec.data import load_prepared
@@ -45,7 +48,9 @@ def main() -> None:
             res += rec.recommend(reqs[s:s + args.batch_size], args.k)
         dt = time.perf_counter() - t0
         items[name] = [[r["item_id"] for r in x["recommendations"]] for x in res]
-        out[name] = {"start_seconds": round(start_s, 1), "seconds": dt, "users_per_second": len(reqs) / dt}
+        listed = [i for x in items[name] for i in x]
+        out[name] = {"start_seconds": round(start_s, 1), "seconds": dt, "users_per_second": len(reqs) / dt,
+                     "validity": sum(i in rec.catalog for i in listed) / max(len(listed), 1)}
         del rec
     rows_md = [{"backend": n, **r} for n, r in out.items()]
     res = {"users": args.users, "k": args.k, "batch_size": args.batch_size, "results": out, "machine": machine()}
@@ -57,6 +62,14 @@ def main() -> None:
         res["speedup"] = out[n2]["users_per_second"] / out[n1]["users_per_second"]
     write_results("bench_backends", res, rows_md)
     print({k: v for k, v in res.items() if k not in ("results", "machine")})
+    if args.check:
+        bad = [f"{n}: validity {r['validity']:.4f} < 1" for n, r in out.items() if r["validity"] < 1]
+        if "same_top1" in res and res["same_top1"] < args.min_agreement:
+            bad.append(f"backends agree on the top-1 item for {res['same_top1']:.1%} of users "
+                       f"(< {args.min_agreement:.0%})")
+        if bad:
+            raise SystemExit("FAILED: " + "; ".join(bad))
+        print("PASSED: every item valid on every backend; backends agree")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: install genrec with GPU vLLM, then prepare -> sft -> HF vs vLLM backends
-# (agreement + users/s ratio) -> serve on vLLM + load benchmark. Results land in runs/bench/.
+# (agreement + users/s ratio) -> serve on vLLM + load benchmark. Results land in runs/bench/. Exits non-zero when
+# any recommended item is invalid or the backends disagree (bench_backends.py --check): a verdict, not only numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,6 +12,6 @@ export PATH="$PWD/.venv-gpu/bin:$PATH"
 RUN=${GENREC_GPU_RUN:-runs/gpu}
 genrec data prepare --output "$RUN/data" --overwrite
 genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --overwrite --max-steps ${STEPS:-200}
-python scripts/bench_backends.py --model "$RUN/model" --users ${USERS:-256} --batch-size 64
+python scripts/bench_backends.py --model "$RUN/model" --users ${USERS:-256} --batch-size 64 --check  # exits 1 on a fault
 python scripts/bench_serve.py --model "$RUN/model" --backend vllm --clients 32 --requests 256
 python scripts/bench_serve.py --model "$RUN/model" --backend hf --clients 32 --requests 256
