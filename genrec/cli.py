@@ -187,10 +187,12 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
               help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
 @click.option("--strict/--no-strict", default=None, help="Unknown users/items are errors instead of skipped.")
 @click.option("--resume/--no-resume", default=None, help="Keep users already in --out and generate the rest.")
+@click.option("--shard", help="I/N: only this process's 1/N of the users file (lines n with (n-1) %% N == I); join the "
+                              "N outputs with `genrec merge-shards`.")
 @click.argument("overrides", nargs=-1)
 @friendly
 def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
-             with_reasons, popularity_penalty, strict, resume, overrides) -> None:
+             with_reasons, popularity_penalty, strict, resume, shard, overrides) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
     from .config import GenerateConfig, load_config, parse_overrides
     from .generation import generate_file
@@ -199,7 +201,7 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
         **parse_overrides(overrides),
         **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
                      batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
-                     popularity_penalty=popularity_penalty, strict=strict, resume=resume)})
+                     popularity_penalty=popularity_penalty, strict=strict, resume=resume, shard=shard)})
     if not cfg.users:
         raise GenrecError("--users FILE is required")
     summary = generate_file(cfg)
@@ -231,6 +233,17 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
     if not cfg.candidates:
         raise GenrecError("--candidates FILE is required")
     click.echo(json.dumps(rank_file(cfg)), err=True)
+
+
+@main.command("merge-shards")
+@click.argument("parts", nargs=-1, required=True)
+@click.option("--out", required=True, help="The joined JSONL, ordered by users-file line.")
+@friendly
+def merge_shards_cmd(parts, out) -> None:
+    """Join the outputs of `genrec generate --shard I/N` (any order) into one file."""
+    from .generation import merge_shards
+
+    click.echo(json.dumps({"written": merge_shards(list(parts), out), "out": out}), err=True)
 
 
 # ------------------------------------------------------------------------------------------------ evaluate

@@ -130,6 +130,7 @@ class GenerateConfig:
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count); 0 = off
     strict: bool = False
     resume: bool = False
+    shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
     dtype: str = "auto"
 
 

@@ -392,6 +392,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     """Read a users file, write one JSONL line per user atomically; return a summary."""
     from tqdm.auto import tqdm
 
+    shard = parse_shard(cfg.shard)
     rows = read_users_file(cfg.users)
     rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
@@ -408,6 +409,8 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
                 continue  # a torn last line from a crash is regenerated
     requests, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
+        if shard is not None and (n - 1) % shard[1] != shard[0]:
+            continue  # another shard's line; `index` keeps the line number, so shards merge by sorting on it
         try:
             requests.append((n, obj, to_request(obj, users, rec.catalog, f"users file line {n}")))
         except GenrecError as exc:
@@ -440,6 +443,38 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     return {"written": len(requests), "generated": len(pending), "resumed": len(done), "skipped": skipped,
             "seconds": round(elapsed, 2), "users_per_second": round(len(pending) / elapsed, 3) if elapsed else None,
             "out": str(out)}
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """'I/N' (0 <= I < N) -> (I, N): users-file line n belongs to shard (n - 1) % N."""
+    if spec is None or spec == "":
+        return None
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise GenrecError(f"--shard must be I/N, e.g. 0/4, got {spec!r}") from None
+    if not 0 <= i < n:
+        raise GenrecError(f"--shard {spec}: need 0 <= I < N")
+    return i, n
+
+
+def merge_shards(parts: list[str | Path], out: str | Path) -> int:
+    """Join shard outputs of one users file into one JSONL ordered by line index (written whole or not at all)."""
+    lines = []
+    for p in parts:
+        path = Path(p)
+        if not path.is_file():
+            raise GenrecError(f"shard output {path} does not exist")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise GenrecError(f"{path} line {n} is not valid JSON (an unfinished shard?)") from None
+    idx = [x.get("index") for x in lines]
+    if len(set(idx)) != len(idx):
+        raise GenrecError("shard outputs overlap: a users-file line appears twice")
+    write_jsonl(out, sorted(lines, key=lambda x: x["index"]))
+    return len(lines)
 
 
 def load_for_data(cfg: GenerateConfig | RankConfig, log) -> Recommender:
