@@ -230,6 +230,10 @@ def test_shards_together_equal_the_unsharded_output(tmp_path, tiny_model, tiny_d
     unsharded output line for line, and --resume works per shard."""
     from genrec.data import load_prepared
 
+    def strip(p):  # scores may differ in the last float digits with the batch's padding; items and order may not
+        return [(o["index"], o["user_id"], [r["item_id"] for r in o["recommendations"]])
+                for o in map(json.loads, p.read_text().splitlines())]
+
     data = load_prepared(tiny_data)
     users = tmp_path / "users.jsonl"
     users.write_text("".join(json.dumps({"user_id": u}) + "\n" for u in list(data.users)[:7]))
@@ -252,10 +256,6 @@ def test_shards_together_equal_the_unsharded_output(tmp_path, tiny_model, tiny_d
     merged = tmp_path / "merged.jsonl"
     res = CliRunner().invoke(main, ["merge-shards", *map(str, reversed(parts)), "--out", str(merged)])
     assert res.exit_code == 0, res.output
-    def strip(p):  # scores may differ in the last float digits with the batch's padding; items and order may not
-        return [(o["index"], o["user_id"], [r["item_id"] for r in o["recommendations"]])
-                for o in map(json.loads, p.read_text().splitlines())]
-
     assert strip(merged) == strip(full)
     for bad in ("3/3", "x/2", "1"):
         res = run_generate(tiny_model, users, tmp_path / "bad.jsonl", "--shard", bad)
