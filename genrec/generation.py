@@ -64,7 +64,10 @@ class Recommender:
             raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         if backend == "vllm":
             base = merged or resolve_base_model(self.card["base_model"])
+            longest = max(b.cfg.max_sequence_tokens if getattr(b, "objective", "") == "sequence"
+                          else b.cfg.max_prompt_tokens for b in self.builders.values())
             self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,
+                                       max_model_len=max(1024, longest + 192),  # prompt + item (+ reason)
                                        lora_rank=self.card.get("sft", {}).get("lora_r", 16))
         else:
             if merged is not None:
