@@ -235,6 +235,51 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
     click.echo(json.dumps(rank_file(cfg)), err=True)
 
 
+@main.command()
+@click.option("--model", required=True, help="Model directory written by `genrec sft`.")
+@click.option("--user", "user_id", help="A user of the model's data (its history is looked up).")
+@click.option("--history", "history", multiple=True, help="A history item, by id or title (repeat, oldest first).")
+@click.option("--request", "request_text", help="A natural-language request (request models).")
+@click.option("--k", type=int, default=10, show_default=True, help="How many items.")
+@click.option("--with-reasons/--no-reasons", default=False, help="A short reason after each item (reason models).")
+@data_option
+@backend_option
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON line `generate` writes instead of a table.")
+@friendly
+def recommend(model, user_id, history, request_text, k, with_reasons, data_dir, backend, as_json) -> None:
+    """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
+    from .config import GenerateConfig
+    from .generation import load_for_data, to_request
+
+    obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
+                                  "request": request_text}.items() if v}
+    if not obj:
+        raise GenrecError("give --user, --history or --request")
+    cfg = GenerateConfig(model=model, data=data_dir, backend=backend or "hf", k=k, with_reasons=with_reasons)
+    rec = load_for_data(cfg, log=lambda m: click.echo(m, err=True))
+    users = rec.known_users(data_dir) if user_id and not history else None
+    req = to_request(obj, users, rec.catalog, "recommend")
+    res = rec.recommend([req], k, None, True, with_reasons)[0]
+    if as_json:
+        click.echo(json.dumps({"index": 1, "user_id": user_id, **res, "settings": {
+            "k": k, "exclude_seen": True, "backend": cfg.backend, "model": str(model), "with_reasons": with_reasons,
+            "popularity_penalty": 0.0}}, ensure_ascii=False))
+        return
+    if req.history:
+        shown = req.history[-5:]
+        click.echo(f"history ({len(req.history)} items, the last {len(shown)}):")
+        for i in shown:
+            click.echo(f"  - {rec.catalog[i]['title']}")
+    if req.request:
+        click.echo(f"request: {req.request}")
+    click.echo(f"\n{'rank':>4}  {'score':>8}  title" + ("  (popular fallback)" if res.get("fallback") else ""))
+    for r in res["recommendations"]:
+        score = "" if r["score"] is None else f"{r['score']:.3f}"
+        click.echo(f"{r['rank']:>4}  {score:>8}  {r['title']}")
+        if r.get("reason"):
+            click.echo(f"{'':>16}{r['reason']}")
+
+
 @main.command("merge-shards")
 @click.argument("parts", nargs=-1, required=True)
 @click.option("--out", required=True, help="The joined JSONL, ordered by users-file line.")

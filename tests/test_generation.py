@@ -262,3 +262,29 @@ def test_shards_together_equal_the_unsharded_output(tmp_path, tiny_model, tiny_d
         assert res.exit_code == 2 and "--shard" in res.output
     res = CliRunner().invoke(main, ["merge-shards", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "m2")])
     assert res.exit_code == 2 and "overlap" in res.output
+
+
+def test_recommend_one_user_at_the_terminal(tiny_model, tiny_data):
+    """`genrec recommend`: a table with the history above it; --json prints what `generate` writes for that user;
+    titles work as history; no input is a one-line error."""
+    from genrec.data import load_prepared
+
+    data = load_prepared(tiny_data)
+    uid = next(iter(data.users))
+    res = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--user", uid, "--k", "3"])
+    assert res.exit_code == 0, res.output
+    last = data.catalog[data.users[uid]["items"][-1]]["title"]
+    assert f"  - {last}" in res.output and "rank" in res.output
+    js = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--user", uid, "--k", "3", "--json"])
+    line = json.loads(js.output.strip().splitlines()[-1])
+    titles = [r["title"] for r in line["recommendations"]]
+    assert len(titles) == 3 and all(t in res.output for t in titles)
+    a, b = list(data.catalog)[:2]
+    by_title = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--json", "--k", "2",
+                                         "--history", data.catalog[a]["title"], "--history", b])
+    by_id = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--json", "--k", "2",
+                                      "--history", a, "--history", b])
+    assert by_title.exit_code == 0 and json.loads(by_title.output.strip().splitlines()[-1])["recommendations"] == \
+        json.loads(by_id.output.strip().splitlines()[-1])["recommendations"]
+    none = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model)])
+    assert none.exit_code == 2 and "give --user, --history or --request" in none.output
