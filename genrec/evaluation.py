@@ -151,14 +151,28 @@ def markdown_table(results: dict[str, dict], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _bar_chart(intervals: dict[str, dict], k: int, path: Path, title: str) -> None:
+def _bar_chart(intervals: dict[str, dict], k: int, path: Path, title: str, slices: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(intervals)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if slices else 1, figsize=(12 if slices else 6, 3.5), squeeze=False)
+    ax = axes[0][0]
+    if slices:  # NDCG@k per user group and model, with intervals
+        sx = axes[0][1]
+        groups = [(kind, g) for kind, gs in slices.items() for g in gs]
+        width = 0.8 / max(len(names), 1)
+        for m, name in enumerate(names):
+            vals = [slices[kind][g]["models"][name][f"NDCG@{k}"] for kind, g in groups]
+            sx.bar([i + (m - (len(names) - 1) / 2) * width for i in range(len(groups))], [v["mean"] for v in vals],
+                   width=width, label=name, capsize=2,
+                   yerr=[[v["mean"] - v["lo"] for v in vals], [v["hi"] - v["mean"] for v in vals]])
+        sx.set_xticks(range(len(groups)), [f"{g}\n({slices[kind][g]['users']})" for kind, g in groups], fontsize=7)
+        sx.set_title(f"NDCG@{k} by history length and target popularity (users)", fontsize=9)
+        sx.legend(fontsize=7)
+        sx.grid(axis="y", alpha=0.3)
     x = range(len(names))
     for off, m in ((-0.2, f"HR@{k}"), (0.2, f"NDCG@{k}")):
         s = [intervals[n][m] for n in names]
@@ -275,8 +289,11 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     results = {n: m for n, m in full.items() if "~" not in n}
     draws = metrics.bootstrap_draws(len(targets), seed=cfg.seed)
     intervals = {n: metrics.summary(per_user_values[n], draws) for n in results}
+    k_main = 10 if 10 in cfg.ks else kmax
     paired = {f"genrec - {n}": metrics.paired_difference(per_user_values["genrec"], per_user_values[n], draws)
               for n in results if n != "genrec"}
+    slices = user_slices([len(all_hist[i]) for i in chosen], targets, counts, per_user_values, results, k_main,
+                         cfg.seed) if not cold else {}
     all_users = {}
     if everyone:
         all_draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
@@ -293,13 +310,12 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
 
     out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
     md = markdown_table(results, cfg.ks)
-    k_main = 10 if 10 in cfg.ks else kmax
     report = {
         "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
         "users_target_in_history": repeats,
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
-        "results": results, "intervals": intervals, "paired_differences": paired,
+        "results": results, "intervals": intervals, "paired_differences": paired, "slices": slices,
         "baselines_all_users": all_users, "sasrec": sasrec_facts,
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
@@ -313,6 +329,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                  f"{repeats} users' target is also in their history). Test targets' mean popularity percentile: "
                  f"{target_pct:.3f}.\n\n{md}\n\n")
         fh.write(intervals_markdown(intervals, paired, k_main, len(chosen)))
+        if slices:
+            fh.write("\n" + slices_markdown(slices, k_main))
         if all_users:
             fh.write(f"\nBaselines on all {len(rows)} users of the split:\n\n| model | NDCG@{k_main} | HR@{k_main} |\n"
                      "|---|---|---|\n" + "".join(
@@ -332,13 +350,63 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             fh.write("\nReasons (top-1 item per user): " + ", ".join(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in grounding.items()) + "\n")
     write_jsonl(out / "recommendations.jsonl", lines)
-    _bar_chart(intervals, k_main, out / "metrics.png", f"{cfg.split}: {len(chosen)} users, 95% bootstrap intervals")
+    _bar_chart(intervals, k_main, out / "metrics.png", f"{cfg.split}: {len(chosen)} users, 95% bootstrap intervals",
+               slices)
     report["markdown"] = md
     report["intervals_markdown"] = intervals_markdown(intervals, paired, k_main, len(chosen))
     report["verdict"] = verdict(paired, k_main, len(chosen))
     report["output"] = str(out)
     log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
     return report
+
+
+HISTORY_BUCKETS = ((0, 10, "history <10"), (10, 51, "history 10-50"), (51, 10**9, "history >50"))
+
+
+def popularity_tiers(counts: Counter) -> dict[str, str]:
+    """item -> head / torso / tail: the most popular items holding the first third of training interactions, the
+    next third, the rest (items never seen in training are tail)."""
+    total, acc, tier = sum(counts.values()), 0, {}
+    for item, c in counts.most_common():
+        tier[item] = "head" if acc < total / 3 else "torso" if acc < 2 * total / 3 else "tail"
+        acc += c
+    return tier
+
+
+def user_slices(history_lengths: list[int], targets: list[str], counts: Counter, per_user: dict, models: dict,
+                k: int, seed: int) -> dict:
+    """NDCG@k / HR@k with intervals per history-length bucket and per target-popularity tier, for every model:
+    where the LLM helps (short histories, cold items) is what users of LLM recommenders want to know."""
+    import numpy as np
+
+    tier = popularity_tiers(counts)
+    groups = {"history_length": {name: [i for i, n in enumerate(history_lengths) if lo <= n < hi]
+                                 for lo, hi, name in HISTORY_BUCKETS},
+              "target_popularity": {t: [i for i, x in enumerate(targets) if tier.get(x, "tail") == t]
+                                    for t in ("head", "torso", "tail")}}
+    out: dict = {}
+    for kind, gs in groups.items():
+        out[kind] = {}
+        for g, idx in gs.items():
+            if not idx:
+                continue
+            draws = metrics.bootstrap_draws(len(idx), seed=seed)
+            sel = np.array(idx)
+            out[kind][g] = {"users": len(idx), "models": {
+                name: metrics.summary({m: per_user[name][m][sel] for m in (f"NDCG@{k}", f"HR@{k}")}, draws)
+                for name in models}}
+    return out
+
+
+def slices_markdown(slices: dict, k: int) -> str:
+    names = list(next(iter(next(iter(slices.values())).values()))["models"]) if slices else []
+    lines = [f"NDCG@{k} by user group (95% bootstrap intervals):\n", "| group | users | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for kind, gs in slices.items():
+        for g, s in gs.items():
+            lines.append(f"| {g} | {s['users']} | " + " | ".join(
+                metrics.fmt_ci(s["models"][n][f"NDCG@{k}"]) for n in names) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def verdict(paired: dict, k: int, n_users: int) -> str:

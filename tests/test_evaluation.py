@@ -54,6 +54,21 @@ def test_evaluate_cli(tmp_path, tiny_model):
     assert report["users_in_split"] > 6 and report["sasrec"]["converged"] and not report["sasrec"]["capped"]
     md = (out / "metrics.md").read_text()
     assert "95% bootstrap intervals (6 users" in md and f"all {report['users_in_split']} users" in md
+    # sliced by history length and by the target's popularity tier: every user in exactly one group of each
+    for kind in ("history_length", "target_popularity"):
+        groups = report["slices"][kind]
+        assert sum(g["users"] for g in groups.values()) == 6
+        assert all(set(g["models"]) == {"genrec", "popular", "sasrec"} for g in groups.values())
+    assert "NDCG@10 by user group" in md and "On these 6 users genrec is" in res.output
+
+
+def test_popularity_tiers_split_interactions_in_thirds():
+    from collections import Counter
+
+    from genrec.evaluation import popularity_tiers
+
+    tiers = popularity_tiers(Counter({"a": 50, "b": 30, "c": 10, "d": 5, "e": 5}))
+    assert tiers == {"a": "head", "b": "torso", "c": "tail", "d": "tail", "e": "tail"}
 
 
 def test_evaluate_bad_options(tiny_model):
