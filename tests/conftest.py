@@ -76,7 +76,7 @@ def tokenizer(base_model_dir):
 
 def tiny_sft_config(data: Path, out: Path, **kw) -> SFTConfig:
     cfg = SFTConfig(data=str(data), output=str(out), batch_size=4, max_steps=6, save_steps=3, logging_steps=1,
-                    learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.05, seed=7, objective="prefix",
+                    learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, seed=7, objective="prefix",
                     prompt=PromptConfig(max_history=3, max_prompt_tokens=128))
     for k, v in kw.items():
         setattr(cfg, k, v)

@@ -276,7 +276,8 @@ def test_recommend_one_user_at_the_terminal(tiny_model, tiny_data):
     last = data.catalog[data.users[uid]["items"][-1]]["title"]
     assert f"  - {last}" in res.output and "rank" in res.output
     js = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--user", uid, "--k", "3", "--json"])
-    line = json.loads(js.output.strip().splitlines()[-1])
+    assert js.exit_code == 0, js.output
+    line = json.loads(js.stdout.strip().splitlines()[-1])
     titles = [r["title"] for r in line["recommendations"]]
     assert len(titles) == 3 and all(t in res.output for t in titles)
     a, b = list(data.catalog)[:2]
@@ -284,7 +285,7 @@ def test_recommend_one_user_at_the_terminal(tiny_model, tiny_data):
                                          "--history", data.catalog[a]["title"], "--history", b])
     by_id = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model), "--json", "--k", "2",
                                       "--history", a, "--history", b])
-    assert by_title.exit_code == 0 and json.loads(by_title.output.strip().splitlines()[-1])["recommendations"] == \
-        json.loads(by_id.output.strip().splitlines()[-1])["recommendations"]
+    assert by_title.exit_code == 0 and json.loads(by_title.stdout.strip().splitlines()[-1])["recommendations"] == \
+        json.loads(by_id.stdout.strip().splitlines()[-1])["recommendations"]
     none = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model)])
     assert none.exit_code == 2 and "give --user, --history or --request" in none.output

@@ -19,7 +19,7 @@ def builder_for(tokenizer, catalog, **kw):
                          load_template(template_path(cfg)))
 
 
-@pytest.mark.parametrize("task", sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
+@pytest.mark.parametrize("task", sorted(p.stem for p in PROMPTS_DIR.glob("*.j2") if p.stem != "sequence"))
 def test_every_shipped_template_renders(tokenizer, tiny_data, task):
     data = load_prepared(tiny_data)
     b = builder_for(tokenizer, data.catalog, task=task)
@@ -36,6 +36,24 @@ def test_every_shipped_template_renders(tokenizer, tiny_data, task):
         comp = b.completion(row["target"], row["history"])
         assert comp[-1] == tokenizer.eos_token_id
         assert b.as_text(comp).startswith(b.index.targets[b.index.position[row["target"]]])
+
+
+def test_shipped_sequence_template_renders(tokenizer, tiny_data):
+    """prompts/sequence.j2 (the sequence objective): the history as lines in the assistant turn, the facts after
+    each item, the prompt ending where the next identifier starts."""
+    from genrec.sequence import make_builder
+
+    data = load_prepared(tiny_data)
+    cfg = PromptConfig(objective="sequence")
+    b = make_builder(tokenizer, cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
+    assert b.template.path == PROMPTS_DIR / "sequence.j2"
+    for row in data.split("test"):
+        text = b.as_text(b.encode(row["history"], row["history_ts"]))
+        assert text.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in text
+        last = data.catalog[row["history"][-1]]
+        assert f"{last['title']}\n" in text
+        if any(v.strip() for v in last["attrs"].values()):
+            assert f"{last['title']}\n  (" in text and text.endswith(")\n")  # its facts follow; then the next line
 
 
 HOSTILE = [
