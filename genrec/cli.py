@@ -249,7 +249,7 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 def recommend(model, user_id, history, request_text, k, with_reasons, data_dir, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
     from .config import GenerateConfig
-    from .generation import load_for_data, to_request
+    from .generation import load_for_data, output_settings, to_request
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}
@@ -259,11 +259,10 @@ def recommend(model, user_id, history, request_text, k, with_reasons, data_dir, 
     rec = load_for_data(cfg, log=lambda m: click.echo(m, err=True))
     users = rec.known_users(data_dir) if user_id and not history else None
     req = to_request(obj, users, rec.catalog, "recommend")
-    res = rec.recommend([req], k, None, True, with_reasons)[0]
+    res = rec.recommend([req], k, None, cfg.exclude_seen, with_reasons)[0]
     if as_json:
-        click.echo(json.dumps({"index": 1, "user_id": user_id, **res, "settings": {
-            "k": k, "exclude_seen": True, "backend": cfg.backend, "model": str(model), "with_reasons": with_reasons,
-            "popularity_penalty": 0.0}}, ensure_ascii=False))
+        click.echo(json.dumps({"index": 1, "user_id": user_id, **res, "settings": output_settings(cfg)},
+                              ensure_ascii=False))
         return
     if req.history:
         shown = req.history[-5:]

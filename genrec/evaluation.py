@@ -188,6 +188,17 @@ def _bar_chart(intervals: dict[str, dict], k: int, path: Path, title: str, slice
     plt.close(fig)
 
 
+def split_users(data, rows, split: str, exclude_seen: bool) -> tuple[list[str], list[list[str]], list[set[str]]]:
+    """Per row of a split: the target, the user's items before it, and the items never to recommend. Earlier
+    items are excluded except the target itself: a re-consumed target stays rankable (excluding it would make it a
+    certain miss); such users are counted in the report."""
+    offset = 1 if split == "test" else 2  # position of the target from the end of the user's sequence
+    targets = [r["target"] for r in rows]
+    hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
+    seen = [set(h) - {t} if exclude_seen else set() for h, t in zip(hist, targets)]
+    return targets, hist, seen
+
+
 def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     if not cfg.ks or min(cfg.ks) < 1:
         raise GenrecError("--k needs positive cutoffs, e.g. 1,5,10,20")
@@ -206,7 +217,6 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if rec.builders[task].scores_candidates:
         return evaluate_candidates(rec, cfg, task, data, log)
     rows = data.split(cfg.split)
-    offset = 1 if cfg.split == "test" else 2  # position of the target from the end of the user's sequence
     kmax = max(cfg.ks)
     catalog = set(rec.index.item_ids)
     cold = task == "request"  # cold-start users who only say what they want
@@ -216,11 +226,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
 
     # Every user of the split (baselines are cheap and run on all of them); the LLM on a seeded sample.
-    all_targets = [r["target"] for r in rows]
-    all_hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
-    # The user's earlier items are not recommended again, except the target itself: a re-consumed target stays
-    # rankable (excluding it would make it a certain miss); such users are counted in the report.
-    all_seen = [set(h) - {t} if cfg.exclude_seen and not cold else set() for h, t in zip(all_hist, all_targets)]
+    all_targets, all_hist, all_seen = split_users(data, rows, cfg.split, cfg.exclude_seen and not cold)
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
     requests = []
     rng = random.Random(cfg.seed)
@@ -637,12 +643,9 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
     ranking, earlier items excluded, the target always rankable): the check that the baselines are as strong as
     the literature before anything is compared to them."""
     rows = data.split(cfg.split)
-    offset = 1 if cfg.split == "test" else 2
     kmax = max(cfg.ks)
     catalog = set(data.catalog)
-    targets = [r["target"] for r in rows]
-    hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
-    seen = [set(h) - {t} if cfg.exclude_seen else set() for h, t in zip(hist, targets)]
+    targets, hist, seen = split_users(data, rows, cfg.split, cfg.exclude_seen)
     lists, facts = {}, None
     if "popular" in cfg.baselines:
         lists["popular"] = popular_rankings(train_popularity(data), seen, kmax)

@@ -64,7 +64,7 @@ class Recommender:
             raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         if backend == "vllm":
             base = merged or resolve_base_model(self.card["base_model"])
-            longest = max(b.cfg.max_sequence_tokens if getattr(b, "objective", "") == "sequence"
+            longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence"
                           else b.cfg.max_prompt_tokens for b in self.builders.values())
             self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,
                                        max_model_len=max(1024, longest + 192),  # prompt + item (+ reason)
@@ -197,11 +197,12 @@ class Recommender:
                         rec["reason"] = reasons[j][rank - 1]
                     recs.append(rec)
                 results[n] = {"recommendations": recs}
-                per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
-                            (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
-                            for r, h in enumerate(found[j])]
-                counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(per_item),
-                             "per_item": per_item}
+                if usage is not None:  # tokenizes every item again: only for callers that report usage
+                    per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
+                                (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
+                                for r, h in enumerate(found[j])]
+                    counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(per_item),
+                                 "per_item": per_item}
         if usage is not None:
             usage[:] = counts
         return results  # type: ignore[return-value]
@@ -391,6 +392,12 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
                    seen=set(history), ratings=ratings)
 
 
+def output_settings(cfg: GenerateConfig) -> dict:
+    """The settings every output line of `generate` (and `recommend --json`) records."""
+    return {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
+            "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty}
+
+
 def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Read a users file, write one JSONL line per user atomically; return a summary."""
     from tqdm.auto import tqdm
@@ -421,8 +428,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
                 raise
             skipped += 1
             log(f"warning: skipped: {exc}")
-    settings = {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
-                "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty}
+    settings = output_settings(cfg)
     t0 = time.time()
     pending = [r for r in requests if str(r[0]) not in done]
     bar = tqdm(total=len(requests), initial=len(requests) - len(pending), desc="users", unit="user")

@@ -8,7 +8,6 @@ and is the comparison that can exclude 0 when the unpaired intervals overlap.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

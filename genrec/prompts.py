@@ -59,12 +59,14 @@ class Template:
     def has_reason(self) -> bool:
         return "reason" in self.template.blocks
 
-    def render_block(self, block: str, variables: dict) -> str:
+    def render_block(self, block: str, variables: dict, strip: bool = True) -> str:
+        """The block's text, stripped (strip=False: exactly as rendered, the template owning its whitespace)."""
         fn = self.template.blocks.get(block)
         if fn is None:
             raise GenrecError(f"template {self.path} has no block '{block}'")
         try:
-            return "".join(fn(self.template.new_context(variables))).strip()
+            text = "".join(fn(self.template.new_context(variables)))
+            return text.strip() if strip else text
         except jinja2.UndefinedError as exc:
             raise GenrecError(f"template {self.path}: {exc.message}") from None
         except jinja2.TemplateError as exc:
@@ -94,6 +96,8 @@ def _clean(text: str, limit: int) -> str:
 
 class PromptBuilder:
     """Turns (history, context, request) into prompt token ids and items into completion token ids."""
+
+    objective = "prefix"  # one prompt per history prefix (SequenceBuilder: one list per user window)
 
     def __init__(self, tokenizer, cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex,
                  template: Template | None = None):

@@ -57,17 +57,6 @@ class SequenceBuilder(PromptBuilder):
         return {"id_style": self.index.style, "history": [], "context": {}, "request": None, "candidate": None,
                 "n_history": 0}
 
-    def _raw(self, block: str, variables: dict) -> str:
-        import jinja2
-
-        fn = self.template.template.blocks[block]
-        try:
-            return "".join(fn(self.template.template.new_context(variables)))
-        except jinja2.UndefinedError as exc:
-            raise GenrecError(f"template {self.template.path}: {exc.message}") from None
-        except jinja2.TemplateError as exc:
-            raise GenrecError(f"template {self.template.path}: {exc}") from None
-
     def ident(self, item_id: str) -> list[int]:
         """The identifier tokens plus the end token: exactly a path of the decoding trie."""
         if item_id not in self._ident:
@@ -80,9 +69,9 @@ class SequenceBuilder(PromptBuilder):
     def before(self, n: int, timestamp: int | None, context: dict | None) -> list[int]:
         if not self._has_before:
             return []
-        text = self._raw("before", {"n": n, "timestamp": timestamp, "context": context or {},
-                                    "date": dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d")
-                                    if timestamp else ""})
+        date = dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d") if timestamp else ""
+        text = self.template.render_block("before", {"n": n, "timestamp": timestamp, "context": context or {},
+                                                     "date": date}, strip=False)
         return self.plain(text) if text else []
 
     def after(self, item_id: str, n: int, rating: float | None) -> list[int]:
@@ -90,7 +79,8 @@ class SequenceBuilder(PromptBuilder):
             return []
         key = (item_id, n, rating)
         if key not in self._after:
-            text = self._raw("after", {"it": self.item_view(item_id, None, rating), "n": n})
+            text = self.template.render_block("after", {"it": self.item_view(item_id, None, rating), "n": n},
+                                              strip=False)
             self._after[key] = self.plain(text) if text else []
             if len(self._after) > 200_000:
                 self._after.clear()

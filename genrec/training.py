@@ -22,7 +22,8 @@ from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .index import ItemIndex
 from .models import MODEL_CARD, load_tokenizer, pick_dtype, resolve_base_model
-from .prompts import RATING_LEVELS, PromptBuilder, load_template, rating_level, template_path
+from .prompts import RATING_LEVELS, PromptBuilder, rating_level
+from .sequence import OBJECTIVES, make_builder
 
 
 def train_popularity(data: PreparedData) -> Counter:
@@ -33,12 +34,6 @@ def train_popularity(data: PreparedData) -> Counter:
     return counts
 
 
-def make_builder(tokenizer, prompt_cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex) -> PromptBuilder:
-    from .sequence import make_builder as build
-
-    return build(tokenizer, prompt_cfg, catalog, index)
-
-
 def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfig, model: str) -> str:
     data = load_prepared(data_dir)
     rows = data.split(split).filter(lambda r: r["user_id"] == user_id)
@@ -47,7 +42,7 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
     tok = load_tokenizer(resolve_base_model(model))
     builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
     # the first (for preference: the positive) example the user's last row gives
-    if getattr(builder, "objective", "prefix") == "sequence":  # the window ending at the row's target
+    if builder.objective == "sequence":  # the window ending at the row's target
         row = rows[-1]
         ex = builder.sequence_examples(list(row["history"]) + [row["target"]],
                                        list(row["history_ts"]) + [row["target_ts"]])[-1]
@@ -223,8 +218,8 @@ def task_builders(tok, cfg: SFTConfig, catalog: dict[str, dict], index: ItemInde
     tasks = cfg.tasks or [cfg.prompt.task]
     if len(set(tasks)) != len(tasks):
         raise GenrecError(f"a task is named twice in {','.join(tasks)}")
-    if cfg.objective not in ("prefix", "sequence"):
-        raise GenrecError(f"unknown objective {cfg.objective!r} (sequence, prefix)")
+    if cfg.objective not in OBJECTIVES:  # checked here too: tasks other than next_item never pass it on
+        raise GenrecError(f"unknown objective {cfg.objective!r} ({', '.join(OBJECTIVES)})")
     # the sequence objective is next_item's; every task that asks a question after the history stays prefix
     return {t: make_builder(tok, dataclasses.replace(
         cfg.prompt, task=t, template=cfg.prompt.template if n == 0 else None,
@@ -251,12 +246,11 @@ def token_batches(lengths: list[int], max_tokens: int, seed: int) -> list[list[i
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, cur, longest = [], [], 0
     for i in order:
-        longest_if = max(longest, lengths[i])
-        if cur and longest_if * (len(cur) + 1) > max_tokens:
+        if cur and max(longest, lengths[i]) * (len(cur) + 1) > max_tokens:
             batches.append(cur)
-            cur, longest_if = [], lengths[i]
+            cur, longest = [], 0
         cur.append(i)
-        longest = longest_if
+        longest = max(longest, lengths[i])
     if cur:
         batches.append(cur)
     random.Random(seed).shuffle(batches)
@@ -308,7 +302,7 @@ class Clock(TrainerCallback):
 
 def _targets(example: dict, builder) -> int:
     """Items an example supervises: one per prefix example, one per masked end token in a sequence window."""
-    if getattr(builder, "objective", "prefix") != "sequence":
+    if builder.objective != "sequence":
         return 1
     end = builder.item_end_id
     return sum(1 for i, m in zip(example["input_ids"], example["completion_mask"]) if m and i == end) or 1
@@ -428,7 +422,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
     examples, skipped = [], {}
-    seq = [t for t, b in builders.items() if getattr(b, "objective", "prefix") == "sequence"]
+    seq = [t for t, b in builders.items() if b.objective == "sequence"]
     if seq:  # the sequence objective: all windows (they are few); other tasks get as many examples each
         examples = sequence_examples(builders[seq[0]], data, cfg.seed)[:cfg.max_train_examples]
         skipped[seq[0]] = 0
