@@ -67,6 +67,7 @@ class PromptConfig:
     item_facts: list[str] | None = None  # catalog attributes shown as facts beside items; None = all kept, [] = none
     with_reasons: bool = False
     max_reason_tokens: int = 40
+    rerank_candidates: int = 20  # rerank task: the retriever's top K shown under labels A, B, ... (at most 26)
 
 
 @dataclass
@@ -85,6 +86,11 @@ class SFTConfig:
     max_minutes: float | None = None  # stop training after this many minutes (the LR schedule follows the clock)
     report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
     init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
+    # a collaborative retriever trained with the model and saved inside it (the rerank task needs one; any other
+    # task can use it through `--candidates retriever:K`): sasrec | none
+    retriever: str | None = None
+    retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
+    rerank_copies: int = 3  # rerank task: examples per user's validation item, each with its own candidate order
     item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)
@@ -131,6 +137,7 @@ class GenerateConfig:
     strict: bool = False
     resume: bool = False
     shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
+    candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
     dtype: str = "auto"
 
 
@@ -168,6 +175,7 @@ class EvaluateConfig:
     with_reasons: bool = False  # reason models: also measure how grounded the top-1 reasons are
     negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
+    candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
     output: str | None = None  # default: <model>/eval-<split>
     seed: int = 42
     backend: str = "hf"

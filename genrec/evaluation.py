@@ -23,6 +23,7 @@ from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .generation import Recommender, Request
+from .retriever import Retriever, parse_candidates
 from .training import train_popularity
 
 
@@ -224,6 +225,16 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
     baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
+    # A hybrid (rerank, or generation within the retriever's K) is always shown beside its retriever alone.
+    cand_k = parse_candidates(cfg.candidates)
+    if cand_k is not None and rec.retriever is None:
+        raise GenrecError(f"{cfg.model} has no retriever for --candidates retriever:K (train it with "
+                          "`genrec sft retriever=sasrec`)")
+    hybrid_k = builder.cfg.rerank_candidates if builder.is_rerank else cand_k
+    if builder.is_rerank and rec.retriever is None:
+        raise GenrecError(f"{cfg.model} is a rerank model without its retriever ({cfg.model}/retriever is missing)")
+    if hybrid_k is not None and "sasrec" not in baselines:
+        baselines.append("sasrec")
 
     # Every user of the split (baselines are cheap and run on all of them); the LLM on a seeded sample.
     all_targets, all_hist, all_seen = split_users(data, rows, cfg.split, cfg.exclude_seen and not cold)
@@ -250,7 +261,11 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     repeats = sum(1 for i in chosen if all_targets[i] in set(all_hist[i])) if not cold else 0
 
     t0 = time.time()
-    ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
+    extra_lists: dict[str, list[list[str]]] = {}
+    if builder.is_rerank:  # one forward pass gives the LLM's order and its product with the retriever's
+        ranked, extra_lists["genrec x sasrec"] = _reranked(rec, requests, cfg, kmax, f"genrec rerank {cfg.split}")
+    else:
+        ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}", cand_k)
     gen_seconds = time.time() - t0
     grounding = None
     if cfg.with_reasons:  # the top-1 item's reason per user, checked against the catalog and the history
@@ -263,7 +278,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         grounding = reason_grounding(cases, rec.catalog)
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = train_popularity(data)
-    lists = {"genrec": ranked}
+    lists = {"genrec": ranked, **extra_lists}
     everyone: dict[str, list[list[str]]] = {}  # baselines ranked for every user of the split
     if "popular" in baselines:
         everyone["popular"] = popular_rankings(counts, all_seen, kmax)
@@ -277,12 +292,17 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         noisy = [Request(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
                  for r, h in zip(requests, noisy_chosen)]
         lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, kmax, f"genrec {cfg.split} ({cfg.perturb})")
-    sasrec_facts = None
+    sasrec_facts, recall = None, None
     if "sasrec" in baselines:
-        sas, sasrec_facts = _sasrec_ranked(data, histories, [all_seen, seen], cfg, catalog, kmax, log)
-        everyone["sasrec"] = sas[0]
+        retriever, sasrec_facts = _baseline_retriever(rec, data, cfg, transfer, log)
+        sas = _sasrec_ranked(retriever, histories, [all_seen, seen], max(kmax, hybrid_k or 0))
+        if hybrid_k is not None:  # the ceiling of any reranker: the target among the retriever's K
+            recall = {"k": hybrid_k, "users": sum(t in set(r[:hybrid_k]) for r, t in zip(sas[0], all_targets))
+                      / len(all_targets), "llm_users": sum(all_targets[i] in set(sas[0][i][:hybrid_k])
+                                                           for i in chosen) / len(chosen)}
+        everyone["sasrec"] = [r[:kmax] for r in sas[0]]
         if perturb:
-            lists["sasrec~perturbed"] = sas[1]
+            lists["sasrec~perturbed"] = [r[:kmax] for r in sas[1]]
     for name, rk in everyone.items():
         lists[name] = [rk[i] for i in chosen]
     full = {}
@@ -298,6 +318,9 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     k_main = 10 if 10 in cfg.ks else kmax
     paired = {f"genrec - {n}": metrics.paired_difference(per_user_values["genrec"], per_user_values[n], draws)
               for n in results if n != "genrec"}
+    for n in extra_lists:  # does the LLM add anything to its retriever?
+        if "sasrec" in results:
+            paired[f"{n} - sasrec"] = metrics.paired_difference(per_user_values[n], per_user_values["sasrec"], draws)
     slices = user_slices([len(all_hist[i]) for i in chosen], targets, counts, per_user_values, results, k_main,
                          cfg.seed) if not cold else {}
     all_users = {}
@@ -322,7 +345,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "users_target_in_history": repeats,
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
         "results": results, "intervals": intervals, "paired_differences": paired, "slices": slices,
-        "baselines_all_users": all_users, "sasrec": sasrec_facts,
+        "baselines_all_users": all_users, "sasrec": sasrec_facts, "retriever_recall": recall,
+        "hybrid": None if hybrid_k is None else ("rerank" if builder.is_rerank else "generation within candidates"),
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),
@@ -342,9 +366,13 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                      "|---|---|---|\n" + "".join(
                          f"| {n} | {metrics.fmt_ci(a['intervals'][f'NDCG@{k_main}'])} | "
                          f"{metrics.fmt_ci(a['intervals'][f'HR@{k_main}'])} |\n" for n, a in all_users.items()))
+        if recall:
+            fh.write(f"\nHybrid ({report['hybrid']}, K={recall['k']}): the retriever's top {recall['k']} holds the "
+                     f"target for {recall['llm_users']:.3f} of these users ({recall['users']:.3f} of all): the "
+                     "ceiling of HR@K for any reranker of its candidates.\n")
         if sasrec_facts:
-            fh.write(f"\nSASRec: {sasrec_facts['epochs']} epochs in {sasrec_facts['seconds']}s, "
-                     + (f"**capped** by sasrec_seconds={cfg.sasrec_seconds} (not converged)" if sasrec_facts["capped"]
+            fh.write(f"\nSASRec ({sasrec_facts['source']}): {sasrec_facts['epochs']} epochs in {sasrec_facts['seconds']}s, "
+                     + ("**capped** by its time limit (not converged)" if sasrec_facts["capped"]
                         else "early-stopped on validation NDCG@10") + ".\n")
         if perturbation:
             fh.write(f"\nPerturbation `{cfg.perturb}` (same noisy histories for every model):\n\n"
@@ -421,6 +449,8 @@ def verdict(paired: dict, k: int, n_users: int) -> str:
         return f"genrec was evaluated on {n_users} users; no baseline to compare with."
     parts = []
     for name, d in paired.items():
+        if not name.startswith("genrec - "):
+            continue
         x = d[f"NDCG@{k}"]
         word = ("better than" if x["lo"] > 0 else "worse than" if x["hi"] < 0 else "not distinguishable from")
         parts.append(f"{word} {name.removeprefix('genrec - ')} (NDCG@{k} {x['diff']:+.4f}, 95% CI "
@@ -596,8 +626,25 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
     return report
 
 
+def _reranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
+              desc: str) -> tuple[list[list[str]], list[list[str]]]:
+    """A rerank model's lists, the LLM alone and its product with the retriever (w = 1), from one forward pass."""
+    from tqdm.auto import tqdm
+
+    alone, fused = [], []
+    bar = tqdm(total=len(requests), desc=desc, unit="user")
+    for start in range(0, len(requests), cfg.batch_size):
+        chunk = requests[start:start + cfg.batch_size]
+        a, f = rec.rerank(chunk, kmax, cfg.exclude_seen, weights=(0.0, 1.0))
+        alone += [[r["item_id"] for r in res["recommendations"]] for res in a]
+        fused += [[r["item_id"] for r in res["recommendations"]] for res in f]
+        bar.update(len(chunk))
+    bar.close()
+    return alone, fused
+
+
 def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
-                   desc: str) -> list[list[str]]:
+                   desc: str, candidates: int | None = None) -> list[list[str]]:
     from tqdm.auto import tqdm
 
     ranked: list[list[str]] = []
@@ -605,37 +652,27 @@ def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfi
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
         for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen,
-                                 popularity_penalty=cfg.popularity_penalty):
+                                 popularity_penalty=cfg.popularity_penalty, candidates=candidates):
             ranked.append([r["item_id"] for r in res["recommendations"]])
         bar.update(len(chunk))
     bar.close()
     return ranked
 
 
-def _sasrec_ranked(data, histories: list[list[list[str]]], seen: list[list[set[str]]], cfg, catalog, kmax,
-                   log) -> tuple[list[list[list[str]]], dict]:
-    """Train SASRec once on the training part of every sequence, early-stopped on every user's validation target;
-    rank for each history variant (excluding the matching `seen` sets). Returns the lists and training facts."""
-    import numpy as np
+def _baseline_retriever(rec: Recommender | None, data, cfg: EvaluateConfig, transfer: bool,
+                        log) -> tuple[Retriever, dict]:
+    """The SASRec row: the model's own retriever when it has one (a hybrid is compared with exactly the retriever it
+    reranks), else SASRec trained now on the training part of every sequence, early-stopped on validation."""
+    if rec is not None and rec.retriever is not None and not transfer:
+        return rec.retriever, {**rec.retriever.facts, "source": "the model's retriever"}
+    r = Retriever.train(data, seed=cfg.seed, max_seconds=cfg.sasrec_seconds, dropout=cfg.sasrec_dropout, log=log)
+    return r, {**r.facts, "source": "trained for this evaluation"}
 
-    from .baselines import sasrec_scores, train_sasrec
 
-    ids = {item: n + 1 for n, item in enumerate(sorted(catalog))}
-    inv = {v: k for k, v in ids.items()}
-    seqs = {u: [ids[i] for i in row["items"] if i in ids] for u, row in data.users.items()}
-    train = [s[:-2] for s in seqs.values()]
-    valid = [(s[:-2], s[-2]) for s in seqs.values() if len(s) >= 3]
-    model, facts = train_sasrec(train, valid, len(ids), seed=cfg.seed, max_seconds=cfg.sasrec_seconds,
-                                dropout=cfg.sasrec_dropout, log=log)
-    out = []
-    for hists, excl in zip(histories, seen):
-        scores = sasrec_scores(model, [[ids[i] for i in h if i in ids] for h in hists],
-                               [{ids[i] for i in s if i in ids} for s in excl])
-        part = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax] if kmax < scores.shape[1] else \
-            np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-        top = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
-        out.append([[inv[int(j) + 1] for j in row if np.isfinite(scores[r, j])] for r, row in enumerate(top)])
-    return out, facts
+def _sasrec_ranked(retriever: Retriever, histories: list[list[list[str]]], seen: list[list[set[str]]],
+                   kmax: int) -> list[list[list[str]]]:
+    """The retriever's top kmax for each history variant (excluding the matching `seen` sets)."""
+    return [[[i for i, _ in row] for row in retriever.top(h, s, kmax)] for h, s in zip(histories, seen)]
 
 
 def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -650,7 +687,8 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
     if "popular" in cfg.baselines:
         lists["popular"] = popular_rankings(train_popularity(data), seen, kmax)
     if "sasrec" in cfg.baselines:
-        (lists["sasrec"],), facts = _sasrec_ranked(data, [hist], [seen], cfg, catalog, kmax, log)
+        retriever, facts = _baseline_retriever(None, data, cfg, False, log)
+        (lists["sasrec"],) = _sasrec_ranked(retriever, [hist], [seen], kmax)
     draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
     per = {n: metrics.per_user(metrics.target_ranks(rk, targets), cfg.ks) for n, rk in lists.items()}
     return {"split": cfg.split, "users": len(rows), "catalog_items": len(catalog),

@@ -20,6 +20,7 @@ from .files import read_json, read_jsonl, write_jsonl
 from .index import ItemIndex, TokenTrie
 from .models import MODEL_CARD, load_base, load_tokenizer, resolve_base_model
 from .prompts import PromptBuilder, load_template
+from .retriever import Retriever
 from .sequence import make_builder
 
 
@@ -54,6 +55,7 @@ class Recommender:
         self.dir = model_dir
         self.card = read_json(card_path)
         self.tok = load_tokenizer(model_dir)
+        self.retriever = Retriever.load(model_dir)  # None for a model trained without one
         counts = read_json(model_dir / "popularity.json")  # item -> training count, most popular first
         if isinstance(counts, list):  # models written before counts were kept: rank stands in for count
             counts = {i: len(counts) - r for r, i in enumerate(counts)}
@@ -89,7 +91,8 @@ class Recommender:
             self.builders[task] = make_builder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
         self.builder = self.builders[self.card["prompt"]["task"]]  # the main task
         self.prompt_cfg = self.builder.cfg
-        writers = [b for b in self.builders.values() if not b.scores_candidates]
+        writers = [b for b in self.builders.values() if not b.scores_candidates and not b.is_rerank]
+        self.reranker = self.builders.get("rerank")  # ranks the retriever's candidates with one forward pass
         # history-only requests go to a sequential task, falling back to the request task; request text to the latter
         self.generator = next((b for b in writers if not b.is_request), writers[0] if writers else None)
         self.requester = self.builders.get("request", self.generator)
@@ -109,6 +112,10 @@ class Recommender:
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
                               f"from the catalog of {data.path} (only title models transfer)")
         counts = dict(train_popularity(data).most_common())
+        if self.reranker is not None:
+            raise GenrecError(f"{self.dir} reranks the candidates of its own retriever: it cannot recommend from the "
+                              f"catalog of {data.path}")
+        self.retriever = None  # it names items of the model's own catalog only
         self._set_catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts)
         log(f"note: {data.path} is not the model's training data: items come from its catalog (zero-shot transfer)")
         return True
@@ -152,20 +159,30 @@ class Recommender:
 
     def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
                   exclude_seen: bool = True, with_reasons: bool = False,
-                  popularity_penalty: float = 0.0, usage: list | None = None) -> list[dict]:
+                  popularity_penalty: float = 0.0, usage: list | None = None, candidates: int | None = None,
+                  retriever_weight: float = 0.0) -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
         With a popularity penalty, `score` is the penalised log-probability the items are ranked by. `usage`, when
         given, is filled with one {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine
-        received and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer."""
+        received and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer.
+
+        A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
+        generative model search only the retriever's top K. Either way the list goes on in the retriever's order
+        after those K, so it is a ranking over the whole catalog."""
         from .constrained import top_items
 
-        if self.generator is None:
+        if self.generator is None and self.reranker is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
         if k < 1 or k > len(self.index.item_ids):
             raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
         if with_reasons and not self.with_reasons:
             raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
+        if candidates is not None and self.retriever is None:
+            raise GenrecError(f"{self.dir} has no retriever for --candidates retriever:K (train it with "
+                              "`genrec sft retriever=sasrec`)")
+        if candidates is not None and not 1 <= candidates <= len(self.index.item_ids):
+            raise GenrecError(f"--candidates retriever:K needs 1 <= K <= the catalog size ({len(self.index.item_ids)})")
         width = max(beam_width or max(k, 10), k)
         penalty = self.popularity_penalty(popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
@@ -175,9 +192,21 @@ class Recommender:
             if not req.history and not req.request:
                 results[n] = self._fallback(req, k, exclude_seen)
                 continue
-            b = self.requester if req.request else self.generator
+            b = self.requester if req.request else (
+                self.reranker if self.reranker is not None and (self.builder is self.reranker or self.generator is None)
+                else self.generator)
+            if b is None:
+                raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
             groups.setdefault(id(b), (b, []))[1].append(n)
         for builder, todo in groups.values():
+            if builder.is_rerank:
+                for n, res in zip(todo, self.rerank([requests[n] for n in todo], k, exclude_seen,
+                                                    (retriever_weight,))[0]):
+                    results[n] = res
+                    counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 1, "per_item": []}
+                continue
+            pools = self._retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen) \
+                if candidates else None
             prompts, banned = [], []
             for n in todo:
                 req = requests[n]
@@ -185,7 +214,13 @@ class Recommender:
                                               history_ratings=req.ratings))
                 seen = (req.seen | set(req.history)) if exclude_seen else set()
                 banned.append({self.index.position[i] for i in seen if i in self.index.position})
-            found = top_items(self.backend, prompts, self.trie_for(builder), k, width, banned, penalty)
+            if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
+                everything = range(len(self.index.item_ids))
+                for j, pool in enumerate(pools):
+                    keep = {self.index.position[i] for i, _ in pool[:candidates]}
+                    banned[j] = set(everything) - keep
+            found = top_items(self.backend, prompts, self.trie_for(builder), min(k, candidates or k), width, banned,
+                              penalty)
             reasons = self._reasons(builder, prompts, found) if with_reasons and builder.with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
@@ -196,6 +231,11 @@ class Recommender:
                     if reasons is not None:
                         rec["reason"] = reasons[j][rank - 1]
                     recs.append(rec)
+                if pools is not None:  # after the K candidates: the retriever's order
+                    chosen = {r["item_id"] for r in recs}
+                    tail = [i for i, _ in pools[j] if i not in chosen][:k - len(recs)]
+                    recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + r, "score": None}
+                             for r, i in enumerate(tail, start=1)]
                 results[n] = {"recommendations": recs}
                 if usage is not None:  # tokenizes every item again: only for callers that report usage
                     per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
@@ -206,6 +246,50 @@ class Recommender:
         if usage is not None:
             usage[:] = counts
         return results  # type: ignore[return-value]
+
+    def _retrieved(self, requests: list[Request], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
+        """The retriever's best n (item id, score) per request, the history (and `seen`) excluded if asked."""
+        if self.retriever is None:
+            raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
+        seen = [(r.seen | set(r.history)) if exclude_seen else set() for r in requests]
+        return self.retriever.top([r.history for r in requests], seen, n)
+
+    def rerank(self, requests: list[Request], k: int, exclude_seen: bool = True,
+               weights: tuple[float, ...] = (0.0,)) -> list[list[dict]]:
+        """Rerank model: the retriever proposes its top K, the LLM reads history + candidates once and scores each
+        candidate by the softmax over the K label tokens' logits (a verbalizer). One result list per weight w:
+        the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM alone), then the
+        retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
+        import torch
+
+        builder = self.reranker
+        if builder is None:
+            raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
+        K = builder.cfg.rerank_candidates
+        pools = self._retrieved(requests, max(k, K), exclude_seen)
+        rows = [j for j, p in enumerate(pools) if p]
+        row_of = {j: r for r, j in enumerate(rows)}
+        prompts = [builder.encode(requests[j].history, requests[j].history_ts, requests[j].context,
+                                  history_ratings=requests[j].ratings, candidates=[i for i, _ in pools[j][:K]])
+                   for j in rows]
+        llm = self.backend.start(prompts, [builder.label_ids(len(pools[j][:K])) for j in rows]).logp.float() \
+            if rows else None
+        out: list[list[dict]] = [[] for _ in weights]
+        for w_n, w in enumerate(weights):
+            for j, pool in enumerate(pools):
+                recs: list[dict] = []
+                if pool:
+                    r = row_of[j]
+                    head = pool[:K]
+                    lp = torch.log_softmax(llm[r, :len(head)], -1)
+                    fused = lp + w * torch.log_softmax(torch.tensor([s for _, s in head]), -1) if w else lp
+                    order = sorted(range(len(head)), key=lambda c: (-float(fused[c]), c))
+                    recs = [{"item_id": head[c][0], "title": self.catalog[head[c][0]]["title"], "rank": n,
+                             "score": round(float(fused[c]), 5)} for n, c in enumerate(order[:k], start=1)]
+                    recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + n, "score": None}
+                             for n, (i, _) in enumerate(pool[K:k], start=1)]
+                out[w_n].append({"recommendations": recs, "_prompt_tokens": len(prompts[row_of[j]]) if pool else 0})
+        return out
 
     def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""

@@ -8,6 +8,7 @@ the item). Context passed to every block:
   context    dict of context fields of the request (device, hour, scene, ...), possibly empty
   request    natural-language request text or None
   candidate  an item (preference and rating tasks) or None
+  candidates the retriever's candidates (rerank task): items with a `label` ("A", "B", ...), or []
   item       the target item (only in the `reason` block)
   id_style   how items are identified ("title", ...)
   n_history  number of history items shown
@@ -33,6 +34,7 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 _SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
 REASON_SEPARATOR = "\n"
 RATING_LEVELS = (1, 2, 3, 4, 5)
+RERANK_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one letter per candidate: one token each, read from its logit
 
 
 def rating_level(rating: float) -> int:
@@ -129,6 +131,20 @@ class PromptBuilder:
         return self.cfg.task == "rating"
 
     @property
+    def is_rerank(self) -> bool:
+        """Rerank templates show the retriever's candidates under letter labels; the answer is one label."""
+        return self.cfg.task == "rerank"
+
+    def label_ids(self, n: int) -> list[int]:
+        """The token of each of the first n candidate labels: distinct single tokens (the verbalizer)."""
+        if not 1 <= n <= len(RERANK_LABELS):
+            raise GenrecError(f"a rerank prompt shows 1 to {len(RERANK_LABELS)} candidates, not {n}")
+        ids = [self.plain(c) for c in RERANK_LABELS[:n]]
+        if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != n:
+            raise GenrecError("the tokenizer must encode each candidate label A-Z as one distinct token")
+        return [i[0] for i in ids]
+
+    @property
     def scores_candidates(self) -> bool:
         """The answer is one token about a given candidate, read from its logits (never an item to generate)."""
         return self.is_preference or self.is_rating
@@ -206,10 +222,12 @@ class PromptBuilder:
             "rating": None if rating is None else rating_level(rating),
         }
 
-    def _variables(self, history, history_ts, context, request, candidate, history_ratings=None) -> dict:
+    def _variables(self, history, history_ts, context, request, candidate, history_ratings=None,
+                   candidates=None) -> dict:
         ts = history_ts if history_ts is not None else [None] * len(history)
         rs = history_ratings if history_ratings is not None else [None] * len(history)
         return {
+            "candidates": [{**self.item_view(c), "label": label} for c, label in zip(candidates or [], RERANK_LABELS)],
             "history": [self.item_view(i, t, r) for i, t, r in zip(history, ts, rs)],
             "context": {str(k): _clean(v, self.cfg.max_title_chars) for k, v in (context or {}).items()},
             "request": _clean(request, 4 * self.cfg.max_title_chars) if request else None,
@@ -220,15 +238,21 @@ class PromptBuilder:
 
     def render(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
                request: str | None = None, candidate: str | None = None,
-               history_ratings: list[float] | None = None) -> tuple[str, str, int]:
-        """(system text, user text, number of history items kept) within the token budget."""
+               history_ratings: list[float] | None = None,
+               candidates: list[str] | None = None) -> tuple[str, str, int]:
+        """(system text, user text, number of history items kept) within the token budget. A rerank prompt's
+        candidate list comes on top of max_prompt_tokens (the history gives way, never a candidate)."""
+        if candidates is not None and len(candidates) > len(RERANK_LABELS):
+            raise GenrecError(f"a rerank prompt shows at most {len(RERANK_LABELS)} candidates, got {len(candidates)}")
+        budget = self.cfg.max_prompt_tokens + sum(
+            len(self.plain(f"{v['target']} ({v['facts']})")) + 4 for v in map(self.item_view, candidates or []))
         n = min(len(history), max(self.cfg.max_history, 0))
         while True:
             # Keep the newest n items (and their times/ratings); the target is never part of the prompt.
             recent = [list(x)[len(x) - n:] if x is not None else None for x in (history, history_ts, history_ratings)]
-            v = self._variables(recent[0], recent[1], context, request, candidate, recent[2])
+            v = self._variables(recent[0], recent[1], context, request, candidate, recent[2], candidates)
             system, user = self.template.render_block("system", v), self.template.render_block("user", v)
-            if len(self.wrap(system, user)) <= self.cfg.max_prompt_tokens:
+            if len(self.wrap(system, user)) <= budget:
                 return system, user, n
             if n == 0:
                 raise GenrecError(f"prompt is longer than max_prompt_tokens={self.cfg.max_prompt_tokens} "
@@ -241,8 +265,8 @@ class PromptBuilder:
 
     def encode(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
                request: str | None = None, candidate: str | None = None,
-               history_ratings: list[float] | None = None) -> list[int]:
-        system, user, _ = self.render(history, history_ts, context, request, candidate, history_ratings)
+               history_ratings: list[float] | None = None, candidates: list[str] | None = None) -> list[int]:
+        system, user, _ = self.render(history, history_ts, context, request, candidate, history_ratings, candidates)
         return self.wrap(system, user)
 
     def as_text(self, ids: list[int]) -> str:

@@ -23,6 +23,8 @@ from .files import atomic_file, write_json, write_jsonl
 from .index import ItemIndex
 from .models import MODEL_CARD, load_tokenizer, pick_dtype, resolve_base_model
 from .prompts import RATING_LEVELS, PromptBuilder, rating_level
+from .retriever import KINDS as RETRIEVERS
+from .retriever import RETRIEVER_DIR, Retriever
 from .sequence import OBJECTIVES, make_builder
 
 
@@ -50,6 +52,15 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
         return (f"# template: {builder.template.path}\n# sequence objective: this window has {len(ex['input_ids'])} "
                 f"tokens, {sum(ex['completion_mask'])} with loss; the prompt for its last item is {len(prompt)} "
                 f"tokens\n{builder.as_text(prompt)}{builder.as_text(builder.ident(row['target']))}")
+    if builder.is_rerank:  # the real candidates come from the model's retriever; here: popular stand-ins
+        row = rows[-1]
+        cands = [i for i, _ in train_popularity(data).most_common() if i not in set(row["history"])]
+        cands = training_candidates(cands, row["target"], prompt_cfg.rerank_candidates, random.Random(0))
+        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidates=cands)
+        label = builder.label_ids(len(cands))[cands.index(row["target"])]
+        return (f"# template: {builder.template.path}\n# rerank: {len(cands)} candidates (popular stand-ins for the "
+                f"retriever's) with the target at a random label; prompt {len(prompt)} tokens\n"
+                f"{builder.as_text(prompt)}{builder.as_text([label, builder.eos_id])}")
     prompt, completion = task_examples(builder, rows[-1], random.Random(0), data.users)[0]
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
@@ -211,6 +222,58 @@ def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
             continue
         out += [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in pairs]
     return out, skipped
+
+
+def training_candidates(pool: list[str], target: str, k: int, rng: random.Random) -> list[str]:
+    """A rerank training list: the retriever's best k - 1 items other than the target, plus the target, in a random
+    order, so the target's label is uniform over the k labels (no position to learn) and the negatives are the
+    hard ones the retriever really proposes."""
+    cands = [i for i in pool if i != target][:k - 1] + [target]
+    rng.shuffle(cands)
+    return cands
+
+
+def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retriever, limit: int, seed: int,
+                    copies: int) -> tuple[list[dict], int]:
+    """Rerank examples from each user's *validation* item: the history is the training part, the candidates the
+    retriever's top K for it. The retriever was trained on the training part only, so it never learnt these
+    targets (its candidates for training targets would rank them unrealistically high); each row gives `copies`
+    examples, each with its own candidate order."""
+    rows = data.split("valid")
+    k = builder.cfg.rerank_candidates
+    hists = [list(r["history"]) for r in rows]
+    pools = retriever.top(hists, [set(h) - {r["target"]} for h, r in zip(hists, rows)], k)
+    rng = random.Random(seed)
+    out, skipped = [], 0
+    for _ in range(copies):
+        for row, pool in zip(rows, pools):
+            if len(out) >= limit:
+                return out, skipped
+            cands = training_candidates([i for i, _ in pool], row["target"], k, rng)
+            try:
+                prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]),
+                                        history_ratings=row.get("history_ratings"), candidates=cands)
+            except GenrecError:
+                skipped += 1
+                continue
+            answer = [builder.label_ids(len(cands))[cands.index(row["target"])], builder.eos_id]
+            out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
+    return out, skipped
+
+
+def fit_retriever(cfg: SFTConfig, data: PreparedData, out: Path, log=print) -> Retriever:
+    """The run's retriever: the one already in `out` when resuming, else trained now and saved into `out` at once
+    (a resumed run never trains it twice)."""
+    kind = cfg.retriever or "sasrec"
+    if cfg.resume:
+        found = Retriever.load(out)
+        if found is not None:
+            log(f"retriever: reusing {out / RETRIEVER_DIR}")
+            return found
+    log(f"retriever: training {kind} on the training part of every sequence")
+    r = Retriever.train(data, seed=cfg.seed, max_seconds=cfg.retriever_seconds, log=log)
+    r.save(out)
+    return r
 
 
 def task_builders(tok, cfg: SFTConfig, catalog: dict[str, dict], index: ItemIndex) -> dict[str, PromptBuilder]:
@@ -408,7 +471,16 @@ def train(cfg: SFTConfig, log=print) -> Path:
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
         raise GenrecError("set max_steps > 0 or num_epochs > 0")
+    tasks = cfg.tasks or [cfg.prompt.task]
+    want_retriever = cfg.retriever not in (None, "", "none") or "rerank" in tasks
+    if want_retriever and (cfg.retriever or "sasrec") not in RETRIEVERS + ("none",):
+        raise GenrecError(f"unknown retriever {cfg.retriever!r} ({', '.join(RETRIEVERS)}, none)")
+    if "rerank" in tasks and cfg.retriever == "none":
+        raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
+    if not 1 <= cfg.prompt.rerank_candidates <= 26 or cfg.rerank_copies < 1:
+        raise GenrecError("prompt.rerank_candidates must be 1-26 and rerank_copies >= 1")
     out = _prepare_output(cfg)
+    retriever = fit_retriever(cfg, data, out, log) if want_retriever else None
     tok = load_tokenizer(base)
     index = build_index(data, cfg, log)
     if index.new_tokens:
@@ -430,7 +502,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
     for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
         if task in seq:
             continue
-        ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
+        if b.is_rerank:
+            ex, skipped[task] = rerank_examples(b, data, retriever, -(-limit // len(builders)), cfg.seed + n,
+                                                cfg.rerank_copies)
+        else:
+            ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
         if not ex:
             raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
                               "max_prompt_tokens)")
@@ -547,6 +623,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "prompt": next(iter(tasks.values())),  # the main task
         "tasks": tasks,
         "init_from": str(init.resolve()) if init else None,
+        "retriever": {"kind": retriever.settings["kind"], "dir": RETRIEVER_DIR, "facts": retriever.facts}
+        if retriever is not None else None,
         "with_reasons": builder.with_reasons,
         "id_style": index.style,
         "sft": to_dict(cfg),

@@ -1,0 +1,119 @@
+"""Collaborative retrieval + language-model ranking on the shared datasets, under the protocol of bench_quality
+(leave-one-out, full ranking, earlier items excluded, the target rankable, seeded tie order, no k-core):
+
+  rerank      `genrec sft --task rerank`: SASRec (trained to convergence, saved in the model) proposes K, the LLM
+              picks among them with one forward pass; also its product with SASRec's own scores (w = 1, fixed
+              in advance, not tuned on these users) from the same pass
+  candidates  a next_item model (sequence objective, same minutes) decoding within SASRec's K candidates
+  full        the same next_item model over the whole catalog
+  sasrec      the rerank model's retriever alone, popular: most-popular
+
+Every LLM arm trains for the same M minutes and is evaluated on the same seeded users; baselines on those users
+and on all users; NDCG@10 / HR@10 with 95% bootstrap intervals and paired differences against SASRec. Finished
+arms are reused (their metrics.json is kept), so arms can be added over several sessions:
+
+    python scripts/bench_hybrid.py --datasets movielens --arms rerank --minutes 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import machine, prepare_shared, write_results  # noqa: E402
+
+ARMS = ("rerank", "candidates", "full")
+
+
+def train_arm(arm: str, data: Path, model: Path, args) -> float:
+    from genrec.config import PromptConfig, SFTConfig
+    from genrec.training import train
+
+    t0 = time.time()
+    if arm == "rerank":
+        prompt = PromptConfig(task="rerank", max_history=args.history, max_prompt_tokens=512,
+                              rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f])
+        train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
+                        max_minutes=args.minutes, save_steps=100, overwrite=True, rerank_copies=3))
+    else:  # one next_item model serves the candidates and full arms; it borrows the rerank arm's retriever
+        prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f])
+        train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
+                        num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True))
+    return time.time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="movielens,scientific")
+    ap.add_argument("--arms", default="rerank,candidates,full")
+    ap.add_argument("--minutes", type=float, default=30.0, help="training minutes of each LLM (the same for each)")
+    ap.add_argument("--users", type=int, default=610, help="seeded test users for the LLM arms")
+    ap.add_argument("--k", type=int, default=20, help="retriever candidates (K)")
+    ap.add_argument("--history", type=int, default=20, help="prompt.max_history")
+    ap.add_argument("--facts", default="", help="prompt.item_facts ('' = titles only)")
+    ap.add_argument("--work", default="runs/bench_hybrid")
+    ap.add_argument("--name", default="bench_hybrid")
+    args = ap.parse_args()
+
+    from genrec.config import EvaluateConfig
+    from genrec.files import read_json
+
+    work = Path(args.work)
+    report = {"settings": vars(args), "machine": machine(), "arms": {}}
+    rows = []
+    for name in args.datasets.split(","):
+        data = work / name / "data"
+        if not (data / "manifest.json").is_file():
+            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
+        for arm in (a for a in args.arms.split(",") if a):
+            if arm not in ARMS:
+                raise SystemExit(f"unknown arm {arm} ({', '.join(ARMS)})")
+            model = work / name / ("rerank" if arm == "rerank" else "next_item")
+            metrics_path = work / name / f"eval-{arm}" / "metrics.json"
+            if not metrics_path.is_file():
+                if not (model / "genrec.json").is_file():
+                    sft_wall = train_arm(arm, data, model, args)
+                    (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
+                if arm != "rerank" and not (model / "retriever").is_dir():
+                    if not (work / name / "rerank" / "retriever").is_dir():
+                        raise SystemExit(f"arm {arm} borrows the rerank arm's retriever: run --arms rerank first")
+                    shutil.copytree(work / name / "rerank" / "retriever", model / "retriever")
+                from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
+
+                run_evaluation(EvaluateConfig(
+                    model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
+                    output=str(metrics_path.parent), baselines=["popular", "sasrec"],
+                    candidates=f"retriever:{args.k}" if arm == "candidates" else None))
+            ev = read_json(metrics_path)
+            card = read_json(model / "genrec.json")
+            report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
+                "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
+                "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds")}
+            report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
+                "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
+            for model_name, iv in ev["intervals"].items():
+                if arm != "rerank" and model_name in ("sasrec", "popular"):
+                    continue  # the same baselines on the same users: shown once, with the rerank arm
+                label = {"genrec": f"genrec ({arm})", "genrec x sasrec": "genrec x sasrec (rerank, w=1)"}.get(
+                    model_name, model_name)
+                d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
+                    if model_name.startswith("genrec") else None
+                rows.append({
+                    "dataset": name, "model": label, "users": ev["users_evaluated"],
+                    "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, {iv['NDCG@10']['hi']:.4f}]",
+                    "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
+                    "genrec - sasrec (NDCG@10)": "" if d is None else f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
+                    "users/s": ev["genrec_users_per_second"] if model_name == "genrec" else "",
+                    "CPU-min (train)": round(card["train_seconds"] / 60, 1) if model_name.startswith("genrec") else
+                    (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" else ""),
+                })
+            write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
+
+
+if __name__ == "__main__":
+    main()
