@@ -132,7 +132,9 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @click.option("--output", "-o", help="Output model directory.")
 @click.option("--model", help="Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.")
 @click.option("--task", help="Prompt task (template prompts/<task>.j2): next_item, next_item_reason, request, "
-                             "preference, rating; several comma-separated are mixed in one run, the first is the main.")
+                             "preference, rating, rerank (an LLM ranks SASRec's candidates; add retriever=sasrec to "
+                             "any other task to keep the retriever); several comma-separated are mixed in one run, "
+                             "the first is the main.")
 @click.option("--template", type=click.Path(), help="Your own Jinja template (for the main task).")
 @click.option("--init-from", type=click.Path(), help="Continue the adapter of this genrec model (transfer from "
                                                     "another dataset; titles on both sides).")
@@ -187,12 +189,14 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
               help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
 @click.option("--strict/--no-strict", default=None, help="Unknown users/items are errors instead of skipped.")
 @click.option("--resume/--no-resume", default=None, help="Keep users already in --out and generate the rest.")
+@click.option("--candidates", help="retriever:K: search only the model's retriever's top K items (then its order); "
+                                  "needs a model trained with retriever=sasrec.")
 @click.option("--shard", help="I/N: only this process's 1/N of the users file (lines n with (n-1) %% N == I); join the "
                               "N outputs with `genrec merge-shards`.")
 @click.argument("overrides", nargs=-1)
 @friendly
 def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
-             with_reasons, popularity_penalty, strict, resume, shard, overrides) -> None:
+             with_reasons, popularity_penalty, strict, resume, candidates, shard, overrides) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
     from .config import GenerateConfig, load_config, parse_overrides
     from .generation import generate_file
@@ -201,7 +205,8 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
         **parse_overrides(overrides),
         **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
                      batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
-                     popularity_penalty=popularity_penalty, strict=strict, resume=resume, shard=shard)})
+                     popularity_penalty=popularity_penalty, strict=strict, resume=resume, shard=shard,
+                     candidates=candidates)})
     if not cfg.users:
         raise GenrecError("--users FILE is required")
     summary = generate_file(cfg)
@@ -310,11 +315,13 @@ def merge_shards_cmd(parts, out) -> None:
               help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
 @click.option("--with-reasons/--no-reasons", default=None,
               help="Reason models: measure how often reasons name non-catalog titles or unsupported attributes.")
+@click.option("--candidates", help="retriever:K: search only the model's retriever's top K items (then its order); "
+                                  "needs a model trained with retriever=sasrec.")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
 def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, batch_size, baselines, perturb,
-             popularity_penalty, with_reasons, output, overrides) -> None:
+             popularity_penalty, with_reasons, candidates, output, overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
     from .evaluation import run_evaluation
@@ -325,13 +332,14 @@ def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, 
         **parse_overrides(overrides),
         **_overrides(model=model, data=data_dir, split=split, task=task, ks=ks, max_users=max_users, backend=backend,
                      batch_size=batch_size, baselines=baselines, perturb=perturb,
-                     popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output)})
+                     popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output,
+                     candidates=candidates)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
     if report.get("intervals_markdown"):
         click.echo("\n" + report["intervals_markdown"])
         if report.get("sasrec") and report["sasrec"]["capped"]:
-            click.echo(f"SASRec was capped at sasrec_seconds={cfg.sasrec_seconds} ({report['sasrec']['epochs']} "
+            click.echo(f"SASRec ({report['sasrec']['source']}) was capped by its time limit ({report['sasrec']['epochs']} "
                        "epochs): a budget baseline, not a converged one.")
         click.echo(report["verdict"])
 

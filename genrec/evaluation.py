@@ -227,6 +227,11 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
     # A hybrid (rerank, or generation within the retriever's K) is always shown beside its retriever alone.
     cand_k = parse_candidates(cfg.candidates)
+    if cand_k is not None and builder.is_rerank:
+        raise GenrecError(f"--candidates is for generative models: {cfg.model} reranks its retriever's top "
+                          f"{builder.cfg.rerank_candidates} already")
+    if cand_k is not None and cand_k > len(catalog):
+        raise GenrecError(f"--candidates retriever:{cand_k}: K is larger than the catalog ({len(catalog)} items)")
     if cand_k is not None and rec.retriever is None:
         raise GenrecError(f"{cfg.model} has no retriever for --candidates retriever:K (train it with "
                           "`genrec sft retriever=sasrec`)")

@@ -203,7 +203,9 @@ class Recommender:
                 for n, res in zip(todo, self.rerank([requests[n] for n in todo], k, exclude_seen,
                                                     (retriever_weight,))[0]):
                     results[n] = res
-                    counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 1, "per_item": []}
+                    # one forward pass, nothing generated: the prompt is all the engine read
+                    counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 0,
+                                 "per_item": [0] * len(res["recommendations"])}
                 continue
             pools = self._retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen) \
                 if candidates else None
@@ -479,16 +481,21 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
 def output_settings(cfg: GenerateConfig) -> dict:
     """The settings every output line of `generate` (and `recommend --json`) records."""
     return {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
-            "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty}
+            "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty, "candidates": cfg.candidates}
 
 
 def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Read a users file, write one JSONL line per user atomically; return a summary."""
     from tqdm.auto import tqdm
 
+    from .retriever import parse_candidates
+
     shard = parse_shard(cfg.shard)
+    candidates = parse_candidates(cfg.candidates)
     rows = read_users_file(cfg.users)
     rec = load_for_data(cfg, log)
+    if candidates is not None:  # before any output: a bad --candidates fails at once
+        rec.recommend([], cfg.k, candidates=candidates)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
@@ -523,7 +530,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
         for start in range(0, len(pending), cfg.batch_size):
             chunk = pending[start:start + cfg.batch_size]
             results = rec.recommend([r for _, _, r in chunk], cfg.k, cfg.beam_width, cfg.exclude_seen,
-                                    cfg.with_reasons, cfg.popularity_penalty)
+                                    cfg.with_reasons, cfg.popularity_penalty, candidates=candidates)
             for (n, obj, req), res in zip(chunk, results):
                 line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -109,3 +109,15 @@ def semantic_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     train(tiny_sft_config(tiny_data, out, item_id="semantic", max_steps=3, save_steps=100, semantic_codebook=8,
                           align_examples=0.25), log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def rerank_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
+    """A real 3-step fine-tune of the rerank task, its SASRec retriever trained (briefly) and saved inside it."""
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("rerank") / "m"
+    cfg = tiny_sft_config(tiny_data, out, max_steps=3, save_steps=100, retriever_seconds=20.0)
+    cfg.prompt = PromptConfig(task="rerank", max_history=3, max_prompt_tokens=128, rerank_candidates=8)
+    train(cfg, log=lambda m: None)
+    return out

@@ -1,0 +1,191 @@
+"""Collaborative retrieval + LLM ranking, on the real tiny model: SASRec in the model directory proposes, the
+rerank task's verbalizer decides with one forward pass, a generative model can search within the candidates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from genrec.errors import GenrecError
+
+
+@pytest.fixture(scope="module")
+def reranker(rerank_model):
+    from genrec.generation import Recommender
+
+    return Recommender(rerank_model)
+
+
+def a_user(rec):
+    from genrec.data import load_prepared
+
+    data = load_prepared(rec.card["data"])
+    uid = sorted(data.users)[3]
+    return data, uid, data.users[uid]["items"][:-1]
+
+
+def test_labels_are_distinct_single_tokens(reranker):
+    b = reranker.reranker
+    ids = b.label_ids(26)
+    assert len(set(ids)) == 26
+    assert all(b.plain(c) == [i] for c, i in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", ids))
+    with pytest.raises(GenrecError):
+        b.label_ids(27)
+
+
+def test_retriever_is_saved_in_and_loaded_from_the_model_directory(rerank_model, reranker, tiny_data):
+    from genrec.data import load_prepared
+    from genrec.retriever import Retriever
+
+    assert (rerank_model / "retriever" / "sasrec.safetensors").is_file()
+    card = json.loads((rerank_model / "genrec.json").read_text())
+    assert card["retriever"]["kind"] == "sasrec" and card["retriever"]["facts"]["steps"] > 0
+    data = load_prepared(tiny_data)
+    hists = [u["items"][:-1] for u in list(data.users.values())[:5]]
+    again = Retriever.load(rerank_model)
+    assert (reranker.retriever.scores(hists) == again.scores(hists)).all()
+    # the retriever ranks, it does not copy the catalog order: users get different lists
+    tops = {tuple(i for i, _ in t) for t in again.top(hists, [set(h) for h in hists], 5)}
+    assert len(tops) > 1
+
+
+def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_model, reranker, tiny_data):
+    """The target's label is uniform over the K labels (candidate order shuffled; no position to learn), and the
+    other candidates are the retriever's own top items for the validation history."""
+    from genrec.data import load_prepared
+    from genrec.training import rerank_examples
+
+    data = load_prepared(tiny_data)
+    b = reranker.reranker
+    k = b.cfg.rerank_candidates
+    ex, skipped = rerank_examples(b, data, reranker.retriever, 10**6, seed=3, copies=40)
+    assert skipped == 0 and len(ex) == 40 * len(data.split("valid"))
+    labels = Counter(e["input_ids"][-2] for e in ex)  # the answer: label, then EOS
+    assert set(labels) == set(b.label_ids(k))
+    expected = len(ex) / k
+    assert max(abs(c - expected) for c in labels.values()) < 0.25 * expected
+    row = data.split("valid")[0]
+    pool = [i for i, _ in reranker.retriever.top([row["history"]], [set(row["history"]) - {row["target"]}], k)[0]]
+    text = b.as_text(ex[0]["input_ids"])
+    shown = [i for i in pool if i != row["target"]][:k - 1]
+    assert all(b.item_view(i)["target"] in text for i in shown)
+
+
+def test_verbalizer_equals_a_direct_forward_pass(reranker):
+    from genrec.generation import Request
+
+    data, uid, hist = a_user(reranker)
+    req = Request(user_id=uid, history=hist, seen=set(hist))
+    res = reranker.rerank([req], k=5)[0][0]
+    b = reranker.reranker
+    k = b.cfg.rerank_candidates
+    pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], k)[0]]
+    ids = b.encode(hist, candidates=pool)
+    with torch.no_grad():
+        logits = reranker.model(torch.tensor([ids])).logits[0, -1].float()
+    lp = torch.log_softmax(logits[b.label_ids(len(pool))], -1)
+    want = sorted(range(len(pool)), key=lambda c: -float(lp[c]))[:5]
+    assert [r["item_id"] for r in res["recommendations"]] == [pool[c] for c in want]
+    for r, c in zip(res["recommendations"], want):
+        assert r["score"] == pytest.approx(float(lp[c]), abs=1e-3)
+
+
+def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
+    from genrec.generation import Request
+
+    data, uid, hist = a_user(reranker)
+    allowed = set(reranker.index.item_ids) - set(hist)
+    out = reranker.recommend([Request(user_id=uid, history=hist, seen=set(hist))], k=len(allowed))[0]
+    ids = [r["item_id"] for r in out["recommendations"]]
+    assert len(ids) == len(set(ids)) == len(allowed) and set(ids) == allowed
+    k = reranker.reranker.cfg.rerank_candidates
+    pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], len(allowed))[0]]
+    assert set(ids[:k]) == set(pool[:k]) and ids[k:] == pool[k:]  # reranked K, then the retriever's order
+    fused = reranker.rerank([Request(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
+    assert {r["item_id"] for r in fused[1][0]["recommendations"]} == set(pool[:k])
+
+
+def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
+    """A next_item model given a retriever (the directory is self-contained: copied in here) searches only the
+    retriever's K; after them the list follows the retriever's order."""
+    from genrec.data import load_prepared
+    from genrec.generation import Recommender, Request
+    from genrec.retriever import Retriever
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
+    rec = Recommender(model)
+    data, uid, hist = a_user(rec)
+    req = Request(user_id=uid, history=hist, seen=set(hist))
+    pool = [i for i, _ in rec.retriever.top([hist], [set(hist)], 12)[0]]
+    out = [r["item_id"] for r in rec.recommend([req], k=12, candidates=5)[0]["recommendations"]]
+    assert set(out[:5]) == set(pool[:5]) and out[5:] == [i for i in pool if i not in out[:5]][:7]
+    with pytest.raises(GenrecError, match="catalog size"):
+        rec.recommend([req], k=5, candidates=10**6)
+
+
+def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_path):
+    users = tmp_path / "u.jsonl"
+    users.write_text('{"history": ["1"]}\n')
+    cli = [sys.executable, "-m", "genrec.cli"]
+    cases = [
+        ([*cli, "generate", "--model", str(tiny_model), "--users", str(users), "--out", str(tmp_path / "o.jsonl"),
+          "--candidates", "retriever:5"], "has no retriever"),
+        ([*cli, "generate", "--model", str(rerank_model), "--users", str(users), "--out", str(tmp_path / "o.jsonl"),
+          "--candidates", "retriever:x"], "retriever:K"),
+        ([*cli, "evaluate", "--model", str(rerank_model), "--max-users", "3", "--candidates", "retriever:5"],
+         "reranks its retriever"),
+    ]
+    for argv, needle in cases:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and needle in errors[0], p.stderr[-500:]
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_rerank_model_served_to_the_openai_client(reranker):
+    from openai import OpenAI
+
+    from test_serving import start_server
+
+    data, uid, hist = a_user(reranker)
+    srv, thread, url = start_server(reranker, timeout_s=120)
+    try:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        resp = client.chat.completions.create(model="genrec-test", n=4,
+                                              messages=[{"role": "user", "content": json.dumps({"user_id": uid})}])
+        titles = [c.message.content for c in resp.choices]
+        assert set(titles) <= {r["title"] for r in reranker.catalog.values()} and len(set(titles)) == 4
+        from genrec.generation import Request
+
+        items = data.users[uid]["items"]
+        ref = reranker.recommend([Request(user_id=uid, history=items, seen=set(items))], k=4)[0]
+        assert titles == [r["title"] for r in ref["recommendations"]]
+        assert resp.usage.prompt_tokens > 0
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_rerank_evaluation_reports_the_retriever_and_its_recall(rerank_model, tmp_path):
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+
+    r = run_evaluation(EvaluateConfig(model=str(rerank_model), max_users=10, ks=[1, 5, 10], output=str(tmp_path)),
+                       log=lambda m: None)
+    assert {"genrec", "genrec x sasrec", "sasrec", "popular"} <= set(r["results"])
+    assert r["sasrec"]["source"] == "the model's retriever" and r["hybrid"] == "rerank"
+    k = r["retriever_recall"]["k"]
+    recs = [json.loads(x) for x in (tmp_path / "recommendations.jsonl").read_text().splitlines()]
+    # rerank only reorders the retriever's K: genrec's HR@K is exactly the retriever's recall@K on these users
+    hits = sum(x["target"] in x["recommended"][:k] for x in recs) / len(recs)
+    assert hits == pytest.approx(r["retriever_recall"]["llm_users"])
+    assert "genrec x sasrec - sasrec" in r["paired_differences"]
