@@ -181,6 +181,8 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
 @data_option
 @click.option("--k", type=int, help="Recommendations per user [10].")
 @click.option("--beam-width", type=int, help="Beam width (>= k) [max(k, 10)].")
+@click.option("--search", type=click.Choice(["beam", "exact"]), help="beam: beam search of --beam-width [beam]; "
+              "exact: the certified top-K (searched again, wider, until no pruned prefix could beat the K-th).")
 @batch_option
 @backend_option
 @click.option("--exclude-seen/--include-seen", default=None, help="Never recommend items in the history [on].")
@@ -196,7 +198,7 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
 @click.argument("overrides", nargs=-1)
 @friendly
 def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
-             with_reasons, popularity_penalty, strict, resume, candidates, shard, overrides) -> None:
+             with_reasons, popularity_penalty, strict, resume, candidates, search, shard, overrides) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
     from .config import GenerateConfig, load_config, parse_overrides
     from .generation import generate_file
@@ -206,7 +208,7 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
         **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
                      batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
                      popularity_penalty=popularity_penalty, strict=strict, resume=resume, shard=shard,
-                     candidates=candidates)})
+                     candidates=candidates, search=search)})
     if not cfg.users:
         raise GenrecError("--users FILE is required")
     summary = generate_file(cfg)
@@ -317,11 +319,13 @@ def merge_shards_cmd(parts, out) -> None:
               help="Reason models: measure how often reasons name non-catalog titles or unsupported attributes.")
 @click.option("--candidates", help="retriever:K: search only the model's retriever's top K items (then its order); "
                                   "needs a model trained with retriever=sasrec.")
+@click.option("--search", type=click.Choice(["beam", "exact"]), help="beam: beam search of --beam-width [beam]; "
+              "exact: the certified top-K (searched again, wider, until no pruned prefix could beat the K-th).")
 @click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
 @click.argument("overrides", nargs=-1)
 @friendly
 def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, batch_size, baselines, perturb,
-             popularity_penalty, with_reasons, candidates, output, overrides) -> None:
+             popularity_penalty, with_reasons, candidates, search, output, overrides) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
     from .config import EvaluateConfig, load_config, parse_overrides
     from .evaluation import run_evaluation
@@ -333,7 +337,7 @@ def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, 
         **_overrides(model=model, data=data_dir, split=split, task=task, ks=ks, max_users=max_users, backend=backend,
                      batch_size=batch_size, baselines=baselines, perturb=perturb,
                      popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output,
-                     candidates=candidates)})
+                     candidates=candidates, search=search)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
     if report.get("intervals_markdown"):

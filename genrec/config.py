@@ -129,6 +129,7 @@ class GenerateConfig:
     data: str | None = None  # prepared data for user_id lookup; default: the one the model was trained on
     k: int = 10
     beam_width: int | None = None  # default: max(k, 10)
+    search: str = "beam"  # beam | exact (the certified top-K: widened until no pruned prefix could beat it)
     batch_size: int = 8
     backend: str = "hf"
     exclude_seen: bool = True
@@ -167,6 +168,7 @@ class EvaluateConfig:
     max_users: int | None = None
     batch_size: int = 8
     beam_width: int | None = None
+    search: str = "beam"  # beam | exact (as in GenerateConfig)
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = None  # a cap on SASRec's training time (None: until early stopping converges)

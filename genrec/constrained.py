@@ -10,6 +10,12 @@ Why our own loop instead of `model.generate(num_beams=...)` or vLLM's beam searc
 asks a backend (backends.py) only for the raw log-probabilities of the tokens the trie allows from each live
 beam, so the model's generation_config (sampling, temperature, top-k/p) can never leak into the search, and the
 HF and vLLM backends return the same items with the same scores.
+
+`search="exact"` (top_items) adds a certificate: the search records, per prompt, the best score of anything it
+pruned (a candidate beyond the W live beams). Log-probabilities only fall along a path (and the penalty bound only
+grows), so no item below a pruned prefix can score above that prefix; once the K-th item found scores at least the
+best pruned prefix, the K items are the exact top-K. A prompt without the certificate is searched again at twice
+the width, up to the catalog size, where nothing is pruned.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ class Hypothesis:
 @torch.no_grad()
 def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
                 banned: list[set[int]] | None = None, constrained: bool = True,
-                max_new_tokens: int | None = None, item_penalty: list[float] | None = None) -> list[list[Hypothesis]]:
+                max_new_tokens: int | None = None, item_penalty: list[float] | None = None,
+                pruned: list[float] | None = None) -> list[list[Hypothesis]]:
     """Top-k items per prompt, best first. `banned[b]` are item positions never returned for prompt b.
+    `pruned`, when given, is filled with each prompt's best pruned score (-inf: nothing was pruned).
 
     `item_penalty[i]` (>= 0, e.g. a popularity penalty) is subtracted from item i's log-probability. A beam is
     ranked from its first token by its log-probability minus the smallest penalty of any item below it, so
@@ -66,6 +74,9 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     # Live rows: parallel lists (owner prompt, trie node, score, tokens so far). One row per prompt at first.
     owner, nodes, scores, toks = list(range(B)), [0] * B, [0.0] * B, [[] for _ in range(B)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    best_pruned = [NEG_INF] * B
+    if pruned is not None:
+        pruned[:] = best_pruned
     if constrained and any(0 in d for d in dead):  # every item of that prompt is banned
         keep = [b for b in range(B) if 0 not in dead[b]]
         if not keep:
@@ -93,10 +104,11 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
             top_s, top_i = flat.topk(min(n_finite, 2 * W))
             if 0 < len(top_s) < n_finite:
                 top_s, top_i = flat.topk(min(n_finite, 2 * W + len(finished[b]) + 4 * W))
-            live = 0
+            live = consumed = 0
             for score, fi in zip(top_s.tolist(), top_i.tolist()):
                 if live == W:
                     break
+                consumed += 1
                 r, col = rows[fi // width], fi % width
                 if constrained:
                     tok = allowed[r][col]
@@ -116,6 +128,9 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
                 n_owner.append(b), n_node.append(node), n_score.append(score), n_tok.append(toks[r] + [tok])
                 src.append(r)
                 live += 1
+            if consumed < n_finite:  # the best candidate left out bounds every item below it
+                nxt = float(top_s[consumed]) if consumed < len(top_s) else float(flat.topk(consumed + 1).values[-1])
+                best_pruned[b] = max(best_pruned[b], nxt)
         # A prompt is done when it has k items and no live beam can beat the k-th (log-probs only fall).
         best_live: dict[int, float] = {}
         for b, sc in zip(n_owner, n_score):
@@ -129,23 +144,42 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
         nodes, scores, toks = [n_node[j] for j in keep], [n_score[j] for j in keep], [n_tok[j] for j in keep]
         allowed = allowed_for(owner, nodes)
         logp = beams.advance([src[j] for j in keep], [n_tok[j][-1] for j in keep], allowed)
+    if pruned is not None:
+        pruned[:] = best_pruned
     return finished
 
 
+SEARCHES = ("beam", "exact")
+
+
 def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
-              banned: list[set[int]] | None = None, item_penalty: list[float] | None = None) -> list[list[Hypothesis]]:
+              banned: list[set[int]] | None = None, item_penalty: list[float] | None = None,
+              search: str = "beam", stats: dict | None = None) -> list[list[Hypothesis]]:
     """Beam search that always returns min(k, allowed items) results: should a search still end short, that
-    prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare)."""
+    prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare).
+    search="exact": also searched again, at twice the width, is every prompt whose top-k lacks the certificate
+    (see the module docstring), so the result is the exact top-k. `stats` gets the searches run and the widest."""
+    if search not in SEARCHES:
+        from .errors import GenrecError
+
+        raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
     n_items = len(trie.leaf_item)
-    found = beam_search(backend, prompts, trie, k, beam_width, banned, item_penalty=item_penalty)
-    width = max(beam_width, k)
+    pruned: list[float] = []
+    found = beam_search(backend, prompts, trie, k, beam_width, banned, item_penalty=item_penalty, pruned=pruned)
+    width, rounds = max(beam_width, k), 1
     while True:
         short = [b for b, f in enumerate(found)
-                 if len(f) < min(k, n_items - len(banned[b] if banned else ()))]
+                 if len(f) < min(k, n_items - len(banned[b] if banned else ()))
+                 or (search == "exact" and len(f) >= k and pruned[b] > f[k - 1].score)]
         if not short or width >= n_items:
+            if stats is not None:
+                stats.update(searches=rounds, max_width=width)
             return found
         width = min(2 * width, n_items)
+        rounds += 1
+        again_pruned: list[float] = []
         again = beam_search(backend, [prompts[b] for b in short], trie, k, width,
-                            [banned[b] for b in short] if banned else None, item_penalty=item_penalty)
-        for b, f in zip(short, again):
-            found[b] = f
+                            [banned[b] for b in short] if banned else None, item_penalty=item_penalty,
+                            pruned=again_pruned)
+        for b, f, p in zip(short, again, again_pruned):
+            found[b], pruned[b] = f, p

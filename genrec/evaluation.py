@@ -657,7 +657,8 @@ def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfi
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
         for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen,
-                                 popularity_penalty=cfg.popularity_penalty, candidates=candidates):
+                                 popularity_penalty=cfg.popularity_penalty, candidates=candidates,
+                                 search=cfg.search):
             ranked.append([r["item_id"] for r in res["recommendations"]])
         bar.update(len(chunk))
     bar.close()

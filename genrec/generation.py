@@ -160,7 +160,7 @@ class Recommender:
     def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
                   exclude_seen: bool = True, with_reasons: bool = False,
                   popularity_penalty: float = 0.0, usage: list | None = None, candidates: int | None = None,
-                  retriever_weight: float = 0.0) -> list[dict]:
+                  retriever_weight: float = 0.0, search: str = "beam") -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
         With a popularity penalty, `score` is the penalised log-probability the items are ranked by. `usage`, when
         given, is filled with one {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine
@@ -169,8 +169,10 @@ class Recommender:
         A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
         generative model search only the retriever's top K. Either way the list goes on in the retriever's order
         after those K, so it is a ranking over the whole catalog."""
-        from .constrained import top_items
+        from .constrained import SEARCHES, top_items
 
+        if search not in SEARCHES:
+            raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
         if self.generator is None and self.reranker is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
@@ -222,7 +224,7 @@ class Recommender:
                     keep = {self.index.position[i] for i, _ in pool[:candidates]}
                     banned[j] = set(everything) - keep
             found = top_items(self.backend, prompts, self.trie_for(builder), min(k, candidates or k), width, banned,
-                              penalty)
+                              penalty, search=search)
             reasons = self._reasons(builder, prompts, found) if with_reasons and builder.with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
@@ -481,7 +483,8 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
 def output_settings(cfg: GenerateConfig) -> dict:
     """The settings every output line of `generate` (and `recommend --json`) records."""
     return {"k": cfg.k, "exclude_seen": cfg.exclude_seen, "backend": cfg.backend, "model": str(cfg.model),
-            "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty, "candidates": cfg.candidates}
+            "with_reasons": cfg.with_reasons, "popularity_penalty": cfg.popularity_penalty, "candidates": cfg.candidates,
+            "search": cfg.search}
 
 
 def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -494,8 +497,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     candidates = parse_candidates(cfg.candidates)
     rows = read_users_file(cfg.users)
     rec = load_for_data(cfg, log)
-    if candidates is not None:  # before any output: a bad --candidates fails at once
-        rec.recommend([], cfg.k, candidates=candidates)
+    rec.recommend([], cfg.k, candidates=candidates, search=cfg.search)  # bad settings fail before any output
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
@@ -530,7 +532,8 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
         for start in range(0, len(pending), cfg.batch_size):
             chunk = pending[start:start + cfg.batch_size]
             results = rec.recommend([r for _, _, r in chunk], cfg.k, cfg.beam_width, cfg.exclude_seen,
-                                    cfg.with_reasons, cfg.popularity_penalty, candidates=candidates)
+                                    cfg.with_reasons, cfg.popularity_penalty, candidates=candidates,
+                                    search=cfg.search)
             for (n, obj, req), res in zip(chunk, results):
                 line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")

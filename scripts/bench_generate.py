@@ -1,6 +1,9 @@
 """Constrained top-K generation vs unconstrained beam search (same loop, trie off), on a genrec model.
 
-Reports users/s and generated tokens/s (beam rows x steps) for histories of --history items.
+Reports users/s and generated tokens/s (beam rows x steps) for histories of --history items, and how often the
+beam search finds the exact top-K: each user's certified exact top-K (search="exact", which equals scoring every
+item by teacher forcing; tests/test_constrained.py checks that) against the beam's at widths --widths, with the
+cost of each.
 
     python scripts/bench_generate.py [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
 """
@@ -23,9 +26,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--widths", default="10,20,40", help="beam widths compared with the exact top-K")
     args = ap.parse_args()
 
-    from genrec.constrained import beam_search
+    from genrec.constrained import beam_search, top_items
     from genrec.data import load_prepared
     from genrec.generation import Recommender
 
@@ -48,11 +52,33 @@ def main() -> None:
         dt = time.perf_counter() - t0
         out[mode] = {"seconds": dt, "users_per_second": len(prompts) / dt, "valid_items_returned": n_items}
     ratio = out["constrained"]["users_per_second"] / out["unconstrained"]["users_per_second"]
+
+    def run(search: str, width: int) -> tuple[list[list[int]], float, int]:
+        t0, lists, rounds = time.perf_counter(), [], 0
+        for s in range(0, len(prompts), args.batch_size):
+            stats: dict = {}
+            found = top_items(rec.backend, prompts[s:s + args.batch_size], rec.trie, args.k, width,
+                              banned[s:s + args.batch_size], search=search, stats=stats)
+            lists += [[h.item for h in f] for f in found]
+            rounds = max(rounds, stats["max_width"])
+        return lists, time.perf_counter() - t0, rounds
+
+    exact, exact_s, exact_width = run("exact", args.k)
+    search = {"exact": {"seconds": exact_s, "users_per_second": len(prompts) / exact_s, "recall_of_exact": 1.0,
+                        "widest_beam": exact_width}}
+    for w in (int(x) for x in args.widths.split(",")):
+        lists, secs, _ = run("beam", w)
+        recall = sum(len(set(a) & set(e)) for a, e in zip(lists, exact)) / sum(len(e) for e in exact)
+        search[f"beam {w}"] = {"seconds": secs, "users_per_second": len(prompts) / secs, "recall_of_exact": recall,
+                               "widest_beam": w}
     res = {"users": len(prompts), "k": args.k, "beam_width": args.k, "history": args.history,
            "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts), "results": out,
-           "constrained_over_unconstrained": ratio, "machine": machine()}
+           "constrained_over_unconstrained": ratio, "search": search, "machine": machine()}
     write_results("bench_generate", res, [{"mode": m, **{k: v for k, v in r.items()}} for m, r in out.items()] +
-                  [{"mode": "ratio", "seconds": 0.0, "users_per_second": ratio, "valid_items_returned": 0}])
+                  [{"mode": "ratio", "seconds": 0.0, "users_per_second": ratio, "valid_items_returned": 0}] +
+                  [{"mode": f"top-{args.k} by {m}", "seconds": r["seconds"], "users_per_second": r["users_per_second"],
+                    "recall_of_exact": r["recall_of_exact"], "widest_beam": r["widest_beam"]}
+                   for m, r in search.items()])
 
 
 if __name__ == "__main__":

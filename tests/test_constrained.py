@@ -164,3 +164,59 @@ def test_item_penalty_ranks_by_penalised_log_probability(base_lm):
     assert len(narrow) == 3 and best not in {h.item for h in narrow}
     for h in found + narrow:
         assert h.score == pytest.approx(exact[h.item] - penalty[h.item], abs=1e-3)
+
+
+def brute_force(backend, prompt, b, index, banned=frozenset(), penalty=None):
+    """Every allowed item scored by teacher forcing: the reference any exact search must equal."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for i, target in enumerate(index.targets):
+            if i in banned:
+                continue
+            seq = prompt + b.item_tokens(target)
+            lp = backend.model(torch.tensor([seq])).logits[0].float().log_softmax(-1)
+            out[i] = sum(lp[len(prompt) - 1 + j, t].item() for j, t in enumerate(seq[len(prompt):]))
+            out[i] -= penalty[i] if penalty else 0.0
+    return out
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(titles=titles_st, k=st.integers(1, 4), data=st.data())
+def test_exact_search_equals_brute_force(base_lm, titles, k, data):
+    """search="exact" from a width-1 start (the narrowest beam, so the certificate must do the work) returns the
+    brute-force top-k, with exclusions and a per-item penalty."""
+    backend, tok = base_lm
+    catalog, index, b, trie = build(tok, titles)
+    n = len(index.item_ids)
+    banned = data.draw(st.sets(st.integers(0, n - 1), max_size=n - 1))
+    penalty = data.draw(st.one_of(st.none(), st.lists(st.floats(0, 5), min_size=n, max_size=n)))
+    prompt = b.encode([index.item_ids[data.draw(st.integers(0, n - 1))]])
+    ref = brute_force(backend, prompt, b, index, banned, penalty)
+    stats = {}
+    found = top_items(backend, [prompt], trie, k, 1, [banned], item_penalty=penalty, search="exact", stats=stats)[0]
+    want = sorted(ref.values(), reverse=True)[:k]
+    assert [h.score for h in found] == pytest.approx(want, abs=1e-3)
+    assert all(ref[h.item] == pytest.approx(h.score, abs=1e-3) for h in found)
+
+
+def test_exact_search_certifies_what_a_narrow_beam_misses(base_lm):
+    """A width-1 beam keeps only the best first token; the exact search widens until certified."""
+    backend, tok = base_lm
+    titles = ["Heat", "Alien", "Aliens", "Alien 3", "Toy Story", "Toy Story 2", "The Matrix", "Love Actually",
+              "Star Wars", "Star Trek", "Heat (1995)", "The Thing"]
+    catalog, index, b, trie = build(tok, titles)
+    prompt = b.encode(["4", "5"])
+    ref = brute_force(backend, prompt, b, index)
+    want = sorted(ref, key=lambda i: -ref[i])[:5]
+    pruned: list[float] = []
+    narrow = beam_search(backend, [prompt], trie, 5, 1, [set()], pruned=pruned)[0]
+    stats = {}
+    exact = top_items(backend, [prompt], trie, 5, 1, [set()], search="exact", stats=stats)[0]
+    assert [h.item for h in exact] == want
+    if [h.item for h in narrow] != want:  # the beam lost one: its certificate must have said so
+        assert pruned[0] > narrow[-1].score and stats["searches"] > 1
+    with pytest.raises(Exception, match="unknown search"):
+        top_items(backend, [prompt], trie, 5, 5, [set()], search="greedy")
