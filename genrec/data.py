@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,10 +157,33 @@ class PreparedData:
     catalog: dict[str, dict]  # item_id -> {item_id, title, attrs}
     users: dict[str, dict]  # user_id -> {items, timestamps}
 
+    # Leave-one-out, owned here and nowhere else: a user's last item is the test target, the one before it the
+    # validation target, everything before that the training part.
+    HELD_OUT = {"test": 1, "valid": 2}  # a split's target: this many positions from the end of the sequence
+
     @staticmethod
     def train_items(user: dict) -> list[str]:
         """The training part of a user's sequence: everything before the valid and test targets (leave-one-out)."""
         return user["items"][:-2]
+
+    @classmethod
+    def before_target(cls, user: dict, split: str, key: str = "items") -> list:
+        """The user's `key` values (items, timestamps, ratings) before the target of `split` (valid or test)."""
+        if split not in cls.HELD_OUT:
+            raise GenrecError(f"unknown split {split!r} (valid, test)")
+        return user[key][:-cls.HELD_OUT[split]]
+
+    @classmethod
+    def target(cls, user: dict, split: str) -> str:
+        """The held-out item of `split` (valid or test)."""
+        return user["items"][-cls.HELD_OUT[split]]
+
+    def training_counts(self) -> Counter:
+        """Interactions per item in the training part of every sequence (what most-popular ranks by)."""
+        counts: Counter = Counter()
+        for user in self.users.values():
+            counts.update(self.train_items(user))
+        return counts
 
     def split(self, name: str):
         from datasets import load_from_disk
@@ -167,6 +192,16 @@ class PreparedData:
         if name not in ds:
             raise GenrecError(f"{self.path} has no split '{name}' (splits: {', '.join(ds.keys())})")
         return ds[name]
+
+
+def sample_negative(rng: random.Random, item_ids: list[str], interacted: set[str]) -> str | None:
+    """A catalog item the user never interacted with (None if there is none)."""
+    if len(interacted) >= len(item_ids):
+        return None
+    while True:
+        item = item_ids[rng.randrange(len(item_ids))]
+        if item not in interacted:
+            return item
 
 
 def load_prepared(path: str | Path) -> PreparedData:

@@ -24,7 +24,6 @@ from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .generation import Recommender, Request
 from .retriever import Retriever, parse_candidates
-from .training import train_popularity
 
 
 def rank_metrics(ranked: list[list[str]], targets: list[str], ks: list[int], catalog: set[str]) -> dict:
@@ -193,9 +192,8 @@ def split_users(data, rows, split: str, exclude_seen: bool) -> tuple[list[str], 
     """Per row of a split: the target, the user's items before it, and the items never to recommend. Earlier
     items are excluded except the target itself: a re-consumed target stays rankable (excluding it would make it a
     certain miss); such users are counted in the report."""
-    offset = 1 if split == "test" else 2  # position of the target from the end of the user's sequence
     targets = [r["target"] for r in rows]
-    hist = [data.users[r["user_id"]]["items"][:-offset] for r in rows]
+    hist = [data.before_target(data.users[r["user_id"]], split) for r in rows]
     seen = [set(h) - {t} if exclude_seen else set() for h, t in zip(hist, targets)]
     return targets, hist, seen
 
@@ -282,7 +280,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                 cases.append((top["reason"], top["item_id"], req.history[-builder.cfg.max_history:]))
         grounding = reason_grounding(cases, rec.catalog)
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
-    counts = train_popularity(data)
+    counts = data.training_counts()
     lists = {"genrec": ranked, **extra_lists}
     everyone: dict[str, list[list[str]]] = {}  # baselines ranked for every user of the split
     if "popular" in baselines:
@@ -546,9 +544,9 @@ def rating_errors(pred: list[float], truth: list[float]) -> dict:
             "MAE": sum(abs(p - t) for p, t in zip(pred, truth)) / n}
 
 
-def rating_baselines(data, user_ids: list[str], items: list[str], offset: int) -> dict[str, list[float]]:
+def rating_baselines(data, user_ids: list[str], items: list[str], split: str) -> dict[str, list[float]]:
     """Global, user and item mean ratings from the training part of each sequence (unknowns -> global mean)."""
-    train = [(i, r) for u in data.users.values() for i, r in zip(u["items"][:-2], u["ratings"][:-2])]
+    train = [(i, r) for u in data.users.values() for i, r in zip(data.train_items(u), u["ratings"])]
     glob = sum(r for _, r in train) / len(train)
     by_item: dict[str, list[float]] = {}
     for i, r in train:
@@ -558,7 +556,7 @@ def rating_baselines(data, user_ids: list[str], items: list[str], offset: int) -
         return sum(xs) / len(xs) if xs else glob
 
     return {"global_mean": [glob] * len(items),
-            "user_mean": [mean(data.users[u]["ratings"][:-offset]) for u in user_ids],
+            "user_mean": [mean(data.before_target(data.users[u], split, "ratings")) for u in user_ids],
             "item_mean": [mean(by_item.get(i, [])) for i in items]}
 
 
@@ -569,10 +567,9 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
     rating: the expected rating against the user's real rating: RMSE and MAE beside global/user/item means."""
     from tqdm.auto import tqdm
 
-    from .training import sample_negative
+    from .data import sample_negative
 
     rows = data.split(cfg.split)
-    offset = 1 if cfg.split == "test" else 2
     chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
     rng = random.Random(cfg.seed)
     requests, cands, labels = [], [], []
@@ -603,11 +600,11 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
     if task == "rating":
         results = {"genrec": rating_errors(flat_s, flat_y)}
         for name, pred in rating_baselines(data, [r.user_id for r in requests], [c[0] for c in cands],
-                                           offset).items():
+                                           cfg.split).items():
             results[name] = rating_errors(pred, flat_y)
         cols, what = ["RMSE", "MAE"], "the expected rating vs the user's rating of the held-out item"
     else:
-        counts = train_popularity(data)
+        counts = data.training_counts()
         flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
         results = {"genrec": {"AUC": auc(flat_s, flat_y), "log_loss": log_loss(flat_s, flat_y),
                               "mean_p_yes_positive": sum(p for p, y in zip(flat_s, flat_y) if y) / sum(flat_y)},
@@ -691,7 +688,7 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
     targets, hist, seen = split_users(data, rows, cfg.split, cfg.exclude_seen)
     lists, facts = {}, None
     if "popular" in cfg.baselines:
-        lists["popular"] = popular_rankings(train_popularity(data), seen, kmax)
+        lists["popular"] = popular_rankings(data.training_counts(), seen, kmax)
     if "sasrec" in cfg.baselines:
         retriever, facts = _baseline_retriever(None, data, cfg, False, log)
         (lists["sasrec"],) = _sasrec_ranked(retriever, [hist], [seen], kmax)

@@ -104,14 +104,12 @@ class Recommender:
     def use_data(self, data, log=lambda m: None) -> bool:
         """Recommend from the catalog of another prepared dataset (cross-domain transfer, zero-shot): items are
         written as titles, so a title model can name items it never saw. False when the catalog is the model's."""
-        from .training import train_popularity
-
         if set(data.catalog) == set(self.catalog):
             return False
         if self.index.style != "title":
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
                               f"from the catalog of {data.path} (only title models transfer)")
-        counts = dict(train_popularity(data).most_common())
+        counts = dict(data.training_counts().most_common())
         if self.reranker is not None:
             raise GenrecError(f"{self.dir} reranks the candidates of its own retriever: it cannot recommend from the "
                               f"catalog of {data.path}")

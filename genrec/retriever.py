@@ -41,9 +41,9 @@ class Retriever:
 
         items = sorted(data.catalog)
         number = {item: n + 1 for n, item in enumerate(items)}
-        seqs = [[number[i] for i in u["items"] if i in number] for u in data.users.values()]
-        train = [s[:-2] for s in seqs]
-        valid = [(s[:-2], s[-2]) for s in seqs if len(s) >= 3]
+        train = [[number[i] for i in data.train_items(u) if i in number] for u in data.users.values()]
+        valid = [(t, number[data.target(u, "valid")]) for t, u in zip(train, data.users.values())
+                 if len(u["items"]) >= 3 and data.target(u, "valid") in number]
         if not any(len(s) >= 2 for s in train):
             raise GenrecError(f"the retriever needs users with at least 4 interactions in {data.path}")
         model, facts = train_sasrec(train, valid, len(items), seed=seed, max_seconds=max_seconds, dropout=dropout,

@@ -11,13 +11,12 @@ import json
 import random
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from .config import PromptConfig, SFTConfig, to_dict
-from .data import PreparedData, load_prepared
+from .data import PreparedData, load_prepared, sample_negative
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .index import ItemIndex
@@ -26,14 +25,6 @@ from .prompts import RATING_LEVELS, PromptBuilder, rating_level
 from .retriever import KINDS as RETRIEVERS
 from .retriever import RETRIEVER_DIR, Retriever
 from .sequence import OBJECTIVES, make_builder
-
-
-def train_popularity(data: PreparedData) -> Counter:
-    """Interaction counts in the training part of each sequence (the last two items are valid/test)."""
-    counts: Counter = Counter()
-    for user in data.users.values():
-        counts.update(data.train_items(user))
-    return counts
 
 
 def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfig, model: str) -> str:
@@ -54,7 +45,7 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
                 f"tokens\n{builder.as_text(prompt)}{builder.as_text(builder.ident(row['target']))}")
     if builder.is_rerank:  # the real candidates come from the model's retriever; here: popular stand-ins
         row = rows[-1]
-        cands = [i for i, _ in train_popularity(data).most_common() if i not in set(row["history"])]
+        cands = [i for i, _ in data.training_counts().most_common() if i not in set(row["history"])]
         cands = training_candidates(cands, row["target"], prompt_cfg.rerank_candidates, random.Random(0))
         prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidates=cands)
         label = builder.label_ids(len(cands))[cands.index(row["target"])]
@@ -155,16 +146,6 @@ def alignment_examples(builder: PromptBuilder, catalog: dict[str, dict], n: int,
         prompt = builder.wrap("You are a recommender system.", question)
         out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
     return out
-
-
-def sample_negative(rng: random.Random, item_ids: list[str], interacted: set[str]) -> str | None:
-    """A catalog item the user never interacted with (None if there is none)."""
-    if len(interacted) >= len(item_ids):
-        return None
-    while True:
-        item = item_ids[rng.randrange(len(item_ids))]
-        if item not in interacted:
-            return item
 
 
 def task_examples(builder: PromptBuilder, row: dict, rng: random.Random,
@@ -602,7 +583,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         name = "template.j2" if n == 0 else f"template-{task}.j2"
         shutil.copyfile(b.template.path, out / name)
         tasks[task] = {**to_dict(b.cfg), "template": name}
-    write_json(out / "popularity.json", dict(train_popularity(data).most_common()))  # item -> training count
+    write_json(out / "popularity.json", dict(data.training_counts().most_common()))  # item -> training count
     merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
     if merge:
         merged = trainer.model.merge_and_unload()

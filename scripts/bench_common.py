@@ -149,10 +149,10 @@ def write_results(name: str, results: dict, rows: list[dict], out_dir: str = "ru
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     if rows:
-        cols = list(rows[0])
+        cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of several kinds: every column, "" if absent
         md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        md += ["| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-               for r in rows]
+        md += ["| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+               + " |" for r in rows]
         (out / f"{name}.md").write_text("\n".join(md) + "\n")
         print("\n".join(md))
     print(f"wrote {out / name}.json")
