@@ -12,14 +12,12 @@ between catalog ids and SASRec's item numbers (1..n in sorted id order, 0 = padd
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GenrecError
+from .files import atomic_dir
 
 RETRIEVER_DIR = "retriever"
 KINDS = ("sasrec",)
@@ -57,16 +55,10 @@ class Retriever:
         from safetensors.torch import save_file
 
         target = Path(model_dir) / RETRIEVER_DIR
-        tmp = Path(tempfile.mkdtemp(prefix=".retriever.tmp-", dir=Path(model_dir)))
-        try:
+        with atomic_dir(target, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "sasrec.safetensors"))
             (tmp / "retriever.json").write_text(json.dumps(
                 {"settings": self.settings, "facts": self.facts, "items": self.items}), encoding="utf-8")
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod
