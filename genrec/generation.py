@@ -41,7 +41,7 @@ class Request:
 class Recommender:
     """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
 
-    def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf"):
+    def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf", vllm=None):
         from .backends import BACKENDS, HFBackend, VLLMBackend
 
         if backend not in BACKENDS:
@@ -70,7 +70,7 @@ class Recommender:
                           else b.cfg.max_prompt_tokens for b in self.builders.values())
             self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,
                                        max_model_len=max(1024, longest + 192),  # prompt + item (+ reason)
-                                       lora_rank=self.card.get("sft", {}).get("lora_r", 16))
+                                       lora_rank=self.card.get("sft", {}).get("lora_r", 16), engine=vllm)
         else:
             if merged is not None:
                 model, _ = load_base(merged, dtype)
@@ -582,7 +582,7 @@ def load_for_data(cfg: GenerateConfig | RankConfig, log) -> Recommender:
     """The model of `cfg`, recommending from the catalog of `cfg.data` when that is another dataset's."""
     from .data import load_prepared
 
-    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     if cfg.data:
         rec.use_data(load_prepared(cfg.data), log)
     return rec

@@ -31,12 +31,16 @@ import uuid
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the route annotations here
 
 from .config import ServeConfig
 from .errors import GenrecError
 from .generation import Recommender, Request, to_request
+from .index import facts_line
+
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /
 
 
 class APIError(Exception):
@@ -234,9 +238,17 @@ class Service:
         res.pop("_usage", None)
         if req.trimmed:
             res["history_trimmed"] = req.trimmed  # the oldest items the prompt left out
+        for r in res["recommendations"]:
+            r["facts"] = self._facts(r["item_id"])
+        res["history"] = [{"item_id": i, "title": self.rec.catalog[i]["title"], "facts": self._facts(i)}
+                          for i in req.history]  # what the model read, oldest first (for a person to compare)
         return {"user_id": req.user_id, **res,
                 "settings": {"k": k, "exclude_seen": excl, "backend": self.rec.backend.name, "model": self.name,
                              "with_reasons": reasons}}
+
+    def _facts(self, item_id: str) -> str:
+        attrs = self.rec.catalog[item_id].get("attrs", {})
+        return facts_line(attrs, sorted(attrs))
 
     def _choice_text(self, rec: dict) -> str:
         return rec["title"] + (f"\n{rec['reason']}" if rec.get("reason") else "")
@@ -348,7 +360,7 @@ def create_app(rec: Recommender, cfg: ServeConfig):
     @app.middleware("http")
     async def _auth(request: HTTPRequest, call_next):
         """Every route but /health needs `Authorization: Bearer <key>` when a key is set (constant-time check)."""
-        if key is not None and request.url.path != "/health":
+        if key is not None and request.url.path not in ("/health", "/"):  # the page holds no data; it sends the key
             given = request.headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), key.encode()):
@@ -426,6 +438,12 @@ def create_app(rec: Recommender, cfg: ServeConfig):
     async def recommendations(request: HTTPRequest):
         return await service.recommendations(await read_body(request))
 
+    @app.get("/")
+    async def page():
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
     return app
 
 
@@ -435,7 +453,7 @@ def serve(cfg: ServeConfig, log=print) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not (cfg.api_key or os.environ.get("GENREC_API_KEY")):
         log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
             "(set --api-key or GENREC_API_KEY)")
-    rec = Recommender(cfg.model, cfg.dtype, cfg.backend)
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     app = create_app(rec, cfg)
     log(f"serving {app.state.service.name} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)

