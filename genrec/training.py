@@ -314,13 +314,26 @@ class Clock(TrainerCallback):
     def used(self) -> float:
         return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
 
+    def synced(self, args) -> float:
+        """The time used as every process sees it: the largest, so all processes take the same learning rate and
+        stop at the same step (a process that stopped alone would leave the others waiting in all-reduce)."""
+        used = self.used()
+        if args.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            t = torch.tensor([used], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            used = float(t.item())
+        return used
+
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.time()
 
     def on_step_begin(self, args, state, control, optimizer=None, **kw):
         import math
 
-        frac = min(self.used() / self.budget, 1.0)
+        frac = min(self.synced(args) / self.budget, 1.0)
         factor = 0.5 * (1 + math.cos(math.pi * frac))
         if state.global_step < self.warmup:
             factor *= (state.global_step + 1) / self.warmup
@@ -328,7 +341,7 @@ class Clock(TrainerCallback):
             g["lr"] = self.lr * factor
 
     def on_step_end(self, args, state, control, **kw):
-        if self.used() >= self.budget:
+        if self.synced(args) >= self.budget:
             control.should_training_stop = True
             control.should_save = False
 
@@ -460,8 +473,28 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
     if not 1 <= cfg.prompt.rerank_candidates <= 26 or cfg.rerank_copies < 1:
         raise GenrecError("prompt.rerank_candidates must be 1-26 and rerank_copies >= 1")
-    out = _prepare_output(cfg)
-    retriever = fit_retriever(cfg, data, out, log) if want_retriever else None
+    dtype = pick_dtype(cfg.dtype)
+    cuda = torch.cuda.is_available()
+    out = Path(cfg.output)
+    args = TRLConfig(
+        output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
+        gradient_checkpointing=cfg.activation_checkpointing, completion_only_loss=True, max_length=None,
+        report_to=list(cfg.report_to), dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
+        dataset_num_proc=None,
+    )
+    # Distributed runs (accelerate launch): the main process alone prepares the output directory and trains the
+    # retriever; the others wait, then read what it wrote. Every process builds the same examples (seeded).
+    with args.main_process_first(local=False, desc="the model directory"):
+        if args.process_index == 0:
+            out = _prepare_output(cfg)
+            retriever = fit_retriever(cfg, data, out, log) if want_retriever else None
+        else:
+            retriever = Retriever.load(out) if want_retriever else None
     tok = load_tokenizer(base)
     index = build_index(data, cfg, log)
     if index.new_tokens:
@@ -472,7 +505,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     train_rows = data.split("train")
     if len(train_rows) == 0:
         raise GenrecError(f"the training split of {cfg.data} is empty")
-    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum if cfg.max_steps > 0 else None
+    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum * args.world_size if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
     examples, skipped = [], {}
     seq = [t for t, b in builders.items() if b.objective == "sequence"]
@@ -499,7 +532,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
         if n:
             log(f"skipped {n} {task} example(s) that could not be rendered within the prompt budget")
 
-    dtype = pick_dtype(cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     init = _init_adapter(cfg, base, index)
     new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
@@ -508,7 +540,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
             raise GenrecError("item_id=semantic trains new embedding rows directly: set weight_decay=0")
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
-    cuda = torch.cuda.is_available()
     batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) if seq else None
     if batches:
         real = sum(len(e["input_ids"]) for e in examples)
@@ -516,17 +547,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
         log(f"sequence objective: {len(examples)} windows, {sum(sum(e['completion_mask']) for e in examples)} "
             f"target tokens of {real}, {len(batches)} batches of <= {cfg.max_batch_tokens} tokens "
             f"(padding {1 - real / padded:.1%})")
-    args = TRLConfig(
-        output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
-        gradient_checkpointing=cfg.activation_checkpointing, completion_only_loss=True, max_length=None,
-        report_to=list(cfg.report_to), dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,
-        dataset_num_proc=None,
-    )
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=cfg.lora_target_modules if cfg.lora_target_modules == "all-linear"
                              else [m.strip() for m in cfg.lora_target_modules.split(",")],
@@ -542,7 +562,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
                     fh.write(json.dumps({"step": state.global_step, "loss": logs["loss"],
                                          "learning_rate": lr, "seconds": time.time() - t0}) + "\n")
 
-    if not cfg.resume and loss_log.exists():
+    if not cfg.resume and loss_log.exists() and args.process_index == 0:
         loss_log.unlink()
     if init is not None:  # transfer: continue the given model's adapter (its LoRA settings apply)
         from peft import PeftModel
@@ -621,6 +641,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "train_loss": result.training_loss,
         "train_seconds": elapsed,
         "global_step": trainer.state.global_step,
+        "processes": args.world_size,  # a global batch is batch_size x grad_accum x processes examples
+        "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
     })
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
     return out
