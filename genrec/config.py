@@ -92,14 +92,14 @@ class SFTConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
     objective: str = "prefix"  # next_item: sequence (every item of a user window is a target) | prefix
-    # sequence objective: padded tokens per batch (windows grouped by length) instead of batch_size; on 2 CPU cores
+    # sequence objective and rerank task: padded tokens per batch (grouped by length) instead of batch_size; on 2 CPU cores
     # 1024 trains fastest per token (150 tokens/s, 4 GB peak RSS; 4096 runs at ~80 tokens/s and 8-14 GB)
     max_batch_tokens: int = 1024
     max_minutes: float | None = None  # stop training after this many minutes (the LR schedule follows the clock)
     report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
     init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
     # a collaborative retriever trained with the model and saved inside it (the rerank task needs one; any other
-    # task can use it through `--candidates retriever:K`): sasrec | none
+    # task can use it through `--candidates retriever:K`): sasrec | none | DIR (reuse one trained before)
     retriever: str | None = None
     retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
     rerank_copies: int = 3  # rerank task: examples per user's validation item, each with its own candidate order

@@ -63,12 +63,12 @@ class Retriever:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Retriever | None:
-        """The retriever saved in a model directory, or None when the model has none."""
+        """The retriever saved in a model directory (or the retriever folder itself), or None when there is none."""
         from safetensors.torch import load_file
 
         from .baselines import SASRec
 
-        path = Path(model_dir) / RETRIEVER_DIR
+        path = Path(model_dir) if (Path(model_dir) / "retriever.json").is_file() else Path(model_dir) / RETRIEVER_DIR
         if not (path / "retriever.json").is_file():
             return None
         try:

@@ -243,9 +243,21 @@ def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retri
 
 
 def fit_retriever(cfg: SFTConfig, data: PreparedData, out: Path, log=print) -> Retriever:
-    """The run's retriever: the one already in `out` when resuming, else trained now and saved into `out` at once
-    (a resumed run never trains it twice)."""
+    """The run's retriever: the one already in `out` when resuming; one trained before (`retriever=DIR`, a model
+    directory or its retriever/ folder, for the same catalog), copied in; else trained now. It is saved into `out`
+    at once, so a resumed run never trains it twice."""
     kind = cfg.retriever or "sasrec"
+    if kind not in RETRIEVERS:
+        src = Path(kind)
+        found = Retriever.load(src)
+        if found is None:
+            raise GenrecError(f"retriever={kind}: neither a known kind ({', '.join(RETRIEVERS)}) nor a directory "
+                              "holding a retriever")
+        if found.items != sorted(data.catalog):
+            raise GenrecError(f"retriever={kind} was trained on another catalog than {cfg.data}")
+        log(f"retriever: reusing {src}")
+        found.save(out)
+        return found
     if cfg.resume:
         found = Retriever.load(out)
         if found is not None:
@@ -467,8 +479,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError("set max_steps > 0 or num_epochs > 0")
     tasks = cfg.tasks or [cfg.prompt.task]
     want_retriever = cfg.retriever not in (None, "", "none") or "rerank" in tasks
-    if want_retriever and (cfg.retriever or "sasrec") not in RETRIEVERS + ("none",):
-        raise GenrecError(f"unknown retriever {cfg.retriever!r} ({', '.join(RETRIEVERS)}, none)")
     if "rerank" in tasks and cfg.retriever == "none":
         raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
     if not 1 <= cfg.prompt.rerank_candidates <= 26 or cfg.rerank_copies < 1:
@@ -540,11 +550,14 @@ def train(cfg: SFTConfig, log=print) -> Path:
             raise GenrecError("item_id=semantic trains new embedding rows directly: set weight_decay=0")
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
-    batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) if seq else None
+    # token-budget batches for the long examples (sequence windows, rerank lists): a fixed example count would pad
+    # to the longest and run ~2x slower per token on CPU
+    batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) \
+        if seq or "rerank" in builders else None
     if batches:
         real = sum(len(e["input_ids"]) for e in examples)
         padded = sum(len(b) * max(len(examples[i]["input_ids"]) for i in b) for b in batches)
-        log(f"sequence objective: {len(examples)} windows, {sum(sum(e['completion_mask']) for e in examples)} "
+        log(f"token batches: {len(examples)} examples, {sum(sum(e['completion_mask']) for e in examples)} "
             f"target tokens of {real}, {len(batches)} batches of <= {cfg.max_batch_tokens} tokens "
             f"(padding {1 - real / padded:.1%})")
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
