@@ -124,6 +124,22 @@ def prepare_shared(name: str, work: Path, **options) -> Path:
     return d / "data"
 
 
+def dataset_arms(work: Path, datasets: str, arms: str, known: tuple[str, ...]):
+    """(dataset name, prepared data dir, arm index, arm) for every comma-separated dataset and arm: each shared
+    dataset prepared once under work/<name>/data (bench_quality's protocol: users with >= 3 interactions, no
+    k-core), unknown arms refused before anything runs."""
+    chosen = [a for a in arms.split(",") if a]
+    for arm in chosen:
+        if arm not in known:
+            raise SystemExit(f"unknown arm {arm} ({', '.join(known)})")
+    for name in datasets.split(","):
+        data = work / name / "data"
+        if not (data / "manifest.json").is_file():
+            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
+        for n, arm in enumerate(chosen):
+            yield name, data, n, arm
+
+
 def machine() -> dict:
     import torch
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, prepare_shared, write_results  # noqa: E402
+from bench_common import dataset_arms, machine, write_results  # noqa: E402
 
 ARMS = ("rerank", "candidates", "full")
 
@@ -65,57 +65,51 @@ def main() -> None:
 
     from genrec.config import EvaluateConfig
     from genrec.files import read_json
+    from genrec.metrics import fmt_ci, fmt_diff
 
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
-    for name in args.datasets.split(","):
-        data = work / name / "data"
-        if not (data / "manifest.json").is_file():
-            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
-        for arm in (a for a in args.arms.split(",") if a):
-            if arm not in ARMS:
-                raise SystemExit(f"unknown arm {arm} ({', '.join(ARMS)})")
-            model = work / name / ("rerank" if arm == "rerank" else "next_item")
-            metrics_path = work / name / f"eval-{arm}" / "metrics.json"
-            if not metrics_path.is_file():
-                if not (model / "genrec.json").is_file():
-                    sft_wall = train_arm(arm, data, model, args)
-                    (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-                if arm != "rerank" and not (model / "retriever").is_dir():
-                    if not (work / name / "rerank" / "retriever").is_dir():
-                        raise SystemExit(f"arm {arm} borrows the rerank arm's retriever: run --arms rerank first")
-                    shutil.copytree(work / name / "rerank" / "retriever", model / "retriever")
-                from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
+    for name, data, _, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
+        model = work / name / ("rerank" if arm == "rerank" else "next_item")
+        metrics_path = work / name / f"eval-{arm}" / "metrics.json"
+        if not metrics_path.is_file():
+            if not (model / "genrec.json").is_file():
+                sft_wall = train_arm(arm, data, model, args)
+                (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
+            if arm != "rerank" and not (model / "retriever").is_dir():
+                if not (work / name / "rerank" / "retriever").is_dir():
+                    raise SystemExit(f"arm {arm} borrows the rerank arm's retriever: run --arms rerank first")
+                shutil.copytree(work / name / "rerank" / "retriever", model / "retriever")
+            from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
 
-                run_evaluation(EvaluateConfig(
-                    model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
-                    output=str(metrics_path.parent), baselines=["popular", "sasrec"],
-                    candidates=f"retriever:{args.k}" if arm == "candidates" else None))
-            ev = read_json(metrics_path)
-            card = read_json(model / "genrec.json")
-            report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
-                "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
-                "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds")}
-            report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
-                "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
-            for model_name, iv in ev["intervals"].items():
-                if arm != "rerank" and model_name in ("sasrec", "popular"):
-                    continue  # the same baselines on the same users: shown once, with the rerank arm
-                label = {"genrec": f"genrec ({arm})", "genrec x sasrec": "genrec x sasrec (rerank, w=1)"}.get(
-                    model_name, model_name)
-                d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
-                    if model_name.startswith("genrec") else None
-                rows.append({
-                    "dataset": name, "model": label, "users": ev["users_evaluated"],
-                    "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, {iv['NDCG@10']['hi']:.4f}]",
-                    "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
-                    "genrec - sasrec (NDCG@10)": "" if d is None else f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]",
-                    "users/s": ev["genrec_users_per_second"] if model_name == "genrec" else "",
-                    "CPU-min (train)": round(card["train_seconds"] / 60, 1) if model_name.startswith("genrec") else
-                    (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" else ""),
-                })
-            write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
+            run_evaluation(EvaluateConfig(
+                model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
+                output=str(metrics_path.parent), baselines=["popular", "sasrec"],
+                candidates=f"retriever:{args.k}" if arm == "candidates" else None))
+        ev = read_json(metrics_path)
+        card = read_json(model / "genrec.json")
+        report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
+            "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
+            "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds")}
+        report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
+            "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
+        for model_name, iv in ev["intervals"].items():
+            if arm != "rerank" and model_name in ("sasrec", "popular"):
+                continue  # the same baselines on the same users: shown once, with the rerank arm
+            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": "genrec x sasrec (rerank, w=1)"}.get(
+                model_name, model_name)
+            d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
+                if model_name.startswith("genrec") else None
+            rows.append({
+                "dataset": name, "model": label, "users": ev["users_evaluated"],
+                "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
+                "genrec - sasrec (NDCG@10)": "" if d is None else fmt_diff(d),
+                "users/s": ev["genrec_users_per_second"] if model_name == "genrec" else "",
+                "CPU-min (train)": round(card["train_seconds"] / 60, 1) if model_name.startswith("genrec") else
+                (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" else ""),
+            })
+        write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
 
 
 if __name__ == "__main__":

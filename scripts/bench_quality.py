@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, prepare_shared, write_results  # noqa: E402
+from bench_common import dataset_arms, machine, write_results  # noqa: E402
 
 ARMS = ("sequence", "prefix")
 
@@ -43,60 +43,51 @@ def main() -> None:
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
     from genrec.files import read_json
+    from genrec.metrics import fmt_ci, fmt_diff
     from genrec.training import train
 
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
-    for name in args.datasets.split(","):
-        data = work / name / "data"
-        if not (data / "manifest.json").is_file():
-            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
-        for n, arm in enumerate(a for a in args.arms.split(",") if a):
-            if arm not in ARMS:
-                raise SystemExit(f"unknown arm {arm} ({', '.join(ARMS)})")
-            model, metrics_path = work / name / arm, work / name / arm / "eval-test" / "metrics.json"
-            if not metrics_path.is_file():
-                facts = [f for f in args.facts.split(",") if f]
-                prompt = PromptConfig(max_history=args.history, item_facts=facts) if arm == "sequence" else \
-                    PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)
-                t0 = time.time()
-                train(SFTConfig(data=str(data), output=str(model), objective=arm, prompt=prompt, max_steps=0,
-                                num_epochs=3, max_minutes=args.minutes, save_steps=50, overwrite=True))
-                sft_wall = time.time() - t0
-                ev = run_evaluation(EvaluateConfig(
-                    model=str(model), max_users=args.users, ks=[1, 5, 10],
-                    baselines=["popular", "sasrec"] if n == 0 else [], sasrec_seconds=args.sasrec_seconds))
-                ev["sft_wall_seconds"] = sft_wall
-                metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
-            ev = read_json(metrics_path)
-            card = read_json(model / "genrec.json")
-            report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
-                "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
-                "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}
-            report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
-                "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
-                "stopped_by_clock", "train_loss")}
-            for model_name, iv in ev["intervals"].items():
-                label = f"genrec ({arm})" if model_name == "genrec" else model_name
-                diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
-                rows.append({
-                    "dataset": name, "model": label, "users": ev["users_evaluated"],
-                    "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, {iv['NDCG@10']['hi']:.4f}]",
-                    "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
-                    "genrec - this (NDCG@10)": "" if diff is None else
-                    f"{diff['diff']:+.4f} [{diff['lo']:+.4f}, {diff['hi']:+.4f}]",
-                    "CPU-minutes (train)": round(card["train_seconds"] / 60, 1) if model_name == "genrec" else
-                    (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" and ev.get("sasrec") else ""),
-                })
-            for model_name, a in (ev.get("baselines_all_users") or {}).items():
-                iv = a["intervals"]
-                rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
-                             "NDCG@10": f"{iv['NDCG@10']['mean']:.4f} [{iv['NDCG@10']['lo']:.4f}, "
-                             f"{iv['NDCG@10']['hi']:.4f}]",
-                             "HR@10": f"{iv['HR@10']['mean']:.4f} [{iv['HR@10']['lo']:.4f}, {iv['HR@10']['hi']:.4f}]",
-                             "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
-            write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
+    for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
+        model, metrics_path = work / name / arm, work / name / arm / "eval-test" / "metrics.json"
+        if not metrics_path.is_file():
+            facts = [f for f in args.facts.split(",") if f]
+            prompt = PromptConfig(max_history=args.history, item_facts=facts) if arm == "sequence" else \
+                PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)
+            t0 = time.time()
+            train(SFTConfig(data=str(data), output=str(model), objective=arm, prompt=prompt, max_steps=0,
+                            num_epochs=3, max_minutes=args.minutes, save_steps=50, overwrite=True))
+            sft_wall = time.time() - t0
+            ev = run_evaluation(EvaluateConfig(
+                model=str(model), max_users=args.users, ks=[1, 5, 10],
+                baselines=["popular", "sasrec"] if n == 0 else [], sasrec_seconds=args.sasrec_seconds))
+            ev["sft_wall_seconds"] = sft_wall
+            metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
+        ev = read_json(metrics_path)
+        card = read_json(model / "genrec.json")
+        report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
+            "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
+            "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}
+        report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
+            "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
+            "stopped_by_clock", "train_loss")}
+        for model_name, iv in ev["intervals"].items():
+            label = f"genrec ({arm})" if model_name == "genrec" else model_name
+            diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
+            rows.append({
+                "dataset": name, "model": label, "users": ev["users_evaluated"],
+                "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
+                "genrec - this (NDCG@10)": "" if diff is None else fmt_diff(diff),
+                "CPU-minutes (train)": round(card["train_seconds"] / 60, 1) if model_name == "genrec" else
+                (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" and ev.get("sasrec") else ""),
+            })
+        for model_name, a in (ev.get("baselines_all_users") or {}).items():
+            iv = a["intervals"]
+            rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
+                         "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
+                         "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
+        write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
 
 
 if __name__ == "__main__":
