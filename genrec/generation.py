@@ -256,41 +256,56 @@ class Recommender:
         seen = [(r.seen | set(r.history)) if exclude_seen else set() for r in requests]
         return self.retriever.top([r.history for r in requests], seen, n)
 
-    def rerank(self, requests: list[Request], k: int, exclude_seen: bool = True,
-               weights: tuple[float, ...] = (0.0,)) -> list[list[dict]]:
-        """Rerank model: the retriever proposes its top K, the LLM reads history + candidates once and scores each
-        candidate by the softmax over the K label tokens' logits (a verbalizer). One result list per weight w:
-        the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM alone), then the
-        retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
+    def label_scores(self, requests: list[Request], candidates: list[list[str]],
+                     prompt_tokens: list[int] | None = None) -> list[list[float]]:
+        """Rerank model: per request, the log-softmax over its candidates' label tokens (A, B, ...) at the answer
+        position, from one forward pass over history + candidates (a verbalizer; never sampled text).
+        `prompt_tokens`, when given, gets each request's prompt length (0 without candidates)."""
         import torch
 
         builder = self.reranker
         if builder is None:
             raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
-        K = builder.cfg.rerank_candidates
-        pools = self._retrieved(requests, max(k, K), exclude_seen)
-        rows = [j for j, p in enumerate(pools) if p]
-        row_of = {j: r for r, j in enumerate(rows)}
+        rows = [j for j, c in enumerate(candidates) if c]
         prompts = [builder.encode(requests[j].history, requests[j].history_ts, requests[j].context,
-                                  history_ratings=requests[j].ratings, candidates=[i for i, _ in pools[j][:K]])
-                   for j in rows]
-        llm = self.backend.start(prompts, [builder.label_ids(len(pools[j][:K])) for j in rows]).logp.float() \
-            if rows else None
+                                  history_ratings=requests[j].ratings, candidates=candidates[j]) for j in rows]
+        out: list[list[float]] = [[] for _ in requests]
+        if rows:
+            logp = self.backend.start(prompts, [builder.label_ids(len(candidates[j])) for j in rows]).logp.float()
+            for r, j in enumerate(rows):
+                out[j] = torch.log_softmax(logp[r, :len(candidates[j])], -1).tolist()
+        if prompt_tokens is not None:
+            lengths = dict(zip(rows, map(len, prompts)))
+            prompt_tokens[:] = [lengths.get(j, 0) for j in range(len(requests))]
+        return out
+
+    def rerank(self, requests: list[Request], k: int, exclude_seen: bool = True,
+               weights: tuple[float, ...] = (0.0,)) -> list[list[dict]]:
+        """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
+        per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
+        alone), then the retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
+        import torch
+
+        if self.reranker is None:
+            raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
+        K = self.reranker.cfg.rerank_candidates
+        pools = self._retrieved(requests, max(k, K), exclude_seen)
+        heads = [p[:K] for p in pools]
+        tokens: list[int] = []
+        llm = self.label_scores(requests, [[i for i, _ in h] for h in heads], tokens)
         out: list[list[dict]] = [[] for _ in weights]
         for w_n, w in enumerate(weights):
-            for j, pool in enumerate(pools):
+            for j, (pool, head) in enumerate(zip(pools, heads)):
                 recs: list[dict] = []
-                if pool:
-                    r = row_of[j]
-                    head = pool[:K]
-                    lp = torch.log_softmax(llm[r, :len(head)], -1)
+                if head:
+                    lp = torch.tensor(llm[j])
                     fused = lp + w * torch.log_softmax(torch.tensor([s for _, s in head]), -1) if w else lp
                     order = sorted(range(len(head)), key=lambda c: (-float(fused[c]), c))
                     recs = [{"item_id": head[c][0], "title": self.catalog[head[c][0]]["title"], "rank": n,
                              "score": round(float(fused[c]), 5)} for n, c in enumerate(order[:k], start=1)]
                     recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + n, "score": None}
                              for n, (i, _) in enumerate(pool[K:k], start=1)]
-                out[w_n].append({"recommendations": recs, "_prompt_tokens": len(prompts[row_of[j]]) if pool else 0})
+                out[w_n].append({"recommendations": recs, "_prompt_tokens": tokens[j]})
         return out
 
     def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
@@ -594,7 +609,13 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     rows = read_users_file(cfg.candidates)
     rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
-    score, key = (rec.preference, "p_yes") if "preference" in rec.builders else (rec.rate, "expected_rating")
+    if rec.reranker is not None:  # the line's candidates under labels, one forward pass: P(label)
+        score, key = (lambda reqs, cands: [[math.exp(x) for x in xs] for xs in rec.label_scores(reqs, cands)],
+                      "p_label")
+    elif "preference" in rec.builders:
+        score, key = rec.preference, "p_yes"
+    else:
+        score, key = rec.rate, "expected_rating"
     todo, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         where = f"candidates file line {n}"
@@ -606,6 +627,8 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
             unknown = [c for c in cands if c not in rec.catalog]
             if unknown:
                 raise GenrecError(f"{where}: unknown candidate item id {unknown[0]!r}")
+            if rec.reranker is not None and len(cands) > 26:
+                raise GenrecError(f"{where}: a rerank model labels at most 26 candidates, got {len(cands)}")
             todo.append((n, obj, to_request(obj, users, rec.catalog, where), cands))
         except GenrecError as exc:
             if cfg.strict:

@@ -189,3 +189,26 @@ def test_rerank_evaluation_reports_the_retriever_and_its_recall(rerank_model, tm
     hits = sum(x["target"] in x["recommended"][:k] for x in recs) / len(recs)
     assert hits == pytest.approx(r["retriever_recall"]["llm_users"])
     assert "genrec x sasrec - sasrec" in r["paired_differences"]
+
+
+def test_rank_and_prompts_show_with_a_rerank_model(rerank_model, reranker, tiny_data, tmp_path):
+    """`genrec rank` orders a line's own candidates by P(label); `prompts show --task rerank` shows the labelled
+    list and the answer label."""
+    from genrec.data import load_prepared
+
+    data = load_prepared(tiny_data)
+    uid = sorted(data.users)[1]
+    cands = [i for i in reranker.index.item_ids if i not in set(data.users[uid]["items"])][:5]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"user_id": uid, "candidates": cands}) + "\n")
+    p = subprocess.run([sys.executable, "-m", "genrec.cli", "rank", "--model", str(rerank_model), "--candidates",
+                        str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    ranked = json.loads((tmp_path / "r.jsonl").read_text())["ranked"]
+    assert sorted(r["item_id"] for r in ranked) == sorted(cands)
+    probs = [r["p_label"] for r in ranked]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-4)
+    p = subprocess.run([sys.executable, "-m", "genrec.cli", "prompts", "show", "--data", str(tiny_data), "--user", uid,
+                        "--task", "rerank"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-800:]
+    assert "Candidates:\nA. " in p.stdout and "Answer with its letter" in p.stdout
