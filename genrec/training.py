@@ -395,6 +395,45 @@ def token_batch_trainer(base):
     return TokenBatchTrainer
 
 
+def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, PromptBuilder],
+                      retriever: Retriever | None, processes: int = 1, log=print) -> tuple[list[dict], int]:
+    """Every task's tokenized examples in one seeded shuffle: all sequence windows (they are few), then an equal
+    share per other task (rerank lists from the retriever, prefix rows otherwise), plus alignment examples; and
+    how many rows could not be rendered within the prompt budget (skipped)."""
+    builder = next(iter(builders.values()))  # the main task
+    index = builder.index
+    train_rows = data.split("train")
+    if len(train_rows) == 0:
+        raise GenrecError(f"the training split of {cfg.data} is empty")
+    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum * processes if cfg.max_steps > 0 else None
+    limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
+    examples, skipped = [], {}
+    seq = [t for t, b in builders.items() if b.objective == "sequence"]
+    if seq:  # the sequence objective: all windows (they are few); other tasks get as many examples each
+        examples = sequence_examples(builders[seq[0]], data, cfg.seed)[:cfg.max_train_examples]
+        skipped[seq[0]] = 0
+        limit = len(examples) * len(builders)
+    for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
+        if task in seq:
+            continue
+        if b.is_rerank:
+            ex, skipped[task] = rerank_examples(b, data, retriever, -(-limit // len(builders)), cfg.seed + n,
+                                                cfg.rerank_copies)
+        else:
+            ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
+        if not ex:
+            raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
+                              "max_prompt_tokens)")
+        examples += ex
+    if cfg.align_examples > 0 and index.style != "title":
+        examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
+    random.Random(cfg.seed).shuffle(examples)
+    for task, n in skipped.items():
+        if n:
+            log(f"skipped {n} {task} example(s) that could not be rendered within the prompt budget")
+    return examples, sum(skipped.values())
+
+
 def last_checkpoint(out: Path) -> Path | None:
     """Newest checkpoint that was saved completely (a kill during a save leaves one without trainer_state.json)."""
     done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
@@ -462,6 +501,33 @@ def _plot_loss(log_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+def write_artefacts(out: Path, model, tok, index: ItemIndex, data: PreparedData, builders: dict[str, PromptBuilder],
+                    merge: bool) -> dict[str, dict]:
+    """Everything of a model directory but its card: adapter, tokenizer, item index, catalog, one template per
+    task, training counts, the merged model if asked, the loss plot. Returns the card's per-task prompt settings."""
+    model.save_pretrained(str(out), save_embedding_layers=False)  # new code rows: CodeRows.save
+    tok.save_pretrained(str(out))
+    index.save(out / "item_index.json")
+    write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
+    tasks = {}
+    for n, (task, b) in enumerate(builders.items()):
+        name = "template.j2" if n == 0 else f"template-{task}.j2"
+        shutil.copyfile(b.template.path, out / name)
+        tasks[task] = {**to_dict(b.cfg), "template": name}
+    write_json(out / "popularity.json", dict(data.training_counts().most_common()))  # item -> training count
+    if merge:
+        merged = model.merge_and_unload()
+        tmp = out / ".merged.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(out / "merged", ignore_errors=True)
+        tmp.rename(out / "merged")
+    if (out / "loss.jsonl").exists():
+        _plot_loss(out / "loss.jsonl", out / "loss.png")
+    return tasks
+
+
 def train(cfg: SFTConfig, log=print) -> Path:
     """Fine-tune and write a self-contained model directory; `genrec.json` is written last (= complete)."""
     import torch
@@ -512,35 +578,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
     builders = task_builders(tok, cfg, data.catalog, index)
     builder = next(iter(builders.values()))  # the main task
 
-    train_rows = data.split("train")
-    if len(train_rows) == 0:
-        raise GenrecError(f"the training split of {cfg.data} is empty")
-    needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum * args.world_size if cfg.max_steps > 0 else None
-    limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
-    examples, skipped = [], {}
+    examples, skipped = training_examples(cfg, data, builders, retriever, args.world_size, log)
     seq = [t for t, b in builders.items() if b.objective == "sequence"]
-    if seq:  # the sequence objective: all windows (they are few); other tasks get as many examples each
-        examples = sequence_examples(builders[seq[0]], data, cfg.seed)[:cfg.max_train_examples]
-        skipped[seq[0]] = 0
-        limit = len(examples) * len(builders)
-    for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
-        if task in seq:
-            continue
-        if b.is_rerank:
-            ex, skipped[task] = rerank_examples(b, data, retriever, -(-limit // len(builders)), cfg.seed + n,
-                                                cfg.rerank_copies)
-        else:
-            ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
-        if not ex:
-            raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
-                              "max_prompt_tokens)")
-        examples += ex
-    if cfg.align_examples > 0 and index.style != "title":
-        examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
-    random.Random(cfg.seed).shuffle(examples)
-    for task, n in skipped.items():
-        if n:
-            log(f"skipped {n} {task} example(s) that could not be rendered within the prompt budget")
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     init = _init_adapter(cfg, base, index)
@@ -605,29 +644,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
     if not trainer.is_world_process_zero():
         return out
 
-    # Final artefacts: adapter + tokenizer + item index + catalog + template, then the card last.
-    trainer.model.save_pretrained(str(out), save_embedding_layers=False)  # code rows: code_rows.save
     code_rows.save(out)
-    tok.save_pretrained(str(out))
-    index.save(out / "item_index.json")
-    write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
-    tasks = {}
-    for n, (task, b) in enumerate(builders.items()):
-        name = "template.j2" if n == 0 else f"template-{task}.j2"
-        shutil.copyfile(b.template.path, out / name)
-        tasks[task] = {**to_dict(b.cfg), "template": name}
-    write_json(out / "popularity.json", dict(data.training_counts().most_common()))  # item -> training count
     merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
-    if merge:
-        merged = trainer.model.merge_and_unload()
-        tmp = out / ".merged.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(out / "merged", ignore_errors=True)
-        tmp.rename(out / "merged")
-    if loss_log.exists():
-        _plot_loss(loss_log, out / "loss.png")
+    tasks = write_artefacts(out, trainer.model, tok, index, data, builders, merge)
     write_json(out / MODEL_CARD, {
         "genrec_model": 1,
         "base_model": "default" if cfg.model in ("default", None, "") else str(base.resolve()),
@@ -650,7 +669,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         "train_targets": sum(_targets(e, builder) for e in examples),  # supervised items in the example set
         "tokens_seen": next((float(r["num_tokens"]) for r in reversed(trainer.state.log_history) if "num_tokens" in r),
                             None),
-        "skipped_examples": sum(skipped.values()),
+        "skipped_examples": skipped,
         "train_loss": result.training_loss,
         "train_seconds": elapsed,
         "global_step": trainer.state.global_step,
