@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from .config import EvaluateConfig, GenerateConfig, RankConfig, ServeConfig
 from .errors import GenrecError
 
 
@@ -33,11 +34,58 @@ def friendly(fn):
     return wrapper
 
 
-# options shared by the commands that load a model
-backend_option = click.option("--backend", type=click.Choice(["hf", "vllm"]), help="Generation backend [hf].")
-batch_option = click.option("--batch-size", type=int, help="Users per batch [8].")
-data_option = click.option("--data", "data_dir", help="Prepared data for user_id lookup (default: the model's "
-                           "training data; another dataset's: items from its catalog, title models only).")
+# Options of config fields, derived from the config dataclasses: the flag from the field name, the type from its
+# annotation (booleans as --x/--no-x pairs), the default shown from its default; the help of a field shared by
+# several commands is written once, here.
+HELP = {
+    "model": "Model directory written by `genrec sft`.",
+    "data": "Prepared data for user_id lookup (default: the model's training data; another dataset's: items from "
+            "its catalog, title models only).",
+    "k": "Recommendations per user.",
+    "beam_width": "Beam width (>= k) [max(k, 10)].",
+    "search": "beam: beam search of --beam-width; exact: the certified top-K (searched again, wider, until no "
+              "pruned prefix could beat the K-th).",
+    "batch_size": "Users per batch.",
+    "backend": "Generation backend.",
+    "exclude_seen": "Never recommend items in the history.",
+    "with_reasons": "Add a short reason after each item (reason models).",
+    "popularity_penalty": "Down-weight popular items: rank by log p - this * log(1 + training count) (0 = off).",
+    "candidates": "retriever:K: search only the model's retriever's top K items (then its order); needs a model "
+                  "trained with retriever=sasrec.",
+    "strict": "Bad lines are errors instead of skipped.",
+}
+CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"]}
+
+
+def config_options(cls, *fields: str, help: dict | None = None, flags: dict | None = None):
+    """Click options for the named fields of config dataclass `cls`; the command gets them as keyword arguments
+    named like the fields (None when not given, so the YAML file and the defaults apply)."""
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+
+    def decorate(fn):
+        for name in reversed(fields):
+            tp = hints[name]
+            if typing.get_origin(tp) in (typing.Union, types.UnionType):
+                tp = next(a for a in typing.get_args(tp) if a is not type(None))
+            text = (help or {}).get(name) or HELP[name]
+            default = defaults.get(name)
+            if default is not None and default is not dataclasses.MISSING and default != "" and "[" not in text:
+                text += f" [{'on' if default is True else 'off' if default is False else default}]"
+            flag = (flags or {}).get(name) or "--" + name.replace("_", "-")
+            if tp is bool:
+                decl = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
+                fn = click.option(decl, name, default=None, help=text)(fn)
+            else:
+                kind = click.Choice(CHOICES[name]) if name in CHOICES else tp if tp in (int, float) else None
+                fn = click.option(*flag.split(","), name, type=kind, help=text)(fn)
+        return fn
+
+    return decorate
 
 
 def _overrides(**kwargs) -> dict:
@@ -175,40 +223,22 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
 # ------------------------------------------------------------------------------------------------ generate
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with GenerateConfig keys.")
-@click.option("--model", help="Model directory written by `genrec sft`.")
-@click.option("--users", help="Users file: JSONL (or CSV) with user_id and/or history, optional context, request.")
-@click.option("--out", help="Output JSONL.")
-@data_option
-@click.option("--k", type=int, help="Recommendations per user [10].")
-@click.option("--beam-width", type=int, help="Beam width (>= k) [max(k, 10)].")
-@click.option("--search", type=click.Choice(["beam", "exact"]), help="beam: beam search of --beam-width [beam]; "
-              "exact: the certified top-K (searched again, wider, until no pruned prefix could beat the K-th).")
-@batch_option
-@backend_option
-@click.option("--exclude-seen/--include-seen", default=None, help="Never recommend items in the history [on].")
-@click.option("--with-reasons/--no-reasons", default=None, help="Add a short reason after each item.")
-@click.option("--popularity-penalty", type=float,
-              help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
-@click.option("--strict/--no-strict", default=None, help="Unknown users/items are errors instead of skipped.")
-@click.option("--resume/--no-resume", default=None, help="Keep users already in --out and generate the rest.")
-@click.option("--candidates", help="retriever:K: search only the model's retriever's top K items (then its order); "
-                                  "needs a model trained with retriever=sasrec.")
-@click.option("--shard", help="I/N: only this process's 1/N of the users file (lines n with (n-1) %% N == I); join the "
-                              "N outputs with `genrec merge-shards`.")
+@config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "batch_size", "backend",
+                "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "candidates", "shard",
+                help={"users": "Users file: JSONL (or CSV) with user_id and/or history, optional context, request.",
+                      "out": "Output JSONL.", "strict": "Unknown users/items are errors instead of skipped.",
+                      "resume": "Keep users already in --out and generate the rest.",
+                      "shard": "I/N: only this process's 1/N of the users file (lines n with (n-1) % N == I); join "
+                               "the N outputs with `genrec merge-shards`."},
+                flags={"exclude_seen": "--exclude-seen/--include-seen", "with_reasons": "--with-reasons/--no-reasons"})
 @click.argument("overrides", nargs=-1)
 @friendly
-def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size, backend, exclude_seen,
-             with_reasons, popularity_penalty, strict, resume, candidates, search, shard, overrides) -> None:
+def generate(config_path, overrides, **opts) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
-    from .config import GenerateConfig, load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .generation import generate_file
 
-    cfg = load_config(GenerateConfig, config_path, {
-        **parse_overrides(overrides),
-        **_overrides(model=model, users=users, out=out, data=data_dir, k=k, beam_width=beam_width,
-                     batch_size=batch_size, backend=backend, exclude_seen=exclude_seen, with_reasons=with_reasons,
-                     popularity_penalty=popularity_penalty, strict=strict, resume=resume, shard=shard,
-                     candidates=candidates, search=search)})
+    cfg = load_config(GenerateConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.users:
         raise GenrecError("--users FILE is required")
     summary = generate_file(cfg)
@@ -218,25 +248,19 @@ def generate(config_path, model, users, out, data_dir, k, beam_width, batch_size
 # ------------------------------------------------------------------------------------------------ rank
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with RankConfig keys.")
-@click.option("--model", help="Preference or rating model (`genrec sft --task preference` or `rating`).")
-@click.option("--candidates", help="JSONL: user_id and/or history, and candidates (a list of item ids) per line.")
-@click.option("--out", help="Output JSONL: each line's candidates ranked by P(yes).")
-@data_option
-@batch_option
-@backend_option
-@click.option("--strict/--no-strict", default=None, help="Bad lines are errors instead of skipped.")
+@config_options(RankConfig, "model", "candidates", "out", "data", "batch_size", "backend", "strict",
+                help={"model": "Preference, rating or rerank model (`genrec sft --task preference|rating|rerank`).",
+                      "candidates": "JSONL: user_id and/or history, and candidates (a list of item ids) per line.",
+                      "out": "Output JSONL: each line's candidates ranked (P(yes), expected rating or P(label))."})
 @click.argument("overrides", nargs=-1)
 @friendly
-def rank(config_path, model, candidates, out, data_dir, batch_size, backend, strict, overrides) -> None:
-    """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits (or by the expected
-    rating of a rating model)."""
-    from .config import RankConfig, load_config, parse_overrides
+def rank(config_path, overrides, **opts) -> None:
+    """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits, the expected rating of a
+    rating model, or a rerank model's P(label) over the candidates shown together."""
+    from .config import load_config, parse_overrides
     from .generation import rank_file
 
-    cfg = load_config(RankConfig, config_path, {
-        **parse_overrides(overrides),
-        **_overrides(model=model, candidates=candidates, out=out, data=data_dir, batch_size=batch_size,
-                     backend=backend, strict=strict)})
+    cfg = load_config(RankConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.candidates:
         raise GenrecError("--candidates FILE is required")
     click.echo(json.dumps(rank_file(cfg)), err=True)
@@ -249,22 +273,20 @@ def rank(config_path, model, candidates, out, data_dir, batch_size, backend, str
 @click.option("--request", "request_text", help="A natural-language request (request models).")
 @click.option("--k", type=int, default=10, show_default=True, help="How many items.")
 @click.option("--with-reasons/--no-reasons", default=False, help="A short reason after each item (reason models).")
-@data_option
-@backend_option
+@config_options(GenerateConfig, "data", "backend")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON line `generate` writes instead of a table.")
 @friendly
-def recommend(model, user_id, history, request_text, k, with_reasons, data_dir, backend, as_json) -> None:
+def recommend(model, user_id, history, request_text, k, with_reasons, data, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
-    from .config import GenerateConfig
     from .generation import load_for_data, output_settings, to_request
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}
     if not obj:
         raise GenrecError("give --user, --history or --request")
-    cfg = GenerateConfig(model=model, data=data_dir, backend=backend or "hf", k=k, with_reasons=with_reasons)
+    cfg = GenerateConfig(model=model, data=data, backend=backend or "hf", k=k, with_reasons=with_reasons)
     rec = load_for_data(cfg, log=lambda m: click.echo(m, err=True))
-    users = rec.known_users(data_dir) if user_id and not history else None
+    users = rec.known_users(data) if user_id and not history else None
     req = to_request(obj, users, rec.catalog, "recommend")
     res = rec.recommend([req], k, None, cfg.exclude_seen, with_reasons)[0]
     if as_json:
@@ -300,44 +322,32 @@ def merge_shards_cmd(parts, out) -> None:
 # ------------------------------------------------------------------------------------------------ evaluate
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")
-@click.option("--model", help="Model directory written by `genrec sft`.")
-@click.option("--data", "data_dir", help="Prepared data (default: the model's training data; another dataset's: "
-                                        "zero-shot transfer to its catalog, title models only).")
-@click.option("--split", type=click.Choice(["valid", "test"]), help="Split to evaluate [test].")
-@click.option("--task", help="Task of a multi-task model to measure [its main task]: next_item, request "
-                             "(cold-start users), preference (AUC), rating (RMSE/MAE).")
-@click.option("--k", "ks", help="Comma-separated cutoffs [1,5,10,20].")
-@click.option("--max-users", type=int, help="Evaluate N users drawn at random with --seed (the same N users on every run and "
-                                                "model) [all].")
-@backend_option
-@batch_option
-@click.option("--baselines", help="Comma-separated: popular,sasrec (or 'none').")
-@click.option("--perturb", help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).")
-@click.option("--popularity-penalty", type=float,
-              help="Down-weight popular items: rank by log p - this * log(1 + training count) [0 = off].")
-@click.option("--with-reasons/--no-reasons", default=None,
-              help="Reason models: measure how often reasons name non-catalog titles or unsupported attributes.")
-@click.option("--candidates", help="retriever:K: search only the model's retriever's top K items (then its order); "
-                                  "needs a model trained with retriever=sasrec.")
-@click.option("--search", type=click.Choice(["beam", "exact"]), help="beam: beam search of --beam-width [beam]; "
-              "exact: the certified top-K (searched again, wider, until no pruned prefix could beat the K-th).")
-@click.option("--output", "-o", help="Report directory [<model>/eval-<split>].")
+@config_options(EvaluateConfig, "model", "data", "split", "task", "ks", "max_users", "backend", "batch_size",
+                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "search", "output",
+                help={"data": "Prepared data (default: the model's training data; another dataset's: zero-shot "
+                              "transfer to its catalog, title models only).",
+                      "split": "Split to evaluate.",
+                      "task": "Task of a multi-task model to measure [its main task]: next_item, request (cold-start "
+                              "users), preference (AUC), rating (RMSE/MAE), rerank.",
+                      "ks": "Comma-separated cutoffs [1,5,10,20].",
+                      "max_users": "Evaluate N users drawn at random with --seed (the same N users on every run and "
+                                   "model) [all].",
+                      "baselines": "Comma-separated: popular,sasrec (or 'none') [popular,sasrec].",
+                      "perturb": "Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).",
+                      "with_reasons": "Reason models: measure how often reasons name non-catalog titles or "
+                                      "unsupported attributes.",
+                      "output": "Report directory [<model>/eval-<split>]."},
+                flags={"ks": "--k", "output": "--output,-o", "with_reasons": "--with-reasons/--no-reasons"})
 @click.argument("overrides", nargs=-1)
 @friendly
-def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, batch_size, baselines, perturb,
-             popularity_penalty, with_reasons, candidates, search, output, overrides) -> None:
+def evaluate(config_path, overrides, **opts) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
-    from .config import EvaluateConfig, load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .evaluation import run_evaluation
 
-    if baselines == "none":
-        baselines = []
-    cfg = load_config(EvaluateConfig, config_path, {
-        **parse_overrides(overrides),
-        **_overrides(model=model, data=data_dir, split=split, task=task, ks=ks, max_users=max_users, backend=backend,
-                     batch_size=batch_size, baselines=baselines, perturb=perturb,
-                     popularity_penalty=popularity_penalty, with_reasons=with_reasons, output=output,
-                     candidates=candidates, search=search)})
+    if opts.get("baselines") == "none":
+        opts["baselines"] = []
+    cfg = load_config(EvaluateConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     report = run_evaluation(cfg)
     click.echo(report["markdown"])
     if report.get("intervals_markdown"):
@@ -351,27 +361,24 @@ def evaluate(config_path, model, data_dir, split, task, ks, max_users, backend, 
 # ------------------------------------------------------------------------------------------------ serve
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with ServeConfig keys.")
-@click.option("--model", help="Model directory written by `genrec sft`.")
-@click.option("--host", help="Address to bind [127.0.0.1].")
-@click.option("--port", type=int, help="Port [8000].")
-@backend_option
-@click.option("--served-model-name", help="Model name clients send [the model directory's name].")
-@click.option("--api-key", help="Require `Authorization: Bearer KEY` on every route but /health [$GENREC_API_KEY].")
+@config_options(ServeConfig, "model", "host", "port", "backend", "served_model_name", "api_key",
+                help={"host": "Address to bind.", "port": "Port.",
+                      "served_model_name": "Model name clients send [the model directory's name].",
+                      "api_key": "Require `Authorization: Bearer KEY` on every route but /health and the page "
+                                 "[$GENREC_API_KEY]."})
 @click.argument("overrides", nargs=-1)
 @friendly
-def serve(config_path, model, host, port, backend, served_model_name, api_key, overrides) -> None:
-    """OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /v1/recommendations.
+def serve(config_path, overrides, **opts) -> None:
+    """OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /v1/recommendations, and a page
+    at / to try the model.
 
     Completions name only catalog items (constrained search); extra KEY=VALUE arguments set limits, e.g.
     max_history=100 timeout_s=60 max_body_bytes=65536 max_queue=64.
     """
-    from .config import ServeConfig, load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .serving import serve as run_server
 
-    cfg = load_config(ServeConfig, config_path, {
-        **parse_overrides(overrides),
-        **_overrides(model=model, host=host, port=port, backend=backend, served_model_name=served_model_name,
-                     api_key=api_key)})
+    cfg = load_config(ServeConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     run_server(cfg, log=lambda m: click.echo(m, err=True))
 
 
