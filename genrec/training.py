@@ -242,28 +242,35 @@ def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retri
     return out, skipped
 
 
-def fit_retriever(cfg: SFTConfig, data: PreparedData, out: Path, log=print) -> Retriever:
-    """The run's retriever: the one already in `out` when resuming; one trained before (`retriever=DIR`, a model
-    directory or its retriever/ folder, for the same catalog), copied in; else trained now. It is saved into `out`
-    at once, so a resumed run never trains it twice."""
+def given_retriever(cfg: SFTConfig, data: PreparedData) -> Retriever | None:
+    """`retriever=DIR`: the retriever trained before (a model directory or its retriever/ folder), checked to be for
+    this catalog; None when the run trains its own (retriever=sasrec)."""
     kind = cfg.retriever or "sasrec"
-    if kind not in RETRIEVERS:
-        src = Path(kind)
-        found = Retriever.load(src)
-        if found is None:
-            raise GenrecError(f"retriever={kind}: neither a known kind ({', '.join(RETRIEVERS)}) nor a directory "
-                              "holding a retriever")
-        if found.items != sorted(data.catalog):
-            raise GenrecError(f"retriever={kind} was trained on another catalog than {cfg.data}")
-        log(f"retriever: reusing {src}")
-        found.save(out)
-        return found
+    if kind in RETRIEVERS:
+        return None
+    found = Retriever.load(kind)
+    if found is None:
+        raise GenrecError(f"retriever={kind}: neither a known kind ({', '.join(RETRIEVERS)}) nor a directory holding "
+                          "a retriever")
+    if found.items != sorted(data.catalog):
+        raise GenrecError(f"retriever={kind} was trained on another catalog than {cfg.data}")
+    return found
+
+
+def fit_retriever(cfg: SFTConfig, data: PreparedData, out: Path, log=print) -> Retriever:
+    """The run's retriever: the one already in `out` when resuming; a given one (`retriever=DIR`), copied in; else
+    SASRec trained now. It is saved into `out` at once, so a resumed run never trains it twice."""
+    given = given_retriever(cfg, data)
+    if given is not None:
+        log(f"retriever: reusing {cfg.retriever}")
+        given.save(out)
+        return given
     if cfg.resume:
         found = Retriever.load(out)
         if found is not None:
             log(f"retriever: reusing {out / RETRIEVER_DIR}")
             return found
-    log(f"retriever: training {kind} on the training part of every sequence")
+    log("retriever: training sasrec on the training part of every sequence")
     r = Retriever.train(data, seed=cfg.seed, max_seconds=cfg.retriever_seconds, log=log)
     r.save(out)
     return r
@@ -549,6 +556,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
     if not 1 <= cfg.prompt.rerank_candidates <= 26 or cfg.rerank_copies < 1:
         raise GenrecError("prompt.rerank_candidates must be 1-26 and rerank_copies >= 1")
+    if want_retriever:
+        given_retriever(cfg, data)  # a bad retriever=DIR fails before anything is written
     dtype = pick_dtype(cfg.dtype)
     cuda = torch.cuda.is_available()
     out = Path(cfg.output)

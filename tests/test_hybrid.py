@@ -212,3 +212,21 @@ def test_rank_and_prompts_show_with_a_rerank_model(rerank_model, reranker, tiny_
                         "--task", "rerank"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-800:]
     assert "Candidates:\nA. " in p.stdout and "Answer with its letter" in p.stdout
+
+
+def test_a_trained_retriever_is_reused_not_retrained(rerank_model, tiny_data, tmp_path):
+    from conftest import tiny_sft_config
+
+    from genrec.data import load_prepared
+    from genrec.retriever import Retriever
+    from genrec.training import train
+
+    with pytest.raises(GenrecError, match="neither a known kind"):
+        train(tiny_sft_config(tiny_data, tmp_path / "bad", retriever=str(tmp_path / "nothing")), log=lambda m: None)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    logs: list[str] = []
+    out = tmp_path / "m"
+    train(tiny_sft_config(tiny_data, out, max_steps=1, save_steps=100, retriever=str(rerank_model)), log=logs.append)
+    assert any("retriever: reusing" in m for m in logs) and not any("training sasrec" in m for m in logs)
+    hists = [u["items"][:-1] for u in list(load_prepared(tiny_data).users.values())[:4]]
+    assert (Retriever.load(out).scores(hists) == Retriever.load(rerank_model).scores(hists)).all()
