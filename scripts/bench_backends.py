@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 unless validity is 1 on every backend and both "
                     "backends return the same top-1 for at least --min-agreement of users (a verdict, not numbers)")
     ap.add_argument("--min-agreement", type=float, default=0.9)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm.tensor_parallel_size (GPUs per model)")
     args = ap.parse_args()
 
     from genrec.data import load_prepared
@@ -36,7 +37,9 @@ def main() -> None:
     out, items = {}, {}
     for name in args.backends.split(","):
         t0 = time.perf_counter()
-        rec = Recommender(args.model, backend=name)
+        from genrec.config import VLLMConfig
+
+        rec = Recommender(args.model, backend=name, vllm=VLLMConfig(tensor_parallel_size=args.tensor_parallel_size))
         start_s = time.perf_counter() - t0
         data = load_prepared(rec.card["data"])
         rows = list(data.split("test"))[:args.users]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: install genrec with GPU vLLM, then prepare -> sft -> HF vs vLLM backends
-# (agreement + users/s ratio) -> serve on vLLM + load benchmark. Results land in runs/bench/. Exits non-zero when
+# (agreement + users/s ratio) -> serve on vLLM + load benchmark; with several GPUs also DDP fine-tuning and vLLM
+# tensor parallelism over all of them. Results land in runs/bench/. Exits non-zero when
 # any recommended item is invalid or the backends disagree (bench_backends.py --check): a verdict, not only numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,11 @@ genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --
 python scripts/bench_backends.py --model "$RUN/model" --users ${USERS:-256} --batch-size 64 --check  # exits 1 on a fault
 python scripts/bench_serve.py --model "$RUN/model" --backend vllm --clients 32 --requests 256
 python scripts/bench_serve.py --model "$RUN/model" --backend hf --clients 32 --requests 256
+# More than one GPU: the multi-GPU variants (DDP fine-tuning through accelerate, vLLM tensor parallelism).
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$GPUS" -gt 1 ]; then
+  accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes "$GPUS" -m genrec.cli sft \
+    --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model-ddp" --overwrite --max-steps ${STEPS:-200}
+  python scripts/bench_backends.py --model "$RUN/model-ddp" --users ${USERS:-256} --batch-size 64 --check \
+    --tensor-parallel-size "$GPUS"
+fi
