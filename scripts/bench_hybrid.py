@@ -37,12 +37,14 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
     t0 = time.time()
     if arm == "rerank":
         prompt = PromptConfig(task="rerank", max_history=args.history, max_prompt_tokens=512,
-                              rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f])
+                              rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f],
+                              max_title_chars=args.title_chars)
         train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
                         max_minutes=args.minutes, save_steps=100, overwrite=True, rerank_copies=3,
                         retriever=args.retriever or "sasrec"))
     else:  # one next_item model serves the candidates and full arms; it borrows the rerank arm's retriever
-        prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f])
+        prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
+                              max_title_chars=args.title_chars)
         train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
                         num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True))
     return time.time() - t0
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20, help="retriever candidates (K)")
     ap.add_argument("--history", type=int, default=20, help="prompt.max_history")
     ap.add_argument("--facts", default="", help="prompt.item_facts ('' = titles only)")
+    ap.add_argument("--title-chars", type=int, default=120, help="prompt.max_title_chars (long product titles cost "
+                    "tokens in every candidate line)")
     ap.add_argument("--retriever", default=None, help="a retriever trained before for this dataset (a model directory "
                     "or its retriever/); default: SASRec trained to convergence by the rerank arm")
     ap.add_argument("--work", default="runs/bench_hybrid")
