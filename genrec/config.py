@@ -122,6 +122,7 @@ class SFTConfig:
     num_epochs: float = 1.0
     max_train_examples: int | None = None
     save_steps: int = 40
+    keep_checkpoints: int = 2  # the newest checkpoints kept (more: a learning curve can be measured afterwards)
     logging_steps: int = 5
     seed: int = 42
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPUs that support it
@@ -193,6 +194,7 @@ class EvaluateConfig:
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
     candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
     output: str | None = None  # default: <model>/eval-<split>
+    adapter: str | None = None  # a checkpoint-N of the model's run to evaluate instead of its final adapter
     seed: int = 42
     backend: str = "hf"
     dtype: str = "auto"

@@ -41,7 +41,8 @@ class Request:
 class Recommender:
     """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
 
-    def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf", vllm=None):
+    def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf", vllm=None,
+                 adapter: str | Path | None = None):
         from .backends import BACKENDS, HFBackend, VLLMBackend
 
         if backend not in BACKENDS:
@@ -62,13 +63,18 @@ class Recommender:
         self._set_catalog(read_jsonl(model_dir / "catalog.jsonl"),
                           ItemIndex.load(model_dir / "item_index.json"), counts)
         merged = model_dir / self.card["merged"] if self.card.get("merged") else None
+        # `adapter`: a checkpoint of this run (checkpoint-N) instead of the final adapter, e.g. for a learning curve
+        adapter_dir = Path(adapter) if adapter else model_dir
+        if adapter and (merged is not None or not (adapter_dir / "adapter_config.json").is_file()):
+            raise GenrecError(f"adapter {adapter_dir} is not a LoRA checkpoint this model can load (models with "
+                              "code tokens serve their merged weights only)")
         if self.index.new_tokens and merged is None:
             raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         if backend == "vllm":
             base = merged or resolve_base_model(self.card["base_model"])
             longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence"
                           else b.cfg.max_prompt_tokens for b in self.builders.values())
-            self.backend = VLLMBackend(base, None if merged else model_dir, dtype, self.tok.eos_token_id,
+            self.backend = VLLMBackend(base, None if merged else adapter_dir, dtype, self.tok.eos_token_id,
                                        max_model_len=max(1024, longest + 192),  # prompt + item (+ reason)
                                        lora_rank=self.card.get("sft", {}).get("lora_r", 16), engine=vllm)
         else:
@@ -78,7 +84,7 @@ class Recommender:
                 from peft import PeftModel
 
                 base_model, _ = load_base(resolve_base_model(self.card["base_model"]), dtype)
-                model = PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
+                model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().eval()
             self.backend = HFBackend(model, self.tok.pad_token_id, self.tok.eos_token_id)
 
     def _set_catalog(self, rows: list[dict], index: ItemIndex, counts: dict[str, int]) -> None:

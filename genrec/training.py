@@ -566,7 +566,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, optim="adamw_torch", logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        save_steps=cfg.save_steps, save_total_limit=cfg.keep_checkpoints, seed=cfg.seed, data_seed=cfg.seed,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not cuda,
         gradient_checkpointing=cfg.activation_checkpointing, completion_only_loss=True, max_length=None,
         report_to=list(cfg.report_to), dataloader_num_workers=0, save_only_model=False, disable_tqdm=False,

@@ -40,7 +40,7 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
                               rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f],
                               max_title_chars=args.title_chars)
         train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
-                        max_minutes=args.minutes, save_steps=100, overwrite=True, rerank_copies=3,
+                        max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=3,
                         retriever=args.retriever or "sasrec"))
     else:  # one next_item model serves the candidates and full arms; it borrows the rerank arm's retriever
         prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
@@ -48,6 +48,44 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
         train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
                         num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True))
     return time.time() - t0
+
+
+def learning_curve(model: Path, out: Path, users: int) -> list[dict]:
+    """NDCG@10 of `users` seeded test users at each kept checkpoint and at the end (test users: the rerank model
+    learns from the validation items). Written to out/curve.json and curve.png; finished points are reused."""
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+    from genrec.files import read_json
+
+    points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
+    curve = []
+    for p in points:
+        step = int(p.name.split("-")[1]) if p != model else read_json(model / "genrec.json")["global_step"]
+        dest = out / f"step-{step}"
+        if not (dest / "metrics.json").is_file():
+            run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
+                                          ks=[10], baselines=[], output=str(dest)))
+        iv = read_json(dest / "metrics.json")["intervals"]
+        curve.append({"step": step, **{n: iv[n]["NDCG@10"] for n in iv}})
+    (out / "curve.json").write_text(json.dumps(curve, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in (n for n in curve[0] if n != "step"):
+        ax.errorbar([c["step"] for c in curve], [c[name]["mean"] for c in curve], capsize=3, marker="o", label=name,
+                    yerr=[[c[name]["mean"] - c[name]["lo"] for c in curve], [c[name]["hi"] - c[name]["mean"]
+                                                                           for c in curve]])
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"NDCG@10 ({users} test users, 95% CI)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=100)
+    plt.close(fig)
+    return curve
 
 
 def main() -> None:
@@ -63,6 +101,7 @@ def main() -> None:
                     "tokens in every candidate line)")
     ap.add_argument("--retriever", default=None, help="a retriever trained before for this dataset (a model directory "
                     "or its retriever/); default: SASRec trained to convergence by the rerank arm")
+    ap.add_argument("--curve-users", type=int, default=100, help="learning curve of the rerank arm (0: none)")
     ap.add_argument("--work", default="runs/bench_hybrid")
     ap.add_argument("--name", default="bench_hybrid")
     args = ap.parse_args()
@@ -113,6 +152,9 @@ def main() -> None:
                 "CPU-min (train)": round(card["train_seconds"] / 60, 1) if model_name.startswith("genrec") else
                 (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" else ""),
             })
+        if arm == "rerank" and args.curve_users:
+            report["arms"][f"{name}/{arm}"]["learning_curve"] = learning_curve(
+                model, work / name / "curve-rerank", args.curve_users)
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
 
 
