@@ -289,3 +289,19 @@ def test_recommend_one_user_at_the_terminal(tiny_model, tiny_data):
         json.loads(by_id.stdout.strip().splitlines()[-1])["recommendations"]
     none = CliRunner().invoke(main, ["recommend", "--model", str(tiny_model)])
     assert none.exit_code == 2 and "give --user, --history or --request" in none.output
+
+
+def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender, tmp_path):
+    """Recommender(adapter=checkpoint-N) (evaluate adapter=...): the last checkpoint is the final adapter, an
+    earlier one another model; a directory without an adapter is a clear error."""
+    from genrec.errors import GenrecError
+    from genrec.generation import Recommender, Request
+
+    req = [Request(history=["1", "260"], seen={"1", "260"})]
+    final = recommender.recommend(req, k=3)[0]["recommendations"]
+    last = Recommender(tiny_model, adapter=tiny_model / "checkpoint-6").recommend(req, k=3)[0]["recommendations"]
+    early = Recommender(tiny_model, adapter=tiny_model / "checkpoint-3").recommend(req, k=3)[0]["recommendations"]
+    assert [(r["item_id"], r["score"]) for r in last] == [(r["item_id"], r["score"]) for r in final]
+    assert [r["score"] for r in early] != [r["score"] for r in final]
+    with pytest.raises(GenrecError, match="not a LoRA checkpoint"):
+        Recommender(tiny_model, adapter=tmp_path)
