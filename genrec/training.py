@@ -328,7 +328,7 @@ class Clock(TrainerCallback):
 
     def __init__(self, minutes: float, lr: float, warmup_steps: int):
         self.budget, self.lr, self.warmup = minutes * 60, lr, warmup_steps
-        self.before, self.t0 = 0.0, None
+        self.before, self.t0, self.last_lr = 0.0, None, None
 
     def used(self) -> float:
         return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
@@ -356,8 +356,9 @@ class Clock(TrainerCallback):
         factor = 0.5 * (1 + math.cos(math.pi * frac))
         if state.global_step < self.warmup:
             factor *= (state.global_step + 1) / self.warmup
+        self.last_lr = self.lr * factor  # what this step's optimizer.step uses (the scheduler's value comes after)
         for g in optimizer.param_groups if optimizer is not None else []:
-            g["lr"] = self.lr * factor
+            g["lr"] = self.last_lr
 
     def on_step_end(self, args, state, control, **kw):
         if self.synced(args) >= self.budget:
@@ -617,8 +618,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
     class LossLog(TrainerCallback):
         def on_log(self, args_, state, control, logs=None, optimizer=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
-                # the rate the optimizer really used (max_minutes sets it from the clock, not the scheduler)
-                lr = optimizer.param_groups[0]["lr"] if optimizer is not None else logs.get("learning_rate")
+                # the rate the optimizer really used: max_minutes sets it from the clock at each step's start (the
+                # scheduler's step, which comes after optimizer.step, is overridden then)
+                lr = clock.last_lr if clock is not None and clock.last_lr is not None else \
+                    optimizer.param_groups[0]["lr"] if optimizer is not None else logs.get("learning_rate")
                 with open(loss_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": state.global_step, "loss": logs["loss"],
                                          "learning_rate": lr, "seconds": time.time() - t0}) + "\n")
