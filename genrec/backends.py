@@ -12,6 +12,7 @@ evaluation share one search and one request path.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -47,10 +48,17 @@ def gather_allowed(logp: torch.Tensor, allowed: list[list[int]] | None) -> torch
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
+_BEAMS = threading.local()  # the SharedPromptBeams whose step is running on this thread (None: plain attention)
+
+
 def _sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """SDPA that keeps grouped KV heads grouped under a padding mask. transformers' SDPA path copies K/V once per
     query head whenever a mask is present (SmolLM2: 9 query / 3 KV heads); on CPU, torch's kernel takes
-    `enable_gqa` with a mask, so beam search over left-padded batches runs ~2-3x faster with the same numbers."""
+    `enable_gqa` with a mask, so beam search over left-padded batches runs ~2-3x faster with the same numbers.
+    During a SharedPromptBeams step it attends over the owner's prompt KV plus the beam's own tokens instead."""
+    beams = getattr(_BEAMS, "active", None)
+    if beams is not None:
+        return beams.attend(module.layer_idx, query, key, value, scaling), None
     causal = query.shape[2] > 1 and attention_mask is None and (True if is_causal is None else bool(is_causal))
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
@@ -102,15 +110,91 @@ class HFBeams:
         return self.logp
 
 
+class SharedPromptBeams:
+    """Live beams that share their prompt's KV instead of copying it: each prompt's KV is kept once (B rows), each
+    beam keeps only the KV of the tokens it wrote (a few per item), and a step attends over the owner's prompt
+    part plus its own part. HFBeams copies every live row's whole KV cache at every step (`reorder_cache`), which
+    for ~400-token prompts and 80 rows is gigabytes per step; here a step copies only the beams' own tokens.
+    Used when the model runs genrec's CPU attention (use_cpu_attention); same log-probabilities as HFBeams."""
+
+    @torch.no_grad()
+    def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
+        from transformers import DynamicCache
+
+        self.model = model
+        device = next(model.parameters()).device
+        ids, attn = left_pad(prompts, pad_id, device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        self.prompt_k = [layer.keys for layer in cache.layers]  # [B, Hkv, Lp, D] per layer
+        self.prompt_v = [layer.values for layer in cache.layers]
+        self.prompt_pad = attn == 0  # [B, Lp]: left padding, never attended to
+        self.owner = torch.arange(len(prompts), device=device)
+        self.gen_k: list[torch.Tensor | None] = [None] * len(self.prompt_k)
+        self.gen_v: list[torch.Tensor | None] = [None] * len(self.prompt_k)
+        self.last_pos = pos[:, -1]
+        self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
+
+    @torch.no_grad()
+    def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
+        device = self.owner.device
+        src_t = torch.tensor(src, device=device)
+        self.owner = self.owner[src_t]
+        self.gen_k = [None if k is None else k[src_t] for k in self.gen_k]  # only the beams' own tokens move
+        self.gen_v = [None if v is None else v[src_t] for v in self.gen_v]
+        self.last_pos = self.last_pos[src_t] + 1
+        # rows grouped by owner: slot = position within its owner's group, for the prompt part's batched matmuls
+        order = torch.argsort(self.owner, stable=True)
+        counts = torch.bincount(self.owner, minlength=self.prompt_pad.shape[0])
+        starts = torch.cumsum(counts, 0) - counts
+        self.slot = torch.empty_like(self.owner)
+        self.slot[order] = torch.arange(len(order), device=device) - starts[self.owner[order]]
+        self.width = int(counts.max())
+        _BEAMS.active = self
+        try:
+            out = self.model(input_ids=torch.tensor(tokens, device=device).view(-1, 1),
+                             position_ids=self.last_pos.view(-1, 1), use_cache=False)
+        finally:
+            _BEAMS.active = None
+        self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
+        return self.logp
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+        """One new token per row: q [R, Hq, 1, D], k/v [R, Hkv, 1, D] -> [R, 1, Hq, D]."""
+        gk = k if self.gen_k[layer] is None else torch.cat([self.gen_k[layer], k], dim=2)
+        gv = v if self.gen_v[layer] is None else torch.cat([self.gen_v[layer], v], dim=2)
+        self.gen_k[layer], self.gen_v[layer] = gk, gv
+        pk, pv = self.prompt_k[layer], self.prompt_v[layer]
+        R, Hq, _, D = q.shape
+        B, Hkv, Lp, _ = pk.shape
+        g = Hq // Hkv  # query heads per KV head, in transformers' repeat_kv order
+        qg = q.view(R, Hkv, g, D) * scaling
+        qpad = q.new_zeros(B, self.width, Hkv, g, D)
+        qpad[self.owner, self.slot] = qg
+        sp = torch.einsum("bwhgd,bhld->bwhgl", qpad, pk)[self.owner, self.slot]  # [R, Hkv, g, Lp]
+        sp = sp.masked_fill(self.prompt_pad[self.owner][:, None, None, :], float("-inf"))
+        sg = torch.einsum("rhgd,rhtd->rhgt", qg, gk)  # [R, Hkv, g, t]
+        p = torch.softmax(torch.cat([sp, sg], dim=-1).float(), dim=-1).to(q.dtype)
+        ppad = q.new_zeros(B, self.width, Hkv, g, Lp)
+        ppad[self.owner, self.slot] = p[..., :Lp]
+        out = torch.einsum("bwhgl,bhld->bwhgd", ppad, pv)[self.owner, self.slot]
+        out = out + torch.einsum("rhgt,rhtd->rhgd", p[..., Lp:], gv)
+        return out.reshape(R, Hq, 1, D).transpose(1, 2).contiguous()
+
+
 class HFBackend:
     name = "hf"
 
-    def __init__(self, model, pad_id: int, eos_id: int):
+    def __init__(self, model, pad_id: int, eos_id: int, shared_prompt: bool = True):
         use_cpu_attention(model)
         self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
+        # prompt KV shared across beams where genrec's attention runs (CPU); elsewhere the KV cache is reordered
+        self.shared_prompt = shared_prompt and model.config._attn_implementation == "genrec_sdpa"
 
-    def start(self, prompts: list[list[int]], allowed: list[list[int]] | None) -> HFBeams:
-        return HFBeams(self.model, prompts, self.pad_id, allowed)
+    def start(self, prompts: list[list[int]], allowed: list[list[int]] | None) -> HFBeams | SharedPromptBeams:
+        return (SharedPromptBeams if self.shared_prompt else HFBeams)(self.model, prompts, self.pad_id, allowed)
 
     @torch.no_grad()
     def greedy(self, seqs: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
