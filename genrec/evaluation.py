@@ -304,6 +304,10 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                       / len(all_targets), "llm_users": sum(all_targets[i] in set(sas[0][i][:hybrid_k])
                                                            for i in chosen) / len(chosen)}
         everyone["sasrec"] = [r[:kmax] for r in sas[0]]
+        if builder.is_rerank:  # the chance level of a reranker: the same K candidates in a seeded random order
+            srng = random.Random(cfg.seed + 2)
+            lists[f"sasrec top-{hybrid_k} shuffled"] = [
+                (srng.sample(r[:hybrid_k], len(r[:hybrid_k])) + r[hybrid_k:])[:kmax] for r in (sas[0][i] for i in chosen)]
         if perturb:
             lists["sasrec~perturbed"] = [r[:kmax] for r in sas[1]]
     for name, rk in everyone.items():
