@@ -78,21 +78,27 @@ def use_cpu_attention(model) -> None:
     model.set_attn_implementation("genrec_sdpa")
 
 
+def _prefill(model, prompts: list[list[int]], pad_id: int):
+    """The left-padded prompts through the model once: (output with the last position's logits, KV cache,
+    attention mask, position ids)."""
+    from transformers import DynamicCache
+
+    ids, attn = left_pad(prompts, pad_id, next(model.parameters()).device)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
+    return out, cache, attn, pos
+
+
 class HFBeams:
     """Live beams of one search on a transformers model: the prompts are encoded once and their KV cache is
     repeated/reordered across beams (`index_select` on the batch axis), so a step costs one token per live row."""
 
     @torch.no_grad()
     def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
-        from transformers import DynamicCache
-
         self.model = model
-        device = next(model.parameters()).device
-        ids, self.attn = left_pad(prompts, pad_id, device)
-        pos = (self.attn.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache()
-        out = model(input_ids=ids, attention_mask=self.attn, position_ids=pos, past_key_values=self.cache,
-                    use_cache=True, logits_to_keep=1)
+        out, self.cache, self.attn, pos = _prefill(model, prompts, pad_id)
         self.last_pos = pos[:, -1]
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
 
@@ -119,15 +125,9 @@ class SharedPromptBeams:
 
     @torch.no_grad()
     def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
-        from transformers import DynamicCache
-
         self.model = model
-        device = next(model.parameters()).device
-        ids, attn = left_pad(prompts, pad_id, device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)
+        out, cache, attn, pos = _prefill(model, prompts, pad_id)
+        device = attn.device
         self.prompt_k = [layer.keys for layer in cache.layers]  # [B, Hkv, Lp, D] per layer
         self.prompt_v = [layer.values for layer in cache.layers]
         self.prompt_pad = attn == 0  # [B, Lp]: left padding, never attended to

@@ -228,11 +228,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if cand_k is not None and builder.is_rerank:
         raise GenrecError(f"--candidates is for generative models: {cfg.model} reranks its retriever's top "
                           f"{builder.cfg.rerank_candidates} already")
-    if cand_k is not None and cand_k > len(catalog):
-        raise GenrecError(f"--candidates retriever:{cand_k}: K is larger than the catalog ({len(catalog)} items)")
-    if cand_k is not None and rec.retriever is None:
-        raise GenrecError(f"{cfg.model} has no retriever for --candidates retriever:K (train it with "
-                          "`genrec sft retriever=sasrec`)")
+    rec.recommend([], kmax, candidates=cand_k, search=cfg.search)  # its checks of these settings, before any work
     hybrid_k = builder.cfg.rerank_candidates if builder.is_rerank else cand_k
     if builder.is_rerank and rec.retriever is None:
         raise GenrecError(f"{cfg.model} is a rerank model without its retriever ({cfg.model}/retriever is missing)")
