@@ -263,8 +263,11 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     extra_lists: dict[str, list[list[str]]] = {}
     if builder.is_rerank:  # one forward pass gives the LLM's order and its product with the retriever's
         ranked, extra_lists["genrec x sasrec"] = _reranked(rec, requests, cfg, kmax, f"genrec rerank {cfg.split}")
+    elif cand_k is not None:  # one search scores all K: the LLM's order and its product with the retriever's
+        ranked, extra_lists["genrec x sasrec"] = _within_candidates(rec, requests, cfg, kmax, cand_k,
+                                                                    f"genrec within {cand_k} {cfg.split}")
     else:
-        ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}", cand_k)
+        ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
     gen_seconds = time.time() - t0
     grounding = None
     if cfg.with_reasons:  # the top-1 item's reason per user, checked against the catalog and the history
@@ -300,7 +303,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                       / len(all_targets), "llm_users": sum(all_targets[i] in set(sas[0][i][:hybrid_k])
                                                            for i in chosen) / len(chosen)}
         everyone["sasrec"] = [r[:kmax] for r in sas[0]]
-        if builder.is_rerank:  # the chance level of a reranker: the same K candidates in a seeded random order
+        if hybrid_k is not None:  # the chance level of a reranker: the same K candidates in a seeded random order
             srng = random.Random(cfg.seed + 2)
             lists[f"sasrec top-{hybrid_k} shuffled"] = [
                 (srng.sample(r[:hybrid_k], len(r[:hybrid_k])) + r[hybrid_k:])[:kmax] for r in (sas[0][i] for i in chosen)]
@@ -645,8 +648,34 @@ def _reranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, km
     return alone, fused
 
 
+def _within_candidates(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int, K: int,
+                       desc: str) -> tuple[list[list[str]], list[list[str]]]:
+    """Generation within the retriever's K: every candidate's sequence log-probability from one search, ranked
+    alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
+    from tqdm.auto import tqdm
+
+    from .generation import fuse
+
+    alone, fused = [], []
+    bar = tqdm(total=len(requests), desc=desc, unit="user")
+    for start in range(0, len(requests), cfg.batch_size):
+        chunk = requests[start:start + cfg.batch_size]
+        found = rec.recommend(chunk, max(kmax, K), cfg.beam_width, cfg.exclude_seen,
+                              popularity_penalty=cfg.popularity_penalty, candidates=K, search=cfg.search)
+        for res, pool in zip(found, rec.retrieved(chunk, max(kmax, K), cfg.exclude_seen)):
+            items = [r["item_id"] for r in res["recommendations"]]
+            alone.append(items[:kmax])
+            head = [r for r in res["recommendations"] if r["score"] is not None]  # the K, scored by the LLM
+            retr = dict(pool)
+            order = fuse([r["score"] for r in head], [retr[r["item_id"]] for r in head], 1.0)
+            fused.append(([head[c]["item_id"] for c, _ in order] + items[len(head):])[:kmax])
+        bar.update(len(chunk))
+    bar.close()
+    return alone, fused
+
+
 def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
-                   desc: str, candidates: int | None = None) -> list[list[str]]:
+                   desc: str) -> list[list[str]]:
     from tqdm.auto import tqdm
 
     ranked: list[list[str]] = []
@@ -654,7 +683,7 @@ def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfi
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
         for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen,
-                                 popularity_penalty=cfg.popularity_penalty, candidates=candidates,
+                                 popularity_penalty=cfg.popularity_penalty,
                                  search=cfg.search):
             ranked.append([r["item_id"] for r in res["recommendations"]])
         bar.update(len(chunk))

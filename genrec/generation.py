@@ -6,6 +6,7 @@ Empty-history policy: a request with neither history nor request text gets the m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +37,18 @@ class Request:
     seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
     ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
     trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
+
+
+def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[int, float]]:
+    """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K), best
+    first, ties in input order (the reranker gets them in the retriever's order). One rule for the reranker's label scores and
+    for generation within candidates (sequence log-probabilities); weight 0 is the LLM alone."""
+    import torch
+
+    fused = torch.tensor(llm, dtype=torch.float64)
+    if weight:
+        fused = fused + weight * torch.log_softmax(torch.tensor(retriever, dtype=torch.float64), -1)
+    return sorted(((c, float(f)) for c, f in enumerate(fused)), key=lambda cf: (-cf[1], cf[0]))
 
 
 class Recommender:
@@ -213,7 +226,7 @@ class Recommender:
                     counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 0,
                                  "per_item": [0] * len(res["recommendations"])}
                 continue
-            pools = self._retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen) \
+            pools = self.retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen) \
                 if candidates else None
             prompts, banned = [], []
             for n in todo:
@@ -227,8 +240,18 @@ class Recommender:
                 for j, pool in enumerate(pools):
                     keep = {self.index.position[i] for i, _ in pool[:candidates]}
                     banned[j] = set(everything) - keep
-            found = top_items(self.backend, prompts, self.trie_for(builder), min(k, candidates or k), width, banned,
+            # within candidates and fused with the retriever: every one of the K is scored, then reordered
+            fusing = pools is not None and retriever_weight != 0
+            n_found = candidates if fusing else min(k, candidates or k)
+            found = top_items(self.backend, prompts, self.trie_for(builder), n_found, max(width, n_found), banned,
                               penalty, search=search)
+            if fusing:
+                for j, pool in enumerate(pools):
+                    head = {i: s for i, s in pool[:candidates]}
+                    hyps = found[j]
+                    order = fuse([h.score for h in hyps], [head[self.index.item_ids[h.item]] for h in hyps],
+                                 retriever_weight)
+                    found[j] = [dataclasses.replace(hyps[c], score=fused) for c, fused in order[:k]]
             reasons = self._reasons(builder, prompts, found) if with_reasons and builder.with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
@@ -255,7 +278,7 @@ class Recommender:
             usage[:] = counts
         return results  # type: ignore[return-value]
 
-    def _retrieved(self, requests: list[Request], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
+    def retrieved(self, requests: list[Request], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
         """The retriever's best n (item id, score) per request, the history (and `seen`) excluded if asked."""
         if self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
@@ -290,12 +313,10 @@ class Recommender:
         """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
         per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
         alone), then the retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
-        import torch
-
         if self.reranker is None:
             raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
         K = self.reranker.cfg.rerank_candidates
-        pools = self._retrieved(requests, max(k, K), exclude_seen)
+        pools = self.retrieved(requests, max(k, K), exclude_seen)
         heads = [p[:K] for p in pools]
         tokens: list[int] = []
         llm = self.label_scores(requests, [[i for i, _ in h] for h in heads], tokens)
@@ -304,11 +325,9 @@ class Recommender:
             for j, (pool, head) in enumerate(zip(pools, heads)):
                 recs: list[dict] = []
                 if head:
-                    lp = torch.tensor(llm[j])
-                    fused = lp + w * torch.log_softmax(torch.tensor([s for _, s in head]), -1) if w else lp
-                    order = sorted(range(len(head)), key=lambda c: (-float(fused[c]), c))
+                    order = fuse(llm[j], [s for _, s in head], w)
                     recs = [{"item_id": head[c][0], "title": self.catalog[head[c][0]]["title"], "rank": n,
-                             "score": round(float(fused[c]), 5)} for n, c in enumerate(order[:k], start=1)]
+                             "score": round(fused, 5)} for n, (c, fused) in enumerate(order[:k], start=1)]
                     recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + n, "score": None}
                              for n, (i, _) in enumerate(pool[K:k], start=1)]
                 out[w_n].append({"recommendations": recs, "_prompt_tokens": tokens[j]})

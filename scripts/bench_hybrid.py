@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,11 +41,13 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
         train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
                         max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=3,
                         retriever=args.retriever or "sasrec"))
-    else:  # one next_item model serves the candidates and full arms; it borrows the rerank arm's retriever
+    else:  # one next_item model serves the candidates and full arms, with the rerank arm's retriever if it has one
         prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
                               max_title_chars=args.title_chars)
+        borrowed = model.parent / "rerank" / "retriever"
         train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
-                        num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True))
+                        num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True,
+                        retriever=args.retriever or (str(borrowed) if borrowed.is_dir() else "sasrec")))
     return time.time() - t0
 
 
@@ -120,16 +121,13 @@ def main() -> None:
             if not (model / "genrec.json").is_file():
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-            if arm != "rerank" and not (model / "retriever").is_dir():
-                if not (work / name / "rerank" / "retriever").is_dir():
-                    raise SystemExit(f"arm {arm} borrows the rerank arm's retriever: run --arms rerank first")
-                shutil.copytree(work / name / "rerank" / "retriever", model / "retriever")
             from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
 
             run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
                 output=str(metrics_path.parent), baselines=["popular", "sasrec"],
-                candidates=f"retriever:{args.k}" if arm == "candidates" else None))
+                candidates=f"retriever:{args.k}" if arm == "candidates" else None,
+                search="exact" if arm == "candidates" else "beam"))  # exact: all K candidates scored
         ev = read_json(metrics_path)
         card = read_json(model / "genrec.json")
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (

@@ -130,6 +130,31 @@ def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
     with pytest.raises(GenrecError, match="catalog size"):
         rec.recommend([req], k=5, candidates=10**6)
 
+    # fused with the retriever: every one of the K is scored by the LLM, then ranked by
+    # log p_LLM + w * log softmax(retriever scores over the K), recomputed here from both models' own numbers
+    K = 6
+    alone = rec.recommend([req], k=K, candidates=K, search="exact")[0]["recommendations"]
+    llm = {r["item_id"]: r["score"] for r in alone}
+    assert set(llm) == set(pool[:K])
+    retr = dict(rec.retriever.top([hist], [set(hist)], K)[0])
+    prior = torch.log_softmax(torch.tensor([retr[i] for i in pool[:K]], dtype=torch.float64), -1)
+    want = sorted(pool[:K], key=lambda i: -(llm[i] + 2.0 * float(prior[pool.index(i)])))
+    fused = rec.recommend([req], k=3, candidates=K, retriever_weight=2.0, search="exact")[0]["recommendations"]
+    assert [r["item_id"] for r in fused] == want[:3]
+    assert fused[0]["score"] == pytest.approx(llm[want[0]] + 2.0 * float(prior[pool.index(want[0])]), abs=1e-3)
+    # a weight far above the LLM's spread gives the retriever's own order back
+    top = rec.recommend([req], k=K, candidates=K, retriever_weight=1e4, search="exact")[0]["recommendations"]
+    assert [r["item_id"] for r in top] == pool[:K]
+
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+
+    r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], candidates=f"retriever:{K}",
+                                      baselines=[], output=str(tmp_path / "ev")), log=lambda m: None)
+    assert r["hybrid"] == "generation within candidates"
+    assert {"genrec", "genrec x sasrec", "sasrec", f"sasrec top-{K} shuffled"} <= set(r["results"])
+    assert "genrec x sasrec - sasrec" in r["paired_differences"]
+
 
 def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_path):
     users = tmp_path / "u.jsonl"
