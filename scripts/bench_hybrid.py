@@ -138,7 +138,7 @@ def main() -> None:
         for model_name, iv in ev["intervals"].items():
             if arm != "rerank" and model_name in ("sasrec", "popular"):
                 continue  # the same baselines on the same users: shown once, with the rerank arm
-            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": "genrec x sasrec (rerank, w=1)"}.get(
+            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w=1)"}.get(
                 model_name, model_name)
             d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
                 if model_name.startswith("genrec") else None
