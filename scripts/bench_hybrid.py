@@ -136,8 +136,8 @@ def main() -> None:
         report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
             "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
         for model_name, iv in ev["intervals"].items():
-            if arm != "rerank" and model_name in ("sasrec", "popular"):
-                continue  # the same baselines on the same users: shown once, with the rerank arm
+            if arm != "rerank" and model_name in ("sasrec", "popular") and f"{name}/rerank" in report["arms"]:
+                continue  # the same baselines on the same users: shown once, with the rerank arm when it ran
             label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w=1)"}.get(
                 model_name, model_name)
             d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
