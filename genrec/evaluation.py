@@ -208,7 +208,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if unknown:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm, adapter=cfg.adapter)
-    data = load_prepared(cfg.data or rec.card["data"])
+    data = load_prepared(cfg.data or rec.card.data)
     transfer = rec.use_data(data, log)
     task = cfg.task or rec.builder.cfg.task
     if task not in rec.builders:

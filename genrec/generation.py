@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .config import GenerateConfig, PromptConfig, RankConfig
 from .errors import GenrecError
-from .files import read_json, read_jsonl, write_jsonl
+from .files import read_jsonl, write_jsonl
 from .index import ItemIndex, TokenTrie
-from .models import MODEL_CARD, load_base, load_tokenizer, resolve_base_model
+from .models import ModelCard, load_base, load_tokenizer
 from .prompts import PromptBuilder, load_template
 from .retriever import Retriever
 from .sequence import make_builder
@@ -60,43 +60,28 @@ class Recommender:
 
         if backend not in BACKENDS:
             raise GenrecError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
-        model_dir = Path(model_dir)
-        card_path = model_dir / MODEL_CARD
-        if not card_path.is_file():
-            if any(model_dir.glob("checkpoint-*")):
-                raise GenrecError(f"{model_dir} is an unfinished training run (finish it with `genrec sft --resume`)")
-            raise GenrecError(f"{model_dir} is not a genrec model directory (no {MODEL_CARD}; train with `genrec sft`)")
-        self.dir = model_dir
-        self.card = read_json(card_path)
-        self.tok = load_tokenizer(model_dir)
-        self.retriever = Retriever.load(model_dir)  # None for a model trained without one
-        counts = read_json(model_dir / "popularity.json")  # item -> training count, most popular first
-        if isinstance(counts, list):  # models written before counts were kept: rank stands in for count
-            counts = {i: len(counts) - r for r, i in enumerate(counts)}
-        self._set_catalog(read_jsonl(model_dir / "catalog.jsonl"),
-                          ItemIndex.load(model_dir / "item_index.json"), counts)
-        merged = model_dir / self.card["merged"] if self.card.get("merged") else None
-        # `adapter`: a checkpoint of this run (checkpoint-N) instead of the final adapter, e.g. for a learning curve
-        adapter_dir = Path(adapter) if adapter else model_dir
-        if adapter and (merged is not None or not (adapter_dir / "adapter_config.json").is_file()):
-            raise GenrecError(f"adapter {adapter_dir} is not a LoRA checkpoint this model can load (models with "
-                              "code tokens serve their merged weights only)")
+        self.card = card = ModelCard.load(model_dir)
+        self.dir = card.dir
+        self.tok = load_tokenizer(card.dir)
+        self.retriever = Retriever.load(card.dir)  # None for a model trained without one
+        self._set_catalog(card.catalog_rows(), card.item_index(), card.popularity())
+        merged = card.merged_path()
+        adapter_dir = card.adapter_path(adapter)
         if self.index.new_tokens and merged is None:
-            raise GenrecError(f"{model_dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
+            raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         if backend == "vllm":
-            base = merged or resolve_base_model(self.card["base_model"])
             longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence"
                           else b.cfg.max_prompt_tokens for b in self.builders.values())
-            self.backend = VLLMBackend(base, None if merged else adapter_dir, dtype, self.tok.eos_token_id,
-                                       max_model_len=max(1024, longest + 192),  # prompt + item (+ reason)
-                                       lora_rank=self.card.get("sft", {}).get("lora_r", 16), engine=vllm)
+            self.backend = VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype,
+                                       self.tok.eos_token_id, max_model_len=max(1024, longest + 192),  # + item, reason
+                                       lora_rank=card.lora_rank, engine=vllm)
         else:
             if merged is not None:
                 model, _ = load_base(merged, dtype)
             else:
                 from peft import PeftModel
 
-                base_model, _ = load_base(resolve_base_model(self.card["base_model"]), dtype)
+                base_model, _ = load_base(card.base_path(), dtype)
                 model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().eval()
             self.backend = HFBackend(model, self.tok.pad_token_id, self.tok.eos_token_id)
 
@@ -105,10 +90,10 @@ class Recommender:
         self.index = index
         self.catalog = {row["item_id"]: row for row in rows}
         self.builders: dict[str, PromptBuilder] = {}
-        for task, prompt in (self.card.get("tasks") or {self.card["prompt"]["task"]: self.card["prompt"]}).items():
-            cfg = PromptConfig(**{**prompt, "template": str(self.dir / prompt["template"])})
+        for task, prompt in self.card.task_prompts().items():
+            cfg = PromptConfig(**prompt)
             self.builders[task] = make_builder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
-        self.builder = self.builders[self.card["prompt"]["task"]]  # the main task
+        self.builder = self.builders[self.card.main_task]
         self.prompt_cfg = self.builder.cfg
         writers = [b for b in self.builders.values() if not b.scores_candidates and not b.is_rerank]
         self.reranker = self.builders.get("rerank")  # ranks the retriever's candidates with one forward pass
@@ -155,7 +140,7 @@ class Recommender:
     def known_users(self, data_dir: str | Path | None = None) -> dict[str, dict] | None:
         """user_id -> prepared user (its item sequence) from `data_dir` or the data the model was trained on, so
         requests may name a user instead of sending a history; None when that data is not there."""
-        path = Path(data_dir or self.card.get("data") or "") / "users.jsonl"
+        path = Path(data_dir or self.card.data or "") / "users.jsonl"
         return {u["user_id"]: u for u in read_jsonl(path)} if path.is_file() else None
 
     @property

@@ -1,4 +1,5 @@
-"""Model resolution and loading: the packaged default model, any local model directory, and genrec outputs."""
+"""Model resolution and loading: the packaged default model, any local model directory, and the genrec model
+directory (`ModelCard`, the one owner of its format)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import GenrecError
+from .files import read_json, read_jsonl, write_json, write_jsonl
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,3 +117,121 @@ def load_base(path: str | Path, dtype: str = "auto"):
     except (OSError, ValueError) as exc:
         raise GenrecError(f"could not load model from {path}: {str(exc).splitlines()[0]}") from None
     return model.to(device()).eval(), load_tokenizer(path)
+
+
+@dataclass
+class ModelCard:
+    """A genrec model directory, and the only code that knows its layout: `genrec.json` (this card, written last:
+    its presence means "complete"), the LoRA adapter at the top level (or `merged/` when the model added code
+    tokens or `merge=true` asked), the tokenizer, the item index, the catalog, one Jinja template per task and the
+    training counts of popularity.json. Training writes it (`write_files`, then `save`); everything else reads it.
+
+    On disk the card stays one flat JSON object: the fields below, plus whatever training measured (`stats`)."""
+
+    dir: Path
+    base_model: str  # "default" (the packaged model) or a local directory
+    data: str  # the prepared dataset it was trained on
+    prompt: dict  # the main task's prompt settings (with its template's file name)
+    tasks: dict  # task -> prompt settings, the main task first
+    id_style: str = "title"
+    adapter: bool = True
+    merged: str | None = None
+    init_from: str | None = None
+    retriever: dict | None = None
+    with_reasons: bool = False
+    objective: str = "prefix"
+    sft: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # train_seconds, global_step, train_examples, ... as training wrote
+
+    CARD = MODEL_CARD
+    CATALOG, INDEX, POPULARITY, MERGED = "catalog.jsonl", "item_index.json", "popularity.json", "merged"
+
+    @classmethod
+    def exists(cls, model_dir: str | Path) -> bool:
+        return (Path(model_dir) / MODEL_CARD).is_file()
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ModelCard:
+        model_dir = Path(model_dir)
+        if not cls.exists(model_dir):
+            if any(model_dir.glob("checkpoint-*")):
+                raise GenrecError(f"{model_dir} is an unfinished training run (finish it with `genrec sft --resume`)")
+            raise GenrecError(f"{model_dir} is not a genrec model directory (no {MODEL_CARD}; train with `genrec sft`)")
+        raw = read_json(model_dir / MODEL_CARD)
+        if not isinstance(raw, dict) or "prompt" not in raw or "base_model" not in raw:
+            raise GenrecError(f"{model_dir / MODEL_CARD} is not a genrec model card")
+        known = {f.name for f in fields(cls)} - {"dir", "stats"}
+        card = cls(dir=model_dir, **{k: v for k, v in raw.items() if k in known},
+                   stats={k: v for k, v in raw.items() if k not in known and k != "genrec_model"})
+        card.tasks = card.tasks or {card.prompt["task"]: card.prompt}
+        return card
+
+    def save(self) -> None:
+        """Write genrec.json (atomically); call it last, when every other file is in place."""
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("dir", "stats")}
+        write_json(self.dir / MODEL_CARD, {"genrec_model": 1, **body, **self.stats})
+
+    @property
+    def main_task(self) -> str:
+        return self.prompt["task"]
+
+    def task_prompts(self) -> dict[str, dict]:
+        """task -> prompt settings, each template as a path inside this directory."""
+        return {t: {**p, "template": str(self.dir / p["template"])} for t, p in self.tasks.items()}
+
+    def popularity(self) -> dict[str, int]:
+        """item -> training count, most popular first."""
+        return read_json(self.dir / self.POPULARITY)
+
+    def catalog_rows(self) -> list[dict]:
+        return read_jsonl(self.dir / self.CATALOG)
+
+    def item_index(self):
+        from .index import ItemIndex
+
+        return ItemIndex.load(self.dir / self.INDEX)
+
+    def merged_path(self) -> Path | None:
+        return self.dir / self.merged if self.merged else None
+
+    def base_path(self) -> Path:
+        return resolve_base_model(self.base_model)
+
+    def adapter_path(self, adapter: str | Path | None = None) -> Path:
+        """The LoRA adapter to load: the final one, or a checkpoint of this run (checkpoint-N, for a learning
+        curve); models with code tokens serve their merged weights only."""
+        path = Path(adapter) if adapter else self.dir
+        if adapter and (self.merged or not (path / "adapter_config.json").is_file()):
+            raise GenrecError(f"adapter {path} is not a LoRA checkpoint this model can load (models with "
+                              "code tokens serve their merged weights only)")
+        return path
+
+    @property
+    def lora_rank(self) -> int:
+        return self.sft.get("lora_r", 16)
+
+    @classmethod
+    def write_files(cls, out: Path, model, tok, index, catalog_rows: list[dict], counts: dict[str, int],
+                    prompts: dict[str, tuple[Path, dict]], merge: bool) -> dict[str, dict]:
+        """Everything of a model directory but its card: adapter, tokenizer, item index, catalog, one template per
+        task (`prompts`: task -> (template file, prompt settings), main task first), training counts, and the
+        merged model if asked. Returns the card's per-task prompt settings."""
+        model.save_pretrained(str(out), save_embedding_layers=False)  # new code rows: saved by training
+        tok.save_pretrained(str(out))
+        index.save(out / cls.INDEX)
+        write_jsonl(out / cls.CATALOG, catalog_rows)
+        tasks = {}
+        for n, (task, (template, settings)) in enumerate(prompts.items()):
+            name = "template.j2" if n == 0 else f"template-{task}.j2"
+            shutil.copyfile(template, out / name)
+            tasks[task] = {**settings, "template": name}
+        write_json(out / cls.POPULARITY, counts)
+        if merge:
+            merged = model.merge_and_unload()
+            tmp = out / f".{cls.MERGED}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            merged.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            shutil.rmtree(out / cls.MERGED, ignore_errors=True)
+            tmp.rename(out / cls.MERGED)
+        return tasks

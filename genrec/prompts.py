@@ -30,7 +30,10 @@ from .config import PromptConfig
 from .errors import GenrecError
 from .index import ItemIndex, facts_line
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+# The shipped templates: the top-level prompts/ of a source checkout (editable installs too); a wheel installs the
+# same files as genrec/templates (pyproject's package-dir).
+_HERE = Path(__file__).resolve().parent
+PROMPTS_DIR = _HERE / "templates" if (_HERE / "templates").is_dir() else _HERE.parent / "prompts"
 _SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
 REASON_SEPARATOR = "\n"
 RATING_LEVELS = (1, 2, 3, 4, 5)

@@ -18,9 +18,9 @@ from transformers import TrainerCallback
 from .config import PromptConfig, SFTConfig, to_dict
 from .data import PreparedData, load_prepared, sample_negative
 from .errors import GenrecError
-from .files import atomic_file, write_json, write_jsonl
+from .files import atomic_file, write_json
 from .index import ItemIndex
-from .models import MODEL_CARD, load_tokenizer, pick_dtype, resolve_base_model
+from .models import ModelCard, load_tokenizer, pick_dtype, resolve_base_model
 from .prompts import RATING_LEVELS, PromptBuilder, rating_level
 from .retriever import KINDS as RETRIEVERS
 from .retriever import RETRIEVER_DIR, Retriever
@@ -458,7 +458,7 @@ def _prepare_output(cfg: SFTConfig) -> Path:
         elif cfg.resume:
             if not has_ckpt:
                 raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
-        elif (out / MODEL_CARD).exists():
+        elif ModelCard.exists(out):
             raise GenrecError(f"output {out} already holds a trained model (pass --overwrite to replace it)")
         else:
             raise GenrecError(f"output {out} holds an unfinished run (pass --resume to continue or --overwrite)")
@@ -474,17 +474,17 @@ def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
     if not cfg.init_from:
         return None
     init = Path(cfg.init_from)
-    card_path = init / MODEL_CARD
-    if not card_path.is_file():
-        raise GenrecError(f"init_from: {init} is not a genrec model directory (no {MODEL_CARD})")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    if card.get("id_style", "title") != "title" or index.style != "title":
+    try:
+        card = ModelCard.load(init)
+    except GenrecError as exc:
+        raise GenrecError(f"init_from: {exc}") from None
+    if card.id_style != "title" or index.style != "title":
         raise GenrecError("init_from: transfer between datasets needs item_id=title on both models "
                           "(ids and semantic codes only name items of the catalog they were built on)")
-    if not card.get("adapter") or not (init / "adapter_config.json").is_file():
+    if not card.adapter or not (init / "adapter_config.json").is_file():
         raise GenrecError(f"init_from: {init} holds no LoRA adapter")
-    if resolve_base_model(card["base_model"]).resolve() != base.resolve():
-        raise GenrecError(f"init_from: {init} was trained on another base model ({card['base_model']})")
+    if card.base_path().resolve() != base.resolve():
+        raise GenrecError(f"init_from: {init} was trained on another base model ({card.base_model})")
     return init
 
 
@@ -511,26 +511,10 @@ def _plot_loss(log_path: Path, png_path: Path) -> None:
 
 def write_artefacts(out: Path, model, tok, index: ItemIndex, data: PreparedData, builders: dict[str, PromptBuilder],
                     merge: bool) -> dict[str, dict]:
-    """Everything of a model directory but its card: adapter, tokenizer, item index, catalog, one template per
-    task, training counts, the merged model if asked, the loss plot. Returns the card's per-task prompt settings."""
-    model.save_pretrained(str(out), save_embedding_layers=False)  # new code rows: CodeRows.save
-    tok.save_pretrained(str(out))
-    index.save(out / "item_index.json")
-    write_jsonl(out / "catalog.jsonl", list(data.catalog.values()))
-    tasks = {}
-    for n, (task, b) in enumerate(builders.items()):
-        name = "template.j2" if n == 0 else f"template-{task}.j2"
-        shutil.copyfile(b.template.path, out / name)
-        tasks[task] = {**to_dict(b.cfg), "template": name}
-    write_json(out / "popularity.json", dict(data.training_counts().most_common()))  # item -> training count
-    if merge:
-        merged = model.merge_and_unload()
-        tmp = out / ".merged.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        shutil.rmtree(out / "merged", ignore_errors=True)
-        tmp.rename(out / "merged")
+    """The model directory's files but its card (ModelCard.write_files), and the loss plot."""
+    tasks = ModelCard.write_files(out, model, tok, index, list(data.catalog.values()),
+                                  dict(data.training_counts().most_common()),
+                                  {t: (b.template.path, to_dict(b.cfg)) for t, b in builders.items()}, merge)
     if (out / "loss.jsonl").exists():
         _plot_loss(out / "loss.jsonl", out / "loss.png")
     return tasks
@@ -659,34 +643,27 @@ def train(cfg: SFTConfig, log=print) -> Path:
     code_rows.save(out)
     merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
     tasks = write_artefacts(out, trainer.model, tok, index, data, builders, merge)
-    write_json(out / MODEL_CARD, {
-        "genrec_model": 1,
-        "base_model": "default" if cfg.model in ("default", None, "") else str(base.resolve()),
-        "adapter": True,
-        "merged": "merged" if merge else None,
-        "data": str(Path(cfg.data).resolve()),
-        "prompt": next(iter(tasks.values())),  # the main task
-        "tasks": tasks,
-        "init_from": str(init.resolve()) if init else None,
-        "retriever": {"kind": retriever.settings["kind"], "dir": RETRIEVER_DIR, "facts": retriever.facts}
+    ModelCard(
+        dir=out, base_model="default" if cfg.model in ("default", None, "") else str(base.resolve()),
+        data=str(Path(cfg.data).resolve()), prompt=next(iter(tasks.values())), tasks=tasks, id_style=index.style,
+        adapter=True, merged=ModelCard.MERGED if merge else None, init_from=str(init.resolve()) if init else None,
+        retriever={"kind": retriever.settings["kind"], "dir": RETRIEVER_DIR, "facts": retriever.facts}
         if retriever is not None else None,
-        "with_reasons": builder.with_reasons,
-        "id_style": index.style,
-        "sft": to_dict(cfg),
-        "train_examples": len(examples),
-        "objective": cfg.objective if "next_item" in builders else "prefix",
-        "target_tokens": sum(sum(e["completion_mask"]) for e in examples),
-        "train_tokens": sum(len(e["input_ids"]) for e in examples),
-        "stopped_by_clock": bool(clock is not None and clock.used() >= clock.budget),
-        "train_targets": sum(_targets(e, builder) for e in examples),  # supervised items in the example set
-        "tokens_seen": next((float(r["num_tokens"]) for r in reversed(trainer.state.log_history) if "num_tokens" in r),
-                            None),
-        "skipped_examples": skipped,
-        "train_loss": result.training_loss,
-        "train_seconds": elapsed,
-        "global_step": trainer.state.global_step,
-        "processes": args.world_size,  # a global batch is batch_size x grad_accum x processes examples
-        "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
-    })
+        with_reasons=builder.with_reasons, objective=cfg.objective if "next_item" in builders else "prefix",
+        sft=to_dict(cfg), stats={
+            "train_examples": len(examples),
+            "target_tokens": sum(sum(e["completion_mask"]) for e in examples),
+            "train_tokens": sum(len(e["input_ids"]) for e in examples),
+            "stopped_by_clock": bool(clock is not None and clock.used() >= clock.budget),
+            "train_targets": sum(_targets(e, builder) for e in examples),  # supervised items in the example set
+            "tokens_seen": next((float(r["num_tokens"]) for r in reversed(trainer.state.log_history)
+                                 if "num_tokens" in r), None),
+            "skipped_examples": skipped,
+            "train_loss": result.training_loss,
+            "train_seconds": elapsed,
+            "global_step": trainer.state.global_step,
+            "processes": args.world_size,  # a global batch is batch_size x grad_accum x processes examples
+            "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
+        }).save()  # last: its presence means "complete"
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
     return out

@@ -41,7 +41,7 @@ def main() -> None:
 
         rec = Recommender(args.model, backend=name, vllm=VLLMConfig(tensor_parallel_size=args.tensor_parallel_size))
         start_s = time.perf_counter() - t0
-        data = load_prepared(rec.card["data"])
+        data = load_prepared(rec.card.data)
         rows = list(data.split("test"))[:args.users]
         reqs = [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
         rec.recommend(reqs[:2], args.k)  # warm-up

@@ -38,7 +38,7 @@ def main() -> None:
     rec = Recommender(args.model)
     rec.prompt_cfg.max_history = args.history
     rec.prompt_cfg.max_prompt_tokens = 4096
-    data = load_prepared(rec.card["data"])
+    data = load_prepared(rec.card.data)
     rows = [r for r in data.split("test") if len(r["history"]) >= args.history][:args.users]
     prompts = [rec.builder.encode(r["history"][-args.history:]) for r in rows]
     banned = [{rec.index.position[i] for i in r["history"] if i in rec.index.position} for r in rows]

@@ -57,11 +57,12 @@ def learning_curve(model: Path, out: Path, users: int) -> list[dict]:
     from genrec.config import EvaluateConfig
     from genrec.evaluation import run_evaluation
     from genrec.files import read_json
+    from genrec.models import ModelCard
 
     points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
     curve = []
     for p in points:
-        step = int(p.name.split("-")[1]) if p != model else read_json(model / "genrec.json")["global_step"]
+        step = int(p.name.split("-")[1]) if p != model else ModelCard.load(model).stats["global_step"]
         dest = out / f"step-{step}"
         if not (dest / "metrics.json").is_file():
             run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
@@ -109,6 +110,7 @@ def main() -> None:
 
     from genrec.config import EvaluateConfig
     from genrec.files import read_json
+    from genrec.models import ModelCard
     from genrec.metrics import fmt_ci, fmt_diff
 
     work = Path(args.work)
@@ -118,7 +120,7 @@ def main() -> None:
         model = work / name / ("rerank" if arm == "rerank" else "next_item")
         metrics_path = work / name / f"eval-{arm}" / "metrics.json"
         if not metrics_path.is_file():
-            if not (model / "genrec.json").is_file():
+            if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
             from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
@@ -129,7 +131,7 @@ def main() -> None:
                 candidates=f"retriever:{args.k}" if arm == "candidates" else None,
                 search="exact" if arm == "candidates" else "beam"))  # exact: all K candidates scored
         ev = read_json(metrics_path)
-        card = read_json(model / "genrec.json")
+        card = ModelCard.load(model).stats
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds")}

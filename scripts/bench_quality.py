@@ -43,6 +43,7 @@ def main() -> None:
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
     from genrec.files import read_json
+    from genrec.models import ModelCard
     from genrec.metrics import fmt_ci, fmt_diff
     from genrec.training import train
 
@@ -65,7 +66,7 @@ def main() -> None:
             ev["sft_wall_seconds"] = sft_wall
             metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
         ev = read_json(metrics_path)
-        card = read_json(model / "genrec.json")
+        card = ModelCard.load(model).stats
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}

@@ -57,12 +57,13 @@ def main() -> None:
 
     from openai import APIStatusError, OpenAI
 
-    from genrec.files import read_json, read_jsonl
+    from genrec.files import read_jsonl
+    from genrec.models import ModelCard
 
-    card = read_json(Path(args.model) / "genrec.json")
-    titles = {r["title"] for r in read_jsonl(Path(args.model) / "catalog.jsonl")}
-    ids = {r["item_id"] for r in read_jsonl(Path(args.model) / "catalog.jsonl")}
-    users = [u for u in read_jsonl(Path(card["data"]) / "users.jsonl") if len(u["items"]) > args.history + 1]
+    card = ModelCard.load(args.model)
+    titles = {r["title"] for r in card.catalog_rows()}
+    ids = {r["item_id"] for r in card.catalog_rows()}
+    users = [u for u in read_jsonl(Path(card.data) / "users.jsonl") if len(u["items"]) > args.history + 1]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", "--model", args.model, "--port", str(port),

@@ -10,7 +10,6 @@ per user, every item a target. Each arm trains for the same wall-clock minutes (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,9 @@ def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Pa
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{objective} arm failed: {' '.join(cmd)}")
-    card = json.loads((out / "genrec.json").read_text())
+    from genrec.models import ModelCard
+
+    card = ModelCard.load(out).stats
     tokens_per_target = card["train_tokens"] / card["train_targets"]
     tok_s = card["tokens_seen"] / card["train_seconds"]
     return {"objective": objective, "train_seconds": round(card["train_seconds"], 1), "steps": card["global_step"],

@@ -14,7 +14,6 @@ transfer (titles make it possible): source only (zero-shot on the target's catal
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -35,6 +34,7 @@ def main() -> None:
 
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
     from genrec.evaluation import run_evaluation
+    from genrec.models import ModelCard
     from genrec.training import train
 
     work = Path(args.work)
@@ -71,8 +71,8 @@ def main() -> None:
 
     def only(name: str) -> Path:
         path = work / f"{name}-only"
-        if name not in alone and args.reuse and (path / "genrec.json").is_file():
-            alone[name] = round(json.loads((path / "genrec.json").read_text())["train_seconds"], 1)
+        if name not in alone and args.reuse and ModelCard.exists(path):
+            alone[name] = round(ModelCard.load(path).stats["train_seconds"], 1)
         if name not in alone:
             alone[name] = sft(data[name], path, args.steps)
         return path

@@ -25,7 +25,7 @@ def reranker(rerank_model):
 def a_user(rec):
     from genrec.data import load_prepared
 
-    data = load_prepared(rec.card["data"])
+    data = load_prepared(rec.card.data)
     uid = sorted(data.users)[3]
     return data, uid, data.users[uid]["items"][:-1]
 

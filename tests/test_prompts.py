@@ -155,3 +155,24 @@ def test_item_facts_render_declared_attributes_only(tokenizer):
     assert "1. Heat\n2. Alien\n" in b.as_text(b.encode(["1", "2"]))
     with pytest.raises(GenrecError, match="item fact 'year' is not a catalog attribute"):
         builder_for(tokenizer, catalog, item_facts=["year"])
+
+
+def test_wheel_ships_the_templates_of_prompts(tmp_path):
+    """The templates are real files in the top-level prompts/ (no symlink inside the package); a built wheel
+    installs each of them as genrec/templates/<name>.j2, where an installed genrec looks first."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    import genrec.prompts as gp
+
+    root = Path(__file__).resolve().parent.parent
+    assert not (root / "genrec" / "prompts").exists() and PROMPTS_DIR == root / "prompts"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("genrec-*.whl"))).namelist()
+    shipped = {n.split("/")[-1] for n in names if n.startswith("genrec/templates/")}
+    assert shipped == {p.name for p in (root / "prompts").glob("*.j2")} and len(shipped) >= 7
+    assert gp._HERE == root / "genrec"

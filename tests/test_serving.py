@@ -70,7 +70,7 @@ def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int
 def a_user(recommender) -> tuple[str, list[str]]:
     from genrec.data import load_prepared
 
-    data = load_prepared(recommender.card["data"])
+    data = load_prepared(recommender.card.data)
     uid = next(iter(data.users))
     return uid, data.users[uid]["items"]
 
