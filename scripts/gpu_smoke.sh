@@ -13,14 +13,14 @@ export PATH="$PWD/.venv-gpu/bin:$PATH"
 RUN=${GENREC_GPU_RUN:-runs/gpu}
 genrec data prepare --output "$RUN/data" --overwrite
 genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --overwrite --max-steps ${STEPS:-200}
-python scripts/bench_backends.py --model "$RUN/model" --users ${USERS:-256} --batch-size 64 --check  # exits 1 on a fault
-python scripts/bench_serve.py --model "$RUN/model" --backend vllm --clients 32 --seconds 60
-python scripts/bench_serve.py --model "$RUN/model" --backend hf --clients 8 --seconds 60
+python -m benchmarks.bench_backends --model "$RUN/model" --users ${USERS:-256} --batch-size 64 --check  # exits 1 on a fault
+python -m benchmarks.bench_serve --model "$RUN/model" --backend vllm --clients 32 --seconds 60
+python -m benchmarks.bench_serve --model "$RUN/model" --backend hf --clients 8 --seconds 60
 # More than one GPU: the multi-GPU variants (DDP fine-tuning through accelerate, vLLM tensor parallelism).
 GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
 if [ "$GPUS" -gt 1 ]; then
   accelerate launch --config_file configs/accelerate/multi_gpu.yaml --num_processes "$GPUS" -m genrec.cli sft \
     --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model-ddp" --overwrite --max-steps ${STEPS:-200}
-  python scripts/bench_backends.py --model "$RUN/model-ddp" --users ${USERS:-256} --batch-size 64 --check \
+  python -m benchmarks.bench_backends --model "$RUN/model-ddp" --users ${USERS:-256} --batch-size 64 --check \
     --tensor-parallel-size "$GPUS"
 fi

@@ -8,17 +8,15 @@ so a title prompt keeps fewer history items within the same token budget.
   instruments  LC-Rec Amazon Instruments, no item text: id and semantic (co-occurrence only)
   games        LC-Rec Amazon Games, no item text: id and semantic (co-occurrence only)
 
-    python scripts/bench_item_ids.py [--datasets scientific,instruments] [--steps 60] [--users 100]
+    python -m benchmarks.bench_item_ids [--datasets scientific,instruments] [--steps 60] [--users 100]
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
+from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
 
 STYLES = {"scientific": ["title", "id", "semantic"], "instruments": ["id", "semantic"], "games": ["id", "semantic"]}
 

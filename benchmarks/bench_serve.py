@@ -5,7 +5,7 @@ must be a 200 with catalog items only, or a 503 (queue full, Retry-After) / 408 
 included, counts as a failure. Reports requests/s, p50/p99 latency of the 200s, the status mix, and the server's
 RSS after warm-up and at the end (target: within 10%). Traffic goes to 127.0.0.1 only; loops are bounded.
 
-    python scripts/bench_serve.py [--model runs/sample/model] [--backend hf] [--seconds 60] [--overload 2]
+    python -m benchmarks.bench_serve [--model runs/sample/model] [--backend hf] [--seconds 60] [--overload 2]
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_results  # noqa: E402
+from benchmarks.common import machine, write_results
 
 
 def free_port() -> int:

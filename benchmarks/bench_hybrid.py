@@ -12,19 +12,17 @@ Every LLM arm trains for the same M minutes and is evaluated on the same seeded 
 and on all users; NDCG@10 / HR@10 with 95% bootstrap intervals and paired differences against SASRec. Finished
 arms are reused (their metrics.json is kept), so arms can be added over several sessions:
 
-    python scripts/bench_hybrid.py --datasets movielens --arms rerank --minutes 30
+    python -m benchmarks.bench_hybrid --datasets movielens --arms rerank --minutes 30
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import dataset_arms, machine, write_results  # noqa: E402
+from benchmarks.common import dataset_arms, machine, write_results
 
 ARMS = ("rerank", "candidates", "full")
 

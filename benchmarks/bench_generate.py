@@ -6,18 +6,15 @@ beam search finds the exact top-K: each user's certified exact top-K (search="ex
 item by teacher forcing; tests/test_constrained.py checks that) against the beam's at widths --widths, with the
 cost of each.
 
-    python scripts/bench_generate.py [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
+    python -m benchmarks.bench_generate [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_results  # noqa: E402
+from benchmarks.common import machine, write_results
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ second, tokens per supervised target, supervised targets per second, peak RSS (e
 The prefix objective renders one prompt per history prefix (one target each); the sequence objective one window
 per user, every item a target. Each arm trains for the same wall-clock minutes (`--minutes`) from the same data.
 
-    python scripts/bench_sft.py [--data runs/bench_quality/movielens/data] [--minutes 3]
+    python -m benchmarks.bench_sft [--data runs/bench_quality/movielens/data] [--minutes 3]
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import machine, write_results  # noqa: E402
+from benchmarks.common import machine, write_results
 
 
 def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Path) -> dict:
