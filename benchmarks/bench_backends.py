@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.data import load_prepared
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     out, items = {}, {}
     for name in args.backends.split(","):

@@ -30,7 +30,7 @@ def main() -> None:
 
     from genrec.constrained import beam_search, top_items
     from genrec.data import load_prepared
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     rec = Recommender(args.model)
     rec.prompt_cfg.max_history = args.history

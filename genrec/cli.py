@@ -236,7 +236,7 @@ def sft(config_path, data_dir, output, model, task, template, init_from, max_ste
 def generate(config_path, overrides, **opts) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
     from .config import load_config, parse_overrides
-    from .generation import generate_file
+    from .jobs import generate_file
 
     cfg = load_config(GenerateConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.users:
@@ -258,7 +258,7 @@ def rank(config_path, overrides, **opts) -> None:
     """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits, the expected rating of a
     rating model, or a rerank model's P(label) over the candidates shown together."""
     from .config import load_config, parse_overrides
-    from .generation import rank_file
+    from .jobs import rank_file
 
     cfg = load_config(RankConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.candidates:
@@ -278,7 +278,7 @@ def rank(config_path, overrides, **opts) -> None:
 @friendly
 def recommend(model, user_id, history, request_text, k, with_reasons, data, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
-    from .generation import load_for_data, output_settings, to_request
+    from .jobs import load_for_data, output_settings, to_request
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}
@@ -314,7 +314,7 @@ def recommend(model, user_id, history, request_text, k, with_reasons, data, back
 @friendly
 def merge_shards_cmd(parts, out) -> None:
     """Join the outputs of `genrec generate --shard I/N` (any order) into one file."""
-    from .generation import merge_shards
+    from .jobs import merge_shards
 
     click.echo(json.dumps({"written": merge_shards(list(parts), out), "out": out}), err=True)
 

@@ -22,7 +22,7 @@ from .config import EvaluateConfig, to_dict
 from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
-from .generation import Recommender, Request
+from .recommender import Recommender, Request
 from .retriever import Retriever, parse_candidates
 
 
@@ -654,7 +654,7 @@ def _within_candidates(rec: Recommender, requests: list[Request], cfg: EvaluateC
     alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
     from tqdm.auto import tqdm
 
-    from .generation import fuse
+    from .recommender import fuse
 
     alone, fused = [], []
     bar = tqdm(total=len(requests), desc=desc, unit="user")

@@ -37,7 +37,8 @@ from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the
 
 from .config import ServeConfig
 from .errors import GenrecError
-from .generation import Recommender, Request, to_request
+from .jobs import to_request
+from .recommender import Recommender, Request
 from .index import facts_line
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /

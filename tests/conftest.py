@@ -95,7 +95,7 @@ def tiny_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def recommender(tiny_model):
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     return Recommender(tiny_model)
 

@@ -86,7 +86,7 @@ def test_unconstrained_search_runs_for_benchmarks(base_lm):
 
 def test_batch_equals_one_by_one(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     data = load_prepared(tiny_data)
     rows = data.split("test")
@@ -101,7 +101,7 @@ def test_batch_equals_one_by_one(recommender, tiny_data):
 
 def test_exclude_seen(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     data = load_prepared(tiny_data)
     row = data.split("test")[0]

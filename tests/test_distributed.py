@@ -23,7 +23,7 @@ def launch(tiny_data, out, *extra) -> subprocess.CompletedProcess:
 
 
 def test_two_cpu_processes_write_one_model_and_resume(tiny_data, tmp_path):
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     out = tmp_path / "m"
     p = launch(tiny_data, out, "max_steps=2")

@@ -107,7 +107,7 @@ def test_reasons_require_a_reason_model(tmp_path, tiny_model):
 def test_reasons_never_change_the_items(tmp_path, tiny_data):
     from conftest import tiny_sft_config
 
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
     from genrec.training import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "r", max_steps=2, save_steps=100)
@@ -152,7 +152,7 @@ def test_reason_grounding_flags_invented_titles_and_attributes():
 
 def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     data = load_prepared(tiny_data)
     reqs = [Request(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
@@ -180,7 +180,7 @@ def test_request_model_cold_start(tmp_path, tiny_data):
 
     from genrec.config import EvaluateConfig
     from genrec.evaluation import run_evaluation
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
     from genrec.training import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "q", max_steps=2, save_steps=100)
@@ -205,7 +205,7 @@ def test_history_entries_may_be_titles(tiny_data):
     shared title names its ids; an unknown entry lists the closest titles; hostile strings are clear errors."""
     from genrec.data import load_prepared
     from genrec.errors import GenrecError
-    from genrec.generation import resolve_items, to_request
+    from genrec.jobs import resolve_items, to_request
 
     catalog = dict(load_prepared(tiny_data).catalog)
     a, b = list(catalog)[:2]
@@ -295,7 +295,7 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
     """Recommender(adapter=checkpoint-N) (evaluate adapter=...): the last checkpoint is the final adapter, an
     earlier one another model; a directory without an adapter is a clear error."""
     from genrec.errors import GenrecError
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     req = [Request(history=["1", "260"], seen={"1", "260"})]
     final = recommender.recommend(req, k=3)[0]["recommendations"]

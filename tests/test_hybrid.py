@@ -17,7 +17,7 @@ from genrec.errors import GenrecError
 
 @pytest.fixture(scope="module")
 def reranker(rerank_model):
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     return Recommender(rerank_model)
 
@@ -78,7 +78,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
 
 
 def test_verbalizer_equals_a_direct_forward_pass(reranker):
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     data, uid, hist = a_user(reranker)
     req = Request(user_id=uid, history=hist, seen=set(hist))
@@ -97,7 +97,7 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
 
 
 def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     data, uid, hist = a_user(reranker)
     allowed = set(reranker.index.item_ids) - set(hist)
@@ -115,7 +115,7 @@ def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
     """A next_item model given a retriever (the directory is self-contained: copied in here) searches only the
     retriever's K; after them the list follows the retriever's order."""
     from genrec.data import load_prepared
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
     from genrec.retriever import Retriever
 
     model = tmp_path / "m"
@@ -189,7 +189,7 @@ def test_rerank_model_served_to_the_openai_client(reranker):
                                               messages=[{"role": "user", "content": json.dumps({"user_id": uid})}])
         titles = [c.message.content for c in resp.choices]
         assert set(titles) <= {r["title"] for r in reranker.catalog.values()} and len(set(titles)) == 4
-        from genrec.generation import Request
+        from genrec.recommender import Request
 
         items = data.users[uid]["items"]
         ref = reranker.recommend([Request(user_id=uid, history=items, seen=set(items))], k=4)[0]

@@ -97,7 +97,7 @@ def id_model(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("style", ["id", "semantic"])
 def test_sft_and_generate_with_item_codes(tiny_data, request, style):
     """A real fine-tune writing codes: only catalog items come out, histories are written as codes."""
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     out = request.getfixturevalue("id_model" if style == "id" else "semantic_model")
     card = json.loads((out / "genrec.json").read_text())

@@ -67,7 +67,7 @@ def test_auc_matches_pair_counting():
 def test_p_yes_is_the_softmax_of_the_two_answer_logits(pref_model, tiny_data):
     import torch
 
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     rec = Recommender(pref_model)
     data = load_prepared(tiny_data)

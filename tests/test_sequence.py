@@ -130,7 +130,7 @@ def test_token_batches_bound_padding():
 def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     """A real fine-tune with the sequence objective for next_item beside a prefix-objective preference task: the
     card records it, generation continues the list with valid items, preference still scores."""
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
     from genrec.sequence import SequenceBuilder
     from genrec.training import train
 

@@ -92,7 +92,7 @@ def test_mixed_model_card_and_templates(mixed_model):
 
 
 def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     rec = Recommender(mixed_model)
     assert rec.generator.cfg.task == "next_item" and rec.requester.cfg.task == "request"
@@ -113,7 +113,7 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
 def test_expected_rating_is_the_digit_softmax_mean(mixed_model, tiny_data):
     import torch
 
-    from genrec.generation import Recommender, Request
+    from genrec.recommender import Recommender, Request
 
     rec = Recommender(mixed_model)
     b = rec.builders["rating"]
@@ -196,7 +196,7 @@ def test_zero_shot_transfer_recommends_from_the_target_catalog(tiny_model, other
 
 
 def test_codes_do_not_transfer(semantic_model, other_data):
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     rec = Recommender(semantic_model)
     with pytest.raises(GenrecError, match="only title models transfer"):

@@ -11,7 +11,7 @@ pytest.importorskip("vllm", reason="the vLLM backend tests need vllm (CI install
 
 @pytest.fixture(scope="module")
 def vrec(tiny_model):
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     from genrec.config import VLLMConfig
 
@@ -23,7 +23,7 @@ def vrec(tiny_model):
 
 def requests_for(tiny_data, n):
     from genrec.data import load_prepared
-    from genrec.generation import Request
+    from genrec.recommender import Request
 
     rows = list(load_prepared(tiny_data).split("test"))[:n]
     return [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
@@ -82,7 +82,7 @@ def test_server_on_vllm_backend(vrec):
 
 def test_semantic_ids_on_vllm_serve_the_merged_model(semantic_model, tiny_data):
     """Code tokens are new vocabulary: vLLM serves the merged model and finds the same items as HF."""
-    from genrec.generation import Recommender
+    from genrec.recommender import Recommender
 
     hf = Recommender(semantic_model)
     vl = Recommender(semantic_model, backend="vllm")
