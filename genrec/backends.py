@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import GenrecError
+from .models import load_base
 
 NEG_INF = float("-inf")
 BACKENDS = ("hf", "vllm")
@@ -318,6 +319,27 @@ class VLLMBackend:
         params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_token_ids=[self.eos_id])
         outs = self._generate(seqs, [params] * len(seqs))
         return [[t for t in o.outputs[0].token_ids if t != self.eos_id] for o in outs]
+
+
+def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None, vllm=None,
+                 max_model_len: int = 1024):
+    """The engine for a genrec model directory (`ModelCard`): its merged weights when it has them, else the base
+    model with the LoRA adapter (the final one, or `adapter`: a checkpoint of the run), merged into the weights for
+    HF and served as a LoRA by vLLM."""
+    if kind not in BACKENDS:
+        raise GenrecError(f"unknown backend {kind!r} (available: {', '.join(BACKENDS)})")
+    merged, adapter_dir = card.merged_path(), card.adapter_path(adapter)
+    if kind == "vllm":
+        return VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype, tok.eos_token_id,
+                           max_model_len=max_model_len, lora_rank=card.lora_rank, engine=vllm)
+    if merged is not None:
+        model, _ = load_base(merged, dtype)
+    else:
+        from peft import PeftModel
+
+        base_model, _ = load_base(card.base_path(), dtype)
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().eval()
+    return HFBackend(model, tok.pad_token_id, tok.eos_token_id)
 
 
 def _vllm_dtype(dtype: str) -> str:

@@ -16,7 +16,7 @@ from .config import PromptConfig
 from .errors import GenrecError
 from .files import read_jsonl
 from .index import ItemIndex, TokenTrie
-from .models import ModelCard, load_base, load_tokenizer
+from .models import ModelCard, load_tokenizer
 from .prompts import PromptBuilder, load_template
 from .retriever import Retriever
 from .sequence import make_builder
@@ -53,34 +53,19 @@ class Recommender:
 
     def __init__(self, model_dir: str | Path, dtype: str = "auto", backend: str = "hf", vllm=None,
                  adapter: str | Path | None = None):
-        from .backends import BACKENDS, HFBackend, VLLMBackend
+        from .backends import load_backend
 
-        if backend not in BACKENDS:
-            raise GenrecError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
         self.card = card = ModelCard.load(model_dir)
         self.dir = card.dir
         self.tok = load_tokenizer(card.dir)
         self.retriever = Retriever.load(card.dir)  # None for a model trained without one
         self._set_catalog(card.catalog_rows(), card.item_index(), card.popularity())
-        merged = card.merged_path()
-        adapter_dir = card.adapter_path(adapter)
-        if self.index.new_tokens and merged is None:
+        if self.index.new_tokens and card.merged_path() is None:
             raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
-        if backend == "vllm":
-            longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence"
-                          else b.cfg.max_prompt_tokens for b in self.builders.values())
-            self.backend = VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype,
-                                       self.tok.eos_token_id, max_model_len=max(1024, longest + 192),  # + item, reason
-                                       lora_rank=card.lora_rank, engine=vllm)
-        else:
-            if merged is not None:
-                model, _ = load_base(merged, dtype)
-            else:
-                from peft import PeftModel
-
-                base_model, _ = load_base(card.base_path(), dtype)
-                model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().eval()
-            self.backend = HFBackend(model, self.tok.pad_token_id, self.tok.eos_token_id)
+        longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence" else b.cfg.max_prompt_tokens
+                      for b in self.builders.values())
+        self.backend = load_backend(card, self.tok, backend, dtype, adapter, vllm,
+                                    max_model_len=max(1024, longest + 192))  # prompt + item (+ reason)
 
     def _set_catalog(self, rows: list[dict], index: ItemIndex, counts: dict[str, int]) -> None:
         """The items this model recommends, one prompt builder per trained task, and a trie per item ending."""
