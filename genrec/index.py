@@ -50,10 +50,10 @@ class ItemIndex:
             return cls(style=style, item_ids=item_ids, targets=[str(n).zfill(width) for n in order],
                        stats={"seed": seed, "digits": width})
         if style == "semantic":
-            from .semantic import code_tokens, semantic_targets
+            from .semantic import code_tokens, item_text, semantic_targets
 
             pos = {i: n for n, i in enumerate(item_ids)}
-            texts = [_item_text(r) for r in catalog] if has_text else None
+            texts = [item_text(r) for r in catalog] if has_text else None
             seqs = [[pos[i] for i in h if i in pos] for h in (histories or [])]
             targets, stats = semantic_targets(texts, seqs, len(catalog), levels, codebook, text_weight, seed)
             return cls(style=style, item_ids=item_ids, targets=targets, stats={**stats, "seed": seed},
@@ -90,84 +90,3 @@ class ItemIndex:
         return cls(style=data["style"], item_ids=[r["item_id"] for r in data["items"]],
                    targets=[r["target"] for r in data["items"]], disambiguated=data.get("disambiguated", 0),
                    new_tokens=data.get("new_tokens", []), stats=data.get("stats", {}))
-
-
-def facts_line(attrs: dict[str, str], keys) -> str:
-    """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
-    what prompts show beside items and what the text encoder reads for semantic ids."""
-    return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
-
-
-def _item_text(row: dict) -> str:
-    attrs = row.get("attrs", {})
-    return " ".join(f"{row['title']}. {facts_line(attrs, sorted(attrs))}".split())
-
-
-class TokenTrie:
-    """Prefix tree over token sequences; a leaf (reached through the end token) names one item."""
-
-    def __init__(self, sequences: list[list[int]]):
-        self.children: list[dict[int, int]] = [{}]
-        self.parent: list[int] = [-1]
-        self.leaf_item: dict[int, int] = {}
-        for item, seq in enumerate(sequences):
-            node = 0
-            for tok in seq:
-                nxt = self.children[node].get(tok)
-                if nxt is None:
-                    nxt = len(self.children)
-                    self.children[node][tok] = nxt
-                    self.children.append({})
-                    self.parent.append(node)
-                node = nxt
-            if node in self.leaf_item:
-                raise GenrecError(f"items {self.leaf_item[node]} and {item} have the same token sequence")
-            self.leaf_item[node] = item
-        self.depth = max((len(s) for s in sequences), default=0)
-        self._allowed: dict[int, list[int]] = {}
-
-        self.leaf_of_item = {item: node for node, item in self.leaf_item.items()}
-        self.end_tokens = {t for kids in self.children for t, c in kids.items() if c in self.leaf_item}
-
-    def allowed(self, node: int, dead: set[int] | frozenset = frozenset()) -> list[int]:
-        """Tokens that continue `node` towards at least one item whose leaf is not in `dead`."""
-        if dead:
-            return [t for t, c in self.children[node].items() if c not in dead]
-        out = self._allowed.get(node)
-        if out is None:
-            out = self._allowed[node] = list(self.children[node])
-        return out
-
-    def dead_nodes(self, banned_items: set[int]) -> set[int]:
-        """Nodes under which every item is banned (their leaves included). A beam never enters one, so it can
-        never spend its width on a subtree holding only excluded (e.g. already seen) items."""
-        dead = {self.leaf_of_item[i] for i in banned_items if i in self.leaf_of_item}
-        frontier = list(dead)
-        while frontier:
-            p = self.parent[frontier.pop()]
-            if p >= 0 and p not in dead and all(c in dead for c in self.children[p].values()):
-                dead.add(p)
-                frontier.append(p)
-        return dead
-
-    def subtree_min(self, item_values: list[float]) -> list[float]:
-        """Per node, the smallest value of any item below it (a leaf: its item's value)."""
-        out = [float("inf")] * len(self.children)
-        for node, item in self.leaf_item.items():
-            out[node] = item_values[item]
-        for node in range(len(self.children) - 1, 0, -1):  # children always have larger ids than parents
-            p = self.parent[node]
-            if out[node] < out[p]:
-                out[p] = out[node]
-        return out
-
-    def step(self, node: int, token: int) -> int | None:
-        return self.children[node].get(token)
-
-    def walk(self, tokens: list[int]) -> int | None:
-        node = 0
-        for t in tokens:
-            node = self.children[node].get(t)
-            if node is None:
-                return None
-        return node

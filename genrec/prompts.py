@@ -28,7 +28,13 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .config import PromptConfig
 from .errors import GenrecError
-from .index import ItemIndex, facts_line
+from .index import ItemIndex
+
+def facts_line(attrs: dict[str, str], keys) -> str:
+    """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
+    what prompts show beside items and what the text encoder reads for semantic ids."""
+    return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
+
 
 # The shipped templates: the top-level prompts/ of a source checkout (editable installs too); a wheel installs the
 # same files as genrec/templates (pyproject's package-dir).

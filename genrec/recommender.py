@@ -15,7 +15,8 @@ from pathlib import Path
 from .config import PromptConfig
 from .errors import GenrecError
 from .files import read_jsonl
-from .index import ItemIndex, TokenTrie
+from .constrained import TokenTrie
+from .index import ItemIndex
 from .models import ModelCard, load_tokenizer
 from .prompts import PromptBuilder, load_template
 from .retriever import Retriever

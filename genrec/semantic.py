@@ -23,8 +23,15 @@ import numpy as np
 import torch
 
 from .errors import GenrecError
+from .prompts import facts_line
 
 LEVEL_NAMES = "abcdefgh"
+
+
+def item_text(row: dict) -> str:
+    """What the text encoder reads of an item: its title and every attribute, on one line."""
+    attrs = row.get("attrs", {})
+    return " ".join(f"{row['title']}. {facts_line(attrs, sorted(attrs))}".split())
 
 
 def code_tokens(levels: int, codebook: int, extra: int) -> list[str]:

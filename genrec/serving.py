@@ -39,7 +39,7 @@ from .config import ServeConfig
 from .errors import GenrecError
 from .jobs import to_request
 from .recommender import Recommender, Request
-from .index import facts_line
+from .prompts import facts_line
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from genrec.config import PromptConfig
 from genrec.constrained import beam_search, top_items
-from genrec.index import ItemIndex, TokenTrie
+from genrec.constrained import TokenTrie
+from genrec.index import ItemIndex
 from genrec.prompts import PromptBuilder, load_template, template_path
 
 

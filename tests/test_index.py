@@ -7,7 +7,8 @@ import json
 import pytest
 
 from genrec.data import load_prepared
-from genrec.index import ItemIndex, TokenTrie
+from genrec.constrained import TokenTrie
+from genrec.index import ItemIndex
 
 
 @pytest.fixture(scope="module")
