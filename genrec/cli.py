@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .config import EvaluateConfig, GenerateConfig, RankConfig, ServeConfig
+from .config import DataConfig, EvaluateConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
 from .errors import GenrecError
 
 
@@ -54,7 +54,8 @@ HELP = {
                   "trained with retriever=sasrec.",
     "strict": "Bad lines are errors instead of skipped.",
 }
-CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"]}
+CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"],
+           "objective": ["sequence", "prefix"], "item_id": ["title", "id", "semantic"]}
 
 
 def config_options(cls, *fields: str, help: dict | None = None, flags: dict | None = None):
@@ -114,29 +115,34 @@ def data() -> None:
 
 @data.command("prepare")
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with DataConfig keys.")
-@click.option("--interactions", help="Interactions file (CSV/TSV/JSONL/Parquet, optionally .gz). Default: embedded sample.")
-@click.option("--catalog", help="Item catalog file (item id, title, other text fields).")
-@click.option("--output", "-o", help="Output directory [runs/sample/data].")
-@click.option("--user-col", help="User id column (default: detected, e.g. user_id, userId).")
-@click.option("--item-col", help="Item id column in the interactions (default: detected).")
-@click.option("--time-col", help="Timestamp column: unix seconds or dates (default: detected).")
-@click.option("--rating-col", help="Rating column (optional).")
-@click.option("--title-col", help="Title column in the catalog (default: detected; 'none': no titles, ids stand in).")
-@click.option("--catalog-item-col", help="Item id column in the catalog (default: as --item-col or detected).")
-@click.option("--text-cols", help="Comma-separated catalog columns kept as item attributes (default: all others).")
-@click.option("--context-cols", help="Comma-separated interaction columns rendered as context.")
-@click.option("--derive-context", help="Context fields derived from each interaction's timestamp (UTC): "
-                                       "time_of_day, day_of_week, hour.")
-@click.option("--min-user-interactions", type=int, help="k-core: minimum interactions per user [5] (at least 3).")
-@click.option("--min-item-interactions", type=int, help="k-core: minimum interactions per item [5].")
-@click.option("--max-history", type=int, help="Keep the most recent N items of each history [50].")
-@click.option("--min-rating", type=float, help="Keep interactions rated at least this (positives only).")
-@click.option("--keep-cold-items/--no-keep-cold-items", default=None, help="Keep catalog items never interacted with.")
-@click.option("--hash-user-ids/--no-hash-user-ids", default=None,
-              help="Replace user ids by salted HMAC-SHA256 pseudonyms before anything is written.")
-@click.option("--user-id-salt", help="Salt for --hash-user-ids [$GENREC_USER_ID_SALT, else random]; never written.")
-@click.option("--strict/--no-strict", default=None, help="Fail on interactions naming unknown items instead of dropping.")
-@click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
+@config_options(
+    DataConfig, "interactions", "catalog", "output", "user_col", "item_col", "time_col", "rating_col", "title_col",
+    "catalog_item_col", "text_cols", "context_cols", "derive_context", "min_user_interactions",
+    "min_item_interactions", "max_history", "min_rating", "keep_cold_items", "hash_user_ids", "user_id_salt",
+    "strict", "overwrite",
+    help={"interactions": "Interactions file (CSV/TSV/JSONL/Parquet, optionally .gz) [embedded sample].",
+          "catalog": "Item catalog file (item id, title, other text fields) [embedded sample].",
+          "output": "Output directory.",
+          "user_col": "User id column (default: detected, e.g. user_id, userId).",
+          "item_col": "Item id column in the interactions (default: detected).",
+          "time_col": "Timestamp column: unix seconds or dates (default: detected).",
+          "rating_col": "Rating column (optional).",
+          "title_col": "Title column in the catalog (default: detected; 'none': no titles, ids stand in).",
+          "catalog_item_col": "Item id column in the catalog (default: as --item-col or detected).",
+          "text_cols": "Comma-separated catalog columns kept as item attributes (default: all others).",
+          "context_cols": "Comma-separated interaction columns rendered as context.",
+          "derive_context": "Context fields derived from each interaction's timestamp (UTC): time_of_day, "
+                            "day_of_week, hour.",
+          "min_user_interactions": "k-core: minimum interactions per user (at least 3).",
+          "min_item_interactions": "k-core: minimum interactions per item.",
+          "max_history": "Keep the most recent N items of each history.",
+          "min_rating": "Keep interactions rated at least this (positives only).",
+          "keep_cold_items": "Keep catalog items never interacted with.",
+          "hash_user_ids": "Replace user ids by salted HMAC-SHA256 pseudonyms before anything is written.",
+          "user_id_salt": "Salt for --hash-user-ids [$GENREC_USER_ID_SALT, else random]; never written.",
+          "strict": "Fail on interactions naming unknown items instead of dropping.",
+          "overwrite": "Replace an existing output directory."},
+    flags={"output": "--output,-o"})
 @click.argument("overrides", nargs=-1)
 @friendly
 def data_prepare(config_path, overrides, **opts) -> None:
@@ -144,7 +150,7 @@ def data_prepare(config_path, overrides, **opts) -> None:
 
     Extra KEY=VALUE arguments override config keys.
     """
-    from .config import DataConfig, load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .data import prepare
 
     cfg = load_config(DataConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
@@ -176,47 +182,44 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 # ------------------------------------------------------------------------------------------------ sft
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with SFTConfig keys (configs/sft.yaml).")
-@click.option("--data", "data_dir", help="Prepared data directory.")
-@click.option("--output", "-o", help="Output model directory.")
-@click.option("--model", help="Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.")
+@config_options(
+    SFTConfig, "data", "output", "model", "init_from", "max_steps", "objective", "max_minutes", "item_id", "resume",
+    "merge", "overwrite",
+    help={"data": "Prepared data directory.", "output": "Output model directory.",
+          "model": "Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.",
+          "init_from": "Continue the adapter of this genrec model (transfer from another dataset; titles on both "
+                       "sides).",
+          "max_steps": "Optimizer steps (0: train num_epochs=N epochs instead).",
+          "objective": "next_item: sequence = one list per user window, every item a target (the demo's); prefix = "
+                       "one prompt per history prefix.",
+          "max_minutes": "Stop training after this many minutes; the learning rate follows the clock and the model "
+                         "is written as at the end.",
+          "item_id": "What the model writes for an item: its title, a random-permutation number, or a semantic code "
+                     "learned from item text + co-occurrence. Generate/evaluate/serve use the model's.",
+          "resume": "Continue from the last checkpoint in --output.",
+          "merge": "Also write a merged full model (for vLLM).",
+          "overwrite": "Replace an existing output directory."},
+    flags={"output": "--output,-o"})
 @click.option("--task", help="Prompt task (template prompts/<task>.j2): next_item, next_item_reason, request, "
                              "preference, rating, rerank (an LLM ranks SASRec's candidates; add retriever=sasrec to "
                              "any other task to keep the retriever); several comma-separated are mixed in one run, "
                              "the first is the main.")
 @click.option("--template", type=click.Path(), help="Your own Jinja template (for the main task).")
-@click.option("--init-from", type=click.Path(), help="Continue the adapter of this genrec model (transfer from "
-                                                    "another dataset; titles on both sides).")
-@click.option("--max-steps", type=int, help="Optimizer steps.")
-@click.option("--objective", type=click.Choice(["sequence", "prefix"]),
-              help="next_item: sequence = one list per user window, every item a target (the demo's); prefix = one "
-                   "prompt per history prefix [prefix].")
-@click.option("--max-minutes", type=float, help="Stop training after this many minutes; the learning rate follows "
-                                                "the clock and the model is written as at the end.")
-@click.option("--item-id", type=click.Choice(["title", "id", "semantic"]),
-              help="What the model writes for an item: its title, a random-permutation number, or a semantic "
-                   "code learned from item text + co-occurrence [title]. Generate/evaluate/serve use the model's.")
-@click.option("--resume/--no-resume", default=None, help="Continue from the last checkpoint in --output.")
-@click.option("--merge/--no-merge", default=None, help="Also write a merged full model (for vLLM).")
-@click.option("--overwrite/--no-overwrite", default=None, help="Replace an existing output directory.")
 @click.argument("overrides", nargs=-1)
 @friendly
-def sft(config_path, data_dir, output, model, task, template, init_from, max_steps, objective, max_minutes, item_id,
-        resume, merge, overwrite, overrides) -> None:
+def sft(config_path, task, template, overrides, **opts) -> None:
     """LoRA supervised fine-tuning with TRL on prompt/completion examples.
 
     Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
     Multi-GPU: `accelerate launch -m genrec.cli sft ...` runs the same command distributed.
     """
-    from .config import SFTConfig, load_config, parse_overrides
+    from .config import load_config, parse_overrides
     from .training import train
 
     tasks = [t.strip() for t in task.split(",") if t.strip()] if task else None
     cfg = load_config(SFTConfig, config_path, {
         **parse_overrides(overrides),
-        **_overrides(data=data_dir, output=output, model=model, max_steps=max_steps, objective=objective,
-                     max_minutes=max_minutes, item_id=item_id, resume=resume,
-                     merge=merge, overwrite=overwrite, init_from=init_from, tasks=tasks,
-                     **{"prompt.task": tasks[0] if tasks else None, "prompt.template": template})})
+        **_overrides(**opts, tasks=tasks, **{"prompt.task": tasks[0] if tasks else None, "prompt.template": template})})
     train(cfg)
 
 
