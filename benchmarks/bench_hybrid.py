@@ -17,12 +17,11 @@ arms are reused (their metrics.json is kept), so arms can be added over several 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from benchmarks.common import dataset_arms, machine, write_results
+from benchmarks.common import arms_parser, dataset_arms, machine, write_results
 
 ARMS = ("rerank", "candidates", "full")
 
@@ -89,21 +88,13 @@ def learning_curve(model: Path, out: Path, users: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="movielens,scientific")
-    ap.add_argument("--arms", default="rerank,candidates,full")
-    ap.add_argument("--minutes", type=float, default=30.0, help="training minutes of each LLM (the same for each)")
-    ap.add_argument("--users", type=int, default=610, help="seeded test users for the LLM arms")
+    ap = arms_parser(__doc__, "movielens,scientific", "rerank,candidates,full", 30.0, 20, "runs/bench_hybrid")
     ap.add_argument("--k", type=int, default=20, help="retriever candidates (K)")
-    ap.add_argument("--history", type=int, default=20, help="prompt.max_history")
-    ap.add_argument("--facts", default="", help="prompt.item_facts ('' = titles only)")
     ap.add_argument("--title-chars", type=int, default=120, help="prompt.max_title_chars (long product titles cost "
                     "tokens in every candidate line)")
     ap.add_argument("--retriever", default=None, help="a retriever trained before for this dataset (a model directory "
                     "or its retriever/); default: SASRec trained to convergence by the rerank arm")
     ap.add_argument("--curve-users", type=int, default=100, help="learning curve of the rerank arm (0: none)")
-    ap.add_argument("--work", default="runs/bench_hybrid")
-    ap.add_argument("--name", default="bench_hybrid")
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig

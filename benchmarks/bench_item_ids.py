@@ -13,43 +13,32 @@ so a title prompt keeps fewer history items within the same token budget.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
-from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
+from benchmarks.common import bench_parser, each_dataset, start_report, timed_sft, write_results
 
 STYLES = {"scientific": ["title", "id", "semantic"], "instruments": ["id", "semantic"], "games": ["id", "semantic"]}
 
 
 def main() -> None:
-    ap = bench_parser(__doc__, "scientific,instruments", 60, "runs/bench_item_ids")
-    ap.add_argument("--styles", help="comma-separated subset of title,id,semantic")
-    ap.add_argument("--prompt-tokens", type=int, default=320)
-    args = ap.parse_args()
+    args = bench_parser(__doc__, "scientific,instruments", 60, "runs/bench_item_ids",
+                        styles={"help": "comma-separated subset of title,id,semantic"},
+                        prompt_tokens={"type": int, "default": 320}).parse_args()
 
-    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
+    from genrec.config import EvaluateConfig, PromptConfig
     from genrec.evaluation import run_evaluation
-    from genrec.training import train
 
-    work = Path(args.work)
-    report = start_report(args)
-    rows: list[dict] = []
-    for name in args.datasets.split(","):
-        d = work / name
-        prepare_shared(name, work)
-        res = report["datasets"][name] = {}
+    report, rows = start_report(args), []
+    for name, d, res in each_dataset(args, report):
         styles = [s for s in STYLES[name] if not args.styles or s in args.styles.split(",")]
         for n, style in enumerate(styles):
             out = d / style
-            t0 = time.time()
-            train(SFTConfig(data=str(d / "data"), output=str(out), overwrite=True, max_steps=args.steps,
-                            save_steps=10**6, item_id=style, align_examples=0.1 if style != "title" else 0.0,
-                            prompt=PromptConfig(max_history=20, max_prompt_tokens=args.prompt_tokens)))
-            sft_s = time.time() - t0
+            sft_s = timed_sft(d / "data", out, args.steps, item_id=style,
+                              align_examples=0.1 if style != "title" else 0.0,
+                              prompt=PromptConfig(max_history=20, max_prompt_tokens=args.prompt_tokens))
             ev = run_evaluation(EvaluateConfig(model=str(out), max_users=args.users, ks=[5, 10], beam_width=20,
                                                baselines=["popular", "sasrec"] if n == 0 else [],
                                                sasrec_seconds=args.sasrec_seconds, output=str(d / f"eval-{style}")))
-            res[style] = {"sft_seconds": round(sft_s, 1), **{k: ev[k] for k in (
+            res[style] = {"sft_seconds": sft_s, **{k: ev[k] for k in (
                 "users_evaluated", "catalog_items", "results", "genrec_users_per_second")}}
             for model, m in ev["results"].items():
                 rows.append({"dataset": name, "model": f"genrec ({style})" if model == "genrec" else model,

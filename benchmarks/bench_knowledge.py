@@ -14,35 +14,24 @@ then evaluations on the same users:
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
-from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
+from benchmarks.common import bench_parser, each_dataset, start_report, timed_sft, write_results
 
 
 def main() -> None:
-    ap = bench_parser(__doc__, "movielens,scientific", 40, "runs/bench_knowledge")
-    ap.add_argument("--perturb", default="drop:0.2")
-    ap.add_argument("--penalty", type=float, default=1.0)
-    args = ap.parse_args()
+    args = bench_parser(__doc__, "movielens,scientific", 40, "runs/bench_knowledge",
+                        perturb={"default": "drop:0.2", "help": "evaluation perturbation of the facts arm"},
+                        penalty={"type": float, "default": 1.0, "help": "popularity penalty of the third run"}
+                        ).parse_args()
 
-    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
+    from genrec.config import EvaluateConfig, PromptConfig
     from genrec.evaluation import run_evaluation
-    from genrec.training import train
 
-    work = Path(args.work)
-    report = start_report(args)
-    rows: list[dict] = []
-    for name in args.datasets.split(","):
-        d = work / name
-        prepare_shared(name, work)
-        res = report["datasets"][name] = {}
+    report, rows = start_report(args), []
+    for name, d, res in each_dataset(args, report):
         for arm, facts in (("facts", None), ("plain", [])):
-            t0 = time.time()
-            train(SFTConfig(data=str(d / "data"), output=str(d / arm), overwrite=True, max_steps=args.steps,
-                            save_steps=10**6, prompt=PromptConfig(max_history=5, max_prompt_tokens=320,
-                                                                  item_facts=facts)))
-            res[f"sft_seconds_{arm}"] = round(time.time() - t0, 1)
+            res[f"sft_seconds_{arm}"] = timed_sft(d / "data", d / arm, args.steps, prompt=PromptConfig(
+                max_history=5, max_prompt_tokens=320, item_facts=facts))
         runs = {
             "facts": EvaluateConfig(model=str(d / "facts"), max_users=args.users, perturb=args.perturb,
                                     sasrec_seconds=args.sasrec_seconds, output=str(d / "eval-facts")),

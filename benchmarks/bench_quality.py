@@ -14,28 +14,18 @@ filled over several sessions:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from benchmarks.common import dataset_arms, machine, write_results
+from benchmarks.common import arms_parser, dataset_arms, machine, write_results
 
 ARMS = ("sequence", "prefix")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default="movielens,scientific")
-    ap.add_argument("--arms", default="sequence,prefix")
-    ap.add_argument("--minutes", type=float, default=60.0, help="training minutes per LLM arm (the same for each)")
-    ap.add_argument("--users", type=int, default=610, help="seeded test users for the LLM arms")
-    ap.add_argument("--history", type=int, default=30, help="prompt.max_history of the sequence arm (window and "
-                    "inference prompt)")
-    ap.add_argument("--facts", default="", help="prompt.item_facts for the sequence arm ('' = titles only)")
+    ap = arms_parser(__doc__, "movielens,scientific", "sequence,prefix", 60.0, 30, "runs/bench_quality")
     ap.add_argument("--sasrec-seconds", type=float, default=None, help="cap on SASRec (default: until converged)")
-    ap.add_argument("--work", default="runs/bench_quality")
-    ap.add_argument("--name", default="bench_quality")
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig

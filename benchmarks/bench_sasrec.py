@@ -10,17 +10,16 @@ ml-latest-small SASRec 0.0520 / 0.0951 (file order within a timestamp), popular 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, prepare_shared, write_results
+from benchmarks.common import machine, parser, prepare_shared, write_results
 
 REFERENCE = {"scientific": {"sasrec": 0.0827, "popular": 0.0180}, "movielens": {"sasrec": 0.0520, "popular": 0.0183}}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--datasets", default="scientific,movielens")
     ap.add_argument("--tie-order", default="file", help="file (the reference's rule) or shuffle (genrec's default)")
     ap.add_argument("--sasrec-seconds", type=float, default=None, help="a cap (default: until early stopping)")

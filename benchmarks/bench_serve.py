@@ -10,7 +10,6 @@ RSS after warm-up and at the end (target: within 10%). Traffic goes to 127.0.0.1
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import json
@@ -24,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, parser, write_results
 
 
 def free_port() -> int:
@@ -41,15 +40,12 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="runs/sample/model")
+    ap = parser(__doc__, model="runs/sample/model", history=10, k=10)
     ap.add_argument("--backend", default="hf")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients while measuring capacity")
     ap.add_argument("--warmup", type=int, default=24, help="requests that measure capacity")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the overload phase")
     ap.add_argument("--overload", type=float, default=2.0, help="arrival rate as a multiple of the capacity")
-    ap.add_argument("--history", type=int, default=10)
-    ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=20.0, help="the server's timeout_s (408 past it)")
     args = ap.parse_args()

@@ -9,7 +9,6 @@ per user, every item a target. Each arm trains for the same wall-clock minutes (
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, write_results
+from benchmarks.common import machine, parser, write_results
 
 
 def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Path) -> dict:
@@ -42,7 +41,7 @@ def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Pa
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--data", default="runs/bench_quality/movielens/data")
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--prefix-args", default="batch_size=8 prompt.max_history=20 prompt.max_prompt_tokens=384 "

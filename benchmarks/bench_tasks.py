@@ -15,25 +15,22 @@ transfer (titles make it possible): source only (zero-shot on the target's catal
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
-from benchmarks.common import bench_parser, prepare_shared, start_report, write_results
+from benchmarks.common import bench_parser, prepare_shared, start_report, timed_sft, write_results
 
 COLS = ("HR@10", "NDCG@10", "AUC", "RMSE", "MAE")
 
 
 def main() -> None:
-    ap = bench_parser(__doc__, None, 40, "runs/bench_tasks")
-    ap.add_argument("--parts", default="tasks,transfer")
-    ap.add_argument("--short-steps", type=int, default=15)
-    ap.add_argument("--reuse", action="store_true", help="keep the <dataset>-only models a previous run finished")
-    args = ap.parse_args()
+    args = bench_parser(__doc__, None, 40, "runs/bench_tasks", parts={"default": "tasks,transfer"},
+                        short_steps={"type": int, "default": 15, "help": "steps of the transfer fine-tunes"},
+                        reuse={"action": "store_true", "help": "keep the <dataset>-only models a previous run "
+                               "finished"}).parse_args()
 
-    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
+    from genrec.config import EvaluateConfig, PromptConfig
     from genrec.evaluation import run_evaluation
     from genrec.models import ModelCard
-    from genrec.training import train
 
     work = Path(args.work)
     report = start_report(args)
@@ -42,10 +39,7 @@ def main() -> None:
     prompt = PromptConfig(max_history=10, max_prompt_tokens=320, item_facts=[])
 
     def sft(prepared: Path, out: Path, steps: int, **kw) -> float:
-        t0 = time.time()
-        train(SFTConfig(data=str(prepared), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
-                        prompt=prompt, **kw))
-        return round(time.time() - t0, 1)
+        return timed_sft(prepared, out, steps, prompt=prompt, **kw)
 
     def measure(part: str, dataset: str, arm: str, model: Path, sft_s: float | None, **kw) -> dict:
         cfg = EvaluateConfig(model=str(model), max_users=args.users, ks=[5, 10], sasrec_seconds=args.sasrec_seconds,

@@ -90,17 +90,63 @@ def lcrec_raw(work: Path, name: str) -> tuple[Path, Path]:
     return work / "inter.csv", work / "items.csv"
 
 
-def bench_parser(doc: str, datasets: str | None, steps: int, work: str, users: int = 100) -> argparse.ArgumentParser:
-    """The options every quality benchmark shares; scripts add their own."""
+def parser(doc: str, **shared) -> argparse.ArgumentParser:
+    """argparse with the benchmark's docstring as its help; `shared` adds options many benchmarks take, with the
+    default given: model (a model directory), users, k, history, batch_size."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = {"model": "model directory written by `genrec sft`", "users": "users evaluated (a seeded sample)",
+             "k": "items per list", "history": "prompt.max_history", "batch_size": "users per batch"}
+    for name, default in shared.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=helps[name])
+    return ap
+
+
+def bench_parser(doc: str, datasets: str | None, steps: int, work: str, users: int = 100,
+                 **own: dict) -> argparse.ArgumentParser:
+    """The options every step-budget quality benchmark shares, and its `own` (option name -> add_argument's keyword
+    arguments, e.g. styles={"help": ...})."""
+    ap = parser(doc, users=users)
+    for name, kwargs in own.items():
+        ap.add_argument("--" + name.replace("_", "-"), **kwargs)
     if datasets:
         ap.add_argument("--datasets", default=datasets)
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per fine-tune (the same for every arm)")
-    ap.add_argument("--users", type=int, default=users, help="test users per evaluation (a seeded sample)")
     ap.add_argument("--sasrec-seconds", type=float, default=120.0)
     ap.add_argument("--work", default=work)
     ap.add_argument("--name", default=Path(work).name, help="results file stem under runs/bench/")
     return ap
+
+
+def arms_parser(doc: str, datasets: str, arms: str, minutes: float, history: int, work: str) -> argparse.ArgumentParser:
+    """The options of the minute-budget benchmarks whose arms are reused across sessions (bench_quality,
+    bench_hybrid): datasets, arms, minutes per LLM arm, the LLM's test users, history, item facts, where to work."""
+    ap = parser(doc, users=610, history=history)
+    ap.add_argument("--datasets", default=datasets)
+    ap.add_argument("--arms", default=arms)
+    ap.add_argument("--minutes", type=float, default=minutes, help="training minutes of each LLM arm (the same "
+                    "for each)")
+    ap.add_argument("--facts", default="", help="prompt.item_facts ('' = titles only)")
+    ap.add_argument("--work", default=work)
+    ap.add_argument("--name", default=Path(work).name, help="results file stem under runs/bench/")
+    return ap
+
+
+def timed_sft(data: Path, out: Path, steps: int, **settings) -> float:
+    """Fine-tune for `steps` steps with no intermediate checkpoints; the seconds it took."""
+    from genrec.config import SFTConfig
+    from genrec.training import train
+
+    t0 = time.time()
+    train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6, **settings))
+    return round(time.time() - t0, 1)
+
+
+def each_dataset(args: argparse.Namespace, report: dict):
+    """(name, its work directory, its part of the report) per --datasets entry, each prepared first."""
+    work = Path(args.work)
+    for name in args.datasets.split(","):
+        prepare_shared(name, work)
+        yield name, work / name, report["datasets"].setdefault(name, {})
 
 
 def start_report(args: argparse.Namespace) -> dict:

@@ -99,9 +99,14 @@ class HFBeams:
     @torch.no_grad()
     def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
         self.model = model
-        out, self.cache, self.attn, pos = _prefill(model, prompts, pad_id)
+        out, cache, attn, pos = _prefill(model, prompts, pad_id)
         self.last_pos = pos[:, -1]
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
+        self._keep(cache, attn)
+
+    def _keep(self, cache, attn) -> None:
+        """What a step needs of the prompts' KV: here the whole cache, one row per live beam."""
+        self.cache, self.attn = cache, attn
 
     @torch.no_grad()
     def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
@@ -117,26 +122,21 @@ class HFBeams:
         return self.logp
 
 
-class SharedPromptBeams:
+class SharedPromptBeams(HFBeams):
     """Live beams that share their prompt's KV instead of copying it: each prompt's KV is kept once (B rows), each
     beam keeps only the KV of the tokens it wrote (a few per item), and a step attends over the owner's prompt
     part plus its own part. HFBeams copies every live row's whole KV cache at every step (`reorder_cache`), which
     for ~400-token prompts and 80 rows is gigabytes per step; here a step copies only the beams' own tokens.
     Used when the model runs genrec's CPU attention (use_cpu_attention); same log-probabilities as HFBeams."""
 
-    @torch.no_grad()
-    def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
-        self.model = model
-        out, cache, attn, pos = _prefill(model, prompts, pad_id)
-        device = attn.device
+    def _keep(self, cache, attn) -> None:
+        """Each prompt's KV once (B rows); the beams' own KV starts empty."""
         self.prompt_k = [layer.keys for layer in cache.layers]  # [B, Hkv, Lp, D] per layer
         self.prompt_v = [layer.values for layer in cache.layers]
         self.prompt_pad = attn == 0  # [B, Lp]: left padding, never attended to
-        self.owner = torch.arange(len(prompts), device=device)
+        self.owner = torch.arange(attn.shape[0], device=attn.device)
         self.gen_k: list[torch.Tensor | None] = [None] * len(self.prompt_k)
         self.gen_v: list[torch.Tensor | None] = [None] * len(self.prompt_k)
-        self.last_pos = pos[:, -1]
-        self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
 
     @torch.no_grad()
     def advance(self, src: list[int], tokens: list[int], allowed: list[list[int]] | None) -> torch.Tensor:
