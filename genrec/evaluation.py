@@ -213,24 +213,25 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     task = cfg.task or rec.builder.cfg.task
     if task not in rec.builders:
         raise GenrecError(f"{cfg.model} was not trained for task {task!r} (it has: {', '.join(rec.builders)})")
-    if rec.builders[task].scores_candidates:
+    builder = rec.builders[task]
+    if builder.task.scores_candidates:
         return evaluate_candidates(rec, cfg, task, data, log)
     rows = data.split(cfg.split)
     kmax = max(cfg.ks)
     catalog = set(rec.index.item_ids)
-    cold = task == "request"  # cold-start users who only say what they want
-    builder = rec.builders[task]
+    cold = builder.task.takes_request  # cold-start users who only say what they want
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
     baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
     # A hybrid (rerank, or generation within the retriever's K) is always shown beside its retriever alone.
     cand_k = parse_candidates(cfg.candidates)
-    if cand_k is not None and builder.is_rerank:
+    rerank = builder.task.ranks_candidates
+    if cand_k is not None and rerank:
         raise GenrecError(f"--candidates is for generative models: {cfg.model} reranks its retriever's top "
                           f"{builder.cfg.rerank_candidates} already")
     rec.recommend([], kmax, candidates=cand_k, search=cfg.search)  # its checks of these settings, before any work
-    hybrid_k = builder.cfg.rerank_candidates if builder.is_rerank else cand_k
-    if builder.is_rerank and rec.retriever is None:
+    hybrid_k = builder.cfg.rerank_candidates if rerank else cand_k
+    if rerank and rec.retriever is None:
         raise GenrecError(f"{cfg.model} is a rerank model without its retriever ({cfg.model}/retriever is missing)")
     if hybrid_k is not None and "sasrec" not in baselines:
         baselines.append("sasrec")
@@ -243,7 +244,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if cold:
         kept = []
         for i in chosen:
-            text = builder.request_for(rows[i]["target"], rng)
+            text = builder.task.request_for(rows[i]["target"], rng)
             if text is not None:
                 kept.append(i)
                 requests.append(Request(user_id=rows[i]["user_id"], request=text,
@@ -261,7 +262,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
 
     t0 = time.time()
     extra_lists: dict[str, list[list[str]]] = {}
-    if builder.is_rerank:  # one forward pass gives the LLM's order and its product with the retriever's
+    if rerank:  # one forward pass gives the LLM's order and its product with the retriever's
         ranked, extra_lists["genrec x sasrec"] = _reranked(rec, requests, cfg, kmax, f"genrec rerank {cfg.split}")
     elif cand_k is not None:  # one search scores all K: the LLM's order and its product with the retriever's
         ranked, extra_lists["genrec x sasrec"] = _within_candidates(rec, requests, cfg, kmax, cand_k,
@@ -352,7 +353,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),
         "results": results, "intervals": intervals, "paired_differences": paired, "slices": slices,
         "baselines_all_users": all_users, "sasrec": sasrec_facts, "retriever_recall": recall,
-        "hybrid": None if hybrid_k is None else ("rerank" if builder.is_rerank else "generation within candidates"),
+        "hybrid": None if hybrid_k is None else ("rerank" if rerank else "generation within candidates"),
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),
@@ -591,11 +592,10 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
                                 context=json.loads(row["context"]), ratings=row.get("history_ratings")))
         cands.append(cand)
         labels.append(label)
-    score = rec.preference if task == "preference" else rec.rate
     scores: list[list[float]] = []
     bar = tqdm(total=len(requests), desc=f"{task} {cfg.split}", unit="user")
     for start in range(0, len(requests), cfg.batch_size):
-        scores += score(requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
+        scores += rec.score(task, requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
         bar.update(len(requests[start:start + cfg.batch_size]))
     bar.close()
     flat_s = [p for ps in scores for p in ps]

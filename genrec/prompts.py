@@ -19,7 +19,6 @@ so a title containing "<|im_end|>" reaches the model as the characters, never as
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from .config import PromptConfig
 from .errors import GenrecError
 from .index import ItemIndex
+from .tasks import RERANK_LABELS, bind_task, rating_level
 
 def facts_line(attrs: dict[str, str], keys) -> str:
     """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
@@ -42,15 +42,6 @@ _HERE = Path(__file__).resolve().parent
 PROMPTS_DIR = _HERE / "templates" if (_HERE / "templates").is_dir() else _HERE.parent / "prompts"
 _SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
 REASON_SEPARATOR = "\n"
-RATING_LEVELS = (1, 2, 3, 4, 5)
-RERANK_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one letter per candidate: one token each, read from its logit
-
-
-def rating_level(rating: float) -> int:
-    """A rating on a 1-5 scale as the answer digit: halves round up (3.5 -> 4), out-of-scale values are clamped."""
-    return min(RATING_LEVELS[-1], max(RATING_LEVELS[0], math.floor(rating + 0.5)))
-
-
 def template_path(cfg: PromptConfig) -> Path:
     default = "sequence" if cfg.objective == "sequence" else cfg.task
     path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{default}.j2"
@@ -117,6 +108,7 @@ class PromptBuilder:
         self.catalog = catalog
         self.index = index
         self.template = template or load_template(template_path(cfg))
+        self.task = bind_task(self, cfg.task)  # what this builder's prompts ask: tasks.py
         self.eos_id = tokenizer.eos_token_id
         sep = self.plain(REASON_SEPARATOR)
         if len(sep) != 1:
@@ -128,61 +120,6 @@ class PromptBuilder:
         missing = [k for k in self.fact_keys if k not in kept]
         if missing:
             raise GenrecError(f"item fact {missing[0]!r} is not a catalog attribute (kept: {', '.join(kept) or 'none'})")
-
-    @property
-    def is_preference(self) -> bool:
-        """Preference templates answer "yes"/"no" about `candidate` instead of writing an item."""
-        return self.cfg.task == "preference"
-
-    @property
-    def is_rating(self) -> bool:
-        """Rating templates answer the user's rating of `candidate`, one digit from 1 to 5."""
-        return self.cfg.task == "rating"
-
-    @property
-    def is_rerank(self) -> bool:
-        """Rerank templates show the retriever's candidates under letter labels; the answer is one label."""
-        return self.cfg.task == "rerank"
-
-    def label_ids(self, n: int) -> list[int]:
-        """The token of each of the first n candidate labels: distinct single tokens (the verbalizer)."""
-        if not 1 <= n <= len(RERANK_LABELS):
-            raise GenrecError(f"a rerank prompt shows 1 to {len(RERANK_LABELS)} candidates, not {n}")
-        ids = [self.plain(c) for c in RERANK_LABELS[:n]]
-        if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != n:
-            raise GenrecError("the tokenizer must encode each candidate label A-Z as one distinct token")
-        return [i[0] for i in ids]
-
-    @property
-    def scores_candidates(self) -> bool:
-        """The answer is one token about a given candidate, read from its logits (never an item to generate)."""
-        return self.is_preference or self.is_rating
-
-    def answer_ids(self) -> tuple[int, ...]:
-        """The answer tokens a scoring task chooses among ("yes", "no" or "1".."5"), each exactly one token:
-        the score comes from a softmax over exactly these."""
-        words = [str(r) for r in RATING_LEVELS] if self.is_rating else ["yes", "no"]
-        ids = [self.plain(w) for w in words]
-        if any(len(i) != 1 for i in ids):
-            raise GenrecError(f"the tokenizer must encode each of {', '.join(words)} as one token")
-        return tuple(i[0] for i in ids)
-
-    @property
-    def is_request(self) -> bool:
-        """Request templates answer a natural-language request (cold start), the history being optional."""
-        return self.cfg.task == "request"
-
-    def request_for(self, item_id: str, rng) -> str | None:
-        """A request an item would answer, from its attributes only (never its title, which would give the answer
-        away): "something with genres: Comedy, Romance". None for an item without attributes."""
-        attrs = self.item_view(item_id)["attrs"]
-        keys = sorted(k for k, v in attrs.items() if v.strip())
-        if not keys:
-            return None
-        picked = rng.sample(keys, rng.randint(1, len(keys)))
-        facts = "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in sorted(picked))
-        return rng.choice(["I am looking for something with {}", "Recommend me an item with {}",
-                           "Something with {}, please"]).format(facts)
 
     @property
     def with_reasons(self) -> bool:

@@ -78,11 +78,12 @@ class Recommender:
             self.builders[task] = make_builder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
         self.builder = self.builders[self.card.main_task]
         self.prompt_cfg = self.builder.cfg
-        writers = [b for b in self.builders.values() if not b.scores_candidates and not b.is_rerank]
-        self.reranker = self.builders.get("rerank")  # ranks the retriever's candidates with one forward pass
+        writers = [b for b in self.builders.values() if b.task.writes_items]
+        # ranks the retriever's candidates with one forward pass
+        self.reranker = next((b for b in self.builders.values() if b.task.ranks_candidates), None)
         # history-only requests go to a sequential task, falling back to the request task; request text to the latter
-        self.generator = next((b for b in writers if not b.is_request), writers[0] if writers else None)
-        self.requester = self.builders.get("request", self.generator)
+        self.generator = next((b for b in writers if not b.task.takes_request), writers[0] if writers else None)
+        self.requester = next((b for b in writers if b.task.takes_request), self.generator)
         self._tries: dict[int, TokenTrie] = {}
         self.popular = list(counts)
         self.train_counts = counts
@@ -186,7 +187,7 @@ class Recommender:
                 raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
             groups.setdefault(id(b), (b, []))[1].append(n)
         for builder, todo in groups.values():
-            if builder.is_rerank:
+            if builder.task.ranks_candidates:
                 for n, res in zip(todo, self.rerank([requests[n] for n in todo], k, exclude_seen,
                                                     (retriever_weight,))[0]):
                     results[n] = res
@@ -268,7 +269,7 @@ class Recommender:
                                   history_ratings=requests[j].ratings, candidates=candidates[j]) for j in rows]
         out: list[list[float]] = [[] for _ in requests]
         if rows:
-            logp = self.backend.start(prompts, [builder.label_ids(len(candidates[j])) for j in rows]).logp.float()
+            logp = self.backend.start(prompts, [builder.task.label_ids(len(candidates[j])) for j in rows]).logp.float()
             for r, j in enumerate(rows):
                 out[j] = torch.log_softmax(logp[r, :len(candidates[j])], -1).tolist()
         if prompt_tokens is not None:
@@ -303,23 +304,25 @@ class Recommender:
 
     def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""
-        probs = self._answer_probs("preference", requests, candidates, batch_size)
-        return [[p[0] for p in ps] for ps in probs]
+        return self.score("preference", requests, candidates, batch_size)
 
     def rate(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """Expected rating (1-5) per (request, candidate): the five digit tokens' softmax times their values."""
-        from .prompts import RATING_LEVELS
+        return self.score("rating", requests, candidates, batch_size)
 
-        probs = self._answer_probs("rating", requests, candidates, batch_size)
-        return [[sum(r * q for r, q in zip(RATING_LEVELS, p)) for p in ps] for ps in probs]
+    def score(self, task: str, requests: list[Request], candidates: list[list[str]],
+              batch_size: int = 16) -> list[list[float]]:
+        """A scoring task's value per (request, candidate), from the softmax over its answer tokens (tasks.py)."""
+        builder = self.builders.get(task)
+        if builder is None or not builder.task.scores_candidates:
+            raise GenrecError(f"{self.dir} was not trained for {task} prediction (train with --task {task})")
+        return [[builder.task.value(p) for p in ps]
+                for ps in self._answer_probs(builder, requests, candidates, batch_size)]
 
-    def _answer_probs(self, task: str, requests: list[Request], candidates: list[list[str]],
+    def _answer_probs(self, builder: PromptBuilder, requests: list[Request], candidates: list[list[str]],
                       batch_size: int) -> list[list[list[float]]]:
         """Per (request, candidate): the softmax over the task's answer tokens at the first answer position."""
-        builder = self.builders.get(task)
-        if builder is None:
-            raise GenrecError(f"{self.dir} was not trained for {task} prediction (train with --task {task})")
-        answers = list(builder.answer_ids())
+        answers = list(builder.task.answer_ids())
         prompts, owners = [], []
         for n, (req, cands) in enumerate(zip(requests, candidates)):
             for c in cands:

@@ -16,12 +16,12 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .config import PromptConfig, SFTConfig, to_dict
-from .data import PreparedData, load_prepared, sample_negative
+from .data import PreparedData, load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json
 from .index import ItemIndex
 from .models import ModelCard, load_tokenizer, pick_dtype, resolve_base_model
-from .prompts import RATING_LEVELS, PromptBuilder, rating_level
+from .prompts import PromptBuilder
 from .retriever import KINDS as RETRIEVERS
 from .retriever import RETRIEVER_DIR, Retriever
 from .sequence import OBJECTIVES, make_builder
@@ -43,16 +43,15 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfi
         return (f"# template: {builder.template.path}\n# sequence objective: this window has {len(ex['input_ids'])} "
                 f"tokens, {sum(ex['completion_mask'])} with loss; the prompt for its last item is {len(prompt)} "
                 f"tokens\n{builder.as_text(prompt)}{builder.as_text(builder.ident(row['target']))}")
-    if builder.is_rerank:  # the real candidates come from the model's retriever; here: popular stand-ins
+    if builder.task.ranks_candidates:  # the real candidates come from the model's retriever; here: popular stand-ins
         row = rows[-1]
         cands = [i for i, _ in data.training_counts().most_common() if i not in set(row["history"])]
-        cands = training_candidates(cands, row["target"], prompt_cfg.rerank_candidates, random.Random(0))
-        prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidates=cands)
-        label = builder.label_ids(len(cands))[cands.index(row["target"])]
+        cands = builder.task.training_candidates(cands, row["target"], prompt_cfg.rerank_candidates, random.Random(0))
+        prompt, answer = builder.task.example(row, cands)
         return (f"# template: {builder.template.path}\n# rerank: {len(cands)} candidates (popular stand-ins for the "
                 f"retriever's) with the target at a random label; prompt {len(prompt)} tokens\n"
-                f"{builder.as_text(prompt)}{builder.as_text([label, builder.eos_id])}")
-    prompt, completion = task_examples(builder, rows[-1], random.Random(0), data.users)[0]
+                f"{builder.as_text(prompt)}{builder.as_text(answer)}")
+    prompt, completion = builder.task.examples(rows[-1], random.Random(0), data.users)[0]
     return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
             f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
 
@@ -148,70 +147,26 @@ def alignment_examples(builder: PromptBuilder, catalog: dict[str, dict], n: int,
     return out
 
 
-def task_examples(builder: PromptBuilder, row: dict, rng: random.Random,
-                  users: dict[str, dict] | None = None) -> list[tuple[list[int], list[int]]]:
-    """The (prompt ids, completion ids) pairs one prepared row gives for the builder's task:
-    next_item*  history -> the target item (+ reason)
-    request     a request built from the target's attributes, at most 2 history items -> the target item
-    preference  (target, "yes") and (one seeded item the user never interacted with, "no")
-    rating      (target, its rating as a digit 1-5); rows without a rating raise GenrecError
-    """
-    ctx = json.loads(row["context"])
-    ratings = row.get("history_ratings")
-    if builder.scores_candidates:
-        if builder.is_rating:
-            if row.get("target_rating") is None:
-                raise GenrecError("the rating task needs rated interactions: prepare the data (again) from interactions "
-                                  "with a rating column")
-            pairs = [(row["target"], builder.answer_ids()[rating_level(row["target_rating"]) - RATING_LEVELS[0]])]
-        else:
-            yes, no = builder.answer_ids()
-            seen = set(users[row["user_id"]]["items"]) if users else set(row["history"]) | {row["target"]}
-            neg = sample_negative(rng, builder.index.item_ids, seen)
-            pairs = [(row["target"], yes)] + ([(neg, no)] if neg is not None else [])
-        return [(builder.encode(row["history"], row["history_ts"], ctx, candidate=cand, history_ratings=ratings),
-                 [answer, builder.eos_id]) for cand, answer in pairs]
-    history, history_ts, request = row["history"], row["history_ts"], None
-    if builder.is_request:
-        request = builder.request_for(row["target"], rng)
-        if request is None:
-            raise GenrecError(f"item {row['target']!r} has no attributes to build a request from")
-        keep = rng.choice([0, 0, 1, 2])
-        history, history_ts = history[len(history) - keep:], history_ts[len(history_ts) - keep:]
-        ratings = ratings[len(ratings) - keep:] if ratings is not None else None
-    return [(builder.encode(history, history_ts, ctx, request, history_ratings=ratings),
-             builder.completion(row["target"], history))]
-
-
 def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
                    users: dict[str, dict] | None = None) -> tuple[list[dict], int]:
-    """Tokenized examples (see task_examples) from rows in a seeded random order; rows that cannot be rendered
-    are skipped and counted. Preference rows give two examples each, so half as many rows are read."""
+    """Tokenized examples (the task's `examples`) from rows in a seeded random order; rows that cannot be rendered
+    are skipped and counted. A task whose rows give several examples each (preference) reads fewer rows."""
     from tqdm.auto import tqdm
 
     order = list(range(len(rows)))
     rng = random.Random(seed)
     rng.shuffle(order)
     if limit is not None:
-        order = order[:limit // 2 if builder.is_preference else limit]
+        order = order[:limit // builder.task.examples_per_row]
     out, skipped = [], 0
     for i in tqdm(order, desc=f"tokenizing {builder.cfg.task} examples", unit="ex", mininterval=1.0):
         try:
-            pairs = task_examples(builder, rows[i], rng, users)
+            pairs = builder.task.examples(rows[i], rng, users)
         except GenrecError:
             skipped += 1
             continue
         out += [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in pairs]
     return out, skipped
-
-
-def training_candidates(pool: list[str], target: str, k: int, rng: random.Random) -> list[str]:
-    """A rerank training list: the retriever's best k - 1 items other than the target, plus the target, in a random
-    order, so the target's label is uniform over the k labels (no position to learn) and the negatives are the
-    hard ones the retriever really proposes."""
-    cands = [i for i in pool if i != target][:k - 1] + [target]
-    rng.shuffle(cands)
-    return cands
 
 
 def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retriever, limit: int, seed: int,
@@ -230,14 +185,12 @@ def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retri
         for row, pool in zip(rows, pools):
             if len(out) >= limit:
                 return out, skipped
-            cands = training_candidates([i for i, _ in pool], row["target"], k, rng)
+            cands = builder.task.training_candidates([i for i, _ in pool], row["target"], k, rng)
             try:
-                prompt = builder.encode(row["history"], row["history_ts"], json.loads(row["context"]),
-                                        history_ratings=row.get("history_ratings"), candidates=cands)
+                prompt, answer = builder.task.example(row, cands)
             except GenrecError:
                 skipped += 1
                 continue
-            answer = [builder.label_ids(len(cands))[cands.index(row["target"])], builder.eos_id]
             out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
     return out, skipped
 
@@ -424,7 +377,7 @@ def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, Pr
     for n, (task, b) in enumerate(builders.items()):  # an equal share of the examples per task
         if task in seq:
             continue
-        if b.is_rerank:
+        if b.task.ranks_candidates:
             ex, skipped[task] = rerank_examples(b, data, retriever, -(-limit // len(builders)), cfg.seed + n,
                                                 cfg.rerank_copies)
         else:

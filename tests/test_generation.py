@@ -188,7 +188,7 @@ def test_request_model_cold_start(tmp_path, tiny_data):
     train(cfg, log=lambda m: None)
     rec = Recommender(tmp_path / "q")
     item = next(i for i, r in rec.catalog.items() if r["attrs"].get("genres"))
-    text = rec.builder.request_for(item, random.Random(1))
+    text = rec.builder.task.request_for(item, random.Random(1))
     assert rec.catalog[item]["title"] not in text and "genres:" in text
     res = rec.recommend([Request(request="a funny animated movie for children")], k=5)[0]
     assert "fallback" not in res and len(res["recommendations"]) == 5

@@ -32,11 +32,11 @@ def a_user(rec):
 
 def test_labels_are_distinct_single_tokens(reranker):
     b = reranker.reranker
-    ids = b.label_ids(26)
+    ids = b.task.label_ids(26)
     assert len(set(ids)) == 26
     assert all(b.plain(c) == [i] for c, i in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", ids))
     with pytest.raises(GenrecError):
-        b.label_ids(27)
+        b.task.label_ids(27)
 
 
 def test_retriever_is_saved_in_and_loaded_from_the_model_directory(rerank_model, reranker, tiny_data):
@@ -67,7 +67,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
     ex, skipped = rerank_examples(b, data, reranker.retriever, 10**6, seed=3, copies=40)
     assert skipped == 0 and len(ex) == 40 * len(data.split("valid"))
     labels = Counter(e["input_ids"][-2] for e in ex)  # the answer: label, then EOS
-    assert set(labels) == set(b.label_ids(k))
+    assert set(labels) == set(b.task.label_ids(k))
     expected = len(ex) / k
     assert max(abs(c - expected) for c in labels.values()) < 0.25 * expected
     row = data.split("valid")[0]
@@ -89,7 +89,7 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
     ids = b.encode(hist, candidates=pool)
     with torch.no_grad():
         logits = reranker.model(torch.tensor([ids])).logits[0, -1].float()
-    lp = torch.log_softmax(logits[b.label_ids(len(pool))], -1)
+    lp = torch.log_softmax(logits[b.task.label_ids(len(pool))], -1)
     want = sorted(range(len(pool)), key=lambda c: -float(lp[c]))[:5]
     assert [r["item_id"] for r in res["recommendations"]] == [pool[c] for c in want]
     for r, c in zip(res["recommendations"], want):

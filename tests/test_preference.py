@@ -35,7 +35,7 @@ def test_training_pairs_are_yes_for_the_next_item_and_no_for_an_unseen_one(token
     data = load_prepared(tiny_data)
     b = make_builder(tokenizer, PromptConfig(task="preference"), data.catalog,
                      ItemIndex.build(list(data.catalog.values())))
-    yes, no = b.answer_ids()
+    yes, no = b.task.answer_ids()
     rows = data.split("train")
     ex, skipped = build_examples(b, rows, 20, seed=5, users=data.users)
     assert skipped == 0 and len(ex) == 20
@@ -75,7 +75,7 @@ def test_p_yes_is_the_softmax_of_the_two_answer_logits(pref_model, tiny_data):
     req = Request(history=row["history"])
     cands = [row["target"], list(data.catalog)[0]]
     probs = rec.preference([req], [cands])[0]
-    yes, no = rec.builder.answer_ids()
+    yes, no = rec.builder.task.answer_ids()
     for c, p in zip(cands, probs):
         ids = rec.builder.encode(row["history"], candidate=c)
         with torch.no_grad():

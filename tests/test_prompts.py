@@ -24,13 +24,13 @@ def test_every_shipped_template_renders(tokenizer, tiny_data, task):
     data = load_prepared(tiny_data)
     b = builder_for(tokenizer, data.catalog, task=task)
     for row in data.split("test"):
-        cand = row["target"] if b.scores_candidates else None
+        cand = row["target"] if b.task.scores_candidates else None
         ids = b.encode(row["history"], row["history_ts"], json.loads(row["context"]), candidate=cand,
                        history_ratings=row["history_ratings"])
         text = b.as_text(ids)
         assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
         assert data.catalog[row["history"][-1]]["title"] in text
-        if b.scores_candidates:
+        if b.task.scores_candidates:
             assert f"Candidate: {data.catalog[cand]['title']}" in text
             continue
         comp = b.completion(row["target"], row["history"])

@@ -55,7 +55,7 @@ def test_prepared_rows_carry_the_ratings_of_the_sequence(tiny_data):
 
 
 def test_rating_levels_round_halves_up_and_clamp():
-    from genrec.prompts import rating_level
+    from genrec.tasks import rating_level
 
     assert [rating_level(r) for r in (0.5, 1.0, 2.5, 3.49, 3.5, 4.5, 5.0, 7.0)] == [1, 1, 3, 3, 4, 5, 5, 5]
 
@@ -63,16 +63,16 @@ def test_rating_levels_round_halves_up_and_clamp():
 def test_rating_examples_answer_the_rating_digit_and_show_history_ratings(tokenizer, tiny_data):
     from genrec.config import PromptConfig
     from genrec.index import ItemIndex
-    from genrec.prompts import rating_level
-    from genrec.training import make_builder, task_examples
+    from genrec.tasks import rating_level
+    from genrec.training import make_builder
 
     data = load_prepared(tiny_data)
     b = make_builder(tokenizer, PromptConfig(task="rating", max_history=4, max_prompt_tokens=400), data.catalog,
                      ItemIndex.build(list(data.catalog.values())))
-    digits = b.answer_ids()
+    digits = b.task.answer_ids()
     assert [tokenizer.decode([d]) for d in digits] == ["1", "2", "3", "4", "5"]
     for row in list(data.split("train"))[:10]:
-        (prompt, completion), = task_examples(b, row, random.Random(0), data.users)
+        (prompt, completion), = b.task.examples(row, random.Random(0), data.users)
         assert completion == [digits[rating_level(row["target_rating"]) - 1], b.eos_id]
         text = b.as_text(prompt)
         line = next(ln for ln in text.splitlines() if b.item_view(row["history"][-1])["title"] in ln)
@@ -80,7 +80,7 @@ def test_rating_examples_answer_the_rating_digit_and_show_history_ratings(tokeni
         assert f"Candidate: {b.item_view(row['target'])['title']}" in text
     unrated = dict(row, target_rating=None)
     with pytest.raises(GenrecError, match="rating column"):
-        task_examples(b, unrated, random.Random(0), data.users)
+        b.task.examples(unrated, random.Random(0), data.users)
 
 
 def test_mixed_model_card_and_templates(mixed_model):
@@ -123,7 +123,7 @@ def test_expected_rating_is_the_digit_softmax_mean(mixed_model, tiny_data):
     ids = b.encode(row["history"], candidate=row["target"], history_ratings=row["history_ratings"])
     with torch.no_grad():
         logits = rec.model(torch.tensor([ids])).logits[0, -1]
-    p = torch.softmax(logits[list(b.answer_ids())].float(), -1)
+    p = torch.softmax(logits[list(b.task.answer_ids())].float(), -1)
     assert got == pytest.approx(float((p * torch.arange(1, 6)).sum()), abs=1e-4)
 
 
@@ -225,3 +225,37 @@ def test_init_from_continues_the_given_adapter(tiny_model, other_data, tmp_path,
         train(tiny_sft_config(other_data, tmp_path / "x", init_from=str(semantic_model)), log=lambda m: None)
     with pytest.raises(GenrecError, match="not a genrec model"):
         train(tiny_sft_config(other_data, tmp_path / "y", init_from=str(tmp_path)), log=lambda m: None)
+
+
+def test_each_task_states_its_rules_once(tokenizer, tiny_data):
+    """The task protocol (tasks.py): every shipped template's task binds to its class, each task answers in
+    exactly one way (writes an item, scores a candidate or ranks the retriever's list), a template of your own
+    under another name follows next_item's rules, and a rerank example's answer is the target's label."""
+    from genrec.config import PromptConfig
+    from genrec.index import ItemIndex
+    from genrec.prompts import PROMPTS_DIR
+    from genrec.tasks import Preference, Rating, RequestTask, Rerank, Task
+    from genrec.training import make_builder
+
+    data = load_prepared(tiny_data)
+    index = ItemIndex.build(list(data.catalog.values()))
+    kinds = {}
+    for name in sorted(p.stem for p in PROMPTS_DIR.glob("*.j2") if p.stem != "sequence"):
+        t = make_builder(tokenizer, PromptConfig(task=name, max_prompt_tokens=600), data.catalog, index).task
+        assert t.name == name and [t.writes_items, t.scores_candidates, t.ranks_candidates].count(True) == 1
+        kinds[name] = type(t)
+    assert kinds == {"next_item": Task, "next_item_reason": Task, "request": RequestTask, "preference": Preference,
+                     "rating": Rating, "rerank": Rerank}
+    own = make_builder(tokenizer, PromptConfig(task="my_task", template=str(PROMPTS_DIR / "next_item.j2")),
+                       data.catalog, index)
+    assert type(own.task) is Task and own.task.name == "my_task"
+    b = make_builder(tokenizer, PromptConfig(task="rerank", max_prompt_tokens=900), data.catalog, index)
+    row = next(iter(data.split("valid")))
+    pool = [i for i in data.catalog if i != row["target"]][:10]
+    cands = b.task.training_candidates(pool, row["target"], 5, random.Random(3))
+    assert len(cands) == 5 and row["target"] in cands and set(cands) - {row["target"]} == set(pool[:4])
+    prompt, answer = b.task.example(row, cands)
+    assert answer == [b.task.label_ids(5)[cands.index(row["target"])], b.eos_id] and len(prompt) > 20
+    with pytest.raises(GenrecError, match="retriever"):
+        b.task.examples(row, random.Random(0))
+    assert Rating.value(None, [0, 0, 0, 0, 1.0]) == 5 and Preference.value(None, [0.25, 0.75]) == 0.25

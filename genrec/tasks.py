@@ -1,0 +1,196 @@
+"""Tasks: what a prepared row teaches the model and what a request asks it, one class per task.
+
+Why classes: a task's rules (which examples a row gives, what the answer tokens are, whether the answer is an
+item to search for, a token about a given candidate, or a label among the retriever's candidates) used to be
+string tests spread over prompts, training, generation and evaluation. Here each task states them once:
+
+  next_item         history -> the next item (the sequence objective is next_item's too, see sequence.py)
+  next_item_reason  the same, plus a short reason after the item (the template says so)
+  request           a natural-language request (+ at most 2 history items) -> an item answering it (cold start)
+  preference        history + a candidate -> "yes" / "no" (scored by the softmax over those two tokens)
+  rating            history + a candidate -> the user's rating, one digit 1-5 (softmax over the five)
+  rerank            history + the retriever's K candidates under labels A, B, ... -> the target's label
+
+A task is bound to the PromptBuilder that renders its prompts (`builder.task`); the builder renders and
+tokenizes, the task decides what to render. A template of your own with another task name behaves as next_item.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+from .data import sample_negative
+from .errors import GenrecError
+
+RATING_LEVELS = (1, 2, 3, 4, 5)
+RERANK_LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # single tokens in common tokenizers (checked per tokenizer)
+
+
+def rating_level(rating: float) -> int:
+    """A rating on any scale the data uses as the nearest level 1-5 (halves round up, clamped)."""
+    return min(RATING_LEVELS[-1], max(RATING_LEVELS[0], math.floor(rating + 0.5)))
+
+
+class Task:
+    """next_item: the protocol every task follows, with next_item's answers."""
+
+    name = "next_item"
+    writes_items = True  # the answer is a catalog item, found by the constrained search
+    takes_request = False  # the prompt carries the user's request text
+    scores_candidates = False  # the answer is one token about a given candidate
+    ranks_candidates = False  # the prompt shows the retriever's candidates under labels
+    examples_per_row = 1
+
+    def __init__(self, builder, name: str | None = None):
+        self.builder = builder
+        self.name = name or self.name
+
+    def examples(self, row: dict, rng: random.Random, users: dict[str, dict] | None = None
+                 ) -> list[tuple[list[int], list[int]]]:
+        """The (prompt ids, completion ids) pairs one prepared row gives; GenrecError when it cannot give one."""
+        b = self.builder
+        return [(b.encode(row["history"], row["history_ts"], json.loads(row["context"]),
+                          history_ratings=row.get("history_ratings")),
+                 b.completion(row["target"], row["history"]))]
+
+
+class RequestTask(Task):
+    name = "request"
+    takes_request = True
+    PHRASES = ("I am looking for something with {}", "Recommend me an item with {}", "Something with {}, please")
+
+    def request_for(self, item_id: str, rng: random.Random) -> str | None:
+        """A request an item would answer, from its attributes only (never its title, which would give the answer
+        away): "something with genres: Comedy, Romance". None for an item without attributes."""
+        from .prompts import facts_line
+
+        attrs = self.builder.item_view(item_id)["attrs"]
+        keys = sorted(k for k, v in attrs.items() if v.strip())
+        if not keys:
+            return None
+        picked = rng.sample(keys, rng.randint(1, len(keys)))
+        return rng.choice(self.PHRASES).format(facts_line(attrs, sorted(picked)))
+
+    def examples(self, row, rng, users=None):
+        """A request built from the target's attributes and at most 2 history items -> the target."""
+        b = self.builder
+        request = self.request_for(row["target"], rng)
+        if request is None:
+            raise GenrecError(f"item {row['target']!r} has no attributes to build a request from")
+        keep = rng.choice([0, 0, 1, 2])
+        history, history_ts = row["history"], row["history_ts"]
+        history, history_ts = history[len(history) - keep:], history_ts[len(history_ts) - keep:]
+        ratings = row.get("history_ratings")
+        ratings = ratings[len(ratings) - keep:] if ratings is not None else None
+        return [(b.encode(history, history_ts, json.loads(row["context"]), request, history_ratings=ratings),
+                 b.completion(row["target"], history))]
+
+
+class ScoringTask(Task):
+    """The answer is one of `answer_words` about the prompt's candidate, read from its logits, never generated."""
+
+    writes_items = False
+    scores_candidates = True
+    answer_words: tuple[str, ...] = ()
+
+    def answer_ids(self) -> tuple[int, ...]:
+        """The answer tokens, each exactly one token: the score is a softmax over exactly these."""
+        ids = [self.builder.plain(w) for w in self.answer_words]
+        if any(len(i) != 1 for i in ids):
+            raise GenrecError(f"the tokenizer must encode each of {', '.join(self.answer_words)} as one token")
+        return tuple(i[0] for i in ids)
+
+    def answers(self, row, rng, users) -> list[tuple[str, int]]:
+        """The (candidate, answer token) pairs a training row gives."""
+        raise NotImplementedError
+
+    def value(self, probs: list[float]) -> float:
+        """A request's score from the softmax over `answer_words`."""
+        raise NotImplementedError
+
+    def examples(self, row, rng, users=None):
+        b = self.builder
+        ctx, ratings = json.loads(row["context"]), row.get("history_ratings")
+        return [(b.encode(row["history"], row["history_ts"], ctx, candidate=cand, history_ratings=ratings),
+                 [answer, b.eos_id]) for cand, answer in self.answers(row, rng, users)]
+
+
+class Preference(ScoringTask):
+    name = "preference"
+    answer_words = ("yes", "no")
+    examples_per_row = 2
+
+    def answers(self, row, rng, users):
+        """(target, "yes") and (one seeded item the user never interacted with, "no")."""
+        yes, no = self.answer_ids()
+        seen = set(users[row["user_id"]]["items"]) if users else set(row["history"]) | {row["target"]}
+        neg = sample_negative(rng, self.builder.index.item_ids, seen)
+        return [(row["target"], yes)] + ([(neg, no)] if neg is not None else [])
+
+    def value(self, probs):
+        """P(yes)."""
+        return probs[0]
+
+
+class Rating(ScoringTask):
+    name = "rating"
+    answer_words = tuple(str(r) for r in RATING_LEVELS)
+
+    def answers(self, row, rng, users):
+        """(target, its rating as a digit 1-5); rows without a rating are an error."""
+        if row.get("target_rating") is None:
+            raise GenrecError("the rating task needs rated interactions: prepare the data (again) from interactions "
+                              "with a rating column")
+        return [(row["target"], self.answer_ids()[rating_level(row["target_rating"]) - RATING_LEVELS[0]])]
+
+    def value(self, probs):
+        """The expected rating: each level times its probability."""
+        return sum(r * q for r, q in zip(RATING_LEVELS, probs))
+
+
+class Rerank(Task):
+    """The retriever's candidates under single-token labels; the answer is the target's label (scored by the
+    softmax over the K label tokens: one forward pass, never sampled text)."""
+
+    name = "rerank"
+    writes_items = False
+    ranks_candidates = True
+
+    def label_ids(self, n: int) -> list[int]:
+        """The token of each of the first n candidate labels: distinct single tokens (the verbalizer)."""
+        if not 1 <= n <= len(RERANK_LABELS):
+            raise GenrecError(f"a rerank prompt shows 1 to {len(RERANK_LABELS)} candidates, not {n}")
+        ids = [self.builder.plain(c) for c in RERANK_LABELS[:n]]
+        if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != n:
+            raise GenrecError("the tokenizer must encode each candidate label A-Z as one distinct token")
+        return [i[0] for i in ids]
+
+    @staticmethod
+    def training_candidates(pool: list[str], target: str, k: int, rng: random.Random) -> list[str]:
+        """A training list: the retriever's best k - 1 items other than the target, plus the target, in a random
+        order, so the target's label is uniform over the k labels (no position to learn) and the negatives are
+        the hard ones the retriever really proposes."""
+        cands = [i for i in pool if i != target][:k - 1] + [target]
+        rng.shuffle(cands)
+        return cands
+
+    def example(self, row: dict, candidates: list[str]) -> tuple[list[int], list[int]]:
+        """The prompt showing `candidates` and the target's label as the answer."""
+        b = self.builder
+        prompt = b.encode(row["history"], row["history_ts"], json.loads(row["context"]),
+                          history_ratings=row.get("history_ratings"), candidates=candidates)
+        return prompt, [self.label_ids(len(candidates))[candidates.index(row["target"])], b.eos_id]
+
+    def examples(self, row, rng, users=None):
+        raise GenrecError("rerank examples come from the retriever's candidates (training.rerank_examples)")
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, RequestTask, Preference, Rating, Rerank)}
+TASKS["next_item_reason"] = Task  # the reason is the template's (has_reason); the rules are next_item's
+
+
+def bind_task(builder, name: str) -> Task:
+    """The task named `name`, bound to the builder that renders its prompts (unknown names: next_item's rules)."""
+    return TASKS.get(name, Task)(builder, name)
