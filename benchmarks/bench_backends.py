@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.data import load_prepared
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
 
     out, items = {}, {}
     for name in args.backends.split(","):
@@ -35,7 +35,7 @@ def main() -> None:
         start_s = time.perf_counter() - t0
         data = load_prepared(rec.card.data)
         rows = list(data.split("test"))[:args.users]
-        reqs = [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
+        reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
         rec.recommend(reqs[:2], args.k)  # warm-up
         t0 = time.perf_counter()
         res = []

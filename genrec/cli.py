@@ -301,8 +301,8 @@ def recommend(model, user_id, history, request_text, k, with_reasons, data, back
         click.echo(f"history ({len(req.history)} items, the last {len(shown)}):")
         for i in shown:
             click.echo(f"  - {rec.catalog[i]['title']}")
-    if req.request:
-        click.echo(f"request: {req.request}")
+    if req.text:
+        click.echo(f"request: {req.text}")
     click.echo(f"\n{'rank':>4}  {'score':>8}  title" + ("  (popular fallback)" if res.get("fallback") else ""))
     for r in res["recommendations"]:
         score = "" if r["score"] is None else f"{r['score']:.3f}"

@@ -22,7 +22,7 @@ from .config import EvaluateConfig, to_dict
 from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
-from .recommender import Recommender, Request
+from .recommender import Recommender, Query
 from .retriever import Retriever, parse_candidates
 
 
@@ -247,13 +247,13 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             text = builder.task.request_for(rows[i]["target"], rng)
             if text is not None:
                 kept.append(i)
-                requests.append(Request(user_id=rows[i]["user_id"], request=text,
+                requests.append(Query(user_id=rows[i]["user_id"], text=text,
                                         context=json.loads(rows[i]["context"])))
         chosen = kept
     else:
         for i in chosen:
             row = rows[i]
-            requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
+            requests.append(Query(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
                                     context=json.loads(row["context"]), seen=all_seen[i],
                                     ratings=row.get("history_ratings")))
     targets = [all_targets[i] for i in chosen]
@@ -292,7 +292,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         prng = random.Random(cfg.seed + 1)
         noisy_chosen = [perturb_history(all_hist[i], *perturb, rec.index.item_ids, prng) for i in chosen]
         histories.append(noisy_chosen)
-        noisy = [Request(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
+        noisy = [Query(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
                  for r, h in zip(requests, noisy_chosen)]
         lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, kmax, f"genrec {cfg.split} ({cfg.perturb})")
     sasrec_facts, recall = None, None
@@ -588,7 +588,7 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
             negs = [sample_negative(rng, rec.index.item_ids, interacted) for _ in range(cfg.negatives)]
             cand = [row["target"]] + [n for n in negs if n is not None]
             label = [1] + [0] * (len(cand) - 1)
-        requests.append(Request(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
+        requests.append(Query(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
                                 context=json.loads(row["context"]), ratings=row.get("history_ratings")))
         cands.append(cand)
         labels.append(label)
@@ -631,7 +631,7 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
     return report
 
 
-def _reranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
+def _reranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
               desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """A rerank model's lists, the LLM alone and its product with the retriever (w = 1), from one forward pass."""
     from tqdm.auto import tqdm
@@ -648,7 +648,7 @@ def _reranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, km
     return alone, fused
 
 
-def _within_candidates(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int, K: int,
+def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int, K: int,
                        desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """Generation within the retriever's K: every candidate's sequence log-probability from one search, ranked
     alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
@@ -674,7 +674,7 @@ def _within_candidates(rec: Recommender, requests: list[Request], cfg: EvaluateC
     return alone, fused
 
 
-def _genrec_ranked(rec: Recommender, requests: list[Request], cfg: EvaluateConfig, kmax: int,
+def _genrec_ranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
                    desc: str) -> list[list[str]]:
     from tqdm.auto import tqdm
 

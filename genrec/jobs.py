@@ -1,4 +1,4 @@
-"""File jobs on a loaded Recommender: read a users file (JSONL or CSV), turn each object into a Request (items
+"""File jobs on a loaded Recommender: read a users file (JSONL or CSV), turn each object into a Query (items
 named by id or by title, resolved against the catalog), and write recommendations (`genrec generate`, resumable and
 shardable) or candidate scores (`genrec rank`) as JSONL. The HTTP server turns its JSON into Requests here too.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import GenerateConfig, RankConfig
 from .errors import GenrecError
 from .files import write_jsonl
-from .recommender import Recommender, Request
+from .recommender import Recommender, Query
 
 
 def read_users_file(path: str | Path) -> list[dict]:
@@ -113,7 +113,7 @@ def resolve_items(entries: list[str], catalog: dict[str, dict], where: str) -> l
     return out
 
 
-def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], where: str) -> Request:
+def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict], where: str) -> Query:
     """Validate one users-file/HTTP object; raises GenrecError naming what is wrong."""
     uid = obj.get("user_id")
     if uid is not None and not isinstance(uid, (str, int)):
@@ -142,7 +142,7 @@ def to_request(obj: dict, users: dict[str, dict] | None, catalog: dict[str, dict
             isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in ratings)):
         raise GenrecError(f"{where}: ratings must be a list of numbers, one per history item")
     history = resolve_items(history, catalog, where)
-    return Request(user_id=None if uid is None else str(uid), history=history, context=ctx, request=req_text,
+    return Query(user_id=None if uid is None else str(uid), history=history, context=ctx, text=req_text,
                    seen=set(history), ratings=ratings)
 
 

@@ -24,14 +24,14 @@ from .sequence import make_builder
 
 
 @dataclass
-class Request:
+class Query:
     """One user to recommend for: a known user id and/or an explicit history, optional context and request."""
 
     user_id: str | None = None
     history: list[str] = field(default_factory=list)
     history_ts: list[int] | None = None
     context: dict = field(default_factory=dict)
-    request: str | None = None
+    text: str | None = None  # a natural-language request ("something funny for tonight")
     seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
     ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
     trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
@@ -143,7 +143,7 @@ class Recommender:
                                          for i in self.index.item_ids]
         return self._penalties[strength]
 
-    def recommend(self, requests: list[Request], k: int = 10, beam_width: int | None = None,
+    def recommend(self, requests: list[Query], k: int = 10, beam_width: int | None = None,
                   exclude_seen: bool = True, with_reasons: bool = False,
                   popularity_penalty: float = 0.0, usage: list | None = None, candidates: int | None = None,
                   retriever_weight: float = 0.0, search: str = "beam") -> list[dict]:
@@ -177,10 +177,10 @@ class Recommender:
         counts = [{"prompt_tokens": 0, "completion_tokens": 0, "per_item": []} for _ in requests]
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):
-            if not req.history and not req.request:
+            if not req.history and not req.text:
                 results[n] = self._fallback(req, k, exclude_seen)
                 continue
-            b = self.requester if req.request else (
+            b = self.requester if req.text else (
                 self.reranker if self.reranker is not None and (self.builder is self.reranker or self.generator is None)
                 else self.generator)
             if b is None:
@@ -200,7 +200,7 @@ class Recommender:
             prompts, banned = [], []
             for n in todo:
                 req = requests[n]
-                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.request,
+                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.text,
                                               history_ratings=req.ratings))
                 seen = (req.seen | set(req.history)) if exclude_seen else set()
                 banned.append({self.index.position[i] for i in seen if i in self.index.position})
@@ -247,14 +247,14 @@ class Recommender:
             usage[:] = counts
         return results  # type: ignore[return-value]
 
-    def retrieved(self, requests: list[Request], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
+    def retrieved(self, requests: list[Query], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
         """The retriever's best n (item id, score) per request, the history (and `seen`) excluded if asked."""
         if self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
         seen = [(r.seen | set(r.history)) if exclude_seen else set() for r in requests]
         return self.retriever.top([r.history for r in requests], seen, n)
 
-    def label_scores(self, requests: list[Request], candidates: list[list[str]],
+    def label_scores(self, requests: list[Query], candidates: list[list[str]],
                      prompt_tokens: list[int] | None = None) -> list[list[float]]:
         """Rerank model: per request, the log-softmax over its candidates' label tokens (A, B, ...) at the answer
         position, from one forward pass over history + candidates (a verbalizer; never sampled text).
@@ -277,7 +277,7 @@ class Recommender:
             prompt_tokens[:] = [lengths.get(j, 0) for j in range(len(requests))]
         return out
 
-    def rerank(self, requests: list[Request], k: int, exclude_seen: bool = True,
+    def rerank(self, requests: list[Query], k: int, exclude_seen: bool = True,
                weights: tuple[float, ...] = (0.0,)) -> list[list[dict]]:
         """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
         per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
@@ -302,15 +302,15 @@ class Recommender:
                 out[w_n].append({"recommendations": recs, "_prompt_tokens": tokens[j]})
         return out
 
-    def preference(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
+    def preference(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""
         return self.score("preference", requests, candidates, batch_size)
 
-    def rate(self, requests: list[Request], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
+    def rate(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """Expected rating (1-5) per (request, candidate): the five digit tokens' softmax times their values."""
         return self.score("rating", requests, candidates, batch_size)
 
-    def score(self, task: str, requests: list[Request], candidates: list[list[str]],
+    def score(self, task: str, requests: list[Query], candidates: list[list[str]],
               batch_size: int = 16) -> list[list[float]]:
         """A scoring task's value per (request, candidate), from the softmax over its answer tokens (tasks.py)."""
         builder = self.builders.get(task)
@@ -319,7 +319,7 @@ class Recommender:
         return [[builder.task.value(p) for p in ps]
                 for ps in self._answer_probs(builder, requests, candidates, batch_size)]
 
-    def _answer_probs(self, builder: PromptBuilder, requests: list[Request], candidates: list[list[str]],
+    def _answer_probs(self, builder: PromptBuilder, requests: list[Query], candidates: list[list[str]],
                       batch_size: int) -> list[list[list[float]]]:
         """Per (request, candidate): the softmax over the task's answer tokens at the first answer position."""
         answers = list(builder.task.answer_ids())
@@ -328,7 +328,7 @@ class Recommender:
             for c in cands:
                 if c not in self.catalog:
                     raise GenrecError(f"unknown candidate item id {c!r}")
-                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.request, c,
+                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.text, c,
                                               history_ratings=req.ratings))
                 owners.append(n)
         probs: list[list[float]] = []
@@ -340,7 +340,7 @@ class Recommender:
             out[n].append(p)
         return out
 
-    def _fallback(self, req: Request, k: int, exclude_seen: bool) -> dict:
+    def _fallback(self, req: Query, k: int, exclude_seen: bool) -> dict:
         seen = req.seen if exclude_seen else set()
         items = [i for i in self.popular if i not in seen and i in self.catalog][:k]
         return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}

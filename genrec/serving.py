@@ -38,7 +38,7 @@ from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the
 from .config import ServeConfig
 from .errors import GenrecError
 from .jobs import to_request
-from .recommender import Recommender, Request
+from .recommender import Recommender, Query
 from .prompts import facts_line
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /
@@ -53,7 +53,7 @@ class APIError(Exception):
 
 @dataclass
 class Job:
-    requests: list[Request]
+    requests: list[Query]
     k: int
     with_reasons: bool
     exclude_seen: bool
@@ -73,7 +73,7 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="genrec-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, requests: list[Request], k: int, with_reasons: bool, exclude_seen: bool,
+    def submit(self, requests: list[Query], k: int, with_reasons: bool, exclude_seen: bool,
                timeout: float, max_queue: int | None = None) -> Future:
         """Queue a job; with `max_queue`, refuse (APIError 503) when that many requests already wait."""
         if not self.thread.is_alive():
@@ -167,7 +167,7 @@ class Service:
             raise APIError(404, f"The model '{model}' does not exist (this server serves '{self.name}')",
                            code="model_not_found", param="model")
 
-    def _request(self, fields: dict, where: str) -> Request:
+    def _request(self, fields: dict, where: str) -> Query:
         hist = fields.get("history")
         if isinstance(hist, list) and len(hist) > self.cfg.max_history:
             raise APIError(400, f"{where}: history has {len(hist)} items; the limit is {self.cfg.max_history}",
@@ -187,7 +187,7 @@ class Service:
             req.trimmed = cut
         return req
 
-    def _from_text(self, text, extra: dict, where: str) -> Request:
+    def _from_text(self, text, extra: dict, where: str) -> Query:
         """A message/prompt: a JSON object of request fields, or plain text taken as a natural-language request."""
         if not isinstance(text, str):
             raise APIError(400, f"{where} must be a string")
@@ -216,7 +216,7 @@ class Service:
             raise APIError(400, "this model was trained without reasons", param="with_reasons")
         return k, with_reasons, self._bool(body, "exclude_seen", True)
 
-    async def _run(self, requests: list[Request], k: int, reasons: bool, exclude_seen: bool) -> list[dict]:
+    async def _run(self, requests: list[Query], k: int, reasons: bool, exclude_seen: bool) -> list[dict]:
         fut = self.batcher.submit(requests, k, reasons, exclude_seen, self.cfg.timeout_s, self.cfg.max_queue)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), self.cfg.timeout_s)

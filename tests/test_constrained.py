@@ -87,11 +87,11 @@ def test_unconstrained_search_runs_for_benchmarks(base_lm):
 
 def test_batch_equals_one_by_one(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     data = load_prepared(tiny_data)
     rows = data.split("test")
-    reqs = [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in list(rows)[:4]]
+    reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in list(rows)[:4]]
     batched = recommender.recommend(reqs, k=5)
     single = [recommender.recommend([r], k=5)[0] for r in reqs]
     for a, s in zip(batched, single):
@@ -102,14 +102,14 @@ def test_batch_equals_one_by_one(recommender, tiny_data):
 
 def test_exclude_seen(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     data = load_prepared(tiny_data)
     row = data.split("test")[0]
     seen = set(data.users[row["user_id"]]["items"][:-1])
-    res = recommender.recommend([Request(history=row["history"], seen=seen)], k=10)[0]
+    res = recommender.recommend([Query(history=row["history"], seen=seen)], k=10)[0]
     assert not {r["item_id"] for r in res["recommendations"]} & seen
-    res2 = recommender.recommend([Request(history=row["history"], seen=seen)], k=10, exclude_seen=False)[0]
+    res2 = recommender.recommend([Query(history=row["history"], seen=seen)], k=10, exclude_seen=False)[0]
     assert len(res2["recommendations"]) == 10
 
 

@@ -107,7 +107,7 @@ def test_reasons_require_a_reason_model(tmp_path, tiny_model):
 def test_reasons_never_change_the_items(tmp_path, tiny_data):
     from conftest import tiny_sft_config
 
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
     from genrec.training import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "r", max_steps=2, save_steps=100)
@@ -116,7 +116,7 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
     rec = Recommender(tmp_path / "r")
     assert rec.with_reasons
     hist = list(rec.catalog)[:2]
-    req = [Request(history=hist, seen=set(hist))]
+    req = [Query(history=hist, seen=set(hist))]
     plain = rec.recommend(req, k=3)[0]["recommendations"]
     with_r = rec.recommend(req, k=3, with_reasons=True)[0]["recommendations"]
     assert [r["item_id"] for r in plain] == [r["item_id"] for r in with_r]
@@ -152,10 +152,10 @@ def test_reason_grounding_flags_invented_titles_and_attributes():
 
 def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
     from genrec.data import load_prepared
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     data = load_prepared(tiny_data)
-    reqs = [Request(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
+    reqs = [Query(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
     counts = recommender.train_counts
 
     def mean_count(results):
@@ -180,7 +180,7 @@ def test_request_model_cold_start(tmp_path, tiny_data):
 
     from genrec.config import EvaluateConfig
     from genrec.evaluation import run_evaluation
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
     from genrec.training import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "q", max_steps=2, save_steps=100)
@@ -190,10 +190,10 @@ def test_request_model_cold_start(tmp_path, tiny_data):
     item = next(i for i, r in rec.catalog.items() if r["attrs"].get("genres"))
     text = rec.builder.task.request_for(item, random.Random(1))
     assert rec.catalog[item]["title"] not in text and "genres:" in text
-    res = rec.recommend([Request(request="a funny animated movie for children")], k=5)[0]
+    res = rec.recommend([Query(text="a funny animated movie for children")], k=5)[0]
     assert "fallback" not in res and len(res["recommendations"]) == 5
     assert all(r["item_id"] in rec.catalog for r in res["recommendations"])
-    short = rec.recommend([Request(history=[item], request="something scary", seen={item})], k=3)[0]
+    short = rec.recommend([Query(history=[item], text="something scary", seen={item})], k=3)[0]
     assert item not in {r["item_id"] for r in short["recommendations"]}
     rep = run_evaluation(EvaluateConfig(model=str(tmp_path / "q"), max_users=4, output=str(tmp_path / "ev")),
                          log=lambda m: None)
@@ -295,9 +295,9 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
     """Recommender(adapter=checkpoint-N) (evaluate adapter=...): the last checkpoint is the final adapter, an
     earlier one another model; a directory without an adapter is a clear error."""
     from genrec.errors import GenrecError
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
 
-    req = [Request(history=["1", "260"], seen={"1", "260"})]
+    req = [Query(history=["1", "260"], seen={"1", "260"})]
     final = recommender.recommend(req, k=3)[0]["recommendations"]
     last = Recommender(tiny_model, adapter=tiny_model / "checkpoint-6").recommend(req, k=3)[0]["recommendations"]
     early = Recommender(tiny_model, adapter=tiny_model / "checkpoint-3").recommend(req, k=3)[0]["recommendations"]

@@ -78,10 +78,10 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
 
 
 def test_verbalizer_equals_a_direct_forward_pass(reranker):
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     data, uid, hist = a_user(reranker)
-    req = Request(user_id=uid, history=hist, seen=set(hist))
+    req = Query(user_id=uid, history=hist, seen=set(hist))
     res = reranker.rerank([req], k=5)[0][0]
     b = reranker.reranker
     k = b.cfg.rerank_candidates
@@ -97,17 +97,17 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
 
 
 def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     data, uid, hist = a_user(reranker)
     allowed = set(reranker.index.item_ids) - set(hist)
-    out = reranker.recommend([Request(user_id=uid, history=hist, seen=set(hist))], k=len(allowed))[0]
+    out = reranker.recommend([Query(user_id=uid, history=hist, seen=set(hist))], k=len(allowed))[0]
     ids = [r["item_id"] for r in out["recommendations"]]
     assert len(ids) == len(set(ids)) == len(allowed) and set(ids) == allowed
     k = reranker.reranker.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], len(allowed))[0]]
     assert set(ids[:k]) == set(pool[:k]) and ids[k:] == pool[k:]  # reranked K, then the retriever's order
-    fused = reranker.rerank([Request(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
+    fused = reranker.rerank([Query(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
     assert {r["item_id"] for r in fused[1][0]["recommendations"]} == set(pool[:k])
 
 
@@ -115,7 +115,7 @@ def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
     """A next_item model given a retriever (the directory is self-contained: copied in here) searches only the
     retriever's K; after them the list follows the retriever's order."""
     from genrec.data import load_prepared
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
     from genrec.retriever import Retriever
 
     model = tmp_path / "m"
@@ -123,7 +123,7 @@ def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
     Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
     rec = Recommender(model)
     data, uid, hist = a_user(rec)
-    req = Request(user_id=uid, history=hist, seen=set(hist))
+    req = Query(user_id=uid, history=hist, seen=set(hist))
     pool = [i for i, _ in rec.retriever.top([hist], [set(hist)], 12)[0]]
     out = [r["item_id"] for r in rec.recommend([req], k=12, candidates=5)[0]["recommendations"]]
     assert set(out[:5]) == set(pool[:5]) and out[5:] == [i for i in pool if i not in out[:5]][:7]
@@ -189,10 +189,10 @@ def test_rerank_model_served_to_the_openai_client(reranker):
                                               messages=[{"role": "user", "content": json.dumps({"user_id": uid})}])
         titles = [c.message.content for c in resp.choices]
         assert set(titles) <= {r["title"] for r in reranker.catalog.values()} and len(set(titles)) == 4
-        from genrec.recommender import Request
+        from genrec.recommender import Query
 
         items = data.users[uid]["items"]
-        ref = reranker.recommend([Request(user_id=uid, history=items, seen=set(items))], k=4)[0]
+        ref = reranker.recommend([Query(user_id=uid, history=items, seen=set(items))], k=4)[0]
         assert titles == [r["title"] for r in ref["recommendations"]]
         assert resp.usage.prompt_tokens > 0
     finally:

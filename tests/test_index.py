@@ -98,7 +98,7 @@ def id_model(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("style", ["id", "semantic"])
 def test_sft_and_generate_with_item_codes(tiny_data, request, style):
     """A real fine-tune writing codes: only catalog items come out, histories are written as codes."""
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
 
     out = request.getfixturevalue("id_model" if style == "id" else "semantic_model")
     card = json.loads((out / "genrec.json").read_text())
@@ -111,7 +111,7 @@ def test_sft_and_generate_with_item_codes(tiny_data, request, style):
     row = data.split("test")[0]
     prompt = rec.builder.as_text(rec.builder.encode(row["history"]))
     assert rec.index.targets[rec.index.position[row["history"][-1]]] in prompt  # history written as codes
-    res = rec.recommend([Request(history=row["history"], seen=set(row["history"]))], k=5)[0]["recommendations"]
+    res = rec.recommend([Query(history=row["history"], seen=set(row["history"]))], k=5)[0]["recommendations"]
     assert len(res) == 5 and all(r["item_id"] in data.catalog for r in res)
     assert not {r["item_id"] for r in res} & set(row["history"])
 

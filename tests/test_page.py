@@ -39,10 +39,10 @@ def test_page_is_served_without_the_key_and_the_api_is_not(page_server):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
 def test_page_shows_history_beside_recommendations(page_server, recommender, tmp_path):
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     uid, items = a_user(recommender)
-    ref = recommender.recommend([Request(user_id=uid, history=items, seen=set(items))], k=5)[0]
+    ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=5)[0]
     url = f"{page_server}/?user={uid}&k=5&key=page-key"
     p = headless(url, "--dump-dom")
     dom = p.stdout

@@ -130,7 +130,7 @@ def test_token_batches_bound_padding():
 def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     """A real fine-tune with the sequence objective for next_item beside a prefix-objective preference task: the
     card records it, generation continues the list with valid items, preference still scores."""
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
     from genrec.sequence import SequenceBuilder
     from genrec.training import train
 
@@ -146,9 +146,9 @@ def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     rec = Recommender(out)
     assert isinstance(rec.generator, SequenceBuilder)
     hist = list(rec.catalog)[:4]
-    res = rec.recommend([Request(history=hist, seen=set(hist))], k=5)[0]["recommendations"]
+    res = rec.recommend([Query(history=hist, seen=set(hist))], k=5)[0]["recommendations"]
     assert len(res) == 5 and all(r["item_id"] in rec.catalog and r["item_id"] not in hist for r in res)
-    p = rec.preference([Request(history=hist)], [[hist[0], list(rec.catalog)[-1]]])[0]
+    p = rec.preference([Query(history=hist)], [[hist[0], list(rec.catalog)[-1]]])[0]
     assert len(p) == 2 and all(0 < x < 1 for x in p)
 
 

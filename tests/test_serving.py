@@ -90,9 +90,9 @@ def test_chat_names_only_catalog_items(client, recommender):
     assert not set(texts) & seen_titles  # exclude-seen applies to the user's history
     assert resp.usage.total_tokens > 0
     # The same top-3 as the library's batch API.
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
-    ref = recommender.recommend([Request(user_id=uid, history=items, seen=set(items))], k=3)[0]
+    ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=3)[0]
     assert texts == [r["title"] for r in ref["recommendations"]]
 
 
@@ -139,12 +139,12 @@ def test_extra_body_history(client, recommender):
 
 
 def test_recommendations_route_equals_batch_api(server, recommender):
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     uid, items = a_user(recommender)
     status, body = post(f"{server}/v1/recommendations", {"user_id": uid, "k": 4})
     assert status == 200
-    ref = recommender.recommend([Request(user_id=uid, history=items, seen=set(items))], k=4)[0]
+    ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=4)[0]
     assert [r["item_id"] for r in body["recommendations"]] == [r["item_id"] for r in ref["recommendations"]]
     assert body["user_id"] == uid and body["settings"]["k"] == 4
     status, body = post(f"{server}/v1/recommendations", {"history": []})

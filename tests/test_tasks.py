@@ -92,14 +92,14 @@ def test_mixed_model_card_and_templates(mixed_model):
 
 
 def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
 
     rec = Recommender(mixed_model)
     assert rec.generator.cfg.task == "next_item" and rec.requester.cfg.task == "request"
     data = load_prepared(tiny_data)
     row = data.split("test")[0]
-    req = Request(history=row["history"], ratings=row["history_ratings"])
-    recs = rec.recommend([req, Request(request="Something with genres: Comedy")], k=5)
+    req = Query(history=row["history"], ratings=row["history_ratings"])
+    recs = rec.recommend([req, Query(text="Something with genres: Comedy")], k=5)
     for r in recs:
         assert len(r["recommendations"]) == 5 and all(x["item_id"] in data.catalog for x in r["recommendations"])
     assert recs[0]["recommendations"] != recs[1]["recommendations"]  # two different prompts
@@ -113,13 +113,13 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
 def test_expected_rating_is_the_digit_softmax_mean(mixed_model, tiny_data):
     import torch
 
-    from genrec.recommender import Recommender, Request
+    from genrec.recommender import Recommender, Query
 
     rec = Recommender(mixed_model)
     b = rec.builders["rating"]
     data = load_prepared(tiny_data)
     row = data.split("test")[1]
-    got = rec.rate([Request(history=row["history"], ratings=row["history_ratings"])], [[row["target"]]])[0][0]
+    got = rec.rate([Query(history=row["history"], ratings=row["history_ratings"])], [[row["target"]]])[0][0]
     ids = b.encode(row["history"], candidate=row["target"], history_ratings=row["history_ratings"])
     with torch.no_grad():
         logits = rec.model(torch.tensor([ids])).logits[0, -1]

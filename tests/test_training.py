@@ -41,10 +41,10 @@ def test_loss_falls(tmp_path, tiny_data):
 
 
 def test_model_loads_back_and_generates(recommender, tiny_data):
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     hist = list(recommender.catalog)[:2]
-    res = recommender.recommend([Request(history=hist, seen=set(hist))], k=3)[0]
+    res = recommender.recommend([Query(history=hist, seen=set(hist))], k=3)[0]
     assert len(res["recommendations"]) == 3
     assert all(r["item_id"] in recommender.catalog for r in res["recommendations"])
 

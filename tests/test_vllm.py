@@ -23,10 +23,10 @@ def vrec(tiny_model):
 
 def requests_for(tiny_data, n):
     from genrec.data import load_prepared
-    from genrec.recommender import Request
+    from genrec.recommender import Query
 
     rows = list(load_prepared(tiny_data).split("test"))[:n]
-    return [Request(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
+    return [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
 
 
 def test_same_items_and_scores_as_hf(vrec, recommender, tiny_data):
