@@ -262,7 +262,7 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     rows = read_users_file(cfg.candidates)
     rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
-    if rec.reranker is not None:  # the line's candidates under labels, one forward pass: P(label)
+    if rec.rerank_prompts is not None:  # the line's candidates under labels, one forward pass: P(label)
         score, key = (lambda reqs, cands: [[math.exp(x) for x in xs] for xs in rec.label_scores(reqs, cands)],
                       "p_label")
     elif "preference" in rec.builders:
@@ -280,7 +280,7 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
             unknown = [c for c in cands if c not in rec.catalog]
             if unknown:
                 raise GenrecError(f"{where}: unknown candidate item id {unknown[0]!r}")
-            if rec.reranker is not None and len(cands) > 26:
+            if rec.rerank_prompts is not None and len(cands) > 26:
                 raise GenrecError(f"{where}: a rerank model labels at most 26 candidates, got {len(cands)}")
             todo.append((n, obj, to_request(obj, users, rec.catalog, where), cands))
         except GenrecError as exc:

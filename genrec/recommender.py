@@ -78,12 +78,13 @@ class Recommender:
             self.builders[task] = make_builder(self.tok, cfg, self.catalog, index, load_template(cfg.template))
         self.builder = self.builders[self.card.main_task]
         self.prompt_cfg = self.builder.cfg
+        # The prompt builders each kind of request goes to: the builder that ranks the retriever's candidates with
+        # one forward pass; for a history, a sequential task's builder (else the request task's); for request text,
+        # the request task's (else the sequential one's)
         writers = [b for b in self.builders.values() if b.task.writes_items]
-        # ranks the retriever's candidates with one forward pass
-        self.reranker = next((b for b in self.builders.values() if b.task.ranks_candidates), None)
-        # history-only requests go to a sequential task, falling back to the request task; request text to the latter
-        self.generator = next((b for b in writers if not b.task.takes_request), writers[0] if writers else None)
-        self.requester = next((b for b in writers if b.task.takes_request), self.generator)
+        self.rerank_prompts = next((b for b in self.builders.values() if b.task.ranks_candidates), None)
+        self.history_prompts = next((b for b in writers if not b.task.takes_request), writers[0] if writers else None)
+        self.request_prompts = next((b for b in writers if b.task.takes_request), self.history_prompts)
         self._tries: dict[int, TokenTrie] = {}
         self.popular = list(counts)
         self.train_counts = counts
@@ -98,7 +99,7 @@ class Recommender:
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
                               f"from the catalog of {data.path} (only title models transfer)")
         counts = dict(data.training_counts().most_common())
-        if self.reranker is not None:
+        if self.rerank_prompts is not None:
             raise GenrecError(f"{self.dir} reranks the candidates of its own retriever: it cannot recommend from the "
                               f"catalog of {data.path}")
         self.retriever = None  # it names items of the model's own catalog only
@@ -114,7 +115,7 @@ class Recommender:
 
     @property
     def trie(self) -> TokenTrie:
-        return self.trie_for(self.generator or self.builder)
+        return self.trie_for(self.history_prompts or self.builder)
 
     @property
     def model(self):
@@ -129,7 +130,7 @@ class Recommender:
 
     @property
     def with_reasons(self) -> bool:
-        return self.generator is not None and self.generator.with_reasons
+        return self.history_prompts is not None and self.history_prompts.with_reasons
 
     def popularity_penalty(self, strength: float) -> list[float] | None:
         """Per item `strength * log(1 + training count)`: subtracted from an item's log-probability, it
@@ -159,7 +160,7 @@ class Recommender:
 
         if search not in SEARCHES:
             raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
-        if self.generator is None and self.reranker is None:
+        if self.history_prompts is None and self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
         if k < 1 or k > len(self.index.item_ids):
@@ -180,9 +181,9 @@ class Recommender:
             if not req.history and not req.text:
                 results[n] = self._fallback(req, k, exclude_seen)
                 continue
-            b = self.requester if req.text else (
-                self.reranker if self.reranker is not None and (self.builder is self.reranker or self.generator is None)
-                else self.generator)
+            b = self.request_prompts if req.text else (
+                self.rerank_prompts if self.rerank_prompts is not None and (self.builder is self.rerank_prompts or self.history_prompts is None)
+                else self.history_prompts)
             if b is None:
                 raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
             groups.setdefault(id(b), (b, []))[1].append(n)
@@ -261,7 +262,7 @@ class Recommender:
         `prompt_tokens`, when given, gets each request's prompt length (0 without candidates)."""
         import torch
 
-        builder = self.reranker
+        builder = self.rerank_prompts
         if builder is None:
             raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
         rows = [j for j, c in enumerate(candidates) if c]
@@ -282,9 +283,9 @@ class Recommender:
         """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
         per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
         alone), then the retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
-        if self.reranker is None:
+        if self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
-        K = self.reranker.cfg.rerank_candidates
+        K = self.rerank_prompts.cfg.rerank_candidates
         pools = self.retrieved(requests, max(k, K), exclude_seen)
         heads = [p[:K] for p in pools]
         tokens: list[int] = []

@@ -31,7 +31,7 @@ def a_user(rec):
 
 
 def test_labels_are_distinct_single_tokens(reranker):
-    b = reranker.reranker
+    b = reranker.rerank_prompts
     ids = b.task.label_ids(26)
     assert len(set(ids)) == 26
     assert all(b.plain(c) == [i] for c, i in zip("ABCDEFGHIJKLMNOPQRSTUVWXYZ", ids))
@@ -62,7 +62,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
     from genrec.training import rerank_examples
 
     data = load_prepared(tiny_data)
-    b = reranker.reranker
+    b = reranker.rerank_prompts
     k = b.cfg.rerank_candidates
     ex, skipped = rerank_examples(b, data, reranker.retriever, 10**6, seed=3, copies=40)
     assert skipped == 0 and len(ex) == 40 * len(data.split("valid"))
@@ -83,7 +83,7 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
     data, uid, hist = a_user(reranker)
     req = Query(user_id=uid, history=hist, seen=set(hist))
     res = reranker.rerank([req], k=5)[0][0]
-    b = reranker.reranker
+    b = reranker.rerank_prompts
     k = b.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], k)[0]]
     ids = b.encode(hist, candidates=pool)
@@ -104,7 +104,7 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     out = reranker.recommend([Query(user_id=uid, history=hist, seen=set(hist))], k=len(allowed))[0]
     ids = [r["item_id"] for r in out["recommendations"]]
     assert len(ids) == len(set(ids)) == len(allowed) and set(ids) == allowed
-    k = reranker.reranker.cfg.rerank_candidates
+    k = reranker.rerank_prompts.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], len(allowed))[0]]
     assert set(ids[:k]) == set(pool[:k]) and ids[k:] == pool[k:]  # reranked K, then the retriever's order
     fused = reranker.rerank([Query(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))

@@ -144,7 +144,7 @@ def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     assert card["tasks"]["preference"]["objective"] == "prefix"
     assert card["target_tokens"] > 0 and card["train_tokens"] > card["target_tokens"]
     rec = Recommender(out)
-    assert isinstance(rec.generator, SequenceBuilder)
+    assert isinstance(rec.history_prompts, SequenceBuilder)
     hist = list(rec.catalog)[:4]
     res = rec.recommend([Query(history=hist, seen=set(hist))], k=5)[0]["recommendations"]
     assert len(res) == 5 and all(r["item_id"] in rec.catalog and r["item_id"] not in hist for r in res)

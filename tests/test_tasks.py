@@ -95,7 +95,7 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
     from genrec.recommender import Recommender, Query
 
     rec = Recommender(mixed_model)
-    assert rec.generator.cfg.task == "next_item" and rec.requester.cfg.task == "request"
+    assert rec.history_prompts.cfg.task == "next_item" and rec.request_prompts.cfg.task == "request"
     data = load_prepared(tiny_data)
     row = data.split("test")[0]
     req = Query(history=row["history"], ratings=row["history_ratings"])
