@@ -85,6 +85,18 @@ class TokenTrie:
                 out[p] = out[node]
         return out
 
+    def allowed_rows(self, nodes: list[int], dead: list[set[int]]) -> list[list[int]]:
+        """The allowed tokens of each live row (at `nodes`, with its prompt's dead nodes): the columns of its
+        log-probabilities the engine returns."""
+        return [self.allowed(n, d) for n, d in zip(nodes, dead)]
+
+    def expand(self, node: int, allowed: list[int], col: int, written: list[int]) -> tuple[int, int, int | None]:
+        """Column `col` of a row at `node`: the token, the node it reaches, and the item it finishes (None: not
+        finished). `written` (the row's tokens so far) is for search spaces that are not a trie."""
+        tok = allowed[col]
+        child = self.children[node][tok]
+        return tok, child, self.leaf_item.get(child)
+
     def step(self, node: int, token: int) -> int | None:
         return self.children[node].get(token)
 
@@ -109,7 +121,7 @@ class Hypothesis:
 
 @torch.no_grad()
 def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
-                banned: list[set[int]] | None = None, constrained: bool = True,
+                banned: list[set[int]] | None = None,
                 max_new_tokens: int | None = None, item_penalty: list[float] | None = None,
                 pruned: list[float] | None = None) -> list[list[Hypothesis]]:
     """Top-k items per prompt, best first. `banned[b]` are item positions never returned for prompt b.
@@ -121,19 +133,17 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     which keeps the early stop ("scores only fall") exact.
 
     Only live beams are kept as rows (finished prompts and dead beams are dropped), so the cost per step follows
-    the work left; beams never enter subtrees whose items are all banned. With constrained=False the same search
-    runs over the whole vocabulary (for benchmarks): a beam finishes on an item's end token or the pad token and
-    its item is -1 unless the text happens to be an item.
+    the work left; beams never enter subtrees whose items are all banned. The search space is the trie's: its
+    `allowed_rows` and `expand` (a benchmark swaps in the whole vocabulary through the same two methods).
     """
     B, W = len(prompts), max(beam_width, k)
     dead = [trie.dead_nodes(banned[b]) if banned and banned[b] else set() for b in range(B)]
     max_len = max_new_tokens or trie.depth
-    stop_tokens = trie.end_tokens | {getattr(backend, "pad_id", -1), getattr(backend, "eos_id", -1)}
 
     def allowed_for(owner: list[int], nodes: list[int]) -> list[list[int]] | None:
-        return [trie.allowed(n, dead[o]) for o, n in zip(owner, nodes)] if constrained else None
+        return trie.allowed_rows(nodes, [dead[o] for o in owner])
 
-    bound = trie.subtree_min(item_penalty) if item_penalty is not None and constrained else None
+    bound = trie.subtree_min(item_penalty) if item_penalty is not None else None
 
     def step_penalty(nodes: list[int], allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
         """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
@@ -149,7 +159,7 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     best_pruned = [NEG_INF] * B
     if pruned is not None:
         pruned[:] = best_pruned
-    if constrained and any(0 in d for d in dead):  # every item of that prompt is banned
+    if any(0 in d for d in dead):  # every item of that prompt is banned
         keep = [b for b in range(B) if 0 not in dead[b]]
         if not keep:
             return finished
@@ -182,15 +192,7 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
                     break
                 consumed += 1
                 r, col = rows[fi // width], fi % width
-                if constrained:
-                    tok = allowed[r][col]
-                    node = trie.children[nodes[r]][tok]
-                    item = trie.leaf_item.get(node)
-                else:
-                    tok, node, item = col, 0, None
-                    if tok in stop_tokens:
-                        leaf = trie.walk(toks[r] + [tok])
-                        item = trie.leaf_item.get(leaf, -1) if leaf is not None else -1
+                tok, node, item = trie.expand(nodes[r], allowed[r] if allowed is not None else None, col, toks[r])
                 if item is not None:
                     if len(finished[b]) < k or score > finished[b][-1].score:
                         finished[b].append(Hypothesis(item=item, score=score))

@@ -77,12 +77,17 @@ def test_scores_are_sequence_log_probabilities(base_lm):
     assert best.score == pytest.approx(ref, abs=1e-3)
 
 
-def test_unconstrained_search_runs_for_benchmarks(base_lm):
+def test_unconstrained_search_space_of_the_benchmark(base_lm):
+    """bench_generate's comparison runs the same beam search over the whole vocabulary (its own search space,
+    no mode inside the core loop): hypotheses are free text (-1) or, by chance, catalog items."""
+    from benchmarks.bench_generate import WholeVocabulary
+
     model, tok = base_lm
     catalog, index, b, trie = build(tok, ["Heat", "Alien"])
-    found = beam_search(model, [b.encode(["0"])], trie, 2, 4, [set()], constrained=False,
+    found = beam_search(model, [b.encode(["0"])], WholeVocabulary(trie, model), 2, 4, [set()],
                         max_new_tokens=6)[0]
-    assert all(h.item == -1 or 0 <= h.item < 2 for h in found)
+    assert 1 <= len(found) <= 2 and all(h.item == -1 or 0 <= h.item < 2 for h in found)
+    assert [h.score for h in found] == sorted((h.score for h in found), reverse=True) and found[0].score < 0
 
 
 def test_batch_equals_one_by_one(recommender, tiny_data):
