@@ -196,3 +196,19 @@ def _ndcg10(model: SASRec, valid: list[tuple[list[int], int]]) -> float:
         if rank <= 10:
             total += 1 / math.log2(rank + 1)
     return total / len(valid)
+
+
+def rating_baselines(data, user_ids: list[str], items: list[str], split: str) -> dict[str, list[float]]:
+    """Global, user and item mean ratings from the training part of each sequence (unknowns -> global mean)."""
+    train = [(i, r) for u in data.users.values() for i, r in zip(data.train_items(u), u["ratings"])]
+    glob = sum(r for _, r in train) / len(train)
+    by_item: dict[str, list[float]] = {}
+    for i, r in train:
+        by_item.setdefault(i, []).append(r)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else glob
+
+    return {"global_mean": [glob] * len(items),
+            "user_mean": [mean(data.before_target(data.users[u], split, "ratings")) for u in user_ids],
+            "item_mean": [mean(by_item.get(i, [])) for i in items]}

@@ -174,7 +174,7 @@ def prompts() -> None:
 def prompts_show(data_dir, user_id, split, task, template, model) -> None:
     """Print exactly what the model sees for one user (chat-wrapped prompt and the target completion)."""
     from .config import PromptConfig
-    from .training import show_prompt
+    from .jobs import show_prompt
 
     click.echo(show_prompt(data_dir, user_id, split, PromptConfig(task=task, template=template), model))
 

@@ -8,9 +8,7 @@ items in top max(K) / catalog size), and the share of split users evaluated.
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -24,80 +22,6 @@ from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .recommender import Recommender, Query
 from .retriever import Retriever, parse_candidates
-
-
-def rank_metrics(ranked: list[list[str]], targets: list[str], ks: list[int], catalog: set[str]) -> dict:
-    n = len(targets)
-    if n == 0:
-        raise GenrecError("no users to evaluate")
-    out: dict[str, float] = {}
-    ranks = []
-    for recs, t in zip(ranked, targets):
-        ranks.append(recs.index(t) + 1 if t in recs else None)
-    for k in ks:
-        out[f"HR@{k}"] = sum(1 for r in ranks if r is not None and r <= k) / n
-        out[f"NDCG@{k}"] = sum(1 / math.log2(r + 1) for r in ranks if r is not None and r <= k) / n
-    out["MRR"] = sum(1 / r for r in ranks if r is not None) / n
-    total = sum(len(r) for r in ranked)
-    out["validity"] = sum(1 for recs in ranked for i in recs if i in catalog) / total if total else 0.0
-    out["coverage"] = len({i for recs in ranked for i in recs}) / len(catalog)
-    out["short_lists"] = sum(1 for r in ranked if len(r) < max(ks)) / n
-    return out
-
-
-def _attr_tokens(row: dict) -> frozenset[str]:
-    """Attribute values split on the usual list separators (MovieLens genres "A|B", category paths "A > B")."""
-    out = set()
-    for v in (row.get("attrs") or {}).values():
-        out.update(t.strip().lower() for t in re.split(r"[|,;>]", str(v)) if t.strip())
-    return frozenset(out)
-
-
-def beyond_accuracy(ranked: list[list[str]], targets: list[str], counts: Counter,
-                    catalog: dict[str, dict]) -> tuple[dict, float]:
-    """Per-model list metrics beyond accuracy, and the test targets' mean popularity percentile for reference.
-
-    ILD: mean pairwise Jaccard distance of the items' attribute tokens within a list (pairs where both items have
-    no attributes are skipped). Novelty: mean -log2 p(item), p = (training count + 1) / (total + catalog size).
-    pop_pct: mean popularity percentile of recommended items (0 = least, 1 = most popular in training).
-    long_tail: share of recommended items outside the head (the most popular items holding 80% of training
-    interactions).
-    """
-    items = list(catalog)
-    n = len(items)
-    order = sorted(items, key=lambda i: counts.get(i, 0))
-    pct, pos = {}, 0
-    while pos < n:  # ties share the mean of their ranks
-        end = pos
-        while end + 1 < n and counts.get(order[end + 1], 0) == counts.get(order[pos], 0):
-            end += 1
-        for i in order[pos:end + 1]:
-            pct[i] = ((pos + end) / 2) / max(n - 1, 1)
-        pos = end + 1
-    total = sum(counts.values())
-    head, acc = set(), 0
-    for i, c in counts.most_common():
-        if acc >= 0.8 * total:
-            break
-        head.add(i)
-        acc += c
-    toks = {i: _attr_tokens(catalog[i]) for i in items}
-    ild, n_lists = 0.0, 0
-    for recs in ranked:
-        dists = [1 - len(toks[a] & toks[b]) / len(toks[a] | toks[b])
-                 for x, a in enumerate(recs) for b in recs[x + 1:] if toks.get(a) or toks.get(b)]
-        if dists:
-            ild += sum(dists) / len(dists)
-            n_lists += 1
-    flat = [i for recs in ranked for i in recs if i in pct]
-    out = {
-        "ILD": ild / n_lists if n_lists else 0.0,
-        "novelty": sum(-math.log2((counts.get(i, 0) + 1) / (total + n)) for i in flat) / len(flat) if flat else 0.0,
-        "pop_pct": sum(pct[i] for i in flat) / len(flat) if flat else 0.0,
-        "long_tail": sum(1 for i in flat if i not in head) / len(flat) if flat else 0.0,
-    }
-    target_pct = [pct[t] for t in targets if t in pct]
-    return out, (sum(target_pct) / len(target_pct) if target_pct else 0.0)
 
 
 PERTURBATIONS = ("insert", "drop", "shuffle")
@@ -278,7 +202,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
             for req, res in zip(chunk, rec.recommend(chunk, 1, cfg.beam_width, cfg.exclude_seen, with_reasons=True)):
                 top = res["recommendations"][0]
                 cases.append((top["reason"], top["item_id"], req.history[-builder.cfg.max_history:]))
-        grounding = reason_grounding(cases, rec.catalog)
+        grounding = metrics.reason_grounding(cases, rec.catalog)
     lines = [{"user_id": r.user_id, "target": t, "recommended": ids} for r, t, ids in zip(requests, targets, ranked)]
     counts = data.training_counts()
     lists = {"genrec": ranked, **extra_lists}
@@ -315,8 +239,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     full = {}
     per_user_values = {}
     for name, rk in lists.items():
-        full[name] = rank_metrics(rk, targets, cfg.ks, catalog)
-        extra, target_pct = beyond_accuracy(rk, targets, counts, rec.catalog)
+        full[name] = metrics.rank_metrics(rk, targets, cfg.ks, catalog)
+        extra, target_pct = metrics.beyond_accuracy(rk, targets, counts, rec.catalog)
         full[name].update(extra)
         per_user_values[name] = metrics.per_user(metrics.target_ranks(rk, targets), cfg.ks)
     results = {n: m for n, m in full.items() if "~" not in n}
@@ -334,7 +258,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if everyone:
         all_draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
         for name, rk in everyone.items():
-            all_users[name] = {"metrics": rank_metrics(rk, all_targets, cfg.ks, catalog),
+            all_users[name] = {"metrics": metrics.rank_metrics(rk, all_targets, cfg.ks, catalog),
                                "intervals": metrics.summary(
                                    metrics.per_user(metrics.target_ranks(rk, all_targets), cfg.ks), all_draws)}
     perturbation = None
@@ -344,7 +268,6 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                     "drop": full[n][m] - full[f"{n}~perturbed"][m]} for m in ("HR@" + str(kmax), "NDCG@" + str(kmax), "MRR")}
             for n in ("genrec", "sasrec") if f"{n}~perturbed" in full}}
 
-    out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
     md = markdown_table(results, cfg.ks)
     report = {
         "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
@@ -357,61 +280,51 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),
+        "markdown": md, "intervals_markdown": intervals_markdown(intervals, paired, k_main, len(chosen)),
+        "verdict": verdict(paired, k_main, len(chosen)),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", report)
-    with atomic_file(out / "metrics.md") as fh:
-        fh.write(f"Split `{cfg.split}`: {len(chosen)}/{len(rows)} users (seeded sample), full ranking over "
-                 f"{len(catalog)} items, exclude seen = {cfg.exclude_seen} (the target stays rankable; "
-                 f"{repeats} users' target is also in their history). Test targets' mean popularity percentile: "
-                 f"{target_pct:.3f}.\n\n{md}\n\n")
-        fh.write(intervals_markdown(intervals, paired, k_main, len(chosen)))
-        if slices:
-            fh.write("\n" + slices_markdown(slices, k_main))
-        if all_users:
-            fh.write(f"\nBaselines on all {len(rows)} users of the split:\n\n| model | NDCG@{k_main} | HR@{k_main} |\n"
+    return write_report(cfg, report, ranking_markdown(report, cfg, k_main), "recommendations.jsonl", lines, log,
+                        chart=lambda path: _bar_chart(intervals, k_main, path, f"{cfg.split}: {len(chosen)} users, "
+                                                      "95% bootstrap intervals", slices))
+
+
+def ranking_markdown(report: dict, cfg: EvaluateConfig, k: int) -> str:
+    """metrics.md of a ranking evaluation: the protocol in one line, the table, the intervals and every extra
+    section the report has (slices, baselines on all users, the retriever's ceiling, SASRec, perturbation,
+    reasons)."""
+    r = report
+    parts = [f"Split `{cfg.split}`: {r['users_evaluated']}/{r['users_in_split']} users (seeded sample), full ranking "
+             f"over {r['catalog_items']} items, exclude seen = {cfg.exclude_seen} (the target stays rankable; "
+             f"{r['users_target_in_history']} users' target is also in their history). Test targets' mean popularity "
+             f"percentile: {r['targets_pop_pct']:.3f}.\n\n{r['markdown']}\n\n", r["intervals_markdown"]]
+    if r["slices"]:
+        parts.append("\n" + slices_markdown(r["slices"], k))
+    if r["baselines_all_users"]:
+        parts.append(f"\nBaselines on all {r['users_in_split']} users of the split:\n\n| model | NDCG@{k} | HR@{k} |\n"
                      "|---|---|---|\n" + "".join(
-                         f"| {n} | {metrics.fmt_ci(a['intervals'][f'NDCG@{k_main}'])} | "
-                         f"{metrics.fmt_ci(a['intervals'][f'HR@{k_main}'])} |\n" for n, a in all_users.items()))
-        if recall:
-            fh.write(f"\nHybrid ({report['hybrid']}, K={recall['k']}): the retriever's top {recall['k']} holds the "
+                         f"| {n} | {metrics.fmt_ci(a['intervals'][f'NDCG@{k}'])} | "
+                         f"{metrics.fmt_ci(a['intervals'][f'HR@{k}'])} |\n" for n, a in r["baselines_all_users"].items()))
+    recall, sas = r["retriever_recall"], r["sasrec"]
+    if recall:
+        parts.append(f"\nHybrid ({r['hybrid']}, K={recall['k']}): the retriever's top {recall['k']} holds the "
                      f"target for {recall['llm_users']:.3f} of these users ({recall['users']:.3f} of all): the "
                      "ceiling of HR@K for any reranker of its candidates.\n")
-        if sasrec_facts:
-            fh.write(f"\nSASRec ({sasrec_facts['source']}): {sasrec_facts['epochs']} epochs in {sasrec_facts['seconds']}s, "
-                     + ("**capped** by its time limit (not converged)" if sasrec_facts["capped"]
+    if sas:
+        parts.append(f"\nSASRec ({sas['source']}): {sas['epochs']} epochs in {sas['seconds']}s, "
+                     + ("**capped** by its time limit (not converged)" if sas["capped"]
                         else "early-stopped on validation NDCG@10") + ".\n")
-        if perturbation:
-            fh.write(f"\nPerturbation `{cfg.perturb}` (same noisy histories for every model):\n\n"
-                     "| model | metric | clean | perturbed | drop |\n|---|---|---|---|---|\n")
-            for n, ms in perturbation["models"].items():
-                for m, v in ms.items():
-                    fh.write(f"| {n} | {m} | {v['clean']:.4f} | {v['perturbed']:.4f} | {v['drop']:.4f} |\n")
-        if grounding:
-            fh.write("\nReasons (top-1 item per user): " + ", ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in grounding.items()) + "\n")
-    write_jsonl(out / "recommendations.jsonl", lines)
-    _bar_chart(intervals, k_main, out / "metrics.png", f"{cfg.split}: {len(chosen)} users, 95% bootstrap intervals",
-               slices)
-    report["markdown"] = md
-    report["intervals_markdown"] = intervals_markdown(intervals, paired, k_main, len(chosen))
-    report["verdict"] = verdict(paired, k_main, len(chosen))
-    report["output"] = str(out)
-    log(f"report written to {out}/metrics.json, metrics.md, metrics.png")
-    return report
+    if r["perturbation"]:
+        parts.append(f"\nPerturbation `{cfg.perturb}` (same noisy histories for every model):\n\n"
+                     "| model | metric | clean | perturbed | drop |\n|---|---|---|---|---|\n" + "".join(
+                         f"| {n} | {m} | {v['clean']:.4f} | {v['perturbed']:.4f} | {v['drop']:.4f} |\n"
+                         for n, ms in r["perturbation"]["models"].items() for m, v in ms.items()))
+    if r["reason_grounding"]:
+        parts.append("\nReasons (top-1 item per user): " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["reason_grounding"].items()) + "\n")
+    return "".join(parts)
 
 
 HISTORY_BUCKETS = ((0, 10, "history <10"), (10, 51, "history 10-50"), (51, 10**9, "history >50"))
-
-
-def popularity_tiers(counts: Counter) -> dict[str, str]:
-    """item -> head / torso / tail: the most popular items holding the first third of training interactions, the
-    next third, the rest (items never seen in training are tail)."""
-    total, acc, tier = sum(counts.values()), 0, {}
-    for item, c in counts.most_common():
-        tier[item] = "head" if acc < total / 3 else "torso" if acc < 2 * total / 3 else "tail"
-        acc += c
-    return tier
 
 
 def user_slices(history_lengths: list[int], targets: list[str], counts: Counter, per_user: dict, models: dict,
@@ -420,7 +333,7 @@ def user_slices(history_lengths: list[int], targets: list[str], counts: Counter,
     where the LLM helps (short histories, cold items) is what users of LLM recommenders want to know."""
     import numpy as np
 
-    tier = popularity_tiers(counts)
+    tier = metrics.popularity_tiers(counts)
     groups = {"history_length": {name: [i for i, n in enumerate(history_lengths) if lo <= n < hi]
                                  for lo, hi, name in HISTORY_BUCKETS},
               "target_popularity": {t: [i for i, x in enumerate(targets) if tier.get(x, "tail") == t]
@@ -479,156 +392,56 @@ def intervals_markdown(intervals: dict, paired: dict, k: int, n_users: int) -> s
     return "\n".join(out) + "\n"
 
 
-TITLE_MENTION = re.compile(r"[A-Z0-9][^.,;:!?()\"]{0,80}\(\d{4}\)|\"[^\"]{2,80}\"")
-
-
-def reason_grounding(cases: list[tuple[str, str, list[str]]], catalog: dict[str, dict]) -> dict:
-    """How grounded free-text reasons are; `cases` are (reason, recommended item id, history item ids).
-
-    non_catalog_title: share of reasons naming a title-like span ("Name (1999)" or a quoted string) that is no
-      catalog title. unsupported_attribute: share naming an attribute value (e.g. a genre; attributes with at most
-      100 distinct values) that neither the recommended item nor any history item has. mentions_item /
-      mentions_history: share naming the recommended item's title / some history item's title.
-    """
-    titles = {" ".join(r["title"].lower().split()) for r in catalog.values()}
-    values: dict[str, set[str]] = {}
-    for row in catalog.values():
-        for k, v in row.get("attrs", {}).items():
-            values.setdefault(k, set()).update(x.strip().lower() for x in re.split(r"[|,]", v) if x.strip())
-    vocab = {v for vs in values.values() if len(vs) <= 100 for v in vs if len(v) > 2}
-
-    def item_values(i: str) -> set[str]:
-        return {x.strip().lower() for v in catalog[i].get("attrs", {}).values() for x in re.split(r"[|,]", v)}
-
-    counts = Counter()
-    for reason, item, history in cases:
-        low = " ".join(reason.lower().split())
-        spans = [" ".join(m.group(0).strip('" ').lower().split()) for m in TITLE_MENTION.finditer(reason)]
-        # a span may start before the title ("Because you enjoyed Heat (1995)"): any word-suffix may be the title
-        counts["non_catalog_title"] += any(not any(" ".join(w[i:]) in titles for i in range(len(w)))
-                                           for w in (sp.split() for sp in spans))
-        allowed = item_values(item).union(*(item_values(h) for h in history if h in catalog))
-        said = {v for v in vocab if re.search(rf"\b{re.escape(v)}\w*\b", low)}
-        counts["unsupported_attribute"] += bool(said - allowed)
-        counts["mentions_item"] += catalog[item]["title"].lower() in low
-        counts["mentions_history"] += any(catalog[h]["title"].lower() in low for h in history if h in catalog)
-    n = len(cases)
-    return {"reasons": n, **{k: (counts[k] / n if n else 0.0) for k in (
-        "non_catalog_title", "unsupported_attribute", "mentions_item", "mentions_history")}}
-
-
-def auc(scores: list[float], labels: list[int]) -> float:
-    """Probability that a random positive outscores a random negative (ties count half)."""
-    pairs = sorted(zip(scores, labels))
-    rank_sum, pos, i = 0.0, 0, 0
-    while i < len(pairs):  # average ranks over ties
-        j = i
-        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
-            j += 1
-        n_pos = sum(lab for _, lab in pairs[i:j + 1])
-        rank_sum += n_pos * (i + j + 2) / 2
-        pos += n_pos
-        i = j + 1
-    neg = len(pairs) - pos
-    if not pos or not neg:
-        raise GenrecError("AUC needs positive and negative examples")
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
-
-
-def log_loss(probs: list[float], labels: list[int]) -> float:
-    eps = 1e-7
-    return -sum(math.log(min(max(p if y else 1 - p, eps), 1)) for p, y in zip(probs, labels)) / len(probs)
-
-
-def rating_errors(pred: list[float], truth: list[float]) -> dict:
-    n = len(truth)
-    if n == 0:
-        raise GenrecError("no rated held-out interactions to evaluate")
-    return {"RMSE": math.sqrt(sum((p - t) ** 2 for p, t in zip(pred, truth)) / n),
-            "MAE": sum(abs(p - t) for p, t in zip(pred, truth)) / n}
-
-
-def rating_baselines(data, user_ids: list[str], items: list[str], split: str) -> dict[str, list[float]]:
-    """Global, user and item mean ratings from the training part of each sequence (unknowns -> global mean)."""
-    train = [(i, r) for u in data.users.values() for i, r in zip(data.train_items(u), u["ratings"])]
-    glob = sum(r for _, r in train) / len(train)
-    by_item: dict[str, list[float]] = {}
-    for i, r in train:
-        by_item.setdefault(i, []).append(r)
-
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs) if xs else glob
-
-    return {"global_mean": [glob] * len(items),
-            "user_mean": [mean(data.before_target(data.users[u], split, "ratings")) for u in user_ids],
-            "item_mean": [mean(by_item.get(i, [])) for i in items]}
-
-
 def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, log) -> dict:
-    """Scoring tasks on each user's held-out item.
-    preference: the item (label 1) against `cfg.negatives` items the user never interacted with (label 0,
-      seeded), scored by P(yes): AUC and log-loss beside a popularity score's AUC.
-    rating: the expected rating against the user's real rating: RMSE and MAE beside global/user/item means."""
+    """Scoring tasks on each user's held-out item: the task says which candidates to score and how to judge the
+    scores (tasks.py: preference by AUC / log-loss against sampled negatives, rating by RMSE / MAE)."""
     from tqdm.auto import tqdm
 
-    from .data import sample_negative
-
+    rule = rec.builders[task].task
     rows = data.split(cfg.split)
-    chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
+    chosen = [rows[i] for i in select_rows(len(rows), cfg.max_users, cfg.seed)]
     rng = random.Random(cfg.seed)
-    requests, cands, labels = [], [], []
-    for i in chosen:
-        row = rows[i]
-        if task == "rating":
-            if row.get("target_rating") is None:
-                raise GenrecError(f"{data.path} has no ratings: the rating task needs a rating column")
-            cand, label = [row["target"]], [row["target_rating"]]
-        else:
-            interacted = set(data.users[row["user_id"]]["items"])
-            negs = [sample_negative(rng, rec.index.item_ids, interacted) for _ in range(cfg.negatives)]
-            cand = [row["target"]] + [n for n in negs if n is not None]
-            label = [1] + [0] * (len(cand) - 1)
+    requests, cands, truth = [], [], []
+    for row in chosen:
+        c, y = rule.held_out(row, data, rng, cfg.negatives)
         requests.append(Query(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                context=json.loads(row["context"]), ratings=row.get("history_ratings")))
-        cands.append(cand)
-        labels.append(label)
+                              context=json.loads(row["context"]), ratings=row.get("history_ratings")))
+        cands.append(c)
+        truth.append(y)
     scores: list[list[float]] = []
     bar = tqdm(total=len(requests), desc=f"{task} {cfg.split}", unit="user")
     for start in range(0, len(requests), cfg.batch_size):
         scores += rec.score(task, requests[start:start + cfg.batch_size], cands[start:start + cfg.batch_size])
         bar.update(len(requests[start:start + cfg.batch_size]))
     bar.close()
-    flat_s = [p for ps in scores for p in ps]
-    flat_y = [y for ys in labels for y in ys]
-    if task == "rating":
-        results = {"genrec": rating_errors(flat_s, flat_y)}
-        for name, pred in rating_baselines(data, [r.user_id for r in requests], [c[0] for c in cands],
-                                           cfg.split).items():
-            results[name] = rating_errors(pred, flat_y)
-        cols, what = ["RMSE", "MAE"], "the expected rating vs the user's rating of the held-out item"
-    else:
-        counts = data.training_counts()
-        flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
-        results = {"genrec": {"AUC": auc(flat_s, flat_y), "log_loss": log_loss(flat_s, flat_y),
-                              "mean_p_yes_positive": sum(p for p, y in zip(flat_s, flat_y) if y) / sum(flat_y)},
-                   "popular": {"AUC": auc(flat_pop, flat_y)}}
-        cols, what = ["AUC", "log_loss"], f"1 held-out item vs {cfg.negatives} sampled non-interacted item(s) each"
-    out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
+    results, cols, what = rule.judge(scores, truth, chosen, cands, data, cfg.split)
     report = {"task": task, "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
               "negatives_per_positive": cfg.negatives if task == "preference" else None, "results": results,
               "settings": to_dict(cfg)}
     md = f"| model | {' | '.join(cols)} |\n|---|" + "---|" * len(cols) + "\n" + "".join(
         f"| {n} | " + " | ".join(f"{r[c]:.4f}" if c in r else "" for c in cols) + " |\n" for n, r in results.items())
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", report)
-    with atomic_file(out / "metrics.md") as fh:
-        fh.write(f"{task.capitalize()}, split `{cfg.split}`: {len(chosen)} users, {what}.\n\n{md}")
-    write_jsonl(out / "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "scores": p}
-                                       for r, c, y, p in zip(requests, cands, labels, scores)])
     report["markdown"] = md
-    report["output"] = str(out)
-    log(f"report written to {out}/metrics.json, metrics.md")
-    return report
+    return write_report(cfg, report, f"{task.capitalize()}, split `{cfg.split}`: {len(chosen)} users, {what}.\n\n{md}",
+                        "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "scores": p}
+                                         for r, c, y, p in zip(requests, cands, truth, scores)], log)
+
+
+def write_report(cfg: EvaluateConfig, report: dict, markdown: str, lines_name: str, lines: list[dict], log,
+                 chart=None) -> dict:
+    """The one way an evaluation leaves its results, each file written atomically into `cfg.output` (default
+    <model>/eval-<split>): metrics.json (the report), metrics.md, the per-user lines and, when given,
+    `chart(path)` drawing metrics.png. Returns the report with its `output` directory."""
+    out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", {k: v for k, v in report.items() if k not in ("markdown", "intervals_markdown",
+                                                                                  "verdict")})
+    with atomic_file(out / "metrics.md") as fh:
+        fh.write(markdown)
+    write_jsonl(out / lines_name, lines)
+    if chart is not None:
+        chart(out / "metrics.png")
+    log(f"report written to {out}/metrics.json, metrics.md" + (", metrics.png" if chart is not None else ""))
+    return {**report, "output": str(out)}
 
 
 def _reranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
@@ -724,7 +537,7 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
     draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
     per = {n: metrics.per_user(metrics.target_ranks(rk, targets), cfg.ks) for n, rk in lists.items()}
     return {"split": cfg.split, "users": len(rows), "catalog_items": len(catalog),
-            "results": {n: rank_metrics(rk, targets, cfg.ks, catalog) for n, rk in lists.items()},
+            "results": {n: metrics.rank_metrics(rk, targets, cfg.ks, catalog) for n, rk in lists.items()},
             "intervals": {n: metrics.summary(v, draws) for n, v in per.items()},
             "paired_differences": {"sasrec - popular": metrics.paired_difference(per["sasrec"], per["popular"], draws)}
             if {"sasrec", "popular"} <= set(per) else {}, "sasrec": facts}

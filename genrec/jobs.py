@@ -1,6 +1,7 @@
 """File jobs on a loaded Recommender: read a users file (JSONL or CSV), turn each object into a Query (items
 named by id or by title, resolved against the catalog), and write recommendations (`genrec generate`, resumable and
 shardable) or candidate scores (`genrec rank`) as JSONL. The HTTP server turns its JSON into Requests here too.
+`show_prompt` (`genrec prompts show`) renders one prepared user as training sees it.
 """
 
 from __future__ import annotations
@@ -301,3 +302,20 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
                 for r, (c, p) in enumerate(ranked, start=1)]})
     write_jsonl(cfg.out, lines)
     return {"written": len(lines), "skipped": skipped, "out": str(cfg.out)}
+
+
+def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg, model: str) -> str:
+    """The user's last example of `split` rendered with `prompt_cfg` and `model`'s tokenizer (the builder and its
+    task decide what one example is)."""
+    from .data import load_prepared
+    from .index import ItemIndex
+    from .models import load_tokenizer, resolve_base_model
+    from .sequence import make_builder
+
+    data = load_prepared(data_dir)
+    rows = data.split(split).filter(lambda r: r["user_id"] == user_id)
+    if len(rows) == 0:
+        raise GenrecError(f"user {user_id!r} has no example in split '{split}' of {data_dir}")
+    tok = load_tokenizer(resolve_base_model(model))
+    builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
+    return builder.preview(rows[-1], data)

@@ -215,6 +215,12 @@ class PromptBuilder:
         system, user, _ = self.render(history, history_ts, context, request, candidate, history_ratings, candidates)
         return self.wrap(system, user)
 
+    def preview(self, row: dict, data) -> str:
+        """One prepared row as the model sees it in training: the template, a line about the example, then the
+        chat-wrapped prompt and its answer (`genrec prompts show`)."""
+        prompt, answer, note = self.task.preview(row, data)
+        return f"# template: {self.template.path}\n# {note}\n{self.as_text(prompt)}{self.as_text(answer)}"
+
     def as_text(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
 

@@ -159,6 +159,15 @@ class SequenceBuilder(PromptBuilder):
     def completion(self, item_id: str, history: list[str], context: dict | None = None) -> list[int]:
         return self.ident(item_id)
 
+    def preview(self, row: dict, data) -> str:
+        """The window ending at the row's target, and the prompt that asks for that target."""
+        ex = self.sequence_examples(list(row["history"]) + [row["target"]],
+                                    list(row["history_ts"]) + [row["target_ts"]])[-1]
+        prompt = self.encode(row["history"], row["history_ts"])
+        return (f"# template: {self.template.path}\n# sequence objective: this window has {len(ex['input_ids'])} "
+                f"tokens, {sum(ex['completion_mask'])} with loss; the prompt for its last item is {len(prompt)} "
+                f"tokens\n{self.as_text(prompt)}{self.as_text(self.ident(row['target']))}")
+
 
 OBJECTIVES = ("prefix", "sequence")
 

@@ -55,6 +55,12 @@ class Task:
                           history_ratings=row.get("history_ratings")),
                  b.completion(row["target"], row["history"]))]
 
+    def preview(self, row: dict, data) -> tuple[list[int], list[int], str]:
+        """What `genrec prompts show` prints for a row: the first example it gives (for preference: the positive)
+        and a line about it."""
+        prompt, answer = self.examples(row, random.Random(0), data.users)[0]
+        return prompt, answer, f"prompt: {len(prompt)} tokens; completion: {len(answer)} tokens"
+
 
 class RequestTask(Task):
     name = "request"
@@ -110,6 +116,16 @@ class ScoringTask(Task):
         """A request's score from the softmax over `answer_words`."""
         raise NotImplementedError
 
+    def held_out(self, row: dict, data, rng: random.Random, negatives: int) -> tuple[list[str], list[float]]:
+        """Evaluation: the candidates to score for one held-out row, and the true value of each."""
+        raise NotImplementedError
+
+    def judge(self, scores: list[list[float]], truth: list[list[float]], rows: list[dict], cands: list[list[str]],
+              data, split: str) -> tuple[dict[str, dict], list[str], str]:
+        """Evaluation: metrics per model (genrec and this task's baselines), the table's columns, and what was
+        measured, in words."""
+        raise NotImplementedError
+
     def examples(self, row, rng, users=None):
         b = self.builder
         ctx, ratings = json.loads(row["context"]), row.get("history_ratings")
@@ -133,6 +149,26 @@ class Preference(ScoringTask):
         """P(yes)."""
         return probs[0]
 
+    def held_out(self, row, data, rng, negatives):
+        """The held-out item (1) against `negatives` seeded items the user never interacted with (0)."""
+        interacted = set(data.users[row["user_id"]]["items"])
+        negs = [sample_negative(rng, self.builder.index.item_ids, interacted) for _ in range(negatives)]
+        cands = [row["target"]] + [n for n in negs if n is not None]
+        return cands, [1] + [0] * (len(cands) - 1)
+
+    def judge(self, scores, truth, rows, cands, data, split):
+        """AUC and log-loss of P(yes), beside the AUC of the items' training popularity."""
+        from . import metrics
+
+        flat_s, flat_y = [p for ps in scores for p in ps], [y for ys in truth for y in ys]
+        counts = data.training_counts()
+        flat_pop = [float(counts.get(c, 0)) for cs in cands for c in cs]
+        results = {"genrec": {"AUC": metrics.auc(flat_s, flat_y), "log_loss": metrics.log_loss(flat_s, flat_y),
+                              "mean_p_yes_positive": sum(p for p, y in zip(flat_s, flat_y) if y) / sum(flat_y)},
+                   "popular": {"AUC": metrics.auc(flat_pop, flat_y)}}
+        negatives = max(len(c) for c in cands) - 1
+        return results, ["AUC", "log_loss"], f"1 held-out item vs {negatives} sampled non-interacted item(s) each"
+
 
 class Rating(ScoringTask):
     name = "rating"
@@ -148,6 +184,23 @@ class Rating(ScoringTask):
     def value(self, probs):
         """The expected rating: each level times its probability."""
         return sum(r * q for r, q in zip(RATING_LEVELS, probs))
+
+    def held_out(self, row, data, rng, negatives):
+        """The held-out item and the user's rating of it."""
+        if row.get("target_rating") is None:
+            raise GenrecError(f"{data.path} has no ratings: the rating task needs a rating column")
+        return [row["target"]], [row["target_rating"]]
+
+    def judge(self, scores, truth, rows, cands, data, split):
+        """RMSE and MAE of the expected rating, beside global, user and item mean ratings."""
+        from . import metrics
+        from .baselines import rating_baselines
+
+        flat_s, flat_y = [p for ps in scores for p in ps], [y for ys in truth for y in ys]
+        results = {"genrec": metrics.rating_errors(flat_s, flat_y)}
+        for name, pred in rating_baselines(data, [r["user_id"] for r in rows], [c[0] for c in cands], split).items():
+            results[name] = metrics.rating_errors(pred, flat_y)
+        return results, ["RMSE", "MAE"], "the expected rating vs the user's rating of the held-out item"
 
 
 class Rerank(Task):
@@ -185,6 +238,14 @@ class Rerank(Task):
 
     def examples(self, row, rng, users=None):
         raise GenrecError("rerank examples come from the retriever's candidates (training.rerank_examples)")
+
+    def preview(self, row, data):
+        """The real candidates come from the model's retriever; here popular items stand in for them."""
+        cands = [i for i, _ in data.training_counts().most_common() if i not in set(row["history"])]
+        cands = self.training_candidates(cands, row["target"], self.builder.cfg.rerank_candidates, random.Random(0))
+        prompt, answer = self.example(row, cands)
+        return prompt, answer, (f"rerank: {len(cands)} candidates (popular stand-ins for the retriever's) with the "
+                                f"target at a random label; prompt {len(prompt)} tokens")
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, RequestTask, Preference, Rating, Rerank)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .config import PromptConfig, SFTConfig, to_dict
+from .config import SFTConfig, to_dict
 from .data import PreparedData, load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json
@@ -25,35 +25,6 @@ from .prompts import PromptBuilder
 from .retriever import KINDS as RETRIEVERS
 from .retriever import RETRIEVER_DIR, Retriever
 from .sequence import OBJECTIVES, make_builder
-
-
-def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg: PromptConfig, model: str) -> str:
-    data = load_prepared(data_dir)
-    rows = data.split(split).filter(lambda r: r["user_id"] == user_id)
-    if len(rows) == 0:
-        raise GenrecError(f"user {user_id!r} has no example in split '{split}' of {data_dir}")
-    tok = load_tokenizer(resolve_base_model(model))
-    builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
-    # the first (for preference: the positive) example the user's last row gives
-    if builder.objective == "sequence":  # the window ending at the row's target
-        row = rows[-1]
-        ex = builder.sequence_examples(list(row["history"]) + [row["target"]],
-                                       list(row["history_ts"]) + [row["target_ts"]])[-1]
-        prompt = builder.encode(row["history"], row["history_ts"])
-        return (f"# template: {builder.template.path}\n# sequence objective: this window has {len(ex['input_ids'])} "
-                f"tokens, {sum(ex['completion_mask'])} with loss; the prompt for its last item is {len(prompt)} "
-                f"tokens\n{builder.as_text(prompt)}{builder.as_text(builder.ident(row['target']))}")
-    if builder.task.ranks_candidates:  # the real candidates come from the model's retriever; here: popular stand-ins
-        row = rows[-1]
-        cands = [i for i, _ in data.training_counts().most_common() if i not in set(row["history"])]
-        cands = builder.task.training_candidates(cands, row["target"], prompt_cfg.rerank_candidates, random.Random(0))
-        prompt, answer = builder.task.example(row, cands)
-        return (f"# template: {builder.template.path}\n# rerank: {len(cands)} candidates (popular stand-ins for the "
-                f"retriever's) with the target at a random label; prompt {len(prompt)} tokens\n"
-                f"{builder.as_text(prompt)}{builder.as_text(answer)}")
-    prompt, completion = builder.task.examples(rows[-1], random.Random(0), data.users)[0]
-    return (f"# template: {builder.template.path}\n# prompt: {len(prompt)} tokens; completion: {len(completion)} "
-            f"tokens\n{builder.as_text(prompt)}{builder.as_text(completion)}")
 
 
 class CodeRows(TrainerCallback):

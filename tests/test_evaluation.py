@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
-from genrec.evaluation import rank_metrics
+from genrec.metrics import rank_metrics
 
 
 def test_metrics_hand_computed():
@@ -65,7 +65,7 @@ def test_evaluate_cli(tmp_path, tiny_model):
 def test_popularity_tiers_split_interactions_in_thirds():
     from collections import Counter
 
-    from genrec.evaluation import popularity_tiers
+    from genrec.metrics import popularity_tiers
 
     tiers = popularity_tiers(Counter({"a": 50, "b": 30, "c": 10, "d": 5, "e": 5}))
     assert tiers == {"a": "head", "b": "torso", "c": "tail", "d": "tail", "e": "tail"}
@@ -79,7 +79,7 @@ def test_evaluate_bad_options(tiny_model):
 def test_beyond_accuracy_hand_computed():
     from collections import Counter
 
-    from genrec.evaluation import beyond_accuracy
+    from genrec.metrics import beyond_accuracy
 
     catalog = {"a": {"attrs": {"genres": "X|Y"}}, "b": {"attrs": {"genres": "X"}}, "c": {"attrs": {"genres": "Z"}},
                "d": {"attrs": {}}}

@@ -132,7 +132,7 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
 
 
 def test_reason_grounding_flags_invented_titles_and_attributes():
-    from genrec.evaluation import reason_grounding
+    from genrec.metrics import reason_grounding
 
     catalog = {"1": {"title": "Heat (1995)", "attrs": {"genres": "Action|Crime"}},
                "2": {"title": "Toy Story (1995)", "attrs": {"genres": "Animation|Comedy"}},
