@@ -36,11 +36,11 @@ def main() -> None:
         data = load_prepared(rec.card.data)
         rows = list(data.split("test"))[:args.users]
         reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
-        rec.recommend(reqs[:2], args.k)  # warm-up
+        rec.recommend(reqs[:2], k=args.k)  # warm-up
         t0 = time.perf_counter()
         res = []
         for s in range(0, len(reqs), args.batch_size):
-            res += rec.recommend(reqs[s:s + args.batch_size], args.k)
+            res += rec.recommend(reqs[s:s + args.batch_size], k=args.k)
         dt = time.perf_counter() - t0
         items[name] = [[r["item_id"] for r in x["recommendations"]] for x in res]
         listed = [i for x in items[name] for i in x]

@@ -45,6 +45,8 @@ HELP = {
     "beam_width": "Beam width (>= k) [max(k, 10)].",
     "search": "beam: beam search of --beam-width; exact: the certified top-K (searched again, wider, until no "
               "pruned prefix could beat the K-th).",
+    "max_width": "search=exact: the widest beam it may widen to (default: the catalog size); a user whose top-K is "
+                 "not certified by then keeps that beam's items and is marked \"exact\": false.",
     "batch_size": "Users per batch.",
     "backend": "Generation backend.",
     "exclude_seen": "Never recommend items in the history.",
@@ -226,7 +228,8 @@ def sft(config_path, task, template, overrides, **opts) -> None:
 # ------------------------------------------------------------------------------------------------ generate
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with GenerateConfig keys.")
-@config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "batch_size", "backend",
+@config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "max_width", "batch_size",
+                "backend",
                 "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "candidates", "shard",
                 help={"users": "Users file: JSONL (or CSV) with user_id and/or history, optional context, request.",
                       "out": "Output JSONL.", "strict": "Unknown users/items are errors instead of skipped.",
@@ -282,6 +285,7 @@ def rank(config_path, overrides, **opts) -> None:
 def recommend(model, user_id, history, request_text, k, with_reasons, data, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
     from .jobs import load_for_data, output_settings, to_request
+    from .recommender import Search
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}
@@ -291,7 +295,7 @@ def recommend(model, user_id, history, request_text, k, with_reasons, data, back
     rec = load_for_data(cfg, log=lambda m: click.echo(m, err=True))
     users = rec.known_users(data) if user_id and not history else None
     req = to_request(obj, users, rec.catalog, "recommend")
-    res = rec.recommend([req], k, None, cfg.exclude_seen, with_reasons)[0]
+    res = rec.recommend([req], Search.of(cfg))[0]
     if as_json:
         click.echo(json.dumps({"index": 1, "user_id": user_id, **res, "settings": output_settings(cfg)},
                               ensure_ascii=False))
@@ -326,7 +330,7 @@ def merge_shards_cmd(parts, out) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")
 @config_options(EvaluateConfig, "model", "data", "split", "task", "ks", "max_users", "backend", "batch_size",
-                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "search", "output",
+                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "search", "max_width", "output",
                 help={"data": "Prepared data (default: the model's training data; another dataset's: zero-shot "
                               "transfer to its catalog, title models only).",
                       "split": "Split to evaluate.",

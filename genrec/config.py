@@ -143,6 +143,7 @@ class GenerateConfig:
     k: int = 10
     beam_width: int | None = None  # default: max(k, 10)
     search: str = "beam"  # beam | exact (the certified top-K: widened until no pruned prefix could beat it)
+    max_width: int | None = None  # search=exact: the widest beam it widens to (default: the catalog size)
     batch_size: int = 8
     backend: str = "hf"
     exclude_seen: bool = True
@@ -184,6 +185,7 @@ class EvaluateConfig:
     batch_size: int = 8
     beam_width: int | None = None
     search: str = "beam"  # beam | exact (as in GenerateConfig)
+    max_width: int | None = None  # search=exact: the widest beam (as in GenerateConfig)
     exclude_seen: bool = True
     baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
     sasrec_seconds: float | None = None  # a cap on SASRec's training time (None: until early stopping converges)

@@ -228,32 +228,36 @@ SEARCHES = ("beam", "exact")
 
 def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
               banned: list[set[int]] | None = None, item_penalty: list[float] | None = None,
-              search: str = "beam", stats: dict | None = None) -> list[list[Hypothesis]]:
+              search: str = "beam", stats: dict | None = None, max_width: int | None = None) -> list[list[Hypothesis]]:
     """Beam search that always returns min(k, allowed items) results: should a search still end short, that
     prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare).
     search="exact": also searched again, at twice the width, is every prompt whose top-k lacks the certificate
-    (see the module docstring), so the result is the exact top-k. `stats` gets the searches run and the widest."""
+    (see the module docstring), so the result is the exact top-k. `max_width` caps that widening (None: up to the
+    catalog size, where nothing is pruned): a prompt still without its certificate at the cap keeps the cap's
+    beam result and is listed in `stats["uncertified"]`. `stats` also gets the searches run and the widest."""
     if search not in SEARCHES:
         from .errors import GenrecError
 
         raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
     n_items = len(trie.leaf_item)
+    cap = min(max_width or n_items, n_items)
     pruned: list[float] = []
     found = beam_search(backend, prompts, trie, k, beam_width, banned, item_penalty=item_penalty, pruned=pruned)
     width, rounds = max(beam_width, k), 1
     while True:
-        short = [b for b, f in enumerate(found)
-                 if len(f) < min(k, n_items - len(banned[b] if banned else ()))
-                 or (search == "exact" and len(f) >= k and pruned[b] > f[k - 1].score)]
-        if not short or width >= n_items:
+        short = {b for b, f in enumerate(found) if len(f) < min(k, n_items - len(banned[b] if banned else ()))}
+        uncertified = [b for b, f in enumerate(found)
+                       if search == "exact" and len(f) >= k and pruned[b] > f[k - 1].score]
+        todo = sorted(short | (set(uncertified) if width < cap else set()))
+        if not todo or width >= n_items:
             if stats is not None:
-                stats.update(searches=rounds, max_width=width)
+                stats.update(searches=rounds, max_width=width, uncertified=uncertified)
             return found
-        width = min(2 * width, n_items)
+        width = min(2 * width, n_items if short else max(cap, width))
         rounds += 1
         again_pruned: list[float] = []
-        again = beam_search(backend, [prompts[b] for b in short], trie, k, width,
-                            [banned[b] for b in short] if banned else None, item_penalty=item_penalty,
+        again = beam_search(backend, [prompts[b] for b in todo], trie, k, width,
+                            [banned[b] for b in todo] if banned else None, item_penalty=item_penalty,
                             pruned=again_pruned)
-        for b, f, p in zip(short, again, again_pruned):
+        for b, f, p in zip(todo, again, again_pruned):
             found[b], pruned[b] = f, p

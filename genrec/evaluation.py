@@ -7,6 +7,7 @@ items in top max(K) / catalog size), and the share of split users evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -20,7 +21,7 @@ from .config import EvaluateConfig, to_dict
 from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
-from .recommender import Recommender, Query
+from .recommender import Query, Recommender, Search
 from .retriever import Retriever, parse_candidates
 
 
@@ -153,7 +154,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if cand_k is not None and rerank:
         raise GenrecError(f"--candidates is for generative models: {cfg.model} reranks its retriever's top "
                           f"{builder.cfg.rerank_candidates} already")
-    rec.recommend([], kmax, candidates=cand_k, search=cfg.search)  # its checks of these settings, before any work
+    search = Search.of(cfg, k=kmax, with_reasons=False)  # with_reasons here: measure the reasons (below)
+    rec.recommend([], search)  # its checks of these settings, before any work
     hybrid_k = builder.cfg.rerank_candidates if rerank else cand_k
     if rerank and rec.retriever is None:
         raise GenrecError(f"{cfg.model} is a rerank model without its retriever ({cfg.model}/retriever is missing)")
@@ -189,17 +191,18 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     if rerank:  # one forward pass gives the LLM's order and its product with the retriever's
         ranked, extra_lists["genrec x sasrec"] = _reranked(rec, requests, cfg, kmax, f"genrec rerank {cfg.split}")
     elif cand_k is not None:  # one search scores all K: the LLM's order and its product with the retriever's
-        ranked, extra_lists["genrec x sasrec"] = _within_candidates(rec, requests, cfg, kmax, cand_k,
+        ranked, extra_lists["genrec x sasrec"] = _within_candidates(rec, requests, cfg, search, cand_k,
                                                                     f"genrec within {cand_k} {cfg.split}")
     else:
-        ranked = _genrec_ranked(rec, requests, cfg, kmax, f"genrec {cfg.split}")
+        ranked = _genrec_ranked(rec, requests, cfg, search, f"genrec {cfg.split}")
     gen_seconds = time.time() - t0
     grounding = None
     if cfg.with_reasons:  # the top-1 item's reason per user, checked against the catalog and the history
         cases = []
         for start in range(0, len(requests), cfg.batch_size):
             chunk = requests[start:start + cfg.batch_size]
-            for req, res in zip(chunk, rec.recommend(chunk, 1, cfg.beam_width, cfg.exclude_seen, with_reasons=True)):
+            for req, res in zip(chunk, rec.recommend(chunk, Search(k=1, beam_width=cfg.beam_width, exclude_seen=cfg.exclude_seen,
+                                                                    with_reasons=True))):
                 top = res["recommendations"][0]
                 cases.append((top["reason"], top["item_id"], req.history[-builder.cfg.max_history:]))
         grounding = metrics.reason_grounding(cases, rec.catalog)
@@ -218,7 +221,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         histories.append(noisy_chosen)
         noisy = [Query(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
                  for r, h in zip(requests, noisy_chosen)]
-        lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, kmax, f"genrec {cfg.split} ({cfg.perturb})")
+        lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, dataclasses.replace(search, candidates=None),
+                                                   f"genrec {cfg.split} ({cfg.perturb})")
     sasrec_facts, recall = None, None
     if "sasrec" in baselines:
         retriever, sasrec_facts = _baseline_retriever(rec, data, cfg, transfer, log)
@@ -461,7 +465,7 @@ def _reranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax
     return alone, fused
 
 
-def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int, K: int,
+def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, search: Search, K: int,
                        desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """Generation within the retriever's K: every candidate's sequence log-probability from one search, ranked
     alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
@@ -469,12 +473,12 @@ def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateCon
 
     from .recommender import fuse
 
+    kmax = search.k
     alone, fused = [], []
     bar = tqdm(total=len(requests), desc=desc, unit="user")
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
-        found = rec.recommend(chunk, max(kmax, K), cfg.beam_width, cfg.exclude_seen,
-                              popularity_penalty=cfg.popularity_penalty, candidates=K, search=cfg.search)
+        found = rec.recommend(chunk, search, k=max(kmax, K), candidates=K)
         for res, pool in zip(found, rec.retrieved(chunk, max(kmax, K), cfg.exclude_seen)):
             items = [r["item_id"] for r in res["recommendations"]]
             alone.append(items[:kmax])
@@ -487,7 +491,7 @@ def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateCon
     return alone, fused
 
 
-def _genrec_ranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
+def _genrec_ranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, search: Search,
                    desc: str) -> list[list[str]]:
     from tqdm.auto import tqdm
 
@@ -495,9 +499,7 @@ def _genrec_ranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig,
     bar = tqdm(total=len(requests), desc=desc, unit="user")
     for start in range(0, len(requests), cfg.batch_size):
         chunk = requests[start:start + cfg.batch_size]
-        for res in rec.recommend(chunk, kmax, cfg.beam_width, cfg.exclude_seen,
-                                 popularity_penalty=cfg.popularity_penalty,
-                                 search=cfg.search):
+        for res in rec.recommend(chunk, search):
             ranked.append([r["item_id"] for r in res["recommendations"]])
         bar.update(len(chunk))
     bar.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import GenerateConfig, RankConfig
 from .errors import GenrecError
 from .files import write_jsonl
-from .recommender import Recommender, Query
+from .recommender import Query, Recommender, Search
 
 
 def read_users_file(path: str | Path) -> list[dict]:
@@ -158,13 +158,11 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     """Read a users file, write one JSONL line per user atomically; return a summary."""
     from tqdm.auto import tqdm
 
-    from .retriever import parse_candidates
-
     shard = parse_shard(cfg.shard)
-    candidates = parse_candidates(cfg.candidates)
+    search = Search.of(cfg)  # a bad setting fails before the model loads
     rows = read_users_file(cfg.users)
     rec = load_for_data(cfg, log)
-    rec.recommend([], cfg.k, candidates=candidates, search=cfg.search)  # bad settings fail before any output
+    rec.recommend([], search)  # bad settings fail before any output
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
@@ -198,9 +196,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
             fh.write(line + "\n")
         for start in range(0, len(pending), cfg.batch_size):
             chunk = pending[start:start + cfg.batch_size]
-            results = rec.recommend([r for _, _, r in chunk], cfg.k, cfg.beam_width, cfg.exclude_seen,
-                                    cfg.with_reasons, cfg.popularity_penalty, candidates=candidates,
-                                    search=cfg.search)
+            results = rec.recommend([r for _, _, r in chunk], search)
             for (n, obj, req), res in zip(chunk, results):
                 line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")

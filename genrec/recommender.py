@@ -8,14 +8,14 @@ Empty-history policy: a request with neither history nor request text gets the m
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .catalog import Catalog
 from .config import PromptConfig
+from .constrained import SEARCHES, TokenTrie
 from .errors import GenrecError
 from .files import read_jsonl
-from .constrained import TokenTrie
 from .index import ItemIndex
 from .models import ModelCard, load_tokenizer
 from .prompts import PromptBuilder, load_template
@@ -35,6 +35,44 @@ class Query:
     seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
     ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
     trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
+
+
+@dataclass(frozen=True)
+class Search:
+    """How to search: the settings that travel together from every command (generate, evaluate, serve,
+    recommend) to `Recommender.recommend`. `Search.of(cfg)` reads them from a command's config."""
+
+    k: int = 10
+    beam_width: int | None = None  # default: max(k, 10)
+    search: str = "beam"  # beam | exact (the certified top-K)
+    max_width: int | None = None  # exact: the widest beam it widens to (None: the catalog size)
+    exclude_seen: bool = True
+    with_reasons: bool = False
+    popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
+    candidates: int | None = None  # search only the retriever's top K (None: the whole catalog)
+    retriever_weight: float = 0.0  # within candidates: + this * log softmax(retriever scores)
+
+    def __post_init__(self):
+        if self.search not in SEARCHES:
+            raise GenrecError(f"unknown search {self.search!r} ({', '.join(SEARCHES)})")
+        if self.max_width is not None and self.max_width < 1:
+            raise GenrecError(f"--max-width must be at least 1, got {self.max_width}")
+
+    @property
+    def width(self) -> int:
+        return max(self.beam_width or max(self.k, 10), self.k)
+
+    @classmethod
+    def of(cls, cfg, **settings) -> "Search":
+        """The search a command's config asks for (fields it does not have keep their defaults; `candidates`
+        is parsed from "retriever:K"), with `settings` on top."""
+        from .retriever import parse_candidates
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        found = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
+        if isinstance(found.get("candidates"), str) or found.get("candidates") is None:
+            found["candidates"] = parse_candidates(found.get("candidates"))
+        return cls(**{**found, **settings})
 
 
 def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[int, float]]:
@@ -60,7 +98,7 @@ class Recommender:
         self.dir = card.dir
         self.tok = load_tokenizer(card.dir)
         self.retriever = Retriever.load(card.dir)  # None for a model trained without one
-        self._set_catalog(card.catalog_rows(), card.item_index(), card.popularity())
+        self._set_catalog(Catalog(card.catalog_rows(), card.item_index(), card.popularity()))
         if self.index.new_tokens and card.merged_path() is None:
             raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence" else b.cfg.max_prompt_tokens
@@ -68,10 +106,10 @@ class Recommender:
         self.backend = load_backend(card, self.tok, backend, dtype, adapter, vllm,
                                     max_model_len=max(1024, longest + 192))  # prompt + item (+ reason)
 
-    def _set_catalog(self, rows: list[dict], index: ItemIndex, counts: dict[str, int]) -> None:
-        """The items this model recommends, one prompt builder per trained task, and a trie per item ending."""
-        self.index = index
-        self.catalog = {row["item_id"]: row for row in rows}
+    def _set_catalog(self, catalog: Catalog) -> None:
+        """The items this model recommends and one prompt builder per trained task over them."""
+        self.catalog = catalog
+        self.index = index = catalog.index
         self.builders: dict[str, PromptBuilder] = {}
         for task, prompt in self.card.task_prompts().items():
             cfg = PromptConfig(**prompt)
@@ -85,10 +123,6 @@ class Recommender:
         self.rerank_prompts = next((b for b in self.builders.values() if b.task.ranks_candidates), None)
         self.history_prompts = next((b for b in writers if not b.task.takes_request), writers[0] if writers else None)
         self.request_prompts = next((b for b in writers if b.task.takes_request), self.history_prompts)
-        self._tries: dict[int, TokenTrie] = {}
-        self.popular = list(counts)
-        self.train_counts = counts
-        self._penalties: dict[float, list[float]] = {}
 
     def use_data(self, data, log=lambda m: None) -> bool:
         """Recommend from the catalog of another prepared dataset (cross-domain transfer, zero-shot): items are
@@ -103,19 +137,13 @@ class Recommender:
             raise GenrecError(f"{self.dir} reranks the candidates of its own retriever: it cannot recommend from the "
                               f"catalog of {data.path}")
         self.retriever = None  # it names items of the model's own catalog only
-        self._set_catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts)
+        self._set_catalog(Catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts))
         log(f"note: {data.path} is not the model's training data: items come from its catalog (zero-shot transfer)")
         return True
 
-    def trie_for(self, builder: PromptBuilder) -> TokenTrie:
-        """The catalog's item token sequences as the builder ends them (EOS, or the newline before a reason)."""
-        if builder.item_end_id not in self._tries:
-            self._tries[builder.item_end_id] = TokenTrie([builder.item_tokens(t) for t in self.index.targets])
-        return self._tries[builder.item_end_id]
-
     @property
     def trie(self) -> TokenTrie:
-        return self.trie_for(self.history_prompts or self.builder)
+        return self.catalog.trie(self.history_prompts or self.builder)
 
     @property
     def model(self):
@@ -132,48 +160,35 @@ class Recommender:
     def with_reasons(self) -> bool:
         return self.history_prompts is not None and self.history_prompts.with_reasons
 
-    def popularity_penalty(self, strength: float) -> list[float] | None:
-        """Per item `strength * log(1 + training count)`: subtracted from an item's log-probability, it
-        down-weights popular items (0 = none; at 1 an item seen 10x as often needs ~10x the model probability)."""
-        if strength < 0 or not math.isfinite(strength):
-            raise GenrecError(f"popularity penalty must be a finite number >= 0, got {strength}")
-        if not strength:
-            return None
-        if strength not in self._penalties:
-            self._penalties[strength] = [strength * math.log1p(self.train_counts.get(i, 0))
-                                         for i in self.index.item_ids]
-        return self._penalties[strength]
-
-    def recommend(self, requests: list[Query], k: int = 10, beam_width: int | None = None,
-                  exclude_seen: bool = True, with_reasons: bool = False,
-                  popularity_penalty: float = 0.0, usage: list | None = None, candidates: int | None = None,
-                  retriever_weight: float = 0.0, search: str = "beam") -> list[dict]:
-        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}].
-        With a popularity penalty, `score` is the penalised log-probability the items are ranked by. `usage`, when
-        given, is filled with one {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine
-        received and the item (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer.
+    def recommend(self, requests: list[Query], settings: Search | None = None, usage: list | None = None,
+                  **fields) -> list[dict]:
+        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}], searched
+        as `settings` (a Search; keyword `fields` such as k=5 build or amend one) says. With a popularity penalty,
+        `score` is the penalised log-probability the items are ranked by. `usage`, when given, is filled with one
+        {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine received and the item
+        (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer.
 
         A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
         generative model search only the retriever's top K. Either way the list goes on in the retriever's order
         after those K, so it is a ranking over the whole catalog."""
-        from .constrained import SEARCHES, top_items
+        from .constrained import top_items
 
-        if search not in SEARCHES:
-            raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
+        s = dataclasses.replace(settings or Search(), **fields)
+        k, exclude_seen, candidates, retriever_weight = s.k, s.exclude_seen, s.candidates, s.retriever_weight
         if self.history_prompts is None and self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
         if k < 1 or k > len(self.index.item_ids):
             raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
-        if with_reasons and not self.with_reasons:
+        if s.with_reasons and not self.with_reasons:
             raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
         if candidates is not None and self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever for --candidates retriever:K (train it with "
                               "`genrec sft retriever=sasrec`)")
         if candidates is not None and not 1 <= candidates <= len(self.index.item_ids):
             raise GenrecError(f"--candidates retriever:K needs 1 <= K <= the catalog size ({len(self.index.item_ids)})")
-        width = max(beam_width or max(k, 10), k)
-        penalty = self.popularity_penalty(popularity_penalty)
+        width = s.width
+        penalty = self.catalog.penalty(s.popularity_penalty)
         results: list[dict | None] = [None] * len(requests)
         counts = [{"prompt_tokens": 0, "completion_tokens": 0, "per_item": []} for _ in requests]
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
@@ -213,8 +228,10 @@ class Recommender:
             # within candidates and fused with the retriever: every one of the K is scored, then reordered
             fusing = pools is not None and retriever_weight != 0
             n_found = candidates if fusing else min(k, candidates or k)
-            found = top_items(self.backend, prompts, self.trie_for(builder), n_found, max(width, n_found), banned,
-                              penalty, search=search)
+            stats: dict = {}
+            found = top_items(self.backend, prompts, self.catalog.trie(builder), n_found, max(width, n_found), banned,
+                              penalty, search=s.search, stats=stats, max_width=s.max_width)
+            uncertified = set(stats["uncertified"])
             if fusing:
                 for j, pool in enumerate(pools):
                     head = {i: s for i, s in pool[:candidates]}
@@ -222,7 +239,7 @@ class Recommender:
                     order = fuse([h.score for h in hyps], [head[self.index.item_ids[h.item]] for h in hyps],
                                  retriever_weight)
                     found[j] = [dataclasses.replace(hyps[c], score=fused) for c, fused in order[:k]]
-            reasons = self._reasons(builder, prompts, found) if with_reasons and builder.with_reasons else None
+            reasons = self._reasons(builder, prompts, found) if s.with_reasons and builder.with_reasons else None
             for j, n in enumerate(todo):
                 recs = []
                 for rank, h in enumerate(found[j], start=1):
@@ -238,6 +255,8 @@ class Recommender:
                     recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + r, "score": None}
                              for r, i in enumerate(tail, start=1)]
                 results[n] = {"recommendations": recs}
+                if s.search == "exact":  # False: the top-K at --max-width, not certified exact
+                    results[n]["exact"] = j not in uncertified
                 if usage is not None:  # tokenizes every item again: only for callers that report usage
                     per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
                                 (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
@@ -342,8 +361,7 @@ class Recommender:
         return out
 
     def _fallback(self, req: Query, k: int, exclude_seen: bool) -> dict:
-        seen = req.seen if exclude_seen else set()
-        items = [i for i in self.popular if i not in seen and i in self.catalog][:k]
+        items = self.catalog.fallback(k, req.seen if exclude_seen else set())
         return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}
                                     for r, i in enumerate(items, start=1)], "fallback": "popular"}
 

@@ -8,7 +8,8 @@ a JSON object with the fields of a users-file line (`user_id`, `history`, `conte
 as a natural-language `request`. The same fields may also be sent at the top level of the body (the openai
 client's `extra_body`). Choice i is the item ranked i+1 by the constrained search: its text is the item's title
 (plus "\n" and the reason for models trained with reasons), so a completion can only ever name a catalog item.
-Sampling fields (temperature, top_p, ...) are accepted and ignored: the answer is the exact top-n by probability.
+Sampling fields (temperature, top_p, ...) are accepted and ignored: the answer is the search's top-n items by
+sequence log-probability (a beam search; the server does not run the certified `search=exact`).
 
 Why genrec's own routes rather than vLLM's OpenAI server: the constraint is a search over the engine (top-K distinct
 items by sequence log-probability, with per-user exclusions), not a per-token mask that vLLM's server could apply
@@ -38,7 +39,7 @@ from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the
 from .config import ServeConfig
 from .errors import GenrecError
 from .jobs import to_request
-from .recommender import Recommender, Query
+from .recommender import Query, Recommender, Search
 from .prompts import facts_line
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /
@@ -117,8 +118,8 @@ class Batcher:
                 k = max(j.k for j in jobs)
                 try:
                     usage: list[dict] = []
-                    results = self.rec.recommend([r for j in jobs for r in j.requests], k, None, excl, reasons,
-                                                 usage=usage)
+                    results = self.rec.recommend([r for j in jobs for r in j.requests],
+                                                 Search(k=k, exclude_seen=excl, with_reasons=reasons), usage=usage)
                     results = [{**r, "_usage": u} for r, u in zip(results, usage)]
                 except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers 4xx/5xx
                     for j in jobs:

@@ -156,7 +156,7 @@ def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data
 
     data = load_prepared(tiny_data)
     reqs = [Query(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
-    counts = recommender.train_counts
+    counts = recommender.catalog.counts
 
     def mean_count(results):
         items = [x["item_id"] for res in results for x in res["recommendations"]]
