@@ -4,7 +4,9 @@ Reports users/s for histories of --history items (with the prompt KV shared acro
 and with the whole KV cache reordered every step, as before), and how often the
 beam search finds the exact top-K: each user's certified exact top-K (search="exact", which equals scoring every
 item by teacher forcing; tests/test_constrained.py checks that) against the beam's at widths --widths, with the
-cost of each.
+cost of each. `--profile`: where the seconds of one constrained pass go (prefill, decoding steps, the allowed-token
+gather, the trie, the rest of the search loop), from cProfile. "constrained, batches by length" batches users of
+similar prompt length together (what evaluate and generate do), the other modes take them in data order.
 
     python -m benchmarks.bench_generate [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
 """
@@ -38,8 +40,38 @@ class WholeVocabulary:
         return col, 0, self.trie.leaf_item.get(leaf, -1) if leaf is not None else -1
 
 
+def where_the_seconds_go(fn) -> dict:
+    """Seconds of `fn()` by part, from cProfile's cumulative times: the prompts' prefill, the decoding steps (model
+    forward of the beams), gathering the allowed tokens' log-probabilities, the trie (allowed tokens, expansion,
+    dead subtrees), and the rest of the search loop (top-k selection, bookkeeping)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    cum: dict[str, float] = {}
+    gather_in_steps = 0.0
+    for (path, _, name), (_, _, _, ct, callers) in pstats.Stats(prof).stats.items():
+        if "genrec" in path:
+            cum[name] = max(cum.get(name, 0.0), ct)
+            if name == "gather_allowed":
+                gather_in_steps = sum(c[3] for (_, _, caller), c in callers.items() if caller == "advance")
+    total, prefill, gather = cum.get("beam_search", 0.0), cum.get("_prefill", 0.0), cum.get("gather_allowed", 0.0)
+    steps = cum.get("advance", 0.0) - gather_in_steps
+    trie = sum(cum.get(n, 0.0) for n in ("allowed_rows", "expand", "dead_nodes", "subtree_min"))
+    rest = total - prefill - steps - gather - trie
+    parts = {"total": total, "prefill (model)": prefill, "decoding steps (model)": steps,
+             "gather of allowed log-probs": gather, "trie": trie, "rest of the search loop": rest}
+    out = {k: round(v, 3) for k, v in parts.items()}
+    out["share_outside_the_model"] = round((gather + trie + rest) / total, 3) if total else None
+    return out
+
+
 def main() -> None:
     ap = parser(__doc__, model="runs/sample/model", users=32, k=10, history=10, batch_size=8)
+    ap.add_argument("--profile", action="store_true", help="also profile one constrained pass (where the seconds go)")
     ap.add_argument("--widths", default="10,20,40", help="beam widths compared with the exact top-K ('': skip the "
                     "exact comparison, which can widen up to the catalog size)")
     args = ap.parse_args()
@@ -56,17 +88,26 @@ def main() -> None:
     prompts = [rec.builder.encode(r["history"][-args.history:]) for r in rows]
     banned = [{rec.index.position[i] for i in r["history"] if i in rec.index.position} for r in rows]
     out = {}
-    modes = ["constrained", "unconstrained"] + (["constrained, KV cache reordered"] if rec.backend.shared_prompt else [])
+    modes = ["constrained", "constrained, batches by length", "unconstrained"] + (
+        ["constrained, KV cache reordered"] if rec.backend.shared_prompt else [])
+    by_length = sorted(range(len(prompts)), key=lambda n: -len(prompts[n]))
+
+    def one_pass(mode: str) -> int:
+        n_items = 0
+        order = by_length if mode == "constrained, batches by length" else list(range(len(prompts)))
+        for s in range(0, len(prompts), args.batch_size):
+            idx = order[s:s + args.batch_size]
+            space = WholeVocabulary(rec.trie, rec.backend) if mode == "unconstrained" else rec.trie
+            found = beam_search(rec.backend, [prompts[n] for n in idx], space, args.k, args.k,
+                                [banned[n] for n in idx], max_new_tokens=rec.trie.depth)
+            n_items += sum(1 for f in found for h in f if h.item >= 0)
+        return n_items
+
     for mode in modes:
         # "KV cache reordered": the previous HF path (every live row's whole cache copied per step), side by side
         rec.backend.shared_prompt = mode != "constrained, KV cache reordered"
         t0 = time.perf_counter()
-        n_items = 0
-        for s in range(0, len(prompts), args.batch_size):
-            space = WholeVocabulary(rec.trie, rec.backend) if mode == "unconstrained" else rec.trie
-            found = beam_search(rec.backend, prompts[s:s + args.batch_size], space, args.k, args.k,
-                                banned[s:s + args.batch_size], max_new_tokens=rec.trie.depth)
-            n_items += sum(1 for f in found for h in f if h.item >= 0)
+        n_items = one_pass(mode)
         dt = time.perf_counter() - t0
         out[mode] = {"seconds": dt, "users_per_second": len(prompts) / dt, "valid_items_returned": n_items}
     rec.backend.shared_prompt = "constrained, KV cache reordered" in out
@@ -96,7 +137,8 @@ def main() -> None:
     if "constrained, KV cache reordered" in out:
         out["shared prompt KV speed-up"] = {"users_per_second": out["constrained"]["users_per_second"] /
                                             out["constrained, KV cache reordered"]["users_per_second"]}
-    res = {"users": len(prompts), "k": args.k, "beam_width": args.k, "history": args.history,
+    profile = where_the_seconds_go(lambda: one_pass("constrained")) if args.profile else None
+    res = {"profile": profile, "users": len(prompts), "k": args.k, "beam_width": args.k, "history": args.history,
            "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts), "results": out,
            "constrained_over_unconstrained": ratio, "search": search, "machine": machine()}
     write_results("bench_generate", res, [{"mode": m, **{k: v for k, v in r.items()}} for m, r in out.items()] +

@@ -448,62 +448,60 @@ def write_report(cfg: EvaluateConfig, report: dict, markdown: str, lines_name: s
     return {**report, "output": str(out)}
 
 
+def _batched(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, desc: str, run) -> list:
+    """`run(chunk)` (one result per request) over batches of similar prompt length (`length_batches`: little
+    padding), with a progress bar; the results in request order."""
+    from tqdm.auto import tqdm
+
+    out: list = [None] * len(requests)
+    bar = tqdm(total=len(requests), desc=desc, unit="user")
+    for idx in rec.length_batches(requests, cfg.batch_size):
+        for n, res in zip(idx, run([requests[n] for n in idx])):
+            out[n] = res
+        bar.update(len(idx))
+    bar.close()
+    return out
+
+
 def _reranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
               desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """A rerank model's lists, the LLM alone and its product with the retriever (w = 1), from one forward pass."""
-    from tqdm.auto import tqdm
-
-    alone, fused = [], []
-    bar = tqdm(total=len(requests), desc=desc, unit="user")
-    for start in range(0, len(requests), cfg.batch_size):
-        chunk = requests[start:start + cfg.batch_size]
+    def run(chunk):
         a, f = rec.rerank(chunk, kmax, cfg.exclude_seen, weights=(0.0, 1.0))
-        alone += [[r["item_id"] for r in res["recommendations"]] for res in a]
-        fused += [[r["item_id"] for r in res["recommendations"]] for res in f]
-        bar.update(len(chunk))
-    bar.close()
-    return alone, fused
+        return [([r["item_id"] for r in x["recommendations"]], [r["item_id"] for r in y["recommendations"]])
+                for x, y in zip(a, f)]
+
+    pairs = _batched(rec, requests, cfg, desc, run)
+    return [a for a, _ in pairs], [f for _, f in pairs]
 
 
 def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, search: Search, K: int,
                        desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """Generation within the retriever's K: every candidate's sequence log-probability from one search, ranked
     alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
-    from tqdm.auto import tqdm
-
     from .recommender import fuse
 
     kmax = search.k
-    alone, fused = [], []
-    bar = tqdm(total=len(requests), desc=desc, unit="user")
-    for start in range(0, len(requests), cfg.batch_size):
-        chunk = requests[start:start + cfg.batch_size]
+
+    def run(chunk):
+        out = []
         found = rec.recommend(chunk, search, k=max(kmax, K), candidates=K)
         for res, pool in zip(found, rec.retrieved(chunk, max(kmax, K), cfg.exclude_seen)):
             items = [r["item_id"] for r in res["recommendations"]]
-            alone.append(items[:kmax])
             head = [r for r in res["recommendations"] if r["score"] is not None]  # the K, scored by the LLM
             retr = dict(pool)
             order = fuse([r["score"] for r in head], [retr[r["item_id"]] for r in head], 1.0)
-            fused.append(([head[c]["item_id"] for c, _ in order] + items[len(head):])[:kmax])
-        bar.update(len(chunk))
-    bar.close()
-    return alone, fused
+            out.append((items[:kmax], ([head[c]["item_id"] for c, _ in order] + items[len(head):])[:kmax]))
+        return out
+
+    pairs = _batched(rec, requests, cfg, desc, run)
+    return [a for a, _ in pairs], [f for _, f in pairs]
 
 
 def _genrec_ranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, search: Search,
                    desc: str) -> list[list[str]]:
-    from tqdm.auto import tqdm
-
-    ranked: list[list[str]] = []
-    bar = tqdm(total=len(requests), desc=desc, unit="user")
-    for start in range(0, len(requests), cfg.batch_size):
-        chunk = requests[start:start + cfg.batch_size]
-        for res in rec.recommend(chunk, search):
-            ranked.append([r["item_id"] for r in res["recommendations"]])
-        bar.update(len(chunk))
-    bar.close()
-    return ranked
+    return _batched(rec, requests, cfg, desc, lambda chunk: [[r["item_id"] for r in res["recommendations"]]
+                                                             for res in rec.recommend(chunk, search)])
 
 
 def _baseline_retriever(rec: Recommender | None, data, cfg: EvaluateConfig, transfer: bool,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import GenerateConfig, RankConfig
 from .errors import GenrecError
-from .files import write_jsonl
+from .files import atomic_file, write_jsonl
 from .recommender import Query, Recommender, Search
 
 
@@ -164,7 +164,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     rec = load_for_data(cfg, log)
     rec.recommend([], search)  # bad settings fail before any output
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
-    # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> by rename at the end:
+    # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> at the end (sorted, atomically):
     # a crash never leaves a half-written <out>, and --resume continues from the partial file.
     out = Path(cfg.out)
     partial = out.with_name(out.name + ".partial")
@@ -194,16 +194,23 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     with open(partial, "w", encoding="utf-8") as fh:
         for line in done.values():
             fh.write(line + "\n")
-        for start in range(0, len(pending), cfg.batch_size):
-            chunk = pending[start:start + cfg.batch_size]
-            results = rec.recommend([r for _, _, r in chunk], search)
-            for (n, obj, req), res in zip(chunk, results):
-                line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
-                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            bar.update(len(chunk))
-    os.replace(partial, out)
+        window = cfg.batch_size * 32  # users sorted by prompt length within each window: little padding per batch
+        for w in range(0, len(pending), window):
+            part = pending[w:w + window]
+            for idx in rec.length_batches([r for _, _, r in part], cfg.batch_size):
+                chunk = [part[j] for j in idx]
+                results = rec.recommend([r for _, _, r in chunk], search)
+                for (n, obj, req), res in zip(chunk, results):
+                    line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
+                    fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update(len(chunk))
+    # batches ran in prompt-length order: the output lists users in users-file order
+    lines = sorted(partial.read_text(encoding="utf-8").splitlines(), key=lambda ln: json.loads(ln)["index"])
+    with atomic_file(out) as fh:
+        fh.write("".join(ln + "\n" for ln in lines))
+    partial.unlink()
     bar.close()
     elapsed = time.time() - t0
     return {"written": len(requests), "generated": len(pending), "resumed": len(done), "skipped": skipped,

@@ -196,11 +196,7 @@ class Recommender:
             if not req.history and not req.text:
                 results[n] = self._fallback(req, k, exclude_seen)
                 continue
-            b = self.request_prompts if req.text else (
-                self.rerank_prompts if self.rerank_prompts is not None and (self.builder is self.rerank_prompts or self.history_prompts is None)
-                else self.history_prompts)
-            if b is None:
-                raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
+            b = self.route(req)
             groups.setdefault(id(b), (b, []))[1].append(n)
         for builder, todo in groups.values():
             if builder.task.ranks_candidates:
@@ -266,6 +262,31 @@ class Recommender:
         if usage is not None:
             usage[:] = counts
         return results  # type: ignore[return-value]
+
+    def route(self, req: Query) -> PromptBuilder:
+        """The prompt builder (and so the task) a request with a history or a text goes to."""
+        b = self.request_prompts if req.text else (
+            self.rerank_prompts if self.rerank_prompts is not None and (
+                self.builder is self.rerank_prompts or self.history_prompts is None) else self.history_prompts)
+        if b is None:
+            raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
+        return b
+
+    def length_batches(self, requests: list[Query], batch_size: int) -> list[list[int]]:
+        """Request positions in batches of similar prompt length, longest first. A batch is left-padded to its
+        longest prompt, so batching users in the order they come wastes compute on padding (41% of the prefill
+        tokens for 500 Scientific test users at batch 8; 2% sorted). Results do not depend on the batching."""
+        def length(req: Query) -> int:
+            if not req.history and not req.text:
+                return 0
+            b = self.route(req)
+            if b.task.ranks_candidates:  # its prompt needs the retriever's candidates: the history stands in
+                return len(req.history)
+            return len(b.encode(req.history, req.history_ts, req.context, req.text,
+                                              history_ratings=req.ratings))
+
+        order = sorted(range(len(requests)), key=lambda n: -length(requests[n]))
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
     def retrieved(self, requests: list[Query], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
         """The retriever's best n (item id, score) per request, the history (and `seen`) excluded if asked."""

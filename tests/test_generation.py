@@ -305,3 +305,24 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
     assert [r["score"] for r in early] != [r["score"] for r in final]
     with pytest.raises(GenrecError, match="not a LoRA checkpoint"):
         Recommender(tiny_model, adapter=tmp_path)
+
+
+def test_batches_of_similar_length_change_no_result(recommender, tiny_data):
+    """Users are batched by prompt length, longest first (little left padding); each user still gets the items
+    and scores a batch of one gives."""
+    from genrec.data import load_prepared
+    from genrec.recommender import Query
+
+    data = load_prepared(tiny_data)
+    reqs = [Query(history=r["history"][-n:]) for n, r in zip((1, 4, 2, 6, 3), list(data.split("test")))]
+    batches = recommender.length_batches(reqs, 2)
+    assert sorted(n for b in batches for n in b) == list(range(5)) and [len(b) for b in batches] == [2, 2, 1]
+    lengths = [len(recommender.route(r).encode(r.history)) for r in reqs]
+    in_order = [lengths[n] for b in batches for n in b]
+    assert in_order == sorted(lengths, reverse=True) and len(set(lengths)) > 1
+    together = {n: res for b in batches for n, res in zip(b, recommender.recommend([reqs[n] for n in b], k=5))}
+    for n, req in enumerate(reqs):
+        alone = recommender.recommend([req], k=5)[0]["recommendations"]
+        assert [x["item_id"] for x in alone] == [x["item_id"] for x in together[n]["recommendations"]]
+        assert [x["score"] for x in alone] == pytest.approx([x["score"] for x in together[n]["recommendations"]],
+                                                             abs=1e-3)
