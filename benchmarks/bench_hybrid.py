@@ -36,7 +36,7 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
                               rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f],
                               max_title_chars=args.title_chars)
         train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
-                        max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=3,
+                        max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=8,
                         retriever=args.retriever or "sasrec"))
     else:  # one next_item model serves the candidates and full arms, with the rerank arm's retriever if it has one
         prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],

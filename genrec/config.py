@@ -102,7 +102,7 @@ class SFTConfig:
     # task can use it through `--candidates retriever:K`): sasrec | none | DIR (reuse one trained before)
     retriever: str | None = None
     retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
-    rerank_copies: int = 3  # rerank task: examples per user's validation item, each with its own candidate order
+    rerank_copies: int = 8  # rerank task: examples per user's validation item, each with its own candidate order
     item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)

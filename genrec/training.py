@@ -141,29 +141,47 @@ def build_examples(builder: PromptBuilder, rows, limit: int | None, seed: int,
 
 
 def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retriever, limit: int, seed: int,
-                    copies: int) -> tuple[list[dict], int]:
-    """Rerank examples from each user's *validation* item: the history is the training part, the candidates the
-    retriever's top K for it. The retriever was trained on the training part only, so it never learnt these
-    targets (its candidates for training targets would rank them unrealistically high); each row gives `copies`
-    examples, each with its own candidate order."""
-    rows = data.split("valid")
+                    copies: int) -> tuple[list[dict], int, int]:
+    """Rerank examples from each user's *validation* item: the history is the training part, the candidates K
+    consecutive items of the retriever's ranking for it (`Rerank.training_candidates`: its top K, as inference
+    shows them, when they hold the target, else the K ranked around the target). The retriever was trained on the
+    training part only, so it never learnt these targets (its lists for training targets would rank them
+    unrealistically high); each row gives `copies` examples, each with its own candidate order. Returns (examples,
+    rows that could not be rendered, rows whose target is outside the retriever's top K)."""
+    import numpy as np
+
+    rows = list(data.split("valid"))
     k = builder.cfg.rerank_candidates
     hists = [list(r["history"]) for r in rows]
-    pools = retriever.top(hists, [set(h) - {r["target"]} for h, r in zip(hists, rows)], k)
+    windows, missed = [], 0
+    column = {item: j for j, item in enumerate(retriever.items)}  # score column j is retriever.items[j]
+    for s in range(0, len(rows), 512):  # [users, items] scores a chunk at a time
+        part = rows[s:s + 512]
+        scores = retriever.scores(hists[s:s + 512], [set(h) - {r["target"]} for h, r in zip(hists[s:s + 512], part)])
+        for row, sc in zip(part, scores):
+            order = np.lexsort((np.arange(len(sc)), -sc))  # best first, ties in catalog order
+            order = order[np.isfinite(sc[order])]
+            t = column.get(row["target"])
+            r = int(np.flatnonzero(order == t)[0]) if t is not None and np.isfinite(sc[t]) else None
+            missed += r is None or r >= k
+            lo = 0 if r is None or r < k else max(0, min(r - k // 2, len(order) - k))
+            windows.append([retriever.items[j] for j in order[lo:lo + k]])
     rng = random.Random(seed)
     out, skipped = [], 0
     for _ in range(copies):
-        for row, pool in zip(rows, pools):
+        for row, ranking in zip(rows, windows):
             if len(out) >= limit:
-                return out, skipped
-            cands = builder.task.training_candidates([i for i, _ in pool], row["target"], k, rng)
+                return out, skipped, missed
+            cands = builder.task.training_candidates(ranking, row["target"], k, rng)
+            if cands is None:
+                continue
             try:
                 prompt, answer = builder.task.example(row, cands)
             except GenrecError:
                 skipped += 1
                 continue
             out.append({"input_ids": prompt + answer, "completion_mask": [0] * len(prompt) + [1] * len(answer)})
-    return out, skipped
+    return out, skipped, missed
 
 
 def given_retriever(cfg: SFTConfig, data: PreparedData) -> Retriever | None:
@@ -349,8 +367,12 @@ def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, Pr
         if task in seq:
             continue
         if b.task.ranks_candidates:
-            ex, skipped[task] = rerank_examples(b, data, retriever, -(-limit // len(builders)), cfg.seed + n,
-                                                cfg.rerank_copies)
+            ex, skipped[task], missed = rerank_examples(b, data, retriever, -(-limit // len(builders)),
+                                                        cfg.seed + n, cfg.rerank_copies)
+            n_valid = len(data.split("valid"))
+            log(f"rerank: {n_valid - missed} of {n_valid} users' validation item is in the retriever's top "
+                f"{b.cfg.rerank_candidates} (their lists are that top K; the others': the K ranked around it); "
+                f"{len(ex)} examples")
         else:
             ex, skipped[task] = build_examples(b, train_rows, -(-limit // len(builders)), cfg.seed + n, data.users)
         if not ex:

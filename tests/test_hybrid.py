@@ -4,6 +4,7 @@ rerank task's verbalizer decides with one forward pass, a generative model can s
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -56,25 +57,37 @@ def test_retriever_is_saved_in_and_loaded_from_the_model_directory(rerank_model,
 
 
 def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_model, reranker, tiny_data):
-    """The target's label is uniform over the K labels (candidate order shuffled; no position to learn), and the
-    other candidates are the retriever's own top items for the validation history."""
+    """A training list is K consecutive items of the retriever's ranking for the validation history, holding the
+    target (the top K when it is there), shuffled: the target's label is uniform over the K labels (no position to
+    learn), and the target is never inserted among items ranked far above it (an inserted target is the odd one
+    out, a shortcut that ranks real targets below chance)."""
+    import numpy as np
+
     from genrec.data import load_prepared
     from genrec.training import rerank_examples
 
     data = load_prepared(tiny_data)
     b = reranker.rerank_prompts
     k = b.cfg.rerank_candidates
-    ex, skipped = rerank_examples(b, data, reranker.retriever, 10**6, seed=3, copies=40)
-    assert skipped == 0 and len(ex) == 40 * len(data.split("valid"))
+    rows = data.split("valid")
+    ex, skipped, missed = rerank_examples(b, data, reranker.retriever, 10**6, seed=3, copies=40)
+    assert skipped == 0 and len(ex) == 40 * len(rows)
     labels = Counter(e["input_ids"][-2] for e in ex)  # the answer: label, then EOS
     assert set(labels) == set(b.task.label_ids(k))
     expected = len(ex) / k
     assert max(abs(c - expected) for c in labels.values()) < 0.25 * expected
-    row = data.split("valid")[0]
-    pool = [i for i, _ in reranker.retriever.top([row["history"]], [set(row["history"]) - {row["target"]}], k)[0]]
-    text = b.as_text(ex[0]["input_ids"])
-    shown = [i for i in pool if i != row["target"]][:k - 1]
-    assert all(b.item_view(i)["target"] in text for i in shown)
+    # each list: a run of consecutive ranks of the retriever's ranking holding the target (its top K when it is
+    # there), never the target inserted under items ranked far above it
+    retr, rng, outside = reranker.retriever, random.Random(0), 0
+    for row in rows:
+        scores = retr.scores([row["history"]], [set(row["history"]) - {row["target"]}])[0]
+        order = [retr.items[j] for j in np.lexsort((np.arange(len(scores)), -scores)) if np.isfinite(scores[j])]
+        cands = b.task.training_candidates(order, row["target"], k, rng)
+        ranks = sorted(order.index(i) for i in cands)
+        assert row["target"] in cands and ranks == list(range(ranks[0], ranks[0] + k))
+        outside += order.index(row["target"]) >= k
+        assert (ranks[0] == 0) == (order.index(row["target"]) < k)
+    assert missed == outside
 
 
 def test_verbalizer_equals_a_direct_forward_pass(reranker):
