@@ -231,8 +231,8 @@ class Rerank(Task):
         not pick, often unlike the others, so "choose the odd one out" would fit the training lists; at test time
         the target is one of the retriever's own picks. In a window of consecutive ranks every candidate fits the
         history about as well as the target does by the retriever's account. (A model trained on inserted lists
-        for 30 CPU-minutes ranked Scientific's test targets below a random order of the same 20: NDCG@10 0.0177
-        against 0.0372. It had seen only ~100 lists, so its label prior may explain that as well.)"""
+        for 30 CPU-minutes, ~100 lists seen, ranked Scientific's test targets below a random order of the same 20,
+        NDCG@10 0.0177 against 0.0372, but it answered "F" for 497 of 500 users: a label prior, not a rule.)"""
         if target not in ranking:
             return None
         r = ranking.index(target)
