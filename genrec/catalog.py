@@ -34,9 +34,6 @@ class Catalog(Mapping):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def title(self, item_id: str) -> str:
-        return self.rows[item_id]["title"]
-
     def trie(self, builder) -> TokenTrie:
         """The items' token sequences as `builder` ends them (EOS, or the newline before a reason or the next
         line), one trie per ending, built on first use."""

@@ -235,11 +235,16 @@ class Rerank(Task):
         NDCG@10 0.0177 against 0.0372, but it answered "F" for 497 of 500 users: a label prior, not a rule.)"""
         if target not in ranking:
             return None
-        r = ranking.index(target)
-        start = 0 if r < k else max(0, min(r - k // 2, len(ranking) - k))
+        start = Rerank.window_start(ranking.index(target), len(ranking), k)
         cands = list(ranking[start:start + k])
         rng.shuffle(cands)
         return cands
+
+    @staticmethod
+    def window_start(rank: int, n: int, k: int) -> int:
+        """Where the k training candidates start in a ranking of n items whose target is at `rank` (0-based): the
+        top k when the target is in it, else the k ranked around it."""
+        return 0 if rank < k else max(0, min(rank - k // 2, n - k))
 
     def example(self, row: dict, candidates: list[str]) -> tuple[list[int], list[int]]:
         """The prompt showing `candidates` and the target's label as the answer."""

@@ -164,7 +164,7 @@ def rerank_examples(builder: PromptBuilder, data: PreparedData, retriever: Retri
             t = column.get(row["target"])
             r = int(np.flatnonzero(order == t)[0]) if t is not None and np.isfinite(sc[t]) else None
             missed += r is None or r >= k
-            lo = 0 if r is None or r < k else max(0, min(r - k // 2, len(order) - k))
+            lo = 0 if r is None else builder.task.window_start(r, len(order), k)
             windows.append([retriever.items[j] for j in order[lo:lo + k]])
     rng = random.Random(seed)
     out, skipped = [], 0
