@@ -6,6 +6,9 @@
               in advance, not tuned on these users) from the same pass
   candidates  a next_item model (sequence objective, same minutes) decoding within SASRec's K candidates
   full        the same next_item model over the whole catalog
+  token-candidates, token-full
+              the same two with a next_item model over item tokens (item_id=token, history 50, no facts): one
+              forward pass scores every candidate, so every test user can be evaluated (--users 10000)
   sasrec      the rerank model's retriever alone, popular: most-popular
 
 Every LLM arm trains for the same M minutes and is evaluated on the same seeded users; baselines on those users
@@ -23,7 +26,13 @@ from pathlib import Path
 
 from benchmarks.common import arms_parser, dataset_arms, machine, write_results
 
-ARMS = ("rerank", "candidates", "full")
+ARMS = ("rerank", "candidates", "full", "token-candidates", "token-full")
+
+
+def model_dir(work: Path, name: str, arm: str) -> Path:
+    """The model an arm evaluates: the rerank model, or the next_item model (titles or item tokens) that its
+    candidates and full arms share."""
+    return work / name / {"rerank": "rerank", "candidates": "next_item", "full": "next_item"}.get(arm, "next_item_token")
 
 
 def train_arm(arm: str, data: Path, model: Path, args) -> float:
@@ -39,12 +48,16 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
                         max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=8,
                         retriever=args.retriever or "sasrec"))
     else:  # one next_item model serves the candidates and full arms, with the rerank arm's retriever if it has one
-        prompt = PromptConfig(max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
-                              max_title_chars=args.title_chars)
-        borrowed = model.parent / "rerank" / "retriever"
+        tokens = arm.startswith("token")
+        prompt = PromptConfig(max_history=50, item_facts=[]) if tokens else PromptConfig(
+            max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
+            max_title_chars=args.title_chars)
+        borrowed = next((p for p in (model.parent / d / "retriever" for d in ("rerank", "next_item", "next_item_token"))
+                         if p.is_dir()), None)
         train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
-                        num_epochs=3, max_minutes=args.minutes, save_steps=100, overwrite=True,
-                        retriever=args.retriever or (str(borrowed) if borrowed.is_dir() else "sasrec")))
+                        num_epochs=20 if tokens else 3, max_minutes=args.minutes, save_steps=100, overwrite=True,
+                        item_id="token" if tokens else "title",
+                        retriever=args.retriever or (str(borrowed) if borrowed else "sasrec")))
     return time.time() - t0
 
 
@@ -106,7 +119,7 @@ def main() -> None:
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
     for name, data, _, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
-        model = work / name / ("rerank" if arm == "rerank" else "next_item")
+        model = model_dir(work, name, arm)
         metrics_path = work / name / f"eval-{arm}" / "metrics.json"
         if not metrics_path.is_file():
             if not ModelCard.exists(model):
@@ -117,8 +130,8 @@ def main() -> None:
             run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
                 output=str(metrics_path.parent), baselines=["popular", "sasrec"],
-                candidates=f"retriever:{args.k}" if arm == "candidates" else None,
-                search="exact" if arm == "candidates" else "beam"))  # exact: all K candidates scored
+                candidates=f"retriever:{args.k}" if arm.endswith("candidates") else None,
+                search="exact" if arm.endswith("candidates") else "beam"))  # exact: all K candidates scored
         ev = read_json(metrics_path)
         card = ModelCard.load(model).stats
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (

@@ -10,6 +10,11 @@ filled over several sessions:
 
     python -m benchmarks.bench_quality --datasets movielens --arms sequence --minutes 60
     python -m benchmarks.bench_quality --datasets movielens,scientific --arms sequence,prefix --minutes 60
+    python -m benchmarks.bench_quality --datasets scientific --arms token --minutes 30 --users 8442
+
+Arms: sequence (titles, the sequence objective), prefix (titles, one prompt per history prefix: the "before"),
+token (the sequence objective over one new token per item, item_id=token: two tokens per item, and one forward
+pass ranks the whole catalog, so every test user can be evaluated).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 
 from benchmarks.common import arms_parser, dataset_arms, machine, write_results
 
-ARMS = ("sequence", "prefix")
+ARMS = ("sequence", "prefix", "token")
+# token: the sequence objective with one new vocabulary token per item (item_id=token), SASRec's history of 50
 
 
 def main() -> None:
@@ -42,11 +48,13 @@ def main() -> None:
         model, metrics_path = work / name / arm, work / name / arm / "eval-test" / "metrics.json"
         if not metrics_path.is_file():
             facts = [f for f in args.facts.split(",") if f]
-            prompt = PromptConfig(max_history=args.history, item_facts=facts) if arm == "sequence" else \
-                PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)
+            prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
+                      "token": PromptConfig(max_history=50, item_facts=[]),
+                      "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
             t0 = time.time()
-            train(SFTConfig(data=str(data), output=str(model), objective=arm, prompt=prompt, max_steps=0,
-                            num_epochs=3, max_minutes=args.minutes, save_steps=50, overwrite=True))
+            train(SFTConfig(data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
+                            item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0,
+                            num_epochs=20, max_minutes=args.minutes, save_steps=100, overwrite=True))
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10],

@@ -36,10 +36,11 @@ class Catalog(Mapping):
 
     def trie(self, builder) -> TokenTrie:
         """The items' token sequences as `builder` ends them (EOS, or the newline before a reason or the next
-        line), one trie per ending, built on first use."""
-        if builder.item_end_id not in self._tries:
-            self._tries[builder.item_end_id] = TokenTrie([builder.item_tokens(t) for t in self.index.targets])
-        return self._tries[builder.item_end_id]
+        line, or nothing: item tokens), one trie per ending, built on first use."""
+        key = tuple(builder.item_ending)
+        if key not in self._tries:
+            self._tries[key] = TokenTrie([builder.item_tokens(t) for t in self.index.targets])
+        return self._tries[key]
 
     def penalty(self, strength: float) -> list[float] | None:
         """Per item (index order) `strength * log(1 + training count)`: subtracted from an item's log-probability,

@@ -10,6 +10,7 @@ import click
 
 from .config import DataConfig, EvaluateConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
 from .errors import GenrecError
+from .index import ID_STYLES
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -57,7 +58,7 @@ HELP = {
     "strict": "Bad lines are errors instead of skipped.",
 }
 CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"],
-           "objective": ["sequence", "prefix"], "item_id": ["title", "id", "semantic"]}
+           "objective": ["sequence", "prefix"], "item_id": list(ID_STYLES)}
 
 
 def config_options(cls, *fields: str, help: dict | None = None, flags: dict | None = None):
@@ -196,8 +197,9 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
                        "one prompt per history prefix.",
           "max_minutes": "Stop training after this many minutes; the learning rate follows the clock and the model "
                          "is written as at the end.",
-          "item_id": "What the model writes for an item: its title, a random-permutation number, or a semantic code "
-                     "learned from item text + co-occurrence. Generate/evaluate/serve use the model's.",
+          "item_id": "What the model writes for an item: its title, a random-permutation number, a semantic code "
+                     "learned from item text + co-occurrence, or one new token per item (started from its title). "
+                     "Generate/evaluate/serve use the model's.",
           "resume": "Continue from the last checkpoint in --output.",
           "merge": "Also write a merged full model (for vLLM).",
           "overwrite": "Replace an existing output directory."},

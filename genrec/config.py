@@ -68,6 +68,9 @@ class PromptConfig:
     with_reasons: bool = False
     max_reason_tokens: int = 40
     rerank_candidates: int = 20  # rerank task: the retriever's top K shown under labels A, B, ... (at most 26)
+    # wrap prompts in the model's chat template; False: the system and user text alone, one line each. None: on,
+    # except for item_id=token (lists of new tokens, where the frame would be most of a short user's window)
+    chat_frame: bool | None = None
 
 
 @dataclass
@@ -103,7 +106,7 @@ class SFTConfig:
     retriever: str | None = None
     retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
     rerank_copies: int = 8  # rerank task: examples per user's validation item, each with its own candidate order
-    item_id: str = "title"  # what the model writes for an item: title | id | semantic (see index.py)
+    item_id: str = "title"  # what the model writes for an item: title | id | semantic | token (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)
     semantic_text_weight: float = 0.5  # share of the text embedding vs the co-occurrence embedding

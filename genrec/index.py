@@ -10,7 +10,8 @@ from pathlib import Path
 from .errors import GenrecError
 from .files import read_json, write_json
 
-ID_STYLES = ("title", "id", "semantic")
+ID_STYLES = ("title", "id", "semantic", "token")
+TOKEN_FORMAT = "<item_{}>"  # item_id=token: the one vocabulary token of item number n
 
 
 @dataclass
@@ -21,7 +22,12 @@ class ItemIndex:
     id        a number from a seeded random permutation, zero-padded digits ("0427"): never the catalog
               order, where "next item = last id + 1" would leak through sequentially assigned ids
     semantic  a short code of new tokens from residual k-means over text + co-occurrence (semantic.py)
-    `new_tokens` are the tokens the model's vocabulary must be extended with (semantic only).
+    token     one new vocabulary token per item ("<item_17>", numbered in catalog order: a token's number is
+              never read by the model, only its own embedding, which training starts from the item's title)
+    `new_tokens` are the tokens the model's vocabulary must be extended with (semantic and token).
+
+    Why `token`: an item is one position, so a training window holds ~8x more targets per token than titles, and
+    the next item's distribution over the whole catalog is one softmax (a search of depth one is exact).
     """
 
     style: str
@@ -49,6 +55,9 @@ class ItemIndex:
             width = len(str(max(len(catalog) - 1, 0)))
             return cls(style=style, item_ids=item_ids, targets=[str(n).zfill(width) for n in order],
                        stats={"seed": seed, "digits": width})
+        if style == "token":
+            targets = [TOKEN_FORMAT.format(n) for n in range(len(catalog))]
+            return cls(style=style, item_ids=item_ids, targets=targets, new_tokens=list(targets))
         if style == "semantic":
             from .semantic import code_tokens, item_text, semantic_targets
 

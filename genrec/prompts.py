@@ -130,6 +130,11 @@ class PromptBuilder:
         """Token that closes the item part: EOS, or the newline that starts the reason."""
         return self.reason_sep_id if self.with_reasons else self.eos_id
 
+    @property
+    def item_ending(self) -> list[int]:
+        """The tokens that close an item's identifier (a prefix of another item's would otherwise be an item)."""
+        return [self.item_end_id]
+
     def plain(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
@@ -137,7 +142,12 @@ class PromptBuilder:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _chat_frame(self) -> tuple[list[int], list[int], list[int]]:
-        """Token ids of the chat template around the system and user text (computed once)."""
+        """Token ids of the chat template around the system and user text (computed once); without one (or with
+        chat_frame off), the text alone after the start token, each part ending its line."""
+        self.framed = self.cfg.chat_frame if self.cfg.chat_frame is not None else self.index.style != "token"
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        if not self.framed:
+            return bos, [], []
         if self.tok.chat_template:
             text = self.tok.apply_chat_template(
                 [{"role": "system", "content": _SYS}, {"role": "user", "content": _USR}],
@@ -146,7 +156,6 @@ class PromptBuilder:
                 pre, rest = text.split(_SYS)
                 mid, post = rest.split(_USR)
                 return self._control(pre), self._control(mid), self._control(post)
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         return bos, self.plain("\n\n"), self.plain("\n\nAnswer: ")
 
     def item_view(self, item_id: str, timestamp: int | None = None, rating: float | None = None) -> dict:
@@ -207,6 +216,8 @@ class PromptBuilder:
 
     def wrap(self, system: str, user: str) -> list[int]:
         pre, mid, post = self._frame
+        if not self.framed:  # the start token, then each non-empty part on its own line
+            return pre + [t for part in (system, user) if part for t in self.plain(part + "\n")]
         return pre + self.plain(system) + mid + self.plain(user) + post
 
     def encode(self, history: list[str], history_ts: list[int] | None = None, context: dict | None = None,
@@ -226,7 +237,7 @@ class PromptBuilder:
 
     def item_tokens(self, target: str) -> list[int]:
         """The exact token sequence the model writes for an item: target text, then the end token."""
-        return self.plain(target) + [self.item_end_id]
+        return self.plain(target) + self.item_ending
 
     def reason_text(self, item_id: str, history: list[str], history_ts: list[int] | None = None,
                     context: dict | None = None) -> str:

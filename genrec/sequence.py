@@ -10,6 +10,11 @@ and the loss covers every item's identifier tokens plus its end token (the newli
 inference the prompt is exactly the rendered prefix up to where the next item's identifier starts, so constrained
 decoding continues the list with the very token sequences training saw (tested id for id).
 
+With item_id=token an item is one new token and needs no newline (no item's token is a prefix of another's): the
+list is `<item_12><item_7>...`, one position per item, and the next item's distribution over the whole catalog
+is one softmax, so the search is exact at depth one. The template keeps that style's header to a few words and
+the builder drops the chat frame (`prompt.chat_frame`), or the header would be most of a short user's window.
+
 Template blocks (see prompts/sequence.j2): `system` and `user` (the header; they see only `id_style`, never the
 history, so the header is the same for every window and every request), `before` (text in front of an item's
 identifier; it sees `n`, `date`, `timestamp` and `context`, never the item itself, so nothing of the next item
@@ -50,15 +55,29 @@ class SequenceBuilder(PromptBuilder):
         return self.reason_sep_id  # the newline that ends an item's line
 
     @property
+    def item_ending(self) -> list[int]:
+        """The newline that ends an item's line; none for item_id=token, whose one token is the whole item (no
+        item's token sequence is a prefix of another's), so a list is one token per item and the catalog's
+        distribution is one softmax."""
+        return [] if self.index.style == "token" else [self.item_end_id]
+
+    @property
     def with_reasons(self) -> bool:
         return False
+
+    def n_targets(self, example: dict) -> int:
+        """The items a window supervises: its masked end tokens (item tokens: its masked tokens)."""
+        mask = example["completion_mask"]
+        if not self.item_ending:
+            return sum(mask)
+        return sum(1 for i, m in zip(example["input_ids"], mask) if m and i == self.item_end_id)
 
     def _header_vars(self) -> dict:
         return {"id_style": self.index.style, "history": [], "context": {}, "request": None, "candidate": None,
                 "n_history": 0}
 
     def ident(self, item_id: str) -> list[int]:
-        """The identifier tokens plus the end token: exactly a path of the decoding trie."""
+        """The identifier tokens plus the ending: exactly a path of the decoding trie."""
         if item_id not in self._ident:
             pos = self.index.position.get(item_id)
             if pos is None:

@@ -85,6 +85,33 @@ class CodeRows(TrainerCallback):
             w.data[self.ids] = tensors[f"rows_{n}"].to(w.device, w.dtype)
 
 
+# item_id=token rows start at this share of the vocabulary's mean row norm: at full norm the title-shaped rows
+# give an initial item cross-entropy of 25.7 nats on Scientific (uniform: 8.39), at 0.1 it is 8.6, so training
+# starts near uniform instead of first undoing a confident wrong prior (measured on 150 windows)
+ITEM_ROW_SCALE = 0.1
+
+
+def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]) -> None:
+    """item_id=token: each item's new embedding row starts as the mean of the base model's embeddings of its
+    title's tokens, rescaled to ITEM_ROW_SCALE x the vocabulary's mean row norm. Why: the embedding is tied, so the row is both how
+    the model reads the item and how it scores it; a title-shaped start gives every item, trained on or not, the
+    model's prior knowledge of its name (a row from resize's mean-of-vocabulary is the same blank for all)."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    rows = tok.convert_tokens_to_ids(index.new_tokens)
+    with torch.no_grad():
+        old = weight[: min(rows)]
+        norm = old.norm(dim=1).mean()
+        for row, item in zip(rows, index.item_ids):
+            ids = tok(" " + " ".join(str(catalog[item]["title"]).split()), add_special_tokens=False,
+                      split_special_tokens=True)["input_ids"]
+            ids = [i for i in ids if i < old.shape[0]]
+            if ids:
+                v = old[ids].mean(0)
+                weight[row] = v * (ITEM_ROW_SCALE * norm / v.norm().clamp_min(1e-8))
+
+
 def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
     """The item identifiers the model will write; semantic ids learn from the training part of sequences only."""
     histories = [data.train_items(u) for u in data.users.values()]
@@ -323,17 +350,48 @@ def _targets(example: dict, builder) -> int:
     """Items an example supervises: one per prefix example, one per masked end token in a sequence window."""
     if builder.objective != "sequence":
         return 1
-    end = builder.item_end_id
-    return sum(1 for i, m in zip(example["input_ids"], example["completion_mask"]) if m and i == end) or 1
+    return builder.n_targets(example) or 1
+
+
+def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None):
+    """Cross-entropy of each supervised next token over the item tokens' rows alone (SASRec's full softmax over
+    the catalog), from the final hidden states of the supervised positions only.
+
+    Why: with item_id=token every supervised token is an item, and the search only ever compares items, so the
+    other ~49k vocabulary logits are never needed; computing them at every position was half of a training step's
+    time on CPU (measured: 5.1 s -> 3.0 s for a 1,024-token batch)."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
+    target = inputs["labels"][:, 1:]
+    keep = target != -100
+    y = target[keep] - rows.start
+    if bool(((y < 0) | (y >= len(rows))).any()):
+        raise GenrecError("item softmax: a supervised token is not an item token")
+    logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
+    if num_items_in_batch is None:
+        return F.cross_entropy(logits.float(), y)
+    # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count
+    return F.cross_entropy(logits.float(), y, reduction="sum") / num_items_in_batch
 
 
 def token_batch_trainer(base):
-    """SFTTrainer whose training batches are given (token-budget batches) instead of a fixed example count."""
+    """SFTTrainer whose training batches are given (token-budget batches) instead of a fixed example count, and
+    whose loss is the item softmax (`item_softmax_loss`) when given the item tokens' rows."""
 
     class TokenBatchTrainer(base):
-        def __init__(self, *args, batches: list[list[int]], **kw):
+        def __init__(self, *args, batches: list[list[int]], item_rows: range | None = None, **kw):
             self._batches = batches
+            self._item_rows = item_rows
             super().__init__(*args, **kw)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._item_rows is None or return_outputs:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch)
 
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
@@ -526,9 +584,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
     new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
     if new_ids:
         if cfg.weight_decay:
-            raise GenrecError("item_id=semantic trains new embedding rows directly: set weight_decay=0")
+            raise GenrecError(f"item_id={index.style} trains new embedding rows directly: set weight_decay=0")
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
+        if index.style == "token" and data.manifest.get("columns", {}).get("title") is not None:
+            item_rows_from_titles(model, tok, index, data.catalog)
     # token-budget batches for the long examples (sequence windows, rerank lists): a fixed example count would pad
     # to the longest and run ~2x slower per token on CPU
     batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) \
@@ -570,10 +630,16 @@ def train(cfg: SFTConfig, log=print) -> Path:
         steps = len(batches) if batches else -(-len(examples) // cfg.batch_size)
         clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))))
         callbacks.append(clock)
+    # item tokens in sequence lists only: every supervised token is an item, so the loss is the item softmax
+    item_rows = range(new_ids[0], new_ids[-1] + 1) if index.style == "token" and len(seq) == len(builders) \
+        and new_ids == list(range(new_ids[0], new_ids[0] + len(new_ids))) else None
     trainer_cls = token_batch_trainer(SFTTrainer) if batches else SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
-                          peft_config=peft_config, callbacks=callbacks, **({"batches": batches} if batches else {}))
+                          peft_config=peft_config, callbacks=callbacks,
+                          **({"batches": batches, "item_rows": item_rows} if batches else {}))
     code_rows.attach(trainer.model)
+    if item_rows is not None:
+        log(f"loss: the softmax over the {len(item_rows)} item tokens at each supervised position")
     t0 = time.time()
     ckpt = last_checkpoint(out) if cfg.resume else None
     if ckpt is not None:

@@ -139,3 +139,144 @@ def test_only_code_token_rows_are_trained(semantic_model, base_model_dir):
     torch.manual_seed(7)  # tiny_sft_config's seed, as training does before resizing
     base.resize_token_embeddings(len(tok))
     assert not torch.allclose(base.get_input_embeddings().weight[n_old:], new[n_old:])
+
+
+# ------------------------------------------------------------------------------------------- item_id=token
+def test_token_style_one_new_token_per_item(data, tokenizer, tmp_path):
+    """Every item is one new vocabulary token (its only target), unique, round-tripping through save/load."""
+    from transformers import AutoTokenizer
+
+    cat = list(data.catalog.values())
+    idx = ItemIndex.build(cat, "token")
+    assert idx.new_tokens == idx.targets and len(set(idx.targets)) == len(cat)
+    assert all(idx.item_of(t) == i for i, t in zip(idx.item_ids, idx.targets))
+    idx.save(tmp_path / "idx.json")
+    back = ItemIndex.load(tmp_path / "idx.json")
+    assert (back.style, back.targets, back.new_tokens) == ("token", idx.targets, idx.new_tokens)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tok.add_tokens(idx.new_tokens)
+    for t in idx.targets[:20]:
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_token_rows_start_from_their_titles(data, tokenizer, base_model_dir, tmp_path):
+    """A new item row is the direction of the mean of its title's token embeddings, at ITEM_ROW_SCALE x the
+    vocabulary's mean norm;
+    items with different titles get different rows, and no old row changes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.training import ITEM_ROW_SCALE, item_rows_from_titles
+
+    idx = ItemIndex.build(list(data.catalog.values()), "token")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    n_old = len(tok)
+    tok.add_tokens(idx.new_tokens)
+    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+    before = model.get_input_embeddings().weight[:n_old].detach().clone()
+    model.resize_token_embeddings(len(tok))
+    item_rows_from_titles(model, tok, idx, data.catalog)
+    w = model.get_input_embeddings().weight.detach()
+    assert torch.equal(w[:n_old], before)
+    norm = before.norm(dim=1).mean()
+    for item in idx.item_ids[:5]:
+        row = w[tok.convert_tokens_to_ids(idx.targets[idx.position[item]])]
+        title_ids = tok(" " + data.catalog[item]["title"], add_special_tokens=False)["input_ids"]
+        mean = before[title_ids].mean(0)
+        assert torch.nn.functional.cosine_similarity(row, mean, dim=0) > 0.9999
+        assert torch.isclose(row.norm(), ITEM_ROW_SCALE * norm, rtol=1e-4)
+    rows = w[tok.convert_tokens_to_ids(idx.new_tokens)]
+    assert torch.unique(rows, dim=0).shape[0] == len({data.catalog[i]["title"] for i in idx.item_ids})
+
+
+@pytest.fixture(scope="module")
+def token_model(tiny_data, tmp_path_factory):
+    from conftest import tiny_sft_config
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("tokenstyle") / "m"
+    cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
+                          max_batch_tokens=600)
+    cfg.prompt.max_history = 20
+    logs = []
+    train(cfg, log=logs.append)
+    (out / "test-log.txt").write_text("\n".join(map(str, logs)))
+    return out
+
+
+def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
+    """Training with item tokens uses the item softmax, and that loss equals the cross-entropy recomputed from a
+    direct forward pass's full logits restricted to the item rows (and, given a target count, the sum over it)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from genrec.models import load_tokenizer
+    from genrec.recommender import Recommender
+    from genrec.training import item_softmax_loss
+
+    assert "loss: the softmax over the" in (token_model / "test-log.txt").read_text()
+    tok = load_tokenizer(token_model)
+    rec = Recommender(token_model)
+    rows = tok.convert_tokens_to_ids(rec.index.new_tokens)
+    rows = range(rows[0], rows[-1] + 1)
+    model = AutoModelForCausalLM.from_pretrained(str(token_model / "merged"), dtype=torch.float32)
+    data = load_prepared(tiny_data)
+    exs = [rec.history_prompts.sequence_examples(data.train_items(u))[0] for u in list(data.users.values())[:3]]
+    width = max(len(e["input_ids"]) for e in exs)
+    ids = torch.full((3, width), tok.pad_token_id)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for n, e in enumerate(exs):
+        ids[n, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[n, :len(e["input_ids"])] = 1
+        labels[n, :len(e["input_ids"])] = torch.where(torch.tensor(e["completion_mask"]) == 1,
+                                                      torch.tensor(e["input_ids"]), -100)
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        loss = item_softmax_loss(model, inputs, rows)
+        summed = item_softmax_loss(model, inputs, rows, num_items_in_batch=1)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    direct = F.cross_entropy(logits[keep][:, rows.start:rows.stop], labels[:, 1:][keep] - rows.start)
+    assert int(keep.sum()) == sum(rec.history_prompts.n_targets(e) for e in exs) > 0
+    assert torch.isclose(loss, direct, atol=1e-4) and torch.isclose(summed, direct * keep.sum(), rtol=1e-4)
+
+
+def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_data):
+    """A real sequence fine-tune over item tokens: the prompt is the start token, a two-line header and one token
+    per history item (no chat frame, no newline); the beam's top-k equals the certified exact top-k (the whole
+    catalog is one softmax); only catalog items outside the history come out."""
+    from genrec.recommender import Query, Recommender, Search
+
+    card = json.loads((token_model / "genrec.json").read_text())
+    assert card["id_style"] == "token" and card["merged"] == "merged"
+    rec = Recommender(token_model)
+    b = rec.history_prompts
+    data = load_prepared(tiny_data)
+    row = data.split("test")[0]
+    hist = list(row["history"])[-10:]
+    ids = b.encode(hist)
+    assert ids[0] == rec.tok.bos_token_id and "<|im_end|>" not in b.as_text(ids)
+    assert len(ids) == len(b._header) + len(hist)  # one token per item, no newline
+    assert ids[-len(hist):] == [rec.tok.convert_tokens_to_ids(rec.index.targets[rec.index.position[i]])
+                                for i in hist]
+    q = [Query(history=hist, seen=set(hist))]
+    beam = rec.recommend(q, Search(k=10))[0]["recommendations"]
+    exact = rec.recommend(q, Search(k=10, search="exact"))[0]["recommendations"]
+    assert [r["item_id"] for r in beam] == [r["item_id"] for r in exact]
+    assert len(beam) == 10 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in beam)
+
+
+def test_chat_frame_setting(tokenizer, data):
+    """Titles keep the chat frame by default, item tokens drop it; chat_frame overrides either way."""
+    from genrec.config import PromptConfig
+    from genrec.sequence import make_builder
+
+    cat = list(data.catalog.values())
+    for style, frame, framed in (("title", None, True), ("token", None, False), ("token", True, True),
+                                 ("title", False, False)):
+        idx = ItemIndex.build(cat, style)
+        b = make_builder(tokenizer, PromptConfig(objective="sequence", chat_frame=frame), data.catalog, idx)
+        assert ("<|im_start|>assistant" in b.as_text(b._header)) == framed
