@@ -199,7 +199,7 @@ def token_model(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokenstyle") / "m"
     cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
                           max_batch_tokens=600)
-    cfg.prompt.max_history = 20
+    cfg.prompt.max_history, cfg.prompt.item_facts = 20, []  # facts would follow each item token (`after`)
     logs = []
     train(cfg, log=logs.append)
     (out / "test-log.txt").write_text("\n".join(map(str, logs)))
