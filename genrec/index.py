@@ -57,7 +57,8 @@ class ItemIndex:
                        stats={"seed": seed, "digits": width})
         if style == "token":
             targets = [TOKEN_FORMAT.format(n) for n in range(len(catalog))]
-            return cls(style=style, item_ids=item_ids, targets=targets, new_tokens=list(targets))
+            return cls(style=style, item_ids=item_ids, targets=targets, new_tokens=list(targets),
+                       stats={"text": has_text})  # text: the rows can start from the titles (training.py)
         if style == "semantic":
             from .semantic import code_tokens, item_text, semantic_targets
 

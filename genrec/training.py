@@ -93,9 +93,9 @@ ITEM_ROW_SCALE = 0.1
 
 def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]) -> None:
     """item_id=token: each item's new embedding row starts as the mean of the base model's embeddings of its
-    title's tokens, rescaled to ITEM_ROW_SCALE x the vocabulary's mean row norm. Why: the embedding is tied, so the row is both how
-    the model reads the item and how it scores it; a title-shaped start gives every item, trained on or not, the
-    model's prior knowledge of its name (a row from resize's mean-of-vocabulary is the same blank for all)."""
+    title's tokens, rescaled to ITEM_ROW_SCALE x the vocabulary's mean row norm. Why: the embedding is tied, so the
+    row is both how the model reads the item and how it scores it; a title-shaped start gives every item, trained
+    on or not, the model's prior knowledge of its name (resize's rows are the same blank for all)."""
     import torch
 
     weight = model.get_input_embeddings().weight
@@ -587,7 +587,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
             raise GenrecError(f"item_id={index.style} trains new embedding rows directly: set weight_decay=0")
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
-        if index.style == "token" and data.manifest.get("columns", {}).get("title") is not None:
+        if index.style == "token" and index.stats.get("text"):
             item_rows_from_titles(model, tok, index, data.catalog)
     # token-budget batches for the long examples (sequence windows, rerank lists): a fixed example count would pad
     # to the longest and run ~2x slower per token on CPU

@@ -149,6 +149,7 @@ def test_token_style_one_new_token_per_item(data, tokenizer, tmp_path):
     cat = list(data.catalog.values())
     idx = ItemIndex.build(cat, "token")
     assert idx.new_tokens == idx.targets and len(set(idx.targets)) == len(cat)
+    assert idx.stats["text"] and not ItemIndex.build(cat, "token", has_text=False).stats["text"]  # rows from titles?
     assert all(idx.item_of(t) == i for i, t in zip(idx.item_ids, idx.targets))
     idx.save(tmp_path / "idx.json")
     back = ItemIndex.load(tmp_path / "idx.json")
