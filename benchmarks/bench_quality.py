@@ -13,7 +13,7 @@ filled over several sessions:
     python -m benchmarks.bench_quality --datasets scientific --arms token --minutes 30 --users 8442
 
 Arms: sequence (titles, the sequence objective), prefix (titles, one prompt per history prefix: the "before"),
-token (the sequence objective over one new token per item, item_id=token: two tokens per item, and one forward
+token (the sequence objective over one new token per item, item_id=token: one token per item, and one forward
 pass ranks the whole catalog, so every test user can be evaluated).
 """
 

@@ -114,6 +114,8 @@ class PromptBuilder:
         if len(sep) != 1:
             raise GenrecError("the tokenizer must encode a newline as one token")
         self.reason_sep_id = sep[0]
+        # item tokens: lists of new tokens, where a chat frame would be most of a short user's window
+        self.framed = cfg.chat_frame if cfg.chat_frame is not None else index.style != "token"
         self._frame = self._chat_frame()
         kept = sorted({k for row in catalog.values() for k in row.get("attrs", {})})
         self.fact_keys = kept if cfg.item_facts is None else list(cfg.item_facts)
@@ -143,8 +145,7 @@ class PromptBuilder:
 
     def _chat_frame(self) -> tuple[list[int], list[int], list[int]]:
         """Token ids of the chat template around the system and user text (computed once); without one (or with
-        chat_frame off), the text alone after the start token, each part ending its line."""
-        self.framed = self.cfg.chat_frame if self.cfg.chat_frame is not None else self.index.style != "token"
+        chat_frame off), the start token alone (`wrap` then puts each part on its own line)."""
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         if not self.framed:
             return bos, [], []

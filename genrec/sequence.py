@@ -12,8 +12,8 @@ decoding continues the list with the very token sequences training saw (tested i
 
 With item_id=token an item is one new token and needs no newline (no item's token is a prefix of another's): the
 list is `<item_12><item_7>...`, one position per item, and the next item's distribution over the whole catalog
-is one softmax, so the search is exact at depth one. The template keeps that style's header to a few words and
-the builder drops the chat frame (`prompt.chat_frame`), or the header would be most of a short user's window.
+is one softmax, so the search is exact at depth one. The shipped template writes no header for that style and
+the builder drops the chat frame (`prompt.chat_frame`): either would be most of a short user's window.
 
 Template blocks (see prompts/sequence.j2): `system` and `user` (the header; they see only `id_style`, never the
 history, so the header is the same for every window and every request), `before` (text in front of an item's
