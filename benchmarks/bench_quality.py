@@ -14,7 +14,11 @@ filled over several sessions:
 
 Arms: sequence (titles, the sequence objective), prefix (titles, one prompt per history prefix: the "before"),
 token (the sequence objective over one new token per item, item_id=token: one token per item, and one forward
-pass ranks the whole catalog, so every test user can be evaluated).
+pass ranks the whole catalog, so every test user can be evaluated). `--layers N` trains the LLM arms on the base
+model's first N decoder layers (`layers=N`: more steps per CPU-minute) into `<arm>-layers<N>/`, beside the full
+depth's arm, and every two arms of a dataset evaluated on the same users are compared pairwise:
+
+    python -m benchmarks.bench_quality --datasets scientific --arms token --minutes 30 --users 8442 --layers 10
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import arms_parser, dataset_arms, machine, write_results
+from benchmarks.common import arms_parser, dataset_arms, machine, paired_arms, write_results
 
 ARMS = ("sequence", "prefix", "token")
 # token: the sequence objective with one new vocabulary token per item (item_id=token), SASRec's history of 50
@@ -32,6 +36,8 @@ ARMS = ("sequence", "prefix", "token")
 def main() -> None:
     ap = arms_parser(__doc__, "movielens,scientific", "sequence,prefix", 60.0, 30, "runs/bench_quality")
     ap.add_argument("--sasrec-seconds", type=float, default=None, help="cap on SASRec (default: until converged)")
+    ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
+                    "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
@@ -45,7 +51,9 @@ def main() -> None:
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
     for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
-        model, metrics_path = work / name / arm, work / name / arm / "eval-test" / "metrics.json"
+        label = arm if args.layers is None else f"{arm}-layers{args.layers}"
+        model = work / name / label
+        metrics_path = model / "eval-test" / "metrics.json"
         if not metrics_path.is_file():
             facts = [f for f in args.facts.split(",") if f]
             prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
@@ -54,7 +62,8 @@ def main() -> None:
             t0 = time.time()
             train(SFTConfig(data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
                             item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0,
-                            num_epochs=20, max_minutes=args.minutes, save_steps=100, overwrite=True))
+                            num_epochs=20, max_minutes=args.minutes, save_steps=100, overwrite=True,
+                            layers=args.layers))
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10],
@@ -63,17 +72,17 @@ def main() -> None:
             metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
         ev = read_json(metrics_path)
         card = ModelCard.load(model).stats
-        report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
+        report["arms"][f"{name}/{label}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}
-        report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
+        report["arms"][f"{name}/{label}"]["training"] = {k: card.get(k) for k in (
             "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
             "stopped_by_clock", "train_loss")}
         for model_name, iv in ev["intervals"].items():
-            label = f"genrec ({arm})" if model_name == "genrec" else model_name
+            row_name = f"genrec ({label})" if model_name == "genrec" else model_name
             diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
             rows.append({
-                "dataset": name, "model": label, "users": ev["users_evaluated"],
+                "dataset": name, "model": row_name, "users": ev["users_evaluated"],
                 "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                 "genrec - this (NDCG@10)": "" if diff is None else fmt_diff(diff),
                 "CPU-minutes (train)": round(card["train_seconds"] / 60, 1) if model_name == "genrec" else
@@ -84,7 +93,10 @@ def main() -> None:
             rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
                          "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                          "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
+        report["between_arms"] = paired_arms(work, report["arms"])  # every finished arm of the dataset, pairwise
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
+    for pair, d in report.get("between_arms", {}).items():
+        print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")
 
 
 if __name__ == "__main__":

@@ -206,6 +206,34 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n ** 3 * repeat / (time.perf_counter() - t) / 1e9
 
 
+def paired_arms(work: Path, arms: dict) -> dict:
+    """Arm minus arm, for every two finished LLM arms of one dataset (`arms`: "dataset/arm" -> anything; the arm's
+    eval-test/recommendations.jsonl under work) whose evaluations hold the same users with the same targets: the
+    paired bootstrap difference of their per-user metrics (the same seeded draws as the reports use)."""
+    from genrec import metrics
+    from genrec.files import read_jsonl
+
+    lists = {}
+    for key in arms:
+        path = work / key / "eval-test" / "recommendations.jsonl"
+        if path.is_file():
+            lists[key] = read_jsonl(path)
+    out = {}
+    keys = sorted(lists)
+    for n, a in enumerate(keys):
+        for b in keys[n + 1:]:
+            la, lb = lists[a], lists[b]
+            if a.split("/")[0] != b.split("/")[0] or [(r["user_id"], r["target"]) for r in la] != \
+                    [(r["user_id"], r["target"]) for r in lb]:
+                continue
+            targets = [r["target"] for r in la]
+            draws = metrics.bootstrap_draws(len(targets), seed=42)
+            per = [metrics.per_user(metrics.target_ranks([r["recommended"] for r in rows], targets), [10])
+                   for rows in (la, lb)]
+            out[f"{a} - {b}"] = {"users": len(targets), **metrics.paired_difference(per[0], per[1], draws)}
+    return out
+
+
 def write_results(name: str, results: dict, rows: list[dict], out_dir: str = "runs/bench") -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,9 @@ class SFTConfig:
     retriever: str | None = None
     retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
     rerank_copies: int = 8  # rerank task: examples per user's validation item, each with its own candidate order
+    # keep only the first N decoder layers of the base model (None: all). A shallower model takes more steps per
+    # CPU-minute; the model is then saved merged, with N layers in its config
+    layers: int | None = None
     item_id: str = "title"  # what the model writes for an item: title | id | semantic | token (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)

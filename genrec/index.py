@@ -14,6 +14,11 @@ ID_STYLES = ("title", "id", "semantic", "token")
 TOKEN_FORMAT = "<item_{}>"  # item_id=token: the one vocabulary token of item number n
 
 
+def one_line(title) -> str:
+    """An item's title as the index reads it: one line with single spaces (never a new prompt field)."""
+    return " ".join(str(title).split())
+
+
 @dataclass
 class ItemIndex:
     """Maps catalog items to their generation target strings; one target per item, all distinct.
@@ -68,7 +73,7 @@ class ItemIndex:
             targets, stats = semantic_targets(texts, seqs, len(catalog), levels, codebook, text_weight, seed)
             return cls(style=style, item_ids=item_ids, targets=targets, stats={**stats, "seed": seed},
                        new_tokens=code_tokens(levels, min(codebook, len(catalog)), stats["extra_codes"]))
-        titles = [" ".join(str(row["title"]).split()) for row in catalog]  # one line: never a new prompt field
+        titles = [one_line(row["title"]) for row in catalog]
         counts = Counter(titles)
         targets, seen, n_dis = [], set(), 0
         for row, title in zip(catalog, titles):

@@ -19,7 +19,7 @@ from .config import SFTConfig, to_dict
 from .data import PreparedData, load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json
-from .index import ItemIndex
+from .index import ItemIndex, one_line
 from .models import ModelCard, load_tokenizer, pick_dtype, resolve_base_model
 from .prompts import PromptBuilder
 from .retriever import KINDS as RETRIEVERS
@@ -104,7 +104,7 @@ def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]
         old = weight[: min(rows)]
         norm = old.norm(dim=1).mean()
         for row, item in zip(rows, index.item_ids):
-            ids = tok(" " + " ".join(str(catalog[item]["title"]).split()), add_special_tokens=False,
+            ids = tok(" " + one_line(catalog[item]["title"]), add_special_tokens=False,
                       split_special_tokens=True)["input_ids"]
             ids = [i for i in ids if i < old.shape[0]]
             if ids:
@@ -367,9 +367,7 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None)
     hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
     target = inputs["labels"][:, 1:]
     keep = target != -100
-    y = target[keep] - rows.start
-    if bool(((y < 0) | (y >= len(rows))).any()):
-        raise GenrecError("item softmax: a supervised token is not an item token")
+    y = target[keep] - rows.start  # every supervised token is an item token: checked once, before training
     logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
     if num_items_in_batch is None:
         return F.cross_entropy(logits.float(), y)
@@ -472,6 +470,21 @@ def _prepare_output(cfg: SFTConfig) -> Path:
     return out
 
 
+def keep_layers(model, n: int | None) -> None:
+    """`layers=N`: cut the decoder to its first N layers, in place (the config says N, so the saved model loads as
+    it trained). Why: a training step costs about one N-th of the layers' share per layer, and on CPU the steps a run
+    can afford, not the depth, bound next-item quality."""
+    if n is None:
+        return
+    stack = model.get_decoder().layers
+    if not 1 <= n <= len(stack):
+        raise GenrecError(f"layers={n}: the base model has {len(stack)} decoder layers (give 1..{len(stack)})")
+    model.get_decoder().layers = stack[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
+
+
 def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
     """The genrec model whose LoRA adapter this run continues (cross-domain transfer), checked to fit: same base
     model, titles on both sides (ids and codes name items of one catalog only)."""
@@ -485,6 +498,9 @@ def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
     if card.id_style != "title" or index.style != "title":
         raise GenrecError("init_from: transfer between datasets needs item_id=title on both models "
                           "(ids and semantic codes only name items of the catalog they were built on)")
+    if cfg.layers is not None or card.sft.get("layers") is not None:
+        raise GenrecError("init_from: transfer continues an adapter of the whole base model (leave layers unset on "
+                          "both models)")
     if not card.adapter or not (init / "adapter_config.json").is_file():
         raise GenrecError(f"init_from: {init} holds no LoRA adapter")
     if card.base_path().resolve() != base.resolve():
@@ -580,6 +596,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     seq = [t for t, b in builders.items() if b.objective == "sequence"]
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    keep_layers(model, cfg.layers)
     init = _init_adapter(cfg, base, index)
     new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
     if new_ids:
@@ -633,6 +650,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
     # item tokens in sequence lists only: every supervised token is an item, so the loss is the item softmax
     item_rows = range(new_ids[0], new_ids[-1] + 1) if index.style == "token" and len(seq) == len(builders) \
         and new_ids == list(range(new_ids[0], new_ids[0] + len(new_ids))) else None
+    if item_rows is not None and any(t not in item_rows for e in examples
+                                     for t, m in zip(e["input_ids"], e["completion_mask"]) if m):
+        raise GenrecError("item softmax: a supervised token is not an item token (a template writes other text "
+                          "after an item)")
     trainer_cls = token_batch_trainer(SFTTrainer) if batches else SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks,
@@ -653,7 +674,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         return out
 
     code_rows.save(out)
-    merge = cfg.merge or bool(new_ids)  # vLLM's LoRA cannot add vocabulary: it serves the merged model
+    # vLLM's LoRA cannot add vocabulary, and a cut decoder is not the base model: both serve the merged model
+    merge = cfg.merge or bool(new_ids) or cfg.layers is not None
     tasks = write_artefacts(out, trainer.model, tok, index, data, builders, merge)
     ModelCard(
         dir=out, base_model="default" if cfg.model in ("default", None, "") else str(base.resolve()),

@@ -40,3 +40,25 @@ def test_write_results_writes_json_and_a_table_with_every_column(tmp_path):
     lines = (tmp_path / "x.md").read_text().splitlines()
     assert lines[0] == "| model | NDCG@10 | extra |" and lines[2] == "| m | 0.1235 |  |" and lines[3] == "| n |  | e |"
 
+
+
+def test_paired_arms_compares_arms_on_the_same_users_only(tmp_path):
+    """Two arms of one dataset with the same users and targets get arm-minus-arm (here: a hit at rank 1 for every
+    user against a miss for half of them, NDCG@10 +0.5); an arm of other users, or of another dataset, is skipped."""
+    from benchmarks.common import paired_arms
+    from genrec.files import write_jsonl
+
+    def arm(key, rows):
+        (tmp_path / key / "eval-test").mkdir(parents=True)
+        write_jsonl(tmp_path / key / "eval-test" / "recommendations.jsonl", rows)
+
+    users = [{"user_id": f"u{n}", "target": f"i{n}"} for n in range(40)]
+    arm("d/a", [{**u, "recommended": [u["target"], "x"]} for u in users])
+    arm("d/b", [{**u, "recommended": ["x", "y"] if n % 2 else [u["target"]]} for n, u in enumerate(users)])
+    arm("d/c", [{**u, "recommended": ["x"]} for u in users[:39]])
+    arm("e/a", [{**u, "recommended": ["x"]} for u in users])
+    out = paired_arms(tmp_path, {k: {} for k in ("d/a", "d/b", "d/c", "e/a")})
+    assert set(out) == {"d/a - d/b"}
+    d = out["d/a - d/b"]
+    assert d["users"] == 40 and abs(d["NDCG@10"]["diff"] - 0.5) < 1e-9 and d["NDCG@10"]["excludes_zero"]
+    assert abs(d["HR@10"]["diff"] - 0.5) < 1e-9

@@ -281,3 +281,37 @@ def test_chat_frame_setting(tokenizer, data):
         idx = ItemIndex.build(cat, style)
         b = make_builder(tokenizer, PromptConfig(objective="sequence", chat_frame=frame), data.catalog, idx)
         assert ("<|im_start|>assistant" in b.as_text(b._header)) == framed
+
+
+def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
+    """`layers=N` trains and saves a decoder of the base model's first N layers (merged, its config saying N, no
+    tensor of a later layer written); the saved model loads and recommends catalog items; N outside 1..depth is a
+    one-line error before any training."""
+    from safetensors import safe_open
+
+    from conftest import tiny_sft_config
+    from genrec.errors import GenrecError
+    from genrec.recommender import Query, Recommender, Search
+    from genrec.training import train
+
+    out = tmp_path / "m"
+    cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
+                          max_batch_tokens=600, layers=2)
+    cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
+    train(cfg, log=lambda m: None)
+    card = json.loads((out / "genrec.json").read_text())
+    assert card["merged"] == "merged" and card["sft"]["layers"] == 2
+    assert json.loads((out / "merged" / "config.json").read_text())["num_hidden_layers"] == 2
+    with safe_open(str(out / "merged" / "model.safetensors"), "pt") as f:
+        layer_ids = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys() if ".layers." in k}
+    assert layer_ids == {0, 1}
+    rec = Recommender(out)
+    assert len(rec.backend.model.get_decoder().layers) == 2
+    data = load_prepared(tiny_data)
+    hist = list(data.split("test")[0]["history"])[-5:]
+    recs = rec.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
+    assert len(recs) == 5 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in recs)
+    for bad in (0, 31):
+        with pytest.raises(GenrecError, match=r"layers=\d+: the base model has 30 decoder layers"):
+            train(tiny_sft_config(tiny_data, tmp_path / f"bad{bad}", layers=bad), log=lambda m: None)
+        assert not (tmp_path / f"bad{bad}" / "genrec.json").exists()
