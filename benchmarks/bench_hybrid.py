@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import arms_parser, dataset_arms, machine, write_results
+from benchmarks.common import arms_parser, dataset_arms, learning_curve, machine, write_results
 
 ARMS = ("rerank", "candidates", "full", "token-candidates", "token-full")
 
@@ -59,45 +59,6 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
                         item_id="token" if tokens else "title",
                         retriever=args.retriever or (str(borrowed) if borrowed else "sasrec")))
     return time.time() - t0
-
-
-def learning_curve(model: Path, out: Path, users: int) -> list[dict]:
-    """NDCG@10 of `users` seeded test users at each kept checkpoint and at the end (test users: the rerank model
-    learns from the validation items). Written to out/curve.json and curve.png; finished points are reused."""
-    from genrec.config import EvaluateConfig
-    from genrec.evaluation import run_evaluation
-    from genrec.files import read_json
-    from genrec.models import ModelCard
-
-    points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
-    curve = []
-    for p in points:
-        step = int(p.name.split("-")[1]) if p != model else ModelCard.load(model).stats["global_step"]
-        dest = out / f"step-{step}"
-        if not (dest / "metrics.json").is_file():
-            run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
-                                          ks=[10], baselines=[], output=str(dest)))
-        iv = read_json(dest / "metrics.json")["intervals"]
-        curve.append({"step": step, **{n: iv[n]["NDCG@10"] for n in iv}})
-    (out / "curve.json").write_text(json.dumps(curve, indent=1))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name in (n for n in curve[0] if n != "step"):
-        ax.errorbar([c["step"] for c in curve], [c[name]["mean"] for c in curve], capsize=3, marker="o", label=name,
-                    yerr=[[c[name]["mean"] - c[name]["lo"] for c in curve], [c[name]["hi"] - c[name]["mean"]
-                                                                           for c in curve]])
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"NDCG@10 ({users} test users, 95% CI)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=100)
-    plt.close(fig)
-    return curve
 
 
 def main() -> None:
@@ -156,7 +117,7 @@ def main() -> None:
             })
         if arm == "rerank" and args.curve_users:
             report["arms"][f"{name}/{arm}"]["learning_curve"] = learning_curve(
-                model, work / name / "curve-rerank", args.curve_users)
+                model, work / name / "curve-rerank", args.curve_users, "test")
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
 
 

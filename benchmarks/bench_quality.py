@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import arms_parser, dataset_arms, machine, paired_arms, write_results
+from benchmarks.common import arms_parser, dataset_arms, learning_curve, machine, paired_arms, write_results
 
 ARMS = ("sequence", "prefix", "token")
 # token: the sequence objective with one new vocabulary token per item (item_id=token), SASRec's history of 50
@@ -36,6 +36,8 @@ ARMS = ("sequence", "prefix", "token")
 def main() -> None:
     ap = arms_parser(__doc__, "movielens,scientific", "sequence,prefix", 60.0, 30, "runs/bench_quality")
     ap.add_argument("--sasrec-seconds", type=float, default=None, help="cap on SASRec (default: until converged)")
+    ap.add_argument("--curve-users", type=int, default=100, help="learning curve: NDCG@10 of this many validation "
+                    "users at checkpoints every quarter of --minutes and at the end (0: none)")
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
@@ -62,7 +64,8 @@ def main() -> None:
             t0 = time.time()
             train(SFTConfig(data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
                             item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0,
-                            num_epochs=20, max_minutes=args.minutes, save_steps=100, overwrite=True,
+                            num_epochs=20, max_minutes=args.minutes, save_steps=10**6, overwrite=True,
+                            save_minutes=args.minutes / 4 if args.curve_users else None, keep_checkpoints=3,
                             layers=args.layers))
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
@@ -93,7 +96,10 @@ def main() -> None:
             rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
                          "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                          "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
-        report["between_arms"] = paired_arms(work, report["arms"])  # every finished arm of the dataset, pairwise
+        if args.curve_users and any(model.glob("checkpoint-*")):
+            report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
+                                                                               args.curve_users)
+        report["between_arms"] = paired_arms(work, args.datasets.split(","))  # finished arms, pairwise
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
     for pair, d in report.get("between_arms", {}).items():
         print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")

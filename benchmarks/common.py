@@ -206,31 +206,72 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n ** 3 * repeat / (time.perf_counter() - t) / 1e9
 
 
-def paired_arms(work: Path, arms: dict) -> dict:
-    """Arm minus arm, for every two finished LLM arms of one dataset (`arms`: "dataset/arm" -> anything; the arm's
-    eval-test/recommendations.jsonl under work) whose evaluations hold the same users with the same targets: the
-    paired bootstrap difference of their per-user metrics (the same seeded draws as the reports use)."""
+def learning_curve(model: Path, out: Path, users: int, split: str = "valid") -> list[dict]:
+    """NDCG@10 of `users` seeded users of `split` at each kept checkpoint and at the end (a rerank model learns from
+    the validation items: use test). Written to out/curve.json and curve.png; finished points are reused."""
+    from genrec.config import EvaluateConfig
+    from genrec.evaluation import run_evaluation
+    from genrec.files import read_json
+    from genrec.models import ModelCard
+
+    points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
+    curve = []
+    for p in points:
+        step = int(p.name.split("-")[1]) if p != model else ModelCard.load(model).stats["global_step"]
+        dest = out / f"step-{step}"
+        if not (dest / "metrics.json").is_file():
+            run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
+                                          ks=[10], baselines=[], split=split, output=str(dest)))
+        iv = read_json(dest / "metrics.json")["intervals"]
+        clock = p / "clock.json"  # training minutes at the checkpoint (max_minutes runs), else at the end
+        seconds = read_json(clock)["seconds"] if clock.is_file() else \
+            ModelCard.load(model).stats["train_seconds"] if p == model else None
+        curve.append({"step": step, "minutes": None if seconds is None else round(seconds / 60, 2),
+                      **{n: iv[n]["NDCG@10"] for n in iv}})
+    (out / "curve.json").write_text(json.dumps(curve, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = "minutes" if all(c["minutes"] is not None for c in curve) else "step"
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in (n for n in curve[0] if n not in ("step", "minutes")):
+        ax.errorbar([c[x] for c in curve], [c[name]["mean"] for c in curve], capsize=3, marker="o", label=name,
+                    yerr=[[c[name]["mean"] - c[name]["lo"] for c in curve], [c[name]["hi"] - c[name]["mean"]
+                                                                           for c in curve]])
+    ax.set_xlabel("training minutes" if x == "minutes" else "training step")
+    ax.set_ylabel(f"NDCG@10 ({users} {split} users, 95% CI)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=100)
+    plt.close(fig)
+    return curve
+
+
+def paired_arms(work: Path, datasets: list[str]) -> dict:
+    """Arm minus arm, for every two finished arms of one dataset (work/<dataset>/<arm>/eval-test/
+    recommendations.jsonl, from this run or an earlier one) whose evaluations hold the same users with the same
+    targets: the paired bootstrap difference of their per-user metrics (seeded draws, as the reports use)."""
     from genrec import metrics
     from genrec.files import read_jsonl
 
-    lists = {}
-    for key in arms:
-        path = work / key / "eval-test" / "recommendations.jsonl"
-        if path.is_file():
-            lists[key] = read_jsonl(path)
     out = {}
-    keys = sorted(lists)
-    for n, a in enumerate(keys):
-        for b in keys[n + 1:]:
-            la, lb = lists[a], lists[b]
-            if a.split("/")[0] != b.split("/")[0] or [(r["user_id"], r["target"]) for r in la] != \
-                    [(r["user_id"], r["target"]) for r in lb]:
-                continue
-            targets = [r["target"] for r in la]
-            draws = metrics.bootstrap_draws(len(targets), seed=42)
-            per = [metrics.per_user(metrics.target_ranks([r["recommended"] for r in rows], targets), [10])
-                   for rows in (la, lb)]
-            out[f"{a} - {b}"] = {"users": len(targets), **metrics.paired_difference(per[0], per[1], draws)}
+    for name in datasets:
+        lists = {f"{name}/{p.parent.parent.name}": read_jsonl(p)
+                 for p in sorted((work / name).glob("*/eval-test/recommendations.jsonl"))}
+        keys = sorted(lists)
+        for n, a in enumerate(keys):
+            for b in keys[n + 1:]:
+                la, lb = lists[a], lists[b]
+                if [(r["user_id"], r["target"]) for r in la] != [(r["user_id"], r["target"]) for r in lb]:
+                    continue
+                targets = [r["target"] for r in la]
+                draws = metrics.bootstrap_draws(len(targets), seed=42)
+                per = [metrics.per_user(metrics.target_ranks([r["recommended"] for r in rows], targets), [10])
+                       for rows in (la, lb)]
+                out[f"{a} - {b}"] = {"users": len(targets), **metrics.paired_difference(per[0], per[1], draws)}
     return out
 
 

@@ -337,15 +337,15 @@ def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None,
         raise GenrecError(f"unknown backend {kind!r} (available: {', '.join(BACKENDS)})")
     merged, adapter_dir = card.merged_path(), card.adapter_path(adapter)
     if kind == "vllm":
+        if merged and adapter:
+            raise GenrecError("a checkpoint of a model with new tokens or a cut decoder loads with --backend hf only "
+                              "(vLLM serves the final merged model)")
         return VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype, tok.eos_token_id,
                            max_model_len=max_model_len, lora_rank=card.lora_rank, engine=vllm)
-    if merged is not None:
+    if merged is not None and adapter is None:
         model, _ = load_base(merged, dtype)
     else:
-        from peft import PeftModel
-
-        base_model, _ = load_base(card.base_path(), dtype)
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload().eval()
+        model = card.load_checkpoint(adapter_dir, tok, dtype)
     return HFBackend(model, tok.pad_token_id, tok.eos_token_id)
 
 

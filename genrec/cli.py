@@ -186,8 +186,8 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with SFTConfig keys (configs/sft.yaml).")
 @config_options(
-    SFTConfig, "data", "output", "model", "init_from", "max_steps", "objective", "max_minutes", "item_id", "resume",
-    "merge", "overwrite",
+    SFTConfig, "data", "output", "model", "init_from", "max_steps", "objective", "max_minutes", "item_id", "layers",
+    "resume", "merge", "overwrite",
     help={"data": "Prepared data directory.", "output": "Output model directory.",
           "model": "Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.",
           "init_from": "Continue the adapter of this genrec model (transfer from another dataset; titles on both "
@@ -200,6 +200,8 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
           "item_id": "What the model writes for an item: its title, a random-permutation number, a semantic code "
                      "learned from item text + co-occurrence, or one new token per item (started from its title). "
                      "Generate/evaluate/serve use the model's.",
+          "layers": "Keep only the base model's first N decoder layers: cheaper steps, so more of the data per "
+                    "CPU-minute (the model is saved merged).",
           "resume": "Continue from the last checkpoint in --output.",
           "merge": "Also write a merged full model (for vLLM).",
           "overwrite": "Replace an existing output directory."},

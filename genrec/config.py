@@ -129,6 +129,7 @@ class SFTConfig:
     max_train_examples: int | None = None
     save_steps: int = 40
     keep_checkpoints: int = 2  # the newest checkpoints kept (more: a learning curve can be measured afterwards)
+    save_minutes: float | None = None  # also checkpoint every this many training minutes (a curve over a time budget)
     logging_steps: int = 5
     seed: int = 42
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPUs that support it

@@ -119,6 +119,21 @@ def load_base(path: str | Path, dtype: str = "auto"):
     return model.to(device()).eval(), load_tokenizer(path)
 
 
+def keep_layers(model, n: int | None) -> None:
+    """`layers=N`: cut the decoder to its first N layers, in place (the config says N, so the saved model loads as
+    it trained). Why: a training step costs about one N-th of the layers' share per layer, and on CPU the steps a run
+    can afford, not the depth, bound next-item quality."""
+    if n is None:
+        return
+    stack = model.get_decoder().layers
+    if not 1 <= n <= len(stack):
+        raise GenrecError(f"layers={n}: the base model has {len(stack)} decoder layers (give 1..{len(stack)})")
+    model.get_decoder().layers = stack[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n]
+
+
 @dataclass
 class ModelCard:
     """A genrec model directory, and the only code that knows its layout: `genrec.json` (this card, written last:
@@ -199,12 +214,22 @@ class ModelCard:
 
     def adapter_path(self, adapter: str | Path | None = None) -> Path:
         """The LoRA adapter to load: the final one, or a checkpoint of this run (checkpoint-N, for a learning
-        curve); models with code tokens serve their merged weights only."""
+        curve). A checkpoint of a merged model (code tokens, a cut decoder) holds its resized embedding too."""
         path = Path(adapter) if adapter else self.dir
-        if adapter and (self.merged or not (path / "adapter_config.json").is_file()):
-            raise GenrecError(f"adapter {path} is not a LoRA checkpoint this model can load (models with "
-                              "code tokens serve their merged weights only)")
+        if adapter and not (path / "adapter_config.json").is_file():
+            raise GenrecError(f"adapter {path} is not a LoRA checkpoint (no adapter_config.json)")
         return path
+
+    def load_checkpoint(self, adapter: Path, tok, dtype: str = "auto"):
+        """The model as it was at a checkpoint of this run: the base model, cut to the run's `layers`, its
+        embedding grown to the tokenizer (new code tokens: the checkpoint holds their rows), the LoRA merged in."""
+        from peft import PeftModel
+
+        model, _ = load_base(self.base_path(), dtype)
+        keep_layers(model, self.sft.get("layers"))
+        if len(tok) != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tok))
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
 
     @property
     def lora_rank(self) -> int:

@@ -20,7 +20,7 @@ from .data import PreparedData, load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json
 from .index import ItemIndex, one_line
-from .models import ModelCard, load_tokenizer, pick_dtype, resolve_base_model
+from .models import ModelCard, keep_layers, load_tokenizer, pick_dtype, resolve_base_model
 from .prompts import PromptBuilder
 from .retriever import KINDS as RETRIEVERS
 from .retriever import RETRIEVER_DIR, Retriever
@@ -289,6 +289,27 @@ def token_batches(lengths: list[int], max_tokens: int, seed: int) -> list[list[i
     return batches
 
 
+class SaveEvery(TrainerCallback):
+    """`save_minutes`: a checkpoint whenever another M minutes of training have passed (steps differ in cost, so a
+    learning curve over a time budget needs checkpoints by the clock, not by step count)."""
+
+    def __init__(self, minutes: float, used=None):
+        self.every = minutes * 60
+        self._t0 = None
+        self.used = used or (lambda: time.time() - self._t0)
+        self.next = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t0 = time.time()
+        self.next = (self.used() // self.every + 1) * self.every  # resumed: the clock goes on from the time used
+
+    def on_step_end(self, args, state, control, **kw):
+        used = self.used()
+        if used >= self.next:
+            control.should_save = True
+            self.next = (used // self.every + 1) * self.every
+
+
 class Clock(TrainerCallback):
     """`max_minutes`: the learning rate follows the clock (linear warmup by steps, then cosine over the time budget,
     reaching 0 at the end) and training stops when the budget is spent; the time used survives --resume."""
@@ -470,21 +491,6 @@ def _prepare_output(cfg: SFTConfig) -> Path:
     return out
 
 
-def keep_layers(model, n: int | None) -> None:
-    """`layers=N`: cut the decoder to its first N layers, in place (the config says N, so the saved model loads as
-    it trained). Why: a training step costs about one N-th of the layers' share per layer, and on CPU the steps a run
-    can afford, not the depth, bound next-item quality."""
-    if n is None:
-        return
-    stack = model.get_decoder().layers
-    if not 1 <= n <= len(stack):
-        raise GenrecError(f"layers={n}: the base model has {len(stack)} decoder layers (give 1..{len(stack)})")
-    model.get_decoder().layers = stack[:n]
-    model.config.num_hidden_layers = n
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = model.config.layer_types[:n]
-
-
 def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
     """The genrec model whose LoRA adapter this run continues (cross-domain transfer), checked to fit: same base
     model, titles on both sides (ids and codes name items of one catalog only)."""
@@ -549,8 +555,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
     from trl import SFTTrainer
     from datasets import Dataset
 
-    if cfg.max_minutes is not None and not cfg.max_minutes > 0:
-        raise GenrecError(f"max_minutes must be > 0, got {cfg.max_minutes}")
+    for name in ("max_minutes", "save_minutes"):
+        if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
+            raise GenrecError(f"{name} must be > 0, got {getattr(cfg, name)}")
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
@@ -646,6 +653,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
     if cfg.max_minutes is not None:
         steps = len(batches) if batches else -(-len(examples) // cfg.batch_size)
         clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))))
+    if cfg.save_minutes:  # before the clock: at the budget's end the clock cancels a save (the model is written)
+        callbacks.append(SaveEvery(cfg.save_minutes, clock.used if clock is not None else None))
+    if clock is not None:
         callbacks.append(clock)
     # item tokens in sequence lists only: every supervised token is an item, so the loss is the item softmax
     item_rows = range(new_ids[0], new_ids[-1] + 1) if index.style == "token" and len(seq) == len(builders) \

@@ -285,8 +285,9 @@ def test_chat_frame_setting(tokenizer, data):
 
 def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
     """`layers=N` trains and saves a decoder of the base model's first N layers (merged, its config saying N, no
-    tensor of a later layer written); the saved model loads and recommends catalog items; N outside 1..depth is a
-    one-line error before any training."""
+    tensor of a later layer written); the saved model loads and recommends catalog items; its last checkpoint,
+    rebuilt from the base model (cut, embedding grown, LoRA merged), scores exactly as the final model (the
+    learning curve of such a model; `save_minutes` checkpoints by the clock); N outside 1..depth is a one-line error before any training."""
     from safetensors import safe_open
 
     from conftest import tiny_sft_config
@@ -296,7 +297,7 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
 
     out = tmp_path / "m"
     cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
-                          max_batch_tokens=600, layers=2)
+                          max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3)
     cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
     train(cfg, log=lambda m: None)
     card = json.loads((out / "genrec.json").read_text())
@@ -305,12 +306,18 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
     with safe_open(str(out / "merged" / "model.safetensors"), "pt") as f:
         layer_ids = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys() if ".layers." in k}
     assert layer_ids == {0, 1}
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # save_minutes
     rec = Recommender(out)
     assert len(rec.backend.model.get_decoder().layers) == 2
     data = load_prepared(tiny_data)
     hist = list(data.split("test")[0]["history"])[-5:]
     recs = rec.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
     assert len(recs) == 5 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in recs)
+    at_ckpt = Recommender(out, adapter=out / "checkpoint-2")
+    assert len(at_ckpt.backend.model.get_decoder().layers) == 2
+    again = at_ckpt.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
+    assert [r["item_id"] for r in again] == [r["item_id"] for r in recs]
+    assert all(abs(a["score"] - b["score"]) < 1e-3 for a, b in zip(again, recs))
     for bad in (0, 31):
         with pytest.raises(GenrecError, match=r"layers=\d+: the base model has 30 decoder layers"):
             train(tiny_sft_config(tiny_data, tmp_path / f"bad{bad}", layers=bad), log=lambda m: None)

@@ -57,8 +57,8 @@ def test_model_card_round_trip_and_bad_directories(tmp_path):
     back = ModelCard.load(tmp_path)
     assert back == card and back.lora_rank == 8 and back.merged_path() == tmp_path / "merged"
     assert back.task_prompts()["next_item"]["template"] == str(tmp_path / "template.j2")
-    with pytest.raises(GenrecError, match="merged weights only"):
-        back.adapter_path(tmp_path / "checkpoint-3")
+    with pytest.raises(GenrecError, match="not a LoRA checkpoint"):
+        back.adapter_path(tmp_path / "checkpoint-3")  # no adapter_config.json there
     (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)
     with pytest.raises(GenrecError, match="unfinished training run"):
         ModelCard.load(tmp_path / "run")
