@@ -67,9 +67,14 @@ class TokenTrie:
         never spend its width on a subtree holding only excluded (e.g. already seen) items."""
         dead = {self.leaf_of_item[i] for i in banned_items if i in self.leaf_of_item}
         frontier = list(dead)
-        while frontier:
+        live_kids: dict[int, int] = {}  # per parent reached: children not (yet) dead. Counting, not rescanning
+        while frontier:  # the siblings, keeps this linear: a wide node (a depth-one trie) was quadratic
             p = self.parent[frontier.pop()]
-            if p >= 0 and p not in dead and all(c in dead for c in self.children[p].values()):
+            if p < 0:
+                continue
+            left = live_kids.get(p, len(self.children[p])) - 1
+            live_kids[p] = left
+            if left == 0:
                 dead.add(p)
                 frontier.append(p)
         return dead
