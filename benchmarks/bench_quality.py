@@ -64,7 +64,7 @@ def main() -> None:
             t0 = time.time()
             train(SFTConfig(data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
                             item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0,
-                            num_epochs=20, max_minutes=args.minutes, save_steps=10**6, overwrite=True,
+                            num_epochs=100, max_minutes=args.minutes, save_steps=10**6, overwrite=True,
                             save_minutes=args.minutes / 4 if args.curve_users else None, keep_checkpoints=3,
                             layers=args.layers))
             sft_wall = time.time() - t0
