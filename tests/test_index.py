@@ -283,11 +283,12 @@ def test_chat_frame_setting(tokenizer, data):
         assert ("<|im_start|>assistant" in b.as_text(b._header)) == framed
 
 
-def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
+def test_layers_cuts_the_decoder_and_the_model_serves_cut(cut_token_model, tiny_data, tmp_path):
     """`layers=N` trains and saves a decoder of the base model's first N layers (merged, its config saying N, no
     tensor of a later layer written); the saved model loads and recommends catalog items; its last checkpoint,
     rebuilt from the base model (cut, embedding grown, LoRA merged), scores exactly as the final model (the
-    learning curve of such a model; `save_minutes` checkpoints by the clock); N outside 1..depth is a one-line error before any training."""
+    learning curve of such a model; `save_minutes` checkpoints by the clock); N outside 1..depth is a one-line
+    error before any training."""
     from safetensors import safe_open
 
     from conftest import tiny_sft_config
@@ -295,11 +296,7 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
     from genrec.recommender import Query, Recommender, Search
     from genrec.training import train
 
-    out = tmp_path / "m"
-    cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
-                          max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3)
-    cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
-    train(cfg, log=lambda m: None)
+    out = cut_token_model
     card = json.loads((out / "genrec.json").read_text())
     assert card["merged"] == "merged" and card["sft"]["layers"] == 2
     assert json.loads((out / "merged" / "config.json").read_text())["num_hidden_layers"] == 2
@@ -318,6 +315,8 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(tiny_data, tmp_path):
     again = at_ckpt.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
     assert [r["item_id"] for r in again] == [r["item_id"] for r in recs]
     assert all(abs(a["score"] - b["score"]) < 1e-3 for a, b in zip(again, recs))
+    with pytest.raises(GenrecError, match="loads with --backend hf only"):
+        Recommender(out, backend="vllm", adapter=out / "checkpoint-1")
     for bad in (0, 31):
         with pytest.raises(GenrecError, match=r"layers=\d+: the base model has 30 decoder layers"):
             train(tiny_sft_config(tiny_data, tmp_path / f"bad{bad}", layers=bad), log=lambda m: None)

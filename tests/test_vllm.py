@@ -94,6 +94,22 @@ def test_semantic_ids_on_vllm_serve_the_merged_model(semantic_model, tiny_data):
         del vl.backend.llm
 
 
+def test_item_tokens_on_a_cut_decoder_on_vllm(cut_token_model, tiny_data):
+    """An item-token model on 2 of the base model's layers: vLLM loads the merged model as trained (new vocabulary,
+    the config's layer count) and returns the same items with the same scores as HF."""
+    from genrec.recommender import Recommender
+
+    hf = Recommender(cut_token_model)
+    vl = Recommender(cut_token_model, backend="vllm")
+    try:
+        reqs = requests_for(tiny_data, 3)
+        for a, b in zip(hf.recommend(reqs, k=5), vl.recommend(reqs, k=5)):
+            assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
+            assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"], b["recommendations"]))
+    finally:
+        del vl.backend.llm
+
+
 def test_engine_settings_reach_vllm(vrec, tiny_model, tmp_path):
     """vllm.* keys of the generate/evaluate/serve configs are handed to vllm.LLM; a bad one is one line, no engine."""
     import subprocess
