@@ -80,30 +80,18 @@ def test_server_on_vllm_backend(vrec):
         thread.join(10)
 
 
-def test_semantic_ids_on_vllm_serve_the_merged_model(semantic_model, tiny_data):
-    """Code tokens are new vocabulary: vLLM serves the merged model and finds the same items as HF."""
+@pytest.mark.parametrize("model", ["semantic_model", "cut_token_model"])
+def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
+    """New vocabulary (semantic codes; item tokens on a cut 2-layer decoder): vLLM serves the merged model as
+    trained (its tokens, its config's layer count) and returns the same items with the same scores as HF."""
     from genrec.recommender import Recommender
 
-    hf = Recommender(semantic_model)
-    vl = Recommender(semantic_model, backend="vllm")
-    try:
-        reqs = requests_for(tiny_data, 2)
-        for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
-            assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
-    finally:
-        del vl.backend.llm
-
-
-def test_item_tokens_on_a_cut_decoder_on_vllm(cut_token_model, tiny_data):
-    """An item-token model on 2 of the base model's layers: vLLM loads the merged model as trained (new vocabulary,
-    the config's layer count) and returns the same items with the same scores as HF."""
-    from genrec.recommender import Recommender
-
-    hf = Recommender(cut_token_model)
-    vl = Recommender(cut_token_model, backend="vllm")
+    path = request.getfixturevalue(model)
+    hf = Recommender(path)
+    vl = Recommender(path, backend="vllm")
     try:
         reqs = requests_for(tiny_data, 3)
-        for a, b in zip(hf.recommend(reqs, k=5), vl.recommend(reqs, k=5)):
+        for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
             assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
             assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"], b["recommendations"]))
     finally:
