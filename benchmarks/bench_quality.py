@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--sasrec-seconds", type=float, default=None, help="cap on SASRec (default: until converged)")
     ap.add_argument("--curve-users", type=int, default=100, help="learning curve: NDCG@10 of this many validation "
                     "users at checkpoints every quarter of --minutes and at the end (0: none)")
+    ap.add_argument("--baselines", default="popular,sasrec", help="baselines evaluated with a dataset's first arm "
+                    "('' = none: another arm of the dataset has them already, on the same users)")
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
@@ -70,7 +72,8 @@ def main() -> None:
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10],
-                baselines=["popular", "sasrec"] if n == 0 else [], sasrec_seconds=args.sasrec_seconds))
+                baselines=[b for b in args.baselines.split(",") if b] if n == 0 else [],
+                sasrec_seconds=args.sasrec_seconds))
             ev["sft_wall_seconds"] = sft_wall
             metrics_path.write_text(json.dumps({**read_json(metrics_path), "sft_wall_seconds": sft_wall}))
         ev = read_json(metrics_path)
