@@ -40,11 +40,13 @@ def main() -> None:
                     "users at checkpoints every quarter of --minutes and at the end (0: none)")
     ap.add_argument("--baselines", default="popular,sasrec", help="baselines evaluated with a dataset's first arm "
                     "('' = none: another arm of the dataset has them already, on the same users)")
+    ap.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="an SFTConfig override for the "
+                    "LLM arms (repeatable, e.g. --sft lora_dropout=0.1); the arm's directory name says it")
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
 
-    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig
+    from genrec.config import EvaluateConfig, PromptConfig, SFTConfig, parse_overrides, with_overrides
     from genrec.evaluation import run_evaluation
     from genrec.files import read_json
     from genrec.models import ModelCard
@@ -55,7 +57,7 @@ def main() -> None:
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
     for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
-        label = arm if args.layers is None else f"{arm}-layers{args.layers}"
+        label = arm + ("" if args.layers is None else f"-layers{args.layers}") + "".join(f"-{o}" for o in args.sft)
         model = work / name / label
         metrics_path = model / "eval-test" / "metrics.json"
         if not metrics_path.is_file():
@@ -64,11 +66,12 @@ def main() -> None:
                       "token": PromptConfig(max_history=50, item_facts=[]),
                       "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
             t0 = time.time()
-            train(SFTConfig(data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
-                            item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0,
-                            num_epochs=100, max_minutes=args.minutes, save_steps=10**6, overwrite=True,
-                            save_minutes=args.minutes / 4 if args.curve_users else None, keep_checkpoints=3,
-                            layers=args.layers))
+            train(with_overrides(SFTConfig(
+                data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
+                item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0, num_epochs=100,
+                max_minutes=args.minutes, save_steps=10**6, overwrite=True, keep_checkpoints=3,
+                save_minutes=args.minutes / 4 if args.curve_users else None, layers=args.layers),
+                parse_overrides(args.sft)))
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10],

@@ -396,6 +396,17 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None)
     return F.cross_entropy(logits.float(), y, reduction="sum") / num_items_in_batch
 
 
+def embedding_dropout(model, p: float) -> None:
+    """`embedding_dropout=p`: dropout on the input embeddings' output, active in training mode only (a forward
+    hook: nothing of it is saved, so the written model is unchanged at inference)."""
+    if not 0 <= p < 1:
+        raise GenrecError(f"embedding_dropout must be in [0, 1), got {p}")
+    if p:
+        import torch.nn.functional as F
+
+        model.get_input_embeddings().register_forward_hook(lambda mod, args, out: F.dropout(out, p, mod.training))
+
+
 def token_batch_trainer(base):
     """SFTTrainer whose training batches are given (token-budget batches) instead of a fixed example count, and
     whose loss is the item softmax (`item_softmax_loss`) when given the item tokens' rows."""
@@ -604,6 +615,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     keep_layers(model, cfg.layers)
+    embedding_dropout(model, cfg.embedding_dropout)
     init = _init_adapter(cfg, base, index)
     new_ids = tok.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
     if new_ids:

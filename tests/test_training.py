@@ -182,3 +182,32 @@ def test_resume_restores_code_token_rows(tmp_path, tiny_data):
     assert (a - b).abs().max().item() < 1e-5
     fa, fb = _adapter(full), _adapter(cut)
     assert max((fa[k] - fb[k]).abs().max().item() for k in fa) < 1e-5
+
+
+def test_embedding_dropout_acts_in_training_only(base_model_dir):
+    """embedding_dropout=p: two training-mode passes differ, eval mode equals the model without it; p outside
+    [0, 1) is a one-line error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from genrec.errors import GenrecError
+    from genrec.models import keep_layers
+    from genrec.training import embedding_dropout
+
+    def cut():
+        m = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+        keep_layers(m, 1)
+        return m
+
+    plain, model = cut(), cut()
+    embedding_dropout(model, 0.3)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        model.train()
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+        model.eval()
+        plain.eval()
+        assert not torch.allclose(a, b)
+        assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+    with pytest.raises(GenrecError, match="embedding_dropout must be in"):
+        embedding_dropout(model, 1.0)
