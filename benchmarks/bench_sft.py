@@ -2,7 +2,9 @@
 second, tokens per supervised target, supervised targets per second, peak RSS (each arm in its own process).
 
 The prefix objective renders one prompt per history prefix (one target each); the sequence objective one window
-per user, every item a target. Each arm trains for the same wall-clock minutes (`--minutes`) from the same data.
+per user, every item a target; the token arm is the sequence objective over item tokens on a cut decoder (the
+default of configs/sft.yaml: one position per item, 10 of 30 layers). Each arm trains for the same wall-clock
+minutes (`--minutes`) from the same data.
 
     python -m benchmarks.bench_sft [--data runs/bench_quality/movielens/data] [--minutes 3]
 """
@@ -48,16 +50,24 @@ def main() -> None:
                     "prompt.item_facts=", help="overrides of the prefix arm (today's design)")
     ap.add_argument("--sequence-args", default="prompt.max_history=30 prompt.item_facts=",
                     help="overrides of the sequence arm")
+    ap.add_argument("--token-args", default="item_id=token layers=10 prompt.max_history=50 prompt.item_facts=",
+                    help="overrides of the token arm (the sequence objective)")
+    ap.add_argument("--arms", default="prefix,sequence,token")
     args = ap.parse_args()
+    arms = {"prefix": ("prefix", args.prefix_args), "sequence": ("sequence", args.sequence_args),
+            "token": ("sequence", args.token_args)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for objective, extra in (("prefix", args.prefix_args), ("sequence", args.sequence_args)):
-            rows.append(run_arm(args.data, objective, args.minutes, extra.split(), Path(tmp) / objective))
+        for arm in args.arms.split(","):
+            objective, extra = arms[arm]
+            rows.append({"arm": arm, **run_arm(args.data, objective, args.minutes, extra.split(), Path(tmp) / arm)})
             print(rows[-1], flush=True)
-    ratio = rows[1]["targets_per_second"] / rows[0]["targets_per_second"]
+    per_s = {r["arm"]: r["targets_per_second"] for r in rows}
+    ratios = {f"{a} / prefix": round(per_s[a] / per_s["prefix"], 2) for a in per_s if a != "prefix" and "prefix" in per_s}
     write_results("bench_sft", {"settings": vars(args), "machine": machine(), "arms": rows,
-                                "sequence_over_prefix_targets_per_second": round(ratio, 2)}, rows)
-    print(f"sequence / prefix supervised targets per second: {ratio:.2f}x")
+                                "targets_per_second_over_prefix": ratios}, rows)
+    for name, r in ratios.items():
+        print(f"supervised targets per second, {name}: {r:.2f}x")
 
 
 if __name__ == "__main__":
