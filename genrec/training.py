@@ -712,8 +712,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
             "train_tokens": sum(len(e["input_ids"]) for e in examples),
             "stopped_by_clock": bool(clock is not None and clock.used() >= clock.budget),
             "train_targets": sum(_targets(e, builder) for e in examples),  # supervised items in the example set
+            # TRL counts the tokens it trained on; given token batches it does not, and their mean size stands in
             "tokens_seen": next((float(r["num_tokens"]) for r in reversed(trainer.state.log_history)
-                                 if "num_tokens" in r), None),
+                                 if "num_tokens" in r), None) or (round(real / len(batches) * trainer.state.global_step)
+                                                                  if batches else None),
             "skipped_examples": skipped,
             "train_loss": result.training_loss,
             "train_seconds": elapsed,

@@ -298,7 +298,7 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(cut_token_model, tiny_
 
     out = cut_token_model
     card = json.loads((out / "genrec.json").read_text())
-    assert card["merged"] == "merged" and card["sft"]["layers"] == 2
+    assert card["merged"] == "merged" and card["sft"]["layers"] == 2 and card["tokens_seen"] > 0
     assert json.loads((out / "merged" / "config.json").read_text())["num_hidden_layers"] == 2
     with safe_open(str(out / "merged" / "model.safetensors"), "pt") as f:
         layer_ids = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys() if ".layers." in k}
