@@ -63,7 +63,8 @@ def main() -> None:
             rows.append({"arm": arm, **run_arm(args.data, objective, args.minutes, extra.split(), Path(tmp) / arm)})
             print(rows[-1], flush=True)
     per_s = {r["arm"]: r["targets_per_second"] for r in rows}
-    ratios = {f"{a} / prefix": round(per_s[a] / per_s["prefix"], 2) for a in per_s if a != "prefix" and "prefix" in per_s}
+    ratios = {f"{a} / prefix": round(per_s[a] / per_s["prefix"], 2)
+              for a in per_s if a != "prefix" and "prefix" in per_s}
     write_results("bench_sft", {"settings": vars(args), "machine": machine(), "arms": rows,
                                 "targets_per_second_over_prefix": ratios}, rows)
     for name, r in ratios.items():

@@ -215,17 +215,17 @@ def learning_curve(model: Path, out: Path, users: int, split: str = "valid") -> 
     from genrec.models import ModelCard
 
     points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
+    final = ModelCard.load(model).stats
     curve = []
     for p in points:
-        step = int(p.name.split("-")[1]) if p != model else ModelCard.load(model).stats["global_step"]
+        step = int(p.name.split("-")[1]) if p != model else final["global_step"]
         dest = out / f"step-{step}"
         if not (dest / "metrics.json").is_file():
             run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
                                           ks=[10], baselines=[], split=split, output=str(dest)))
         iv = read_json(dest / "metrics.json")["intervals"]
         clock = p / "clock.json"  # training minutes at the checkpoint (max_minutes runs), else at the end
-        seconds = read_json(clock)["seconds"] if clock.is_file() else \
-            ModelCard.load(model).stats["train_seconds"] if p == model else None
+        seconds = read_json(clock)["seconds"] if clock.is_file() else final["train_seconds"] if p == model else None
         curve.append({"step": step, "minutes": None if seconds is None else round(seconds / 60, 2),
                       **{n: iv[n]["NDCG@10"] for n in iv}})
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
@@ -259,19 +259,19 @@ def paired_arms(work: Path, datasets: list[str]) -> dict:
 
     out = {}
     for name in datasets:
-        lists = {f"{name}/{p.parent.parent.name}": read_jsonl(p)
-                 for p in sorted((work / name).glob("*/eval-test/recommendations.jsonl"))}
-        keys = sorted(lists)
+        arms = {}  # arm -> (its users and targets, its per-user metrics), each computed once
+        for p in sorted((work / name).glob("*/eval-test/recommendations.jsonl")):
+            rows = read_jsonl(p)
+            targets = [r["target"] for r in rows]
+            arms[f"{name}/{p.parent.parent.name}"] = ([(r["user_id"], r["target"]) for r in rows], metrics.per_user(
+                metrics.target_ranks([r["recommended"] for r in rows], targets), [10]))
+        keys = sorted(arms)
         for n, a in enumerate(keys):
             for b in keys[n + 1:]:
-                la, lb = lists[a], lists[b]
-                if [(r["user_id"], r["target"]) for r in la] != [(r["user_id"], r["target"]) for r in lb]:
-                    continue
-                targets = [r["target"] for r in la]
-                draws = metrics.bootstrap_draws(len(targets), seed=42)
-                per = [metrics.per_user(metrics.target_ranks([r["recommended"] for r in rows], targets), [10])
-                       for rows in (la, lb)]
-                out[f"{a} - {b}"] = {"users": len(targets), **metrics.paired_difference(per[0], per[1], draws)}
+                (users, per_a), (users_b, per_b) = arms[a], arms[b]
+                if users == users_b:
+                    draws = metrics.bootstrap_draws(len(users), seed=42)
+                    out[f"{a} - {b}"] = {"users": len(users), **metrics.paired_difference(per_a, per_b, draws)}
     return out
 
 

@@ -222,8 +222,9 @@ class ModelCard:
         return path
 
     def load_checkpoint(self, adapter: Path, tok, dtype: str = "auto"):
-        """The model as it was at a checkpoint of this run: the base model, cut to the run's `layers`, its
-        embedding grown to the tokenizer (new code tokens: the checkpoint holds their rows), the LoRA merged in."""
+        """The base model with a LoRA adapter of this run merged in (the final adapter, or a checkpoint's for a
+        learning curve): cut to the run's `layers`, its embedding grown to the tokenizer (new code tokens: a
+        checkpoint holds their rows)."""
         from peft import PeftModel
 
         model, _ = load_base(self.base_path(), dtype)
