@@ -2,8 +2,9 @@
 (leave-one-out, full ranking, earlier items excluded, the target rankable, seeded tie order, no k-core):
 
   rerank      `genrec sft --task rerank`: SASRec (trained to convergence, saved in the model) proposes K, the LLM
-              picks among them with one forward pass; also its product with SASRec's own scores (w = 1, fixed
-              in advance, not tuned on these users) from the same pass
+              picks among them with one forward pass; also its fusion with SASRec's own scores from the same pass,
+              log p_LLM + w log softmax(SASRec), w chosen by `genrec tune-fusion` on validation users (never
+              these test users; --fusion-users 0: w = 1 fixed in advance)
   candidates  a next_item model (sequence objective, same minutes) decoding within SASRec's K candidates
   full        the same next_item model over the whole catalog
   token-candidates, token-full
@@ -69,9 +70,11 @@ def main() -> None:
     ap.add_argument("--retriever", default=None, help="a retriever trained before for this dataset (a model directory "
                     "or its retriever/); default: SASRec trained to convergence by the rerank arm")
     ap.add_argument("--curve-users", type=int, default=100, help="learning curve of the rerank arm (0: none)")
+    ap.add_argument("--fusion-users", type=int, default=2000, help="validation users `tune-fusion` chooses the "
+                    "hybrid's retriever weight on, before a hybrid arm's test evaluation (0: w = 1, fixed)")
     args = ap.parse_args()
 
-    from genrec.config import EvaluateConfig
+    from genrec.config import EvaluateConfig, FusionConfig
     from genrec.files import read_json
     from genrec.models import ModelCard
     from genrec.metrics import fmt_ci, fmt_diff
@@ -86,24 +89,31 @@ def main() -> None:
             if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-            from genrec.evaluation import run_evaluation  # imported late: a long run picks up fixes
+            from genrec.evaluation import run_evaluation, tune_fusion  # imported late: a long run picks up fixes
 
+            hybrid = arm == "rerank" or arm.endswith("candidates")
+            if hybrid and args.fusion_users and not (model / ModelCard.FUSION).is_file():
+                tune_fusion(FusionConfig(model=str(model), candidates=f"retriever:{args.k}",
+                                         max_users=args.fusion_users))  # validation users only
             run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
                 output=str(metrics_path.parent), baselines=["popular", "sasrec"],
-                candidates=f"retriever:{args.k}" if arm.endswith("candidates") else None,
-                search="exact" if arm.endswith("candidates") else "beam"))  # exact: all K candidates scored
+                candidates=None if arm == "rerank" else f"retriever:{args.k}" if hybrid else "catalog"))
         ev = read_json(metrics_path)
         card = ModelCard.load(model).stats
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
-            "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds")}
+            "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds",
+            "fusion")}
+        if (model / ModelCard.FUSION).is_file():
+            report["arms"][f"{name}/{arm}"]["fusion_tuning"] = read_json(model / ModelCard.FUSION)
         report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
             "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
         for model_name, iv in ev["intervals"].items():
             if arm != "rerank" and model_name in ("sasrec", "popular") and f"{name}/rerank" in report["arms"]:
                 continue  # the same baselines on the same users: shown once, with the rerank arm when it ran
-            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w=1)"}.get(
+            w = (ev.get("fusion") or {}).get("weight", 1.0)
+            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w={w:g})"}.get(
                 model_name, model_name)
             d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
                 if model_name.startswith("genrec") else None

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .config import DataConfig, EvaluateConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
+from .config import DataConfig, EvaluateConfig, FusionConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
 from .errors import GenrecError
 from .index import ID_STYLES
 
@@ -54,7 +54,10 @@ HELP = {
     "with_reasons": "Add a short reason after each item (reason models).",
     "popularity_penalty": "Down-weight popular items: rank by log p - this * log(1 + training count) (0 = off).",
     "candidates": "retriever:K: search only the model's retriever's top K items (then its order); needs a model "
-                  "trained with retriever=sasrec.",
+                  "trained with retriever=sasrec. catalog: the whole catalog. [the model's tuned hybrid "
+                  "(`genrec tune-fusion`), else catalog]",
+    "retriever_weight": "Within candidates: rank by log p_LLM + W x log softmax(retriever scores over the K) "
+                        "[the model's tuned W, else 0 (generate) / 1 (evaluate's fused row)].",
     "strict": "Bad lines are errors instead of skipped.",
 }
 CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"],
@@ -234,7 +237,8 @@ def sft(config_path, task, template, overrides, **opts) -> None:
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with GenerateConfig keys.")
 @config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "max_width", "batch_size",
                 "backend",
-                "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "candidates", "shard",
+                "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "candidates", "retriever_weight",
+                "shard",
                 help={"users": "Users file: JSONL (or CSV) with user_id and/or history, optional context, request.",
                       "out": "Output JSONL.", "strict": "Unknown users/items are errors instead of skipped.",
                       "resume": "Keep users already in --out and generate the rest.",
@@ -334,7 +338,8 @@ def merge_shards_cmd(parts, out) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with EvaluateConfig keys.")
 @config_options(EvaluateConfig, "model", "data", "split", "task", "ks", "max_users", "backend", "batch_size",
-                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "search", "max_width", "output",
+                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "retriever_weight", "search",
+                "max_width", "output",
                 help={"data": "Prepared data (default: the model's training data; another dataset's: zero-shot "
                               "transfer to its catalog, title models only).",
                       "split": "Split to evaluate.",
@@ -367,6 +372,28 @@ def evaluate(config_path, overrides, **opts) -> None:
             click.echo(f"SASRec ({report['sasrec']['source']}) was capped by its time limit ({report['sasrec']['epochs']} "
                        "epochs): a budget baseline, not a converged one.")
         click.echo(report["verdict"])
+
+
+@main.command("tune-fusion")
+@click.option("--config", "config_path", type=click.Path(), help="YAML file with FusionConfig keys.")
+@config_options(FusionConfig, "model", "candidates", "weights", "max_users", "batch_size", "backend",
+                help={"candidates": "retriever:K: the K a generative model searches within (a rerank model has its "
+                                    "own K).",
+                      "weights": "Comma-separated retriever weights to try [0,0.25,0.5,1,2,4,8,16].",
+                      "max_users": "Validation users, a seeded random sample [2000]."})
+@click.argument("overrides", nargs=-1)
+@friendly
+def tune_fusion(config_path, overrides, **opts) -> None:
+    """Choose the hybrid's retriever weight on validation users; generate, evaluate and serve then use it.
+
+    Scores every user's K candidates once (the LLM and the model's retriever), ranks them by
+    log p_LLM + W x log softmax(retriever) for each W, keeps the W with the best NDCG@10 in <model>/fusion.json.
+    """
+    from .config import load_config, parse_overrides
+    from .evaluation import tune_fusion as run_tuning
+
+    cfg = load_config(FusionConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
+    click.echo(json.dumps({k: v for k, v in run_tuning(cfg).items() if k != "table"}))
 
 
 # ------------------------------------------------------------------------------------------------ serve

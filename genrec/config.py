@@ -162,7 +162,25 @@ class GenerateConfig:
     strict: bool = False
     resume: bool = False
     shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
-    candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
+    # "retriever:K": generate within the model's retriever's top K; "catalog": the whole catalog; None: the model's
+    # tuned hybrid (fusion.json) if it has one, else the whole catalog
+    candidates: str | None = None
+    retriever_weight: float | None = None  # within candidates: + w * log softmax(retriever); None: the tuned w, else 0
+    dtype: str = "auto"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
+
+
+@dataclass
+class FusionConfig:
+    """`genrec tune-fusion`: choose the hybrid's retriever weight on validation users and keep it in the model."""
+
+    model: str = "runs/sample/model"
+    candidates: str | None = "retriever:20"  # a generative model's K (a rerank model has its own)
+    weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+    max_users: int | None = 2000  # a seeded sample of the validation split (None: all)
+    batch_size: int = 8
+    seed: int = 42
+    backend: str = "hf"
     dtype: str = "auto"
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
@@ -204,7 +222,8 @@ class EvaluateConfig:
     with_reasons: bool = False  # reason models: also measure how grounded the top-1 reasons are
     negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)
     perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
-    candidates: str | None = None  # "retriever:K": generate within the model's retriever's top K (default: catalog)
+    candidates: str | None = None  # as in GenerateConfig; the hybrid is shown beside its LLM alone and retriever alone
+    retriever_weight: float | None = None  # the hybrid row's w; None: the model's tuned w, else 1 (fixed in advance)
     output: str | None = None  # default: <model>/eval-<split>
     adapter: str | None = None  # a checkpoint-N of the model's run to evaluate instead of its final adapter
     seed: int = 42

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from . import metrics
 from .baselines import popular_rankings
-from .config import EvaluateConfig, to_dict
+from .config import EvaluateConfig, FusionConfig, to_dict
 from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
-from .recommender import Query, Recommender, Search
+from .models import ModelCard
+from .recommender import Query, Recommender, Search, hybrid_order
 from .retriever import Retriever, parse_candidates
 
 
@@ -123,6 +124,13 @@ def split_users(data, rows, split: str, exclude_seen: bool) -> tuple[list[str], 
     return targets, hist, seen
 
 
+def history_queries(rows, chosen: list[int], seen: list[set[str]]) -> list[Query]:
+    """The requests of the chosen rows of a split: each user's history before the target, its context, ratings."""
+    return [Query(user_id=rows[i]["user_id"], history=rows[i]["history"], history_ts=rows[i]["history_ts"],
+                  context=json.loads(rows[i]["context"]), seen=seen[i], ratings=rows[i].get("history_ratings"))
+            for i in chosen]
+
+
 def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     if not cfg.ks or min(cfg.ks) < 1:
         raise GenrecError("--k needs positive cutoffs, e.g. 1,5,10,20")
@@ -151,9 +159,16 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     # A hybrid (rerank, or generation within the retriever's K) is always shown beside its retriever alone.
     cand_k = parse_candidates(cfg.candidates)
     rerank = builder.task.ranks_candidates
-    if cand_k is not None and rerank:
+    if cand_k and rerank:
         raise GenrecError(f"--candidates is for generative models: {cfg.model} reranks its retriever's top "
                           f"{builder.cfg.rerank_candidates} already")
+    # A model with a tuned hybrid is evaluated as it serves (its K; "--candidates catalog" for the whole catalog);
+    # the fused row's weight: asked for, else the tuned one, else 1 (fixed in advance)
+    tuned = rec.fusion or {}
+    cand_k = None if rerank else (tuned.get("candidates") if cand_k is None else cand_k) or None
+    fusion = {"weight": cfg.retriever_weight, "source": "--retriever-weight"} if cfg.retriever_weight is not None \
+        else {"weight": tuned["weight"], "source": f"tuned on {tuned.get('users')} validation users"} if tuned \
+        else {"weight": 1.0, "source": "fixed in advance"}
     search = Search.of(cfg, k=kmax, with_reasons=False)  # with_reasons here: measure the reasons (below)
     rec.recommend([], search)  # its checks of these settings, before any work
     hybrid_k = builder.cfg.rerank_candidates if rerank else cand_k
@@ -177,22 +192,17 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
                                         context=json.loads(rows[i]["context"])))
         chosen = kept
     else:
-        for i in chosen:
-            row = rows[i]
-            requests.append(Query(user_id=row["user_id"], history=row["history"], history_ts=row["history_ts"],
-                                    context=json.loads(row["context"]), seen=all_seen[i],
-                                    ratings=row.get("history_ratings")))
+        requests = history_queries(rows, chosen, all_seen)
     targets = [all_targets[i] for i in chosen]
     seen = [all_seen[i] for i in chosen]
     repeats = sum(1 for i in chosen if all_targets[i] in set(all_hist[i])) if not cold else 0
 
     t0 = time.time()
     extra_lists: dict[str, list[list[str]]] = {}
-    if rerank:  # one forward pass gives the LLM's order and its product with the retriever's
-        ranked, extra_lists["genrec x sasrec"] = _reranked(rec, requests, cfg, kmax, f"genrec rerank {cfg.split}")
-    elif cand_k is not None:  # one search scores all K: the LLM's order and its product with the retriever's
-        ranked, extra_lists["genrec x sasrec"] = _within_candidates(rec, requests, cfg, search, cand_k,
-                                                                    f"genrec within {cand_k} {cfg.split}")
+    if hybrid_k is not None:  # one scoring of the K: the LLM's order and its fusion with the retriever's scores
+        ranked, extra_lists["genrec x sasrec"] = _hybrid(
+            rec, requests, cfg, None if rerank else cand_k, fusion["weight"], kmax,
+            f"genrec {'rerank' if rerank else f'within {cand_k}'} {cfg.split}")
     else:
         ranked = _genrec_ranked(rec, requests, cfg, search, f"genrec {cfg.split}")
     gen_seconds = time.time() - t0
@@ -221,7 +231,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         histories.append(noisy_chosen)
         noisy = [Query(user_id=r.user_id, history=h, context=r.context, seen=r.seen)
                  for r, h in zip(requests, noisy_chosen)]
-        lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, dataclasses.replace(search, candidates=None),
+        lists["genrec~perturbed"] = _genrec_ranked(rec, noisy, cfg, dataclasses.replace(search, candidates=0),
                                                    f"genrec {cfg.split} ({cfg.perturb})")
     sasrec_facts, recall = None, None
     if "sasrec" in baselines:
@@ -281,6 +291,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "results": results, "intervals": intervals, "paired_differences": paired, "slices": slices,
         "baselines_all_users": all_users, "sasrec": sasrec_facts, "retriever_recall": recall,
         "hybrid": None if hybrid_k is None else ("rerank" if rerank else "generation within candidates"),
+        "fusion": None if hybrid_k is None else fusion,
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),
@@ -312,7 +323,8 @@ def ranking_markdown(report: dict, cfg: EvaluateConfig, k: int) -> str:
     if recall:
         parts.append(f"\nHybrid ({r['hybrid']}, K={recall['k']}): the retriever's top {recall['k']} holds the "
                      f"target for {recall['llm_users']:.3f} of these users ({recall['users']:.3f} of all): the "
-                     "ceiling of HR@K for any reranker of its candidates.\n")
+                     "ceiling of HR@K for any reranker of its candidates. genrec x sasrec: log p_LLM + "
+                     f"{r['fusion']['weight']:g} x log softmax(SASRec) over the K ({r['fusion']['source']}).\n")
     if sas:
         parts.append(f"\nSASRec ({sas['source']}): {sas['epochs']} epochs in {sas['seconds']}s, "
                      + ("**capped** by its time limit (not converged)" if sas["capped"]
@@ -463,36 +475,13 @@ def _batched(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, desc:
     return out
 
 
-def _reranked(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, kmax: int,
-              desc: str) -> tuple[list[list[str]], list[list[str]]]:
-    """A rerank model's lists, the LLM alone and its product with the retriever (w = 1), from one forward pass."""
+def _hybrid(rec: Recommender, requests: list[Query], cfg, K: int | None, weight: float, kmax: int,
+            desc: str) -> tuple[list[list[str]], list[list[str]]]:
+    """A hybrid's two lists per user from one scoring of the retriever's K (`candidate_scores`): the LLM's order
+    alone and its fusion with the retriever (weight w), each followed by the retriever's order."""
     def run(chunk):
-        a, f = rec.rerank(chunk, kmax, cfg.exclude_seen, weights=(0.0, 1.0))
-        return [([r["item_id"] for r in x["recommendations"]], [r["item_id"] for r in y["recommendations"]])
-                for x, y in zip(a, f)]
-
-    pairs = _batched(rec, requests, cfg, desc, run)
-    return [a for a, _ in pairs], [f for _, f in pairs]
-
-
-def _within_candidates(rec: Recommender, requests: list[Query], cfg: EvaluateConfig, search: Search, K: int,
-                       desc: str) -> tuple[list[list[str]], list[list[str]]]:
-    """Generation within the retriever's K: every candidate's sequence log-probability from one search, ranked
-    alone (then the retriever's order) and fused with the retriever's scores (`fuse`, w = 1, fixed in advance)."""
-    from .recommender import fuse
-
-    kmax = search.k
-
-    def run(chunk):
-        out = []
-        found = rec.recommend(chunk, search, k=max(kmax, K), candidates=K)
-        for res, pool in zip(found, rec.retrieved(chunk, max(kmax, K), cfg.exclude_seen)):
-            items = [r["item_id"] for r in res["recommendations"]]
-            head = [r for r in res["recommendations"] if r["score"] is not None]  # the K, scored by the LLM
-            retr = dict(pool)
-            order = fuse([r["score"] for r in head], [retr[r["item_id"]] for r in head], 1.0)
-            out.append((items[:kmax], ([head[c]["item_id"] for c, _ in order] + items[len(head):])[:kmax]))
-        return out
+        return [(hybrid_order(c, 0.0, kmax), hybrid_order(c, weight, kmax))
+                for c in rec.candidate_scores(chunk, kmax, cfg.exclude_seen, K)]
 
     pairs = _batched(rec, requests, cfg, desc, run)
     return [a for a, _ in pairs], [f for _, f in pairs]
@@ -541,3 +530,51 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
             "intervals": {n: metrics.summary(v, draws) for n, v in per.items()},
             "paired_differences": {"sasrec - popular": metrics.paired_difference(per["sasrec"], per["popular"], draws)}
             if {"sasrec", "popular"} <= set(per) else {}, "sasrec": facts}
+
+
+def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    """Choose a hybrid's retriever weight on validation users, never test ones: each user's K candidates are scored
+    once (`candidate_scores`), every weight of `cfg.weights` ranks them (`hybrid_order`), and the weight with the
+    best NDCG@10 (ties: the smaller) is written with its table to `<model>/fusion.json`, which generate, evaluate
+    and serve then use by default. Why tune: the LLM's and the retriever's log-scores are on different scales, and
+    w = 1 fixed in advance left the fusion below SASRec alone on Scientific (-0.0032 NDCG@10, paired)."""
+    if not cfg.weights or any(w < 0 for w in cfg.weights):
+        raise GenrecError(f"--weights must be non-negative numbers, got {cfg.weights}")
+    rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
+    if rec.retriever is None:
+        raise GenrecError(f"{cfg.model} has no retriever to fuse with (train it with `genrec sft retriever=sasrec`)")
+    rerank = rec.rerank_prompts is not None and rec.history_prompts is None
+    K = None if rerank else parse_candidates(cfg.candidates)
+    if not rerank and not K:
+        raise GenrecError(f"a generative model's hybrid needs --candidates retriever:K, got {cfg.candidates!r}")
+    if K is not None and K > len(rec.index.item_ids):
+        raise GenrecError(f"--candidates retriever:K needs K <= the catalog size ({len(rec.index.item_ids)})")
+    data = load_prepared(rec.card.data)
+    if rec.use_data(data):
+        raise GenrecError(f"{cfg.model}'s training data no longer matches its catalog")
+    rows = data.split("valid")
+    targets, _, seen = split_users(data, rows, "valid", True)
+    chosen = select_rows(len(rows), cfg.max_users, cfg.seed)
+    if not chosen:
+        raise GenrecError(f"{data.path} has no validation users to tune on")
+    scored = _batched(rec, history_queries(rows, chosen, seen), cfg, "scoring candidates (valid)",
+                      lambda chunk: rec.candidate_scores(chunk, 10, True, K))
+    targets = [targets[i] for i in chosen]
+
+    def measure(lists):
+        v = metrics.per_user(metrics.target_ranks(lists, targets), [10])
+        return {"NDCG@10": round(float(v["NDCG@10"].mean()), 5), "HR@10": round(float(v["HR@10"].mean()), 5)}
+
+    if rerank:
+        log("note: a rerank model learnt these validation items, so the weight chosen on them leans toward the LLM")
+    table = [{"weight": w, **measure([hybrid_order(c, w, 10) for c in scored])} for w in sorted(set(cfg.weights))]
+    best = max(table, key=lambda row: (row["NDCG@10"], -row["weight"]))
+    tuned = {"candidates": K, "weight": best["weight"], "chosen_by": "NDCG@10", "split": "valid",
+             "users": len(chosen), "seed": cfg.seed, "table": table,
+             "retriever_alone": measure([(c["items"] + c["rest"])[:10] for c in scored])}
+    write_json(Path(cfg.model) / ModelCard.FUSION, tuned)
+    for row in table:
+        log(f"w = {row['weight']:g}: NDCG@10 {row['NDCG@10']:.4f}  HR@10 {row['HR@10']:.4f}"
+            + ("  <- chosen" if row is best else ""))
+    log(f"retriever alone: NDCG@10 {tuned['retriever_alone']['NDCG@10']:.4f}; wrote {cfg.model}/{ModelCard.FUSION}")
+    return tuned

@@ -161,6 +161,7 @@ class ModelCard:
 
     CARD = MODEL_CARD
     CATALOG, INDEX, POPULARITY, MERGED = "catalog.jsonl", "item_index.json", "popularity.json", "merged"
+    FUSION = "fusion.json"  # the hybrid `genrec tune-fusion` chose on validation users (absent: none tuned)
 
     @classmethod
     def exists(cls, model_dir: str | Path) -> bool:
@@ -198,6 +199,19 @@ class ModelCard:
     def popularity(self) -> dict[str, int]:
         """item -> training count, most popular first."""
         return read_json(self.dir / self.POPULARITY)
+
+    def fusion(self) -> dict | None:
+        """{"candidates": K (None for a rerank model: its own K), "weight": w, ...how it was chosen} or None."""
+        path = self.dir / self.FUSION
+        if not path.is_file():
+            return None
+        try:
+            tuned = read_json(path)
+            if not isinstance(tuned, dict) or float(tuned["weight"]) < 0:
+                raise ValueError("no non-negative weight")
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise GenrecError(f"{path} is not a readable fusion file ({exc}); rerun `genrec tune-fusion`") from None
+        return tuned
 
     def catalog_rows(self) -> list[dict]:
         return read_jsonl(self.dir / self.CATALOG)

@@ -49,8 +49,12 @@ class Search:
     exclude_seen: bool = True
     with_reasons: bool = False
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
-    candidates: int | None = None  # search only the retriever's top K (None: the whole catalog)
-    retriever_weight: float = 0.0  # within candidates: + this * log softmax(retriever scores)
+    # search only the retriever's top K; None: the model's tuned hybrid (fusion.json, `genrec tune-fusion`) if it
+    # has one, else the whole catalog; 0: the whole catalog
+    candidates: int | None = None
+    # within candidates (and a rerank model's K): + this * log softmax(retriever scores over the K); None: the
+    # model's tuned weight (fusion.json) if it has one, else 0 (the LLM's order alone)
+    retriever_weight: float | None = None
 
     def __post_init__(self):
         if self.search not in SEARCHES:
@@ -87,6 +91,12 @@ def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[
     return sorted(((c, float(f)) for c, f in enumerate(fused)), key=lambda cf: (-cf[1], cf[0]))
 
 
+def hybrid_order(scored: dict, weight: float, n: int) -> list[str]:
+    """The first n items of a hybrid's list from `Recommender.candidate_scores` output: the K fused with weight w
+    (`fuse`; w = 0: the LLM's order alone), then the retriever's order."""
+    return ([scored["items"][c] for c, _ in fuse(scored["llm"], scored["retriever"], weight)] + scored["rest"])[:n]
+
+
 class Recommender:
     """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
 
@@ -98,6 +108,8 @@ class Recommender:
         self.dir = card.dir
         self.tok = load_tokenizer(card.dir)
         self.retriever = Retriever.load(card.dir)  # None for a model trained without one
+        # the hybrid `genrec tune-fusion` chose on validation users (candidates K, retriever weight w), or None
+        self.fusion = card.fusion() if self.retriever is not None else None
         self._set_catalog(Catalog(card.catalog_rows(), card.item_index(), card.popularity()))
         if self.index.new_tokens and card.merged_path() is None:
             raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
@@ -136,7 +148,7 @@ class Recommender:
         if self.rerank_prompts is not None:
             raise GenrecError(f"{self.dir} reranks the candidates of its own retriever: it cannot recommend from the "
                               f"catalog of {data.path}")
-        self.retriever = None  # it names items of the model's own catalog only
+        self.retriever = self.fusion = None  # it names items of the model's own catalog only
         self._set_catalog(Catalog(list(data.catalog.values()), ItemIndex.build(list(data.catalog.values())), counts))
         log(f"note: {data.path} is not the model's training data: items come from its catalog (zero-shot transfer)")
         return True
@@ -174,7 +186,8 @@ class Recommender:
         from .constrained import top_items
 
         s = dataclasses.replace(settings or Search(), **fields)
-        k, exclude_seen, candidates, retriever_weight = s.k, s.exclude_seen, s.candidates, s.retriever_weight
+        k, exclude_seen = s.k, s.exclude_seen
+        candidates, retriever_weight = self.hybrid(s)
         if self.history_prompts is None and self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
@@ -262,6 +275,41 @@ class Recommender:
         if usage is not None:
             usage[:] = counts
         return results  # type: ignore[return-value]
+
+    def hybrid(self, s: Search) -> tuple[int | None, float]:
+        """(candidates K or None for the whole catalog, retriever weight) a search runs with: what it asks for,
+        else the model's tuned hybrid (fusion.json), else the whole catalog and the LLM's order alone."""
+        tuned = self.fusion or {}
+        candidates = s.candidates if s.candidates is not None else tuned.get("candidates")
+        weight = s.retriever_weight if s.retriever_weight is not None else tuned.get("weight", 0.0)
+        if weight < 0:
+            raise GenrecError(f"the retriever weight must be >= 0, got {weight}")
+        return candidates or None, float(weight)
+
+    def candidate_scores(self, requests: list[Query], n: int, exclude_seen: bool = True,
+                         candidates: int | None = None) -> list[dict]:
+        """A hybrid's raw scores, so any retriever weight can be applied afterwards (evaluation, `tune-fusion`):
+        per request {"items": the retriever's top K, in its order; "llm": the LLM's log-score of each (a rerank
+        model's label log-softmax, else the sequence log-probability from one exact search within the K);
+        "retriever": the retriever's score of each; "rest": its next items up to n in all}. K is a rerank
+        model's own, else `candidates`."""
+        if self.rerank_prompts is not None and self.history_prompts is None:
+            K = self.rerank_prompts.cfg.rerank_candidates
+            pools = self.retrieved(requests, max(n, K), exclude_seen)
+            llm = self.label_scores(requests, [[i for i, _ in p[:K]] for p in pools])
+        else:
+            if not candidates:
+                raise GenrecError("candidate scores need the retriever's K (--candidates retriever:K)")
+            K = candidates
+            pools = self.retrieved(requests, max(n, K), exclude_seen)
+            found = self.recommend(requests, k=K, candidates=K, retriever_weight=0.0, search="exact",
+                                   exclude_seen=exclude_seen)
+            llm = []
+            for res, pool in zip(found, pools):
+                score = {r["item_id"]: r["score"] for r in res["recommendations"] if r["score"] is not None}
+                llm.append([score[i] for i, _ in pool[:K]])
+        return [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
+                 "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
 
     def route(self, req: Query) -> PromptBuilder:
         """The prompt builder (and so the task) a request with a history or a text goes to."""

@@ -102,10 +102,13 @@ class Retriever:
 
 
 def parse_candidates(spec: str | None) -> int | None:
-    """'retriever:K' -> K (generation within the retriever's K candidates); None/'' -> None (the whole catalog)."""
+    """'retriever:K' -> K (generation within the retriever's K candidates); 'catalog' -> 0 (the whole catalog, even
+    for a model with a tuned hybrid); None/'' -> None (the model's tuned hybrid if it has one, else the catalog)."""
     if not spec:
         return None
+    if spec == "catalog":
+        return 0
     kind, _, k = str(spec).partition(":")
     if kind != "retriever" or not k.isdigit() or int(k) < 1:
-        raise GenrecError(f"--candidates must be retriever:K with K >= 1, got {spec!r}")
+        raise GenrecError(f"--candidates must be retriever:K with K >= 1 or catalog, got {spec!r}")
     return int(k)

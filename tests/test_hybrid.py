@@ -124,16 +124,24 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     assert {r["item_id"] for r in fused[1][0]["recommendations"]} == set(pool[:k])
 
 
-def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
-    """A next_item model given a retriever (the directory is self-contained: copied in here) searches only the
-    retriever's K; after them the list follows the retriever's order."""
+@pytest.fixture(scope="module")
+def with_retriever(tiny_model, tiny_data, tmp_path_factory):
+    """The tiny next_item model given a retriever (the directory is self-contained: copied in here)."""
     from genrec.data import load_prepared
-    from genrec.recommender import Recommender, Query
     from genrec.retriever import Retriever
 
-    model = tmp_path / "m"
+    model = tmp_path_factory.mktemp("hybrid") / "m"
     shutil.copytree(tiny_model, model)
     Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
+    return model
+
+
+def test_generation_within_candidates(with_retriever, tmp_path):
+    """A next_item model with a retriever searches only the retriever's K; after them the list follows the
+    retriever's order."""
+    from genrec.recommender import Recommender, Query
+
+    model = with_retriever
     rec = Recommender(model)
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
@@ -169,6 +177,70 @@ def test_generation_within_candidates(tiny_model, tiny_data, tmp_path):
     assert "genrec x sasrec - sasrec" in r["paired_differences"]
 
 
+def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, tiny_model, tmp_path):
+    """`tune-fusion` scores validation users' K candidates once, ranks them for every weight, keeps the best weight
+    in fusion.json; generate/evaluate/serve then search within the K, fused with that weight, unless told
+    otherwise ("catalog", an explicit weight)."""
+    from genrec.config import EvaluateConfig, FusionConfig
+    from genrec.evaluation import run_evaluation, tune_fusion
+    from genrec.recommender import Query, Recommender
+
+    model = tmp_path / "tuned"
+    shutil.copytree(with_retriever, model)
+    K = 6
+    tuned = tune_fusion(FusionConfig(model=str(model), candidates=f"retriever:{K}", weights=[1e4, 0.0, 1.0],
+                                     max_users=12), log=lambda m: None)
+    assert json.loads((model / "fusion.json").read_text()) == json.loads(json.dumps(tuned))
+    table = {row["weight"]: row for row in tuned["table"]}
+    assert sorted(table) == [0.0, 1.0, 1e4] and tuned["users"] == 12 and tuned["split"] == "valid"
+    # a weight far above the LLM's spread is the retriever's own order
+    assert {m: table[1e4][m] for m in ("NDCG@10", "HR@10")} == tuned["retriever_alone"]
+    best = max(r["NDCG@10"] for r in tuned["table"])
+    assert table[tuned["weight"]]["NDCG@10"] == best
+    assert all(r["NDCG@10"] < best for r in tuned["table"] if r["weight"] < tuned["weight"])  # ties: the smaller
+
+    rec, plain = Recommender(model), Recommender(tiny_model)
+    assert rec.fusion["weight"] == tuned["weight"] and rec.fusion["candidates"] == K
+    data, uid, hist = a_user(rec)
+    req = Query(user_id=uid, history=hist, seen=set(hist))
+    items = lambda res: [r["item_id"] for r in res[0]["recommendations"]]  # noqa: E731
+    default = items(rec.recommend([req], k=4))
+    assert default == items(rec.recommend([req], k=4, candidates=K, retriever_weight=tuned["weight"]))
+    assert set(default) <= {i for i, _ in rec.retriever.top([hist], [set(hist)], K)[0]}
+    assert items(rec.recommend([req], k=4, candidates=0)) == items(plain.recommend([req], k=4))  # "catalog"
+
+    r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[],
+                                      output=str(tmp_path / "ev")), log=lambda m: None)
+    assert r["hybrid"] == "generation within candidates" and r["retriever_recall"]["k"] == K
+    assert r["fusion"] == {"weight": tuned["weight"], "source": "tuned on 12 validation users"}
+    r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[], candidates="catalog",
+                                      output=str(tmp_path / "ev2")), log=lambda m: None)
+    assert r["hybrid"] is None and "genrec x sasrec" not in r["results"]
+
+    (model / "fusion.json").write_text('{"weight": -1}')
+    with pytest.raises(GenrecError, match="fusion file"):
+        Recommender(model)
+
+
+def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
+    """A rerank model tunes the weight of its own K (no --candidates): served lists are then the fused ones."""
+    from genrec.config import FusionConfig
+    from genrec.evaluation import tune_fusion
+    from genrec.recommender import Query, Recommender
+
+    model = tmp_path / "rerank"
+    shutil.copytree(rerank_model, model)
+    tuned = tune_fusion(FusionConfig(model=str(model), candidates=None, weights=[0.0, 1e4], max_users=8),
+                        log=lambda m: None)
+    assert tuned["candidates"] is None and len(tuned["table"]) == 2
+    assert {m: tuned["table"][1][m] for m in ("NDCG@10", "HR@10")} == tuned["retriever_alone"]
+    rec = Recommender(model)
+    data, uid, hist = a_user(rec)
+    req = Query(user_id=uid, history=hist, seen=set(hist))
+    fused = rec.rerank([req], 5, weights=(tuned["weight"],))[0][0]["recommendations"]
+    assert [r["item_id"] for r in rec.recommend([req], k=5)[0]["recommendations"]] == [r["item_id"] for r in fused]
+
+
 def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_path):
     users = tmp_path / "u.jsonl"
     users.write_text('{"history": ["1"]}\n')
@@ -180,6 +252,8 @@ def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_p
           "--candidates", "retriever:x"], "retriever:K"),
         ([*cli, "evaluate", "--model", str(rerank_model), "--max-users", "3", "--candidates", "retriever:5"],
          "reranks its retriever"),
+        ([*cli, "tune-fusion", "--model", str(tiny_model)], "has no retriever"),
+        ([*cli, "tune-fusion", "--model", str(rerank_model), "--weights", "1,-2"], "non-negative"),
     ]
     for argv, needle in cases:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
