@@ -724,4 +724,6 @@ def train(cfg: SFTConfig, log=print) -> Path:
             "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
         }).save()  # last: its presence means "complete"
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
+    if retriever is not None:
+        log(f"it has a retriever: `genrec tune-fusion --model {out}` chooses the hybrid's weight on validation users")
     return out
