@@ -100,13 +100,15 @@ def main() -> None:
                 output=str(metrics_path.parent), baselines=["popular", "sasrec"],
                 candidates=None if arm == "rerank" else f"retriever:{args.k}" if hybrid else "catalog"))
         ev = read_json(metrics_path)
-        card = ModelCard.load(model).stats
+        loaded = ModelCard.load(model)
+        card = loaded.stats
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds",
             "fusion")}
-        if (model / ModelCard.FUSION).is_file():
-            report["arms"][f"{name}/{arm}"]["fusion_tuning"] = read_json(model / ModelCard.FUSION)
+        tuning = loaded.fusion()
+        if tuning is not None:
+            report["arms"][f"{name}/{arm}"]["fusion_tuning"] = tuning
         report["arms"][f"{name}/{arm}"]["training"] = {k: card.get(k) for k in (
             "train_seconds", "global_step", "train_examples", "train_tokens", "stopped_by_clock", "train_loss")}
         for model_name, iv in ev["intervals"].items():

@@ -481,7 +481,7 @@ def _hybrid(rec: Recommender, requests: list[Query], cfg, K: int | None, weight:
     alone and its fusion with the retriever (weight w), each followed by the retriever's order."""
     def run(chunk):
         return [(hybrid_order(c, 0.0, kmax), hybrid_order(c, weight, kmax))
-                for c in rec.candidate_scores(chunk, kmax, cfg.exclude_seen, K)]
+                for c in rec.candidate_scores(chunk, kmax, cfg.exclude_seen, K, cfg.popularity_penalty)]
 
     pairs = _batched(rec, requests, cfg, desc, run)
     return [a for a, _ in pairs], [f for _, f in pairs]
@@ -543,12 +543,11 @@ def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     if rec.retriever is None:
         raise GenrecError(f"{cfg.model} has no retriever to fuse with (train it with `genrec sft retriever=sasrec`)")
-    rerank = rec.rerank_prompts is not None and rec.history_prompts is None
+    rerank = rec.reranks
     K = None if rerank else parse_candidates(cfg.candidates)
     if not rerank and not K:
         raise GenrecError(f"a generative model's hybrid needs --candidates retriever:K, got {cfg.candidates!r}")
-    if K is not None and K > len(rec.index.item_ids):
-        raise GenrecError(f"--candidates retriever:K needs K <= the catalog size ({len(rec.index.item_ids)})")
+    rec.recommend([], k=1, candidates=K)  # its checks of these settings (K within the catalog), before any work
     data = load_prepared(rec.card.data)
     if rec.use_data(data):
         raise GenrecError(f"{cfg.model}'s training data no longer matches its catalog")

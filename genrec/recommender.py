@@ -287,13 +287,13 @@ class Recommender:
         return candidates or None, float(weight)
 
     def candidate_scores(self, requests: list[Query], n: int, exclude_seen: bool = True,
-                         candidates: int | None = None) -> list[dict]:
+                         candidates: int | None = None, popularity_penalty: float = 0.0) -> list[dict]:
         """A hybrid's raw scores, so any retriever weight can be applied afterwards (evaluation, `tune-fusion`):
         per request {"items": the retriever's top K, in its order; "llm": the LLM's log-score of each (a rerank
         model's label log-softmax, else the sequence log-probability from one exact search within the K);
         "retriever": the retriever's score of each; "rest": its next items up to n in all}. K is a rerank
-        model's own, else `candidates`."""
-        if self.rerank_prompts is not None and self.history_prompts is None:
+        model's own, else `candidates`; a search ranks by the penalised log-probability, as `recommend` does."""
+        if self.reranks:
             K = self.rerank_prompts.cfg.rerank_candidates
             pools = self.retrieved(requests, max(n, K), exclude_seen)
             llm = self.label_scores(requests, [[i for i, _ in p[:K]] for p in pools])
@@ -303,7 +303,7 @@ class Recommender:
             K = candidates
             pools = self.retrieved(requests, max(n, K), exclude_seen)
             found = self.recommend(requests, k=K, candidates=K, retriever_weight=0.0, search="exact",
-                                   exclude_seen=exclude_seen)
+                                   exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
             llm = []
             for res, pool in zip(found, pools):
                 score = {r["item_id"]: r["score"] for r in res["recommendations"] if r["score"] is not None}
@@ -311,11 +311,15 @@ class Recommender:
         return [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
                  "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
 
+    @property
+    def reranks(self) -> bool:
+        """Histories go to the rerank task (its retriever's K, one forward pass), not to a search: its main task,
+        or its only task that reads histories."""
+        return self.rerank_prompts is not None and (self.builder is self.rerank_prompts or self.history_prompts is None)
+
     def route(self, req: Query) -> PromptBuilder:
         """The prompt builder (and so the task) a request with a history or a text goes to."""
-        b = self.request_prompts if req.text else (
-            self.rerank_prompts if self.rerank_prompts is not None and (
-                self.builder is self.rerank_prompts or self.history_prompts is None) else self.history_prompts)
+        b = self.request_prompts if req.text else (self.rerank_prompts if self.reranks else self.history_prompts)
         if b is None:
             raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
         return b
