@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--curve-users", type=int, default=100, help="learning curve of the rerank arm (0: none)")
     ap.add_argument("--fusion-users", type=int, default=2000, help="validation users `tune-fusion` chooses the "
                     "hybrid's retriever weight on, before a hybrid arm's test evaluation (0: w = 1, fixed)")
+    ap.add_argument("--fusion-k", default="", help="comma-separated K that `tune-fusion` chooses among with the "
+                    "weight, for the generative hybrid arms (default: --k only); results in eval-<arm>-k<K,...>/")
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig, FusionConfig
@@ -84,21 +86,27 @@ def main() -> None:
     rows = []
     for name, data, _, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
         model = model_dir(work, name, arm)
-        metrics_path = work / name / f"eval-{arm}" / "metrics.json"
+        hybrid = arm == "rerank" or arm.endswith("candidates")
+        sizes = [int(k) for k in args.fusion_k.split(",") if k] if arm != "rerank" and hybrid else []
+        tag = f"-k{','.join(map(str, sizes))}" if sizes and sizes != [args.k] else ""
+        metrics_path = work / name / f"eval-{arm}{tag}" / "metrics.json"
         if not metrics_path.is_file():
             if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
             from genrec.evaluation import run_evaluation, tune_fusion  # imported late: a long run picks up fixes
 
-            hybrid = arm == "rerank" or arm.endswith("candidates")
-            if hybrid and args.fusion_users and not (model / ModelCard.FUSION).is_file():
-                tune_fusion(FusionConfig(model=str(model), candidates=f"retriever:{args.k}",
-                                         max_users=args.fusion_users))  # validation users only
+            tuned = ModelCard.load(model).fusion() if hybrid else None
+            wanted = sorted(set(sizes or [args.k]))
+            if hybrid and args.fusion_users and (tuned is None or arm != "rerank" and wanted != sorted(
+                    {row.get("candidates", tuned["candidates"]) for row in tuned["table"]})):
+                tune_fusion(FusionConfig(model=str(model), candidates="retriever:" + ",".join(map(str, wanted)),
+                                                 max_users=args.fusion_users))  # validation users only
             run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10], batch_size=8,
                 output=str(metrics_path.parent), baselines=["popular", "sasrec"],
-                candidates=None if arm == "rerank" else f"retriever:{args.k}" if hybrid else "catalog"))
+                candidates=None if arm == "rerank" or hybrid and args.fusion_users else
+                f"retriever:{args.k}" if hybrid else "catalog"))
         ev = read_json(metrics_path)
         loaded = ModelCard.load(model)
         card = loaded.stats

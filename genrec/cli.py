@@ -377,17 +377,18 @@ def evaluate(config_path, overrides, **opts) -> None:
 @main.command("tune-fusion")
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with FusionConfig keys.")
 @config_options(FusionConfig, "model", "candidates", "weights", "max_users", "batch_size", "backend",
-                help={"candidates": "retriever:K: the K a generative model searches within (a rerank model has its "
-                                    "own K).",
+                help={"candidates": "retriever:K: the K a generative model searches within, or retriever:K1,K2,... to "
+                                    "choose K too (a rerank model has its own K).",
                       "weights": "Comma-separated retriever weights to try [0,0.25,0.5,1,2,4,8,16].",
                       "max_users": "Validation users, a seeded random sample [2000]."})
 @click.argument("overrides", nargs=-1)
 @friendly
 def tune_fusion(config_path, overrides, **opts) -> None:
-    """Choose the hybrid's retriever weight on validation users; generate, evaluate and serve then use it.
+    """Choose the hybrid's retriever weight (and K) on validation users; generate, evaluate and serve then use it.
 
     Scores every user's K candidates once (the LLM and the model's retriever), ranks them by
-    log p_LLM + W x log softmax(retriever) for each W, keeps the W with the best NDCG@10 in <model>/fusion.json.
+    log p_LLM + W x log softmax(retriever) for each W (and each K given), keeps the best NDCG@10 in
+    <model>/fusion.json.
     """
     from .config import load_config, parse_overrides
     from .evaluation import tune_fusion as run_tuning

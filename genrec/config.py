@@ -172,10 +172,11 @@ class GenerateConfig:
 
 @dataclass
 class FusionConfig:
-    """`genrec tune-fusion`: choose the hybrid's retriever weight on validation users and keep it in the model."""
+    """`genrec tune-fusion`: choose the hybrid's retriever weight (and K) on validation users, kept in the model."""
 
     model: str = "runs/sample/model"
-    candidates: str | None = "retriever:20"  # a generative model's K (a rerank model has its own)
+    # a generative model's K, or several to choose among ("retriever:10,20,50"); a rerank model has its own K
+    candidates: str | None = "retriever:20"
     weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
     max_users: int | None = 2000  # a seeded sample of the validation split (None: all)
     batch_size: int = 8

@@ -22,8 +22,8 @@ from .data import load_prepared
 from .errors import GenrecError
 from .files import atomic_file, write_json, write_jsonl
 from .models import ModelCard
-from .recommender import Query, Recommender, Search, hybrid_order
-from .retriever import Retriever, parse_candidates
+from .recommender import Query, Recommender, Search, hybrid_order, narrowed
+from .retriever import Retriever, parse_candidate_sizes, parse_candidates
 
 
 PERTURBATIONS = ("insert", "drop", "shuffle")
@@ -533,21 +533,24 @@ def evaluate_baselines(data, cfg: EvaluateConfig, log=lambda m: print(m, file=sy
 
 
 def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
-    """Choose a hybrid's retriever weight on validation users, never test ones: each user's K candidates are scored
-    once (`candidate_scores`), every weight of `cfg.weights` ranks them (`hybrid_order`), and the weight with the
-    best NDCG@10 (ties: the smaller) is written with its table to `<model>/fusion.json`, which generate, evaluate
-    and serve then use by default. Why tune: the LLM's and the retriever's log-scores are on different scales, and
-    w = 1 fixed in advance left the fusion below SASRec alone on Scientific (-0.0032 NDCG@10, paired)."""
+    """Choose a hybrid's retriever weight w (and, for a generative model given several, its K) on validation users,
+    never test ones: each user's candidates are scored once at the largest K (`candidate_scores`; a smaller K is
+    the same scores cut to the retriever's first K, `narrowed`), every (K, w) ranks them (`hybrid_order`), and the
+    best NDCG@10 (ties: the smaller w, then the smaller K) is written with its table to `<model>/fusion.json`,
+    which generate, evaluate and serve then use by default. Why tune: the LLM's and the retriever's log-scores are
+    on different scales, and w = 1 fixed in advance left the fusion below SASRec alone on Scientific (-0.0032
+    NDCG@10, paired); why K too: a larger K lets the LLM bring up items the retriever ranked lower."""
     if not cfg.weights or any(w < 0 for w in cfg.weights):
         raise GenrecError(f"--weights must be non-negative numbers, got {cfg.weights}")
+    asked = parse_candidate_sizes(cfg.candidates) if cfg.candidates else None
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     if rec.retriever is None:
         raise GenrecError(f"{cfg.model} has no retriever to fuse with (train it with `genrec sft retriever=sasrec`)")
     rerank = rec.reranks
-    K = None if rerank else parse_candidates(cfg.candidates)
-    if not rerank and not K:
+    if not rerank and not asked:
         raise GenrecError(f"a generative model's hybrid needs --candidates retriever:K, got {cfg.candidates!r}")
-    rec.recommend([], k=1, candidates=K)  # its checks of these settings (K within the catalog), before any work
+    sizes = [None] if rerank else asked
+    rec.recommend([], k=1, candidates=sizes[-1])  # its checks of these settings (K within the catalog), before work
     data = load_prepared(rec.card.data)
     if rec.use_data(data):
         raise GenrecError(f"{cfg.model}'s training data no longer matches its catalog")
@@ -557,7 +560,7 @@ def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     if not chosen:
         raise GenrecError(f"{data.path} has no validation users to tune on")
     scored = _batched(rec, history_queries(rows, chosen, seen), cfg, "scoring candidates (valid)",
-                      lambda chunk: rec.candidate_scores(chunk, 10, True, K))
+                      lambda chunk: rec.candidate_scores(chunk, 10, True, sizes[-1]))
     targets = [targets[i] for i in chosen]
 
     def measure(lists):
@@ -566,14 +569,18 @@ def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> d
 
     if rerank:
         log("note: a rerank model learnt these validation items, so the weight chosen on them leans toward the LLM")
-    table = [{"weight": w, **measure([hybrid_order(c, w, 10) for c in scored])} for w in sorted(set(cfg.weights))]
-    best = max(table, key=lambda row: (row["NDCG@10"], -row["weight"]))
-    tuned = {"candidates": K, "weight": best["weight"], "chosen_by": "NDCG@10", "split": "valid",
+    table = []
+    for K in sizes:
+        at_k = scored if K is None or K == sizes[-1] else [narrowed(c, K) for c in scored]
+        table += [{"candidates": K, "weight": w, **measure([hybrid_order(c, w, 10) for c in at_k])}
+                  for w in sorted(set(cfg.weights))]
+    best = max(table, key=lambda row: (row["NDCG@10"], -row["weight"], -(row["candidates"] or 0)))
+    tuned = {"candidates": best["candidates"], "weight": best["weight"], "chosen_by": "NDCG@10", "split": "valid",
              "users": len(chosen), "seed": cfg.seed, "table": table,
              "retriever_alone": measure([(c["items"] + c["rest"])[:10] for c in scored])}
     write_json(Path(cfg.model) / ModelCard.FUSION, tuned)
     for row in table:
-        log(f"w = {row['weight']:g}: NDCG@10 {row['NDCG@10']:.4f}  HR@10 {row['HR@10']:.4f}"
-            + ("  <- chosen" if row is best else ""))
+        log(("" if rerank else f"K = {row['candidates']}, ") + f"w = {row['weight']:g}: NDCG@10 {row['NDCG@10']:.4f}"
+            f"  HR@10 {row['HR@10']:.4f}" + ("  <- chosen" if row is best else ""))
     log(f"retriever alone: NDCG@10 {tuned['retriever_alone']['NDCG@10']:.4f}; wrote {cfg.model}/{ModelCard.FUSION}")
     return tuned

@@ -97,6 +97,14 @@ def hybrid_order(scored: dict, weight: float, n: int) -> list[str]:
     return ([scored["items"][c] for c, _ in fuse(scored["llm"], scored["retriever"], weight)] + scored["rest"])[:n]
 
 
+def narrowed(scored: dict, k: int) -> dict:
+    """`candidate_scores` output of a generative model for K as if it had been asked for its retriever's first k
+    (k <= K): exact, since each candidate's sequence log-probability is over the whole vocabulary and so does not
+    depend on which other items are candidates (a rerank model's label softmax does: never narrow one)."""
+    return {"items": scored["items"][:k], "llm": scored["llm"][:k], "retriever": scored["retriever"][:k],
+            "rest": scored["items"][k:] + scored["rest"]}
+
+
 class Recommender:
     """A fine-tuned genrec model directory, loaded once, answering batches of requests."""
 
@@ -173,7 +181,7 @@ class Recommender:
         return self.history_prompts is not None and self.history_prompts.with_reasons
 
     def recommend(self, requests: list[Query], settings: Search | None = None, usage: list | None = None,
-                  **fields) -> list[dict]:
+                  retrieved: list[list[tuple[str, float]]] | None = None, **fields) -> list[dict]:
         """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}], searched
         as `settings` (a Search; keyword `fields` such as k=5 build or amend one) says. With a popularity penalty,
         `score` is the penalised log-probability the items are ranked by. `usage`, when given, is filled with one
@@ -182,7 +190,8 @@ class Recommender:
 
         A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
         generative model search only the retriever's top K. Either way the list goes on in the retriever's order
-        after those K, so it is a ranking over the whole catalog."""
+        after those K, so it is a ranking over the whole catalog. `retrieved` (one `self.retrieved` list per
+        request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
         from .constrained import top_items
 
         s = dataclasses.replace(settings or Search(), **fields)
@@ -220,8 +229,8 @@ class Recommender:
                     counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 0,
                                  "per_item": [0] * len(res["recommendations"])}
                 continue
-            pools = self.retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen) \
-                if candidates else None
+            pools = None if not candidates else [retrieved[n] for n in todo] if retrieved is not None else \
+                self.retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen)
             prompts, banned = [], []
             for n in todo:
                 req = requests[n]
@@ -302,8 +311,8 @@ class Recommender:
                 raise GenrecError("candidate scores need the retriever's K (--candidates retriever:K)")
             K = candidates
             pools = self.retrieved(requests, max(n, K), exclude_seen)
-            found = self.recommend(requests, k=K, candidates=K, retriever_weight=0.0, search="exact",
-                                   exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
+            found = self.recommend(requests, retrieved=pools, k=K, candidates=K, retriever_weight=0.0,
+                                   search="exact", exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
             llm = []
             for res, pool in zip(found, pools):
                 score = {r["item_id"]: r["score"] for r in res["recommendations"] if r["score"] is not None}

@@ -112,3 +112,12 @@ def parse_candidates(spec: str | None) -> int | None:
     if kind != "retriever" or not k.isdigit() or int(k) < 1:
         raise GenrecError(f"--candidates must be retriever:K with K >= 1 or catalog, got {spec!r}")
     return int(k)
+
+
+def parse_candidate_sizes(spec: str | None) -> list[int]:
+    """'retriever:K' or 'retriever:K1,K2,...' -> [K1, K2, ...], sorted (`genrec tune-fusion` chooses among them)."""
+    kind, _, ks = str(spec or "").partition(":")
+    sizes = [k.strip() for k in ks.split(",")]
+    if kind != "retriever" or not all(k.isdigit() and int(k) >= 1 for k in sizes):
+        raise GenrecError(f"--candidates must be retriever:K or retriever:K1,K2,... with every K >= 1, got {spec!r}")
+    return sorted({int(k) for k in sizes})

@@ -222,6 +222,37 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
         Recommender(model)
 
 
+def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
+    """Several K: one scoring at the largest K serves every smaller one (a candidate's log-probability does not
+    depend on the other candidates), and the (K, w) kept is the table's best, ties going to the smaller w then K."""
+    from genrec.config import FusionConfig
+    from genrec.evaluation import tune_fusion
+    from genrec.recommender import Query, Recommender, narrowed
+
+    rec = Recommender(with_retriever)
+    data, uid, hist = a_user(rec)
+    reqs = [Query(user_id=uid, history=hist, seen=set(hist)), Query(history=hist[:-2], seen=set(hist[:-2]))]
+    wide, small = rec.candidate_scores(reqs, 10, True, 7), rec.candidate_scores(reqs, 10, True, 3)
+    for w, s in zip(wide, small):
+        cut = narrowed(w, 3)
+        assert cut["items"] == s["items"] and cut["retriever"] == s["retriever"]
+        assert cut["llm"] == pytest.approx(s["llm"], abs=1e-4) and cut["rest"][:len(s["rest"])] == s["rest"]
+
+    model = tmp_path / "tuned"
+    shutil.copytree(with_retriever, model)
+    tuned = tune_fusion(FusionConfig(model=str(model), candidates="retriever:7,3", weights=[0.0, 1e4], max_users=12),
+                        log=lambda m: None)
+    assert [(r["candidates"], r["weight"]) for r in tuned["table"]] == [(3, 0.0), (3, 1e4), (7, 0.0), (7, 1e4)]
+    best = max(r["NDCG@10"] for r in tuned["table"])
+    first = next(r for r in sorted(tuned["table"], key=lambda r: (r["weight"], r["candidates"]))
+                 if r["NDCG@10"] == best)
+    assert (tuned["candidates"], tuned["weight"]) == (first["candidates"], first["weight"])
+    assert Recommender(model).fusion["candidates"] == tuned["candidates"]
+    # a huge weight is the retriever's own order whatever K is
+    assert all({m: r[m] for m in ("NDCG@10", "HR@10")} == tuned["retriever_alone"] for r in tuned["table"]
+               if r["weight"] == 1e4)
+
+
 def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     """A rerank model tunes the weight of its own K (no --candidates): served lists are then the fused ones."""
     from genrec.config import FusionConfig
@@ -254,6 +285,7 @@ def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_p
          "reranks its retriever"),
         ([*cli, "tune-fusion", "--model", str(tiny_model)], "has no retriever"),
         ([*cli, "tune-fusion", "--model", str(rerank_model), "--weights", "1,-2"], "non-negative"),
+        ([*cli, "tune-fusion", "--model", str(tiny_model), "--candidates", "retriever:5,0"], "every K >= 1"),
     ]
     for argv, needle in cases:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
