@@ -261,3 +261,44 @@ def test_shared_prompt_beams_equal_reordered_kv_cache(base_lm):
     y = beam_search(backend, ps, trie, 4, 4, [set(), {1}])
     assert [[h.item for h in f] for f in x] == [[h.item for h in f] for f in y]
     assert all(h.score == pytest.approx(g.score, abs=1e-3) for f, e in zip(x, y) for h, g in zip(f, e))
+
+
+def test_forced_rest_is_scored_as_step_by_step(base_lm):
+    """Below a node with a single item every token is forced: the trie gives that item and its rest, and `complete`
+    scores the rest in one call exactly as feeding it a step at a time would, on both HF beam kinds, leaving the
+    live rows as they were."""
+    import random
+
+    from genrec.backends import HFBackend
+
+    backend, tok = base_lm
+    catalog, index, b, trie = build(tok, ["Heat", "Heat (1995)", "Alien"])
+    seqs = [b.item_tokens(t) for t in index.targets]
+    alien = trie.walk(seqs[2][:1])
+    assert trie.forced_rest(0) is None and trie.forced_rest(trie.walk(seqs[2])) is None  # several items; finished
+    assert trie.forced_rest(alien) == (2, seqs[2][1:])
+    shared = [n for n in range(len(trie.children)) if trie.forced_rest(n) is None and n not in trie.leaf_item]
+    assert trie.walk(seqs[0][:1]) in shared  # "Heat" still has two items below
+
+    old = HFBackend(backend.model, tok.pad_token_id, tok.eos_token_id, shared_prompt=False)
+    rng = random.Random(5)
+    prompts = [[rng.randrange(100, 20000) for _ in range(rng.randint(4, 30))] for _ in range(3)]
+    src0, toks0 = [0, 0, 1, 2], [rng.randrange(100, 20000) for _ in range(4)]
+    src = [3, 0, 1, 3]
+    inputs = [[rng.randrange(100, 20000) for _ in range(n)] for n in (3, 1, 5, 2)]
+    targets = [[rng.randrange(100, 20000) for _ in row] for row in inputs]
+    for be in (old, backend):
+        beams = be.start(prompts, None)
+        beams.advance(src0, toks0, None)
+        got = beams.complete(src, inputs, targets)
+        for c in range(len(src)):
+            ref = be.start(prompts, None)
+            ref.advance(src0, toks0, None)
+            total, row = 0.0, src[c]
+            for x, y in zip(inputs[c], targets[c]):
+                total += float(ref.advance([row], [x], None)[0, y])
+                row = 0
+            assert got[c] == pytest.approx(total, abs=2e-3)
+        again = be.start(prompts, None)
+        again.advance(src0, toks0, None)
+        assert torch.allclose(beams.advance([1, 2], [7, 8], None), again.advance([1, 2], [7, 8], None), atol=1e-4)
