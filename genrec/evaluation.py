@@ -291,7 +291,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         "results": results, "intervals": intervals, "paired_differences": paired, "slices": slices,
         "baselines_all_users": all_users, "sasrec": sasrec_facts, "retriever_recall": recall,
         "hybrid": None if hybrid_k is None else ("rerank" if rerank else "generation within candidates"),
-        "fusion": None if hybrid_k is None else fusion,
+        "fusion": None if hybrid_k is None else {**fusion, "candidates": hybrid_k},
         "targets_pop_pct": target_pct, "perturbation": perturbation,
         "reason_grounding": grounding, "task": task, "data": str(data.path), "catalog_transfer": transfer,
         "settings": to_dict(cfg),

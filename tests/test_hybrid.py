@@ -212,7 +212,7 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
     r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[],
                                       output=str(tmp_path / "ev")), log=lambda m: None)
     assert r["hybrid"] == "generation within candidates" and r["retriever_recall"]["k"] == K
-    assert r["fusion"] == {"weight": tuned["weight"], "source": "tuned on 12 validation users"}
+    assert r["fusion"] == {"weight": tuned["weight"], "source": "tuned on 12 validation users", "candidates": K}
     r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[], candidates="catalog",
                                       output=str(tmp_path / "ev2")), log=lambda m: None)
     assert r["hybrid"] is None and "genrec x sasrec" not in r["results"]
