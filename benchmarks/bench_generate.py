@@ -7,8 +7,6 @@ item by teacher forcing; tests/test_constrained.py checks that) against the beam
 cost of each. `--profile`: where the seconds of one constrained pass go (prefill, decoding steps, the allowed-token
 gather, the trie, the rest of the search loop), from cProfile. "constrained, batches by length" batches users of
 similar prompt length together (what evaluate and generate do), the other modes take them in data order.
-"constrained, a step per forced token" is the search before forced chains (the tokens of an item that is alone
-below its prefix) were scored in one engine call.
 
     python -m benchmarks.bench_generate [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
 """
@@ -42,19 +40,6 @@ class WholeVocabulary:
         return col, 0, self.trie.leaf_item.get(leaf, -1) if leaf is not None else -1
 
 
-class StepPerToken:
-    """The catalog's trie without its forced chains (`forced_rest`): the search then writes an item's forced tokens
-    a step at a time, as it did before chains were scored in one call (the side-by-side "before")."""
-
-    def __init__(self, trie):
-        self.trie, self.depth, self.leaf_item = trie, trie.depth, trie.leaf_item
-
-    def __getattr__(self, name):
-        if name == "forced_rest":
-            raise AttributeError(name)
-        return getattr(self.trie, name)
-
-
 def where_the_seconds_go(fn) -> dict:
     """Seconds of `fn()` by part, from cProfile's cumulative times: the prompts' prefill, the decoding steps (model
     forward of the beams), gathering the allowed tokens' log-probabilities, the trie (allowed tokens, expansion,
@@ -75,12 +60,10 @@ def where_the_seconds_go(fn) -> dict:
                 gather_in_steps = sum(c[3] for (_, _, caller), c in callers.items() if caller == "advance")
     total, prefill, gather = cum.get("beam_search", 0.0), cum.get("_prefill", 0.0), cum.get("gather_allowed", 0.0)
     steps = cum.get("advance", 0.0) - gather_in_steps
-    trie = sum(cum.get(n, 0.0) for n in ("allowed_rows", "expand", "dead_nodes", "subtree_min", "forced_rest"))
-    chains = cum.get("complete", 0.0)
-    rest = total - prefill - steps - gather - trie - chains
+    trie = sum(cum.get(n, 0.0) for n in ("allowed_rows", "expand", "dead_nodes", "subtree_min"))
+    rest = total - prefill - steps - gather - trie
     parts = {"total": total, "prefill (model)": prefill, "decoding steps (model)": steps,
-             "forced chains in one call (model)": chains, "gather of allowed log-probs": gather, "trie": trie,
-             "rest of the search loop": rest}
+             "gather of allowed log-probs": gather, "trie": trie, "rest of the search loop": rest}
     out = {k: round(v, 3) for k, v in parts.items()}
     out["share_outside_the_model"] = round((gather + trie + rest) / total, 3) if total else None
     return out
@@ -105,8 +88,7 @@ def main() -> None:
     prompts = [rec.builder.encode(r["history"][-args.history:]) for r in rows]
     banned = [{rec.index.position[i] for i in r["history"] if i in rec.index.position} for r in rows]
     out = {}
-    modes = ["constrained", "constrained, batches by length", "constrained, a step per forced token",
-             "unconstrained"] + (
+    modes = ["constrained", "constrained, batches by length", "unconstrained"] + (
         ["constrained, KV cache reordered"] if rec.backend.shared_prompt else [])
     by_length = sorted(range(len(prompts)), key=lambda n: -len(prompts[n]))
 
@@ -115,8 +97,7 @@ def main() -> None:
         order = by_length if mode == "constrained, batches by length" else list(range(len(prompts)))
         for s in range(0, len(prompts), args.batch_size):
             idx = order[s:s + args.batch_size]
-            space = WholeVocabulary(rec.trie, rec.backend) if mode == "unconstrained" else \
-                StepPerToken(rec.trie) if mode == "constrained, a step per forced token" else rec.trie
+            space = WholeVocabulary(rec.trie, rec.backend) if mode == "unconstrained" else rec.trie
             found = beam_search(rec.backend, [prompts[n] for n in idx], space, args.k, args.k,
                                 [banned[n] for n in idx], max_new_tokens=rec.trie.depth)
             n_items += sum(1 for f in found for h in f if h.item >= 0)

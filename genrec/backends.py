@@ -4,9 +4,6 @@ The search (constrained.py) is written once. A backend only answers two question
   * `start(prompts, allowed)` / `Beams.advance(src, tokens, allowed)`: the raw log-probabilities
     (log_softmax over the whole vocabulary, no temperature, no processors) of the `allowed` token ids of each
     row, as a [rows, max(len(allowed))] tensor padded with -inf; `allowed=None` asks for the whole vocabulary;
-  * `Beams.complete(src, inputs, targets)`: per row, the summed log-probabilities of `targets` when `inputs` are
-    fed after live row `src` (teacher forcing): the forced rest of an item with a single item below its prefix,
-    scored in one call instead of one step per token (the live rows are left as they were);
   * `greedy(seqs, max_new_tokens)`: greedy free-text continuations (the reason after an item).
 Both backends therefore score an item with the same sequence log-probability, and serving, batch generation and
 evaluation share one search and one request path.
@@ -49,34 +46,6 @@ def gather_allowed(logp: torch.Tensor, allowed: list[list[int]] | None) -> torch
         valid[r, :len(a)] = True
     idx, valid = idx.to(logp.device), valid.to(logp.device)
     return logp.gather(1, idx).masked_fill(~valid, NEG_INF)
-
-
-def forced_batch(src: list[int], inputs: list[list[int]], last_pos: torch.Tensor, pad_id: int):
-    """Right-padded [C, T] ids of the rows' forced inputs, their positions after each source row's last token, and
-    the [C, T] mask of real positions."""
-    T = max(len(i) for i in inputs)
-    ids = torch.full((len(inputs), T), pad_id, dtype=torch.long)
-    real = torch.zeros((len(inputs), T), dtype=torch.bool)
-    for c, row in enumerate(inputs):
-        ids[c, :len(row)] = torch.tensor(row, dtype=torch.long)
-        real[c, :len(row)] = True
-    device = last_pos.device
-    pos = last_pos[torch.tensor(src, device=device)].view(-1, 1) + 1 + torch.arange(T, device=device).view(1, -1)
-    return ids.to(device), pos, real.to(device)
-
-
-def summed_logp(model, hidden: torch.Tensor, real: torch.Tensor, targets: list[list[int]], chunk: int = 256) -> list[float]:
-    """Per row, the sum over its real positions of log_softmax(lm_head(hidden))[target]: the vocabulary's logits
-    only where a target is, a chunk of positions at a time (all [C, T, V] logits at once would be gigabytes)."""
-    head = model.get_output_embeddings()
-    flat_t = torch.tensor([t for row in targets for t in row], dtype=torch.long, device=hidden.device)
-    h = hidden[real]  # [N, H], row-major: the targets' order
-    lp = torch.cat([torch.log_softmax(head(h[s:s + chunk]).float(), dim=-1)
-                    .gather(1, flat_t[s:s + chunk].view(-1, 1)).view(-1) for s in range(0, len(h), chunk)])
-    rows = torch.repeat_interleave(torch.arange(len(targets), device=hidden.device),
-                                   torch.tensor([len(t) for t in targets], device=hidden.device))
-    return torch.zeros(len(targets), dtype=torch.float64, device=hidden.device).index_add_(
-        0, rows, lp.double()).tolist()
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
@@ -129,7 +98,7 @@ class HFBeams:
 
     @torch.no_grad()
     def __init__(self, model, prompts: list[list[int]], pad_id: int, allowed: list[list[int]] | None):
-        self.model, self.pad_id = model, pad_id
+        self.model = model
         out, cache, attn, pos = _prefill(model, prompts, pad_id)
         self.last_pos = pos[:, -1]
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
@@ -151,19 +120,6 @@ class HFBeams:
                          position_ids=self.last_pos.view(-1, 1), past_key_values=self.cache, use_cache=True)
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
         return self.logp
-
-    @torch.no_grad()
-    def complete(self, src: list[int], inputs: list[list[int]], targets: list[list[int]]) -> list[float]:
-        """See the module docstring: a copy of the source rows' KV, the inputs fed at once, nothing kept."""
-        from transformers import DynamicCache
-
-        src_t = torch.tensor(src, device=self.attn.device)
-        ids, pos, real = forced_batch(src, inputs, self.last_pos, self.pad_id)
-        cache = DynamicCache(ddp_cache_data=[(layer.keys[src_t], layer.values[src_t]) for layer in self.cache.layers])
-        attn = torch.cat([self.attn[src_t], real.to(self.attn.dtype)], dim=-1)
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=pos,
-                                          past_key_values=cache, use_cache=True).last_hidden_state
-        return summed_logp(self.model, hidden, real, targets)
 
 
 class SharedPromptBeams(HFBeams):
@@ -206,39 +162,8 @@ class SharedPromptBeams(HFBeams):
         self.logp = gather_allowed(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), allowed)
         return self.logp
 
-    @torch.no_grad()
-    def complete(self, src: list[int], inputs: list[list[int]], targets: list[list[int]]) -> list[float]:
-        """See the module docstring: T tokens per row over the owner's prompt KV and the source row's own KV, under a
-        causal mask among the T; nothing is kept (the live rows stay as they were)."""
-        device = self.owner.device
-        ids, pos, real = forced_batch(src, inputs, self.last_pos, self.pad_id)
-        src_t = torch.tensor(src, device=device)
-        T, t = ids.shape[1], 0 if self.gen_k[0] is None else self.gen_k[0].shape[2]
-        keep = torch.cat([~self.prompt_pad[self.owner[src_t]], torch.ones((len(src), t), dtype=torch.bool,
-                                                                           device=device)], dim=1)  # [C, Lp + t]
-        causal = torch.ones((T, T), dtype=torch.bool, device=device).tril()
-        self.forced = (self.owner[src_t], src_t, torch.cat([keep[:, None, :].expand(-1, T, -1),
-                                                             causal.expand(len(src), -1, -1)], dim=2)[:, None])
-        _BEAMS.active = self
-        try:
-            hidden = self.model.get_decoder()(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
-        finally:
-            _BEAMS.active, self.forced = None, None
-        return summed_logp(self.model, hidden, real, targets)
-
-    forced = None  # during `complete`: (owner per row, source row per row, [C, 1, T, Lp + t + T] attention mask)
-
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
-        """One new token per row: q [R, Hq, 1, D], k/v [R, Hkv, 1, D] -> [R, 1, Hq, D]. During `complete`, T tokens
-        per row: q [C, Hq, T, D] -> [C, T, Hq, D], the beams' own KV left as it was."""
-        if self.forced is not None:
-            owner, src, mask = self.forced
-            keys = [self.prompt_k[layer][owner]] + ([] if self.gen_k[layer] is None else [self.gen_k[layer][src]])
-            vals = [self.prompt_v[layer][owner]] + ([] if self.gen_v[layer] is None else [self.gen_v[layer][src]])
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, torch.cat(keys + [k], dim=2), torch.cat(vals + [v], dim=2), attn_mask=mask, scale=scaling,
-                enable_gqa=q.shape[1] != k.shape[1])
-            return out.transpose(1, 2).contiguous()
+        """One new token per row: q [R, Hq, 1, D], k/v [R, Hkv, 1, D] -> [R, 1, Hq, D]."""
         gk = k if self.gen_k[layer] is None else torch.cat([self.gen_k[layer], k], dim=2)
         gv = v if self.gen_v[layer] is None else torch.cat([self.gen_v[layer], v], dim=2)
         self.gen_k[layer], self.gen_v[layer] = gk, gv
@@ -307,18 +232,6 @@ class VLLMBeams:
         self.rows = [self.rows[s] + [t] for s, t in zip(src, tokens)]
         self.logp = self.backend.score(self.rows, allowed)
         return self.logp
-
-    def complete(self, src: list[int], inputs: list[list[int]], targets: list[list[int]]) -> list[float]:
-        """See the module docstring: a step per forced token (each one generate over the rows still writing; the
-        prefix cache holds what came before), so the numbers are those of the step-by-step search."""
-        total = [0.0] * len(src)
-        for s in range(max(len(t) for t in targets)):
-            todo = [c for c in range(len(src)) if s < len(targets[c])]
-            lp = self.backend.score([self.rows[src[c]] + inputs[c][:s + 1] for c in todo],
-                                    [[targets[c][s]] for c in todo])
-            for c, v in zip(todo, lp[:, 0].tolist()):
-                total[c] += v
-        return total
 
 
 class VLLMBackend:

@@ -11,12 +11,6 @@ asks a backend (backends.py) only for the raw log-probabilities of the tokens th
 beam, so the model's generation_config (sampling, temperature, top-k/p) can never leak into the search, and the
 HF and vLLM backends return the same items with the same scores.
 
-Forced chains: once a beam reaches a prefix with a single item below it (for titles, after ~3 of ~12 tokens on
-average), every further token is forced. The search then asks the engine for the rest's log-probabilities in one
-call (`complete`, teacher forcing) and finishes the item at once, with the score a step per token would reach,
-instead of carrying the beam through one engine step per token. The chain takes its beam slot in the step it is
-found, as the beam would have; the freed slot goes to the next candidate in the following step.
-
 `search="exact"` (top_items) adds a certificate: the search records, per prompt, the best score of anything it
 pruned (a candidate beyond the W live beams). Log-probabilities only fall along a path (and the penalty bound only
 grows), so no item below a pruned prefix can score above that prefix; once the K-th item found scores at least the
@@ -58,23 +52,6 @@ class TokenTrie:
 
         self.leaf_of_item = {item: node for node, item in self.leaf_item.items()}
         self.end_tokens = {t for kids in self.children for t, c in kids.items() if c in self.leaf_item}
-        # Chains: below a node with a single item under it every further token is forced. `only_item[node]` is
-        # that item (-1: several), `node_depth[node]` the tokens from the root, so the forced rest is a slice.
-        self.sequences = [list(s) for s in sequences]
-        self.node_depth = [0] * len(self.children)
-        below = [0] * len(self.children)
-        for node in range(1, len(self.children)):  # children always have larger ids than parents
-            self.node_depth[node] = self.node_depth[self.parent[node]] + 1
-        for node in self.leaf_item:
-            below[node] = 1
-        for node in range(len(self.children) - 1, 0, -1):
-            below[self.parent[node]] += below[node]
-        self.only_item = [-1] * len(self.children)
-        for item, leaf in self.leaf_of_item.items():
-            node = leaf
-            while node >= 0 and below[node] == 1:
-                self.only_item[node] = item
-                node = self.parent[node]
 
     def allowed(self, node: int, dead: set[int] | frozenset = frozenset()) -> list[int]:
         """Tokens that continue `node` towards at least one item whose leaf is not in `dead`."""
@@ -124,14 +101,6 @@ class TokenTrie:
         tok = allowed[col]
         child = self.children[node][tok]
         return tok, child, self.leaf_item.get(child)
-
-    def forced_rest(self, node: int) -> tuple[int, list[int]] | None:
-        """(item, the tokens still to write) when a single item lies below `node` and it is not finished yet:
-        the search then scores those tokens in one engine call (`complete`) instead of one step per token."""
-        item = self.only_item[node]
-        if item < 0 or node in self.leaf_item:
-            return None
-        return item, self.sequences[item][self.node_depth[node]:]
 
     def step(self, node: int, token: int) -> int | None:
         return self.children[node].get(token)
@@ -204,14 +173,6 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     allowed = allowed_for(owner, nodes)
     beams = backend.start(prompts, allowed)
     logp = beams.logp
-    # forced chains (a single item below the node) are scored in one engine call where both sides can
-    forced = getattr(trie, "forced_rest", None) if hasattr(beams, "complete") else None
-
-    def offer(b: int, item: int, score: float) -> None:
-        if len(finished[b]) < k or score > finished[b][-1].score:
-            finished[b].append(Hypothesis(item=item, score=score))
-            finished[b].sort(key=lambda h: -h.score)
-            del finished[b][k:]
     if bound is not None:
         scores = [-bound[0]] * len(scores)
     for step in range(max_len):
@@ -223,7 +184,6 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
         for r, o in enumerate(owner):
             rows_of.setdefault(o, []).append(r)
         n_owner, n_node, n_score, n_tok, src = [], [], [], [], []
-        chains: list[tuple[int, int, int, float, int, list[int]]] = []  # (prompt, row, token, score, item, rest)
         for b, rows in rows_of.items():
             flat = cand[rows].view(-1)
             # Take candidates best-first until W live beams; look deeper when many of them finish.
@@ -239,12 +199,10 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
                 r, col = rows[fi // width], fi % width
                 tok, node, item = trie.expand(nodes[r], allowed[r] if allowed is not None else None, col, toks[r])
                 if item is not None:
-                    offer(b, item, score)
-                    continue
-                chain = forced(node) if forced is not None else None
-                if chain is not None:  # takes its beam slot this step, then is finished at once (below)
-                    chains.append((b, r, tok, score, *chain))
-                    live += 1
+                    if len(finished[b]) < k or score > finished[b][-1].score:
+                        finished[b].append(Hypothesis(item=item, score=score))
+                        finished[b].sort(key=lambda h: -h.score)
+                        del finished[b][k:]
                     continue
                 n_owner.append(b), n_node.append(node), n_score.append(score), n_tok.append(toks[r] + [tok])
                 src.append(r)
@@ -252,11 +210,6 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
             if consumed < n_finite:  # the best candidate left out bounds every item below it
                 nxt = float(top_s[consumed]) if consumed < len(top_s) else float(flat.topk(consumed + 1).values[-1])
                 best_pruned[b] = max(best_pruned[b], nxt)
-        if chains:  # each chain's forced tokens in one call: the exact score a step per token would reach
-            rest_lp = beams.complete([c[1] for c in chains], [[c[2]] + c[5][:-1] for c in chains],
-                                     [c[5] for c in chains])
-            for (b, _, _, score, item, _), lp in zip(chains, rest_lp):
-                offer(b, item, score + lp)
         # A prompt is done when it has k items and no live beam can beat the k-th (log-probs only fall).
         best_live: dict[int, float] = {}
         for b, sc in zip(n_owner, n_score):
