@@ -177,6 +177,27 @@ def test_generation_within_candidates(with_retriever, tmp_path):
     assert "genrec x sasrec - sasrec" in r["paired_differences"]
 
 
+def test_a_reconsumed_target_stays_rankable_for_the_llm_and_the_retriever(with_retriever):
+    """`seen` is what is never recommended (None: the history). Evaluation passes the history minus the target, so
+    a user's re-consumed target can be ranked by the LLM, within candidates and by the retriever, as it can by the
+    baselines; before, the history was excluded on top of `seen` and such users were certain misses for genrec."""
+    from genrec.recommender import Query, Recommender
+
+    rec = Recommender(with_retriever)
+    data, uid, hist = a_user(rec)
+    again = hist[-2]  # consumed before: the "target" here
+    n = len(rec.index.item_ids)
+    items = lambda res: [r["item_id"] for r in res[0]["recommendations"]]  # noqa: E731
+    keep, m = Query(history=hist, seen=set(hist) - {again}), n - len(set(hist)) + 1
+    for settings in ({"candidates": 0}, {"candidates": m, "retriever_weight": 1.0}):
+        ranked = items(rec.recommend([keep], k=m, **settings))
+        assert again in ranked and not (set(ranked) & (set(hist) - {again}))
+        default = items(rec.recommend([Query(history=hist)], k=m - 1, **settings))  # seen None: the history
+        assert not set(default) & set(hist)
+    assert again in [i for i, _ in rec.retrieved([keep], n, True)[0]]
+    assert again not in [i for i, _ in rec.retrieved([Query(history=hist)], n, True)[0]]
+
+
 def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, tiny_model, tmp_path):
     """`tune-fusion` scores validation users' K candidates once, ranks them for every weight, keeps the best weight
     in fusion.json; generate/evaluate/serve then search within the K, fused with that weight, unless told
