@@ -32,9 +32,17 @@ class Query:
     history_ts: list[int] | None = None
     context: dict = field(default_factory=dict)
     text: str | None = None  # a natural-language request ("something funny for tonight")
-    seen: set[str] = field(default_factory=set)  # items never to recommend (when excluding seen)
+    # items never to recommend (when excluding seen); None: the history. Evaluation sends the history minus the
+    # target, so a re-consumed target stays rankable for genrec as for the baselines
+    seen: set[str] | None = None
     ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
     trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
+
+    def excluded(self, exclude_seen: bool = True) -> set[str]:
+        """The items this request must never get back: `seen`, else the history (nothing when not excluding)."""
+        if not exclude_seen:
+            return set()
+        return set(self.history) if self.seen is None else set(self.seen)
 
 
 @dataclass(frozen=True)
@@ -236,8 +244,7 @@ class Recommender:
                 req = requests[n]
                 prompts.append(builder.encode(req.history, req.history_ts, req.context, req.text,
                                               history_ratings=req.ratings))
-                seen = (req.seen | set(req.history)) if exclude_seen else set()
-                banned.append({self.index.position[i] for i in seen if i in self.index.position})
+                banned.append({self.index.position[i] for i in req.excluded(exclude_seen) if i in self.index.position})
             if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
                 everything = range(len(self.index.item_ids))
                 for j, pool in enumerate(pools):
@@ -350,11 +357,10 @@ class Recommender:
         return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
     def retrieved(self, requests: list[Query], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
-        """The retriever's best n (item id, score) per request, the history (and `seen`) excluded if asked."""
+        """The retriever's best n (item id, score) per request, `Query.excluded` left out if asked."""
         if self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
-        seen = [(r.seen | set(r.history)) if exclude_seen else set() for r in requests]
-        return self.retriever.top([r.history for r in requests], seen, n)
+        return self.retriever.top([r.history for r in requests], [r.excluded(exclude_seen) for r in requests], n)
 
     def label_scores(self, requests: list[Query], candidates: list[list[str]],
                      prompt_tokens: list[int] | None = None) -> list[list[float]]:
@@ -443,7 +449,7 @@ class Recommender:
         return out
 
     def _fallback(self, req: Query, k: int, exclude_seen: bool) -> dict:
-        items = self.catalog.fallback(k, req.seen if exclude_seen else set())
+        items = self.catalog.fallback(k, req.excluded(exclude_seen))
         return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}
                                     for r, i in enumerate(items, start=1)], "fallback": "popular"}
 
