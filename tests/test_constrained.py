@@ -90,6 +90,26 @@ def test_unconstrained_search_space_of_the_benchmark(base_lm):
     assert [h.score for h in found] == sorted((h.score for h in found), reverse=True) and found[0].score < 0
 
 
+def test_benchmark_counts_the_beam_tokens_it_decodes(base_lm):
+    """bench_generate's per-token cost divides by the beam tokens a search decoded: counting changes no result,
+    and the count is the rows of every step, the prefill not included."""
+    from benchmarks.bench_generate import CountingBackend
+
+    model, tok = base_lm
+    catalog, index, b, trie = build(tok, ["Heat", "Alien", "Toy Story", "Star Wars: Episode IV"])
+    prompts = [b.encode(["0"]), b.encode(["1", "2"])]
+    counting = CountingBackend(model)
+    found = beam_search(counting, prompts, trie, 3, 3, [set(), set()])
+    assert [[(h.item, round(h.score, 4)) for h in f] for f in found] == \
+        [[(h.item, round(h.score, 4)) for h in f] for f in beam_search(model, prompts, trie, 3, 3, [set(), set()])]
+    assert 0 < counting.tokens <= len(prompts) * 3 * trie.depth
+    before = counting.tokens
+    beams = counting.start(prompts[:1], None)  # the prefill is not a decoded token
+    assert counting.tokens == before
+    beams.advance([0, 0], [b.item_tokens("Heat")[0], b.item_tokens("Alien")[0]], None)  # two rows of one step
+    assert counting.tokens == before + 2
+
+
 def test_batch_equals_one_by_one(recommender, tiny_data):
     from genrec.data import load_prepared
     from genrec.recommender import Query
