@@ -119,9 +119,9 @@ def main() -> None:
         order = by_length if mode == "constrained, batches by length" else list(range(len(prompts)))
         return [order[s:s + args.batch_size] for s in range(0, len(prompts), args.batch_size)]
 
-    def one_pass(mode: str, backend=rec.backend) -> int:
+    def one_pass(mode: str, backend=rec.backend, first_batch_only: bool = False) -> int:
         n_items = 0
-        for idx in batches(mode):
+        for idx in batches(mode)[:1] if first_batch_only else batches(mode):
             space = WholeVocabulary(rec.trie, rec.backend) if mode == "unconstrained" else rec.trie
             found = beam_search(backend, [prompts[n] for n in idx], space, args.k, args.k,
                                 [banned[n] for n in idx], max_new_tokens=rec.trie.depth)
@@ -136,10 +136,8 @@ def main() -> None:
             rec.backend.start([prompts[n] for n in idx], None)
         return time.perf_counter() - t0
 
-    for idx in batches("constrained")[:1]:  # warm-up: the first search pays one-off costs (allocations, kernels)
-        for space in (rec.trie, WholeVocabulary(rec.trie, rec.backend)):
-            beam_search(rec.backend, [prompts[n] for n in idx], space, args.k, args.k, [banned[n] for n in idx],
-                        max_new_tokens=rec.trie.depth)
+    for mode in ("constrained", "unconstrained"):  # warm-up: the first search pays one-off costs (allocations)
+        one_pass(mode, first_batch_only=True)
     for mode in modes:
         # "KV cache reordered": the previous HF path (every live row's whole cache copied per step), side by side
         rec.backend.shared_prompt = mode != "constrained, KV cache reordered"
