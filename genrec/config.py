@@ -121,6 +121,9 @@ class SFTConfig:
     # dropout on every input embedding while training (SASRec drops 0.2-0.5 of its embeddings): against memorising
     # the training windows, which item tokens on a cut decoder do after ~15 CPU-minutes on Scientific
     embedding_dropout: float = 0.0
+    # item_id=token's item softmax: this share of each target's probability is spread over the whole catalog (a
+    # regulariser against the confident memorised targets that stop validation gains; 0 = off)
+    label_smoothing: float = 0.0
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05

@@ -374,7 +374,10 @@ def _targets(example: dict, builder) -> int:
     return builder.n_targets(example) or 1
 
 
-def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None):
+SMOOTHING_SCOPE = "label_smoothing applies to the item softmax: item_id=token with the sequence objective"
+
+
+def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None, smoothing: float = 0.0):
     """Cross-entropy of each supervised next token over the item tokens' rows alone (SASRec's full softmax over
     the catalog), from the final hidden states of the supervised positions only.
 
@@ -391,9 +394,9 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None)
     y = target[keep] - rows.start  # every supervised token is an item token: checked once, before training
     logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
     if num_items_in_batch is None:
-        return F.cross_entropy(logits.float(), y)
+        return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count
-    return F.cross_entropy(logits.float(), y, reduction="sum") / num_items_in_batch
+    return F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=smoothing) / num_items_in_batch
 
 
 def embedding_dropout(model, p: float) -> None:
@@ -412,16 +415,18 @@ def token_batch_trainer(base):
     whose loss is the item softmax (`item_softmax_loss`) when given the item tokens' rows."""
 
     class TokenBatchTrainer(base):
-        def __init__(self, *args, batches: list[list[int]], item_rows: range | None = None, **kw):
+        def __init__(self, *args, batches: list[list[int]], item_rows: range | None = None,
+                     label_smoothing: float = 0.0, **kw):
             self._batches = batches
             self._item_rows = item_rows
+            self._smoothing = label_smoothing
             super().__init__(*args, **kw)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._item_rows is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch)
+            return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch, self._smoothing)
 
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
@@ -569,6 +574,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
     for name in ("max_minutes", "save_minutes"):
         if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
             raise GenrecError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise GenrecError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.label_smoothing and (cfg.item_id != "token" or cfg.objective != "sequence"):
+        raise GenrecError(SMOOTHING_SCOPE)
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
@@ -676,10 +685,13 @@ def train(cfg: SFTConfig, log=print) -> Path:
                                      for t, m in zip(e["input_ids"], e["completion_mask"]) if m):
         raise GenrecError("item softmax: a supervised token is not an item token (a template writes other text "
                           "after an item)")
+    if cfg.label_smoothing and item_rows is None:
+        raise GenrecError(SMOOTHING_SCOPE)
     trainer_cls = token_batch_trainer(SFTTrainer) if batches else SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks,
-                          **({"batches": batches, "item_rows": item_rows} if batches else {}))
+                          **({"batches": batches, "item_rows": item_rows, "label_smoothing": cfg.label_smoothing}
+                             if batches else {}))
     code_rows.attach(trainer.model)
     if item_rows is not None:
         log(f"loss: the softmax over the {len(item_rows)} item tokens at each supervised position")

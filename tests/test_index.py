@@ -199,7 +199,7 @@ def token_model(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tokenstyle") / "m"
     cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
-                          max_batch_tokens=600)
+                          max_batch_tokens=600, label_smoothing=0.1)  # smoothing: the trainer takes it
     cfg.prompt.max_history, cfg.prompt.item_facts = 20, []  # facts would follow each item token (`after`)
     logs = []
     train(cfg, log=logs.append)
@@ -209,7 +209,8 @@ def token_model(tiny_data, tmp_path_factory):
 
 def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
     """Training with item tokens uses the item softmax, and that loss equals the cross-entropy recomputed from a
-    direct forward pass's full logits restricted to the item rows (and, given a target count, the sum over it)."""
+    direct forward pass's full logits restricted to the item rows (and, given a target count, the sum over it);
+    label smoothing e is (1 - e) times that plus e times the mean negative log-probability over the catalog."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
@@ -238,11 +239,15 @@ def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
     with torch.no_grad():
         loss = item_softmax_loss(model, inputs, rows)
         summed = item_softmax_loss(model, inputs, rows, num_items_in_batch=1)
+        smooth = item_softmax_loss(model, inputs, rows, smoothing=0.2)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     keep = labels[:, 1:] != -100
     direct = F.cross_entropy(logits[keep][:, rows.start:rows.stop], labels[:, 1:][keep] - rows.start)
     assert int(keep.sum()) == sum(rec.history_prompts.n_targets(e) for e in exs) > 0
     assert torch.isclose(loss, direct, atol=1e-4) and torch.isclose(summed, direct * keep.sum(), rtol=1e-4)
+    uniform = -F.log_softmax(logits[keep][:, rows.start:rows.stop], -1).mean()
+    assert not torch.isclose(smooth, loss, atol=1e-3)
+    assert torch.isclose(smooth, 0.8 * direct + 0.2 * uniform, atol=1e-4)
 
 
 def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_data):

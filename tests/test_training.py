@@ -133,6 +133,8 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, tiny_data, tiny_model)
     (["--model", "/nonexistent/model"], "does not exist"),
     (["bogus_key=1"], "unknown config key 'bogus_key'"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
+    (["label_smoothing=0.1"], "label_smoothing applies to the item softmax"),
+    (["item_id=token", "objective=sequence", "label_smoothing=1"], "label_smoothing must be in [0, 1)"),
 ])
 def test_bad_sft_input(tmp_path, tiny_data, args, needle):
     base = ["sft", "--output", str(tmp_path / "o")]
