@@ -124,6 +124,9 @@ class SFTConfig:
     # item_id=token's item softmax: this share of each target's probability is spread over the whole catalog (a
     # regulariser against the confident memorised targets that stop validation gains; 0 = off)
     label_smoothing: float = 0.0
+    # decoupled weight decay (AdamW's) on the new item/code token rows alone, which weight_decay cannot reach: their
+    # embedding matrix holds the base vocabulary too. Each step scales them by 1 - lr x this (0 = off)
+    item_weight_decay: float = 0.0
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05

@@ -38,9 +38,22 @@ class CodeRows(TrainerCallback):
 
     FILE = "code_embeddings.safetensors"
 
-    def __init__(self, new_ids: list[int]):
+    def __init__(self, new_ids: list[int], decay: float = 0.0):
         self.ids = list(new_ids)
+        self.decay = decay  # item_weight_decay: decoupled, on these rows only
         self.weights: list = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kw):
+        if self.decay and self.ids and optimizer is not None:
+            self.shrink(optimizer.param_groups[0]["lr"])
+
+    def shrink(self, lr: float) -> None:
+        """AdamW's decoupled decay for the new rows after an optimizer step: w <- w (1 - lr x decay)."""
+        import torch
+
+        with torch.no_grad():
+            for w in self.weights:
+                w[self.ids] = w[self.ids] * (1 - lr * self.decay)
 
     def on_save(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -578,6 +591,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if cfg.label_smoothing and (cfg.item_id != "token" or cfg.objective != "sequence"):
         raise GenrecError(SMOOTHING_SCOPE)
+    if cfg.item_weight_decay < 0 or cfg.item_weight_decay and cfg.item_id not in ("token", "semantic"):
+        raise GenrecError("item_weight_decay must be >= 0 and applies to new item tokens: item_id=token or semantic")
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
@@ -668,7 +683,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
         log(f"starting from the adapter of {init}")
         model, peft_config = PeftModel.from_pretrained(model, str(init), is_trainable=True), None
-    code_rows = CodeRows(new_ids)
+    code_rows = CodeRows(new_ids, cfg.item_weight_decay)
     callbacks = [LossLog(), code_rows]
     clock = None
     if cfg.max_minutes is not None:

@@ -199,7 +199,8 @@ def token_model(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tokenstyle") / "m"
     cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
-                          max_batch_tokens=600, label_smoothing=0.1)  # smoothing: the trainer takes it
+                          max_batch_tokens=600, label_smoothing=0.1,  # the trainer takes both
+                          item_weight_decay=0.1)
     cfg.prompt.max_history, cfg.prompt.item_facts = 20, []  # facts would follow each item token (`after`)
     logs = []
     train(cfg, log=logs.append)

@@ -134,6 +134,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, tiny_data, tiny_model)
     (["bogus_key=1"], "unknown config key 'bogus_key'"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
     (["label_smoothing=0.1"], "label_smoothing applies to the item softmax"),
+    (["item_weight_decay=0.5"], "item_weight_decay must be >= 0 and applies to new item tokens"),
     (["item_id=token", "objective=sequence", "label_smoothing=1"], "label_smoothing must be in [0, 1)"),
 ])
 def test_bad_sft_input(tmp_path, tiny_data, args, needle):
@@ -184,6 +185,31 @@ def test_resume_restores_code_token_rows(tmp_path, tiny_data):
     assert (a - b).abs().max().item() < 1e-5
     fa, fb = _adapter(full), _adapter(cut)
     assert max((fa[k] - fb[k]).abs().max().item() for k in fa) < 1e-5
+
+
+def test_item_weight_decay_shrinks_the_new_rows_alone():
+    """item_weight_decay: after each optimizer step the new token rows are scaled by 1 - lr x decay (AdamW's
+    decoupled decay) on the tied matrix, every other vocabulary row untouched; 0 leaves them as they are."""
+    import types
+
+    import torch
+
+    from genrec.training import CodeRows
+
+    emb = torch.nn.Embedding(6, 3)
+    model = types.SimpleNamespace(get_input_embeddings=lambda: emb, get_output_embeddings=lambda: emb)
+    before = emb.weight.detach().clone()
+    opt = types.SimpleNamespace(param_groups=[{"lr": 0.1}])
+    rows = CodeRows([4, 5], decay=2.0)
+    rows.attach(model)
+    rows.on_step_end(None, None, None, optimizer=opt)
+    after = emb.weight.detach()
+    assert torch.equal(after[:4], before[:4])
+    assert torch.allclose(after[4:], before[4:] * 0.8)
+    off = CodeRows([4, 5])
+    off.attach(model)
+    off.on_step_end(None, None, None, optimizer=opt)
+    assert torch.equal(emb.weight.detach(), after)
 
 
 def test_embedding_dropout_acts_in_training_only(base_model_dir):
