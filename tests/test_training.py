@@ -203,13 +203,18 @@ def test_item_weight_decay_shrinks_the_new_rows_alone():
     rows = CodeRows([4, 5], decay=2.0)
     rows.attach(model)
     rows.on_step_end(None, None, None, optimizer=opt)
-    after = emb.weight.detach()
+    after = emb.weight.detach().clone()
     assert torch.equal(after[:4], before[:4])
     assert torch.allclose(after[4:], before[4:] * 0.8)
     off = CodeRows([4, 5])
     off.attach(model)
     off.on_step_end(None, None, None, optimizer=opt)
     assert torch.equal(emb.weight.detach(), after)
+    apart = CodeRows([1, 4], decay=2.0)  # rows that are not contiguous
+    apart.attach(model)
+    apart.on_step_end(None, None, None, optimizer=opt)
+    assert torch.allclose(emb.weight.detach()[[1, 4]], after[[1, 4]] * 0.8)
+    assert torch.equal(emb.weight.detach()[[0, 2, 3, 5]], after[[0, 2, 3, 5]])
 
 
 def test_embedding_dropout_acts_in_training_only(base_model_dir):
