@@ -125,7 +125,8 @@ class SFTConfig:
     # regulariser against the confident memorised targets that stop validation gains; 0 = off)
     label_smoothing: float = 0.0
     # decoupled weight decay (AdamW's) on the new item/code token rows alone, which weight_decay cannot reach: their
-    # embedding matrix holds the base vocabulary too. Each step scales them by 1 - lr x this (0 = off)
+    # embedding matrix holds the base vocabulary too. Each step scales them by 1 - lr x this, lr being the
+    # scheduler's rate (under max_minutes, the epoch-bound schedule's, which anneals later than the clock's); 0 = off
     item_weight_decay: float = 0.0
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"

@@ -44,6 +44,9 @@ class CodeRows(TrainerCallback):
         self.weights: list = []
 
     def on_step_end(self, args, state, control, optimizer=None, **kw):
+        # the rate the scheduler has just set (for the next step). Under max_minutes that is the epoch-bound
+        # schedule's, not the clock's: it anneals later, so the decay stays near lr x d to the end. That is what
+        # was measured (Scientific, d = 2: +0.006 NDCG@10); the clock's rate would be a different, unmeasured d
         if self.decay and self.ids and optimizer is not None:
             self.shrink(optimizer.param_groups[0]["lr"])
 
