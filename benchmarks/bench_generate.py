@@ -7,8 +7,9 @@ item by teacher forcing; tests/test_constrained.py checks that) against the beam
 cost of each. Beside users/s, every mode reports the beam tokens it decoded and the decoding seconds per token
 (its time less the prompts' prefill, timed alone): users/s follows how many tokens a search writes, per-token cost
 what the constraint itself adds. `--profile`: where the seconds of one constrained pass go (prefill, decoding
-steps, the allowed-token gather, the trie, the rest of the search loop), from cProfile. "constrained, batches by length" batches users of
-similar prompt length together (what evaluate and generate do), the other modes take them in data order.
+steps, the allowed-token gather, the trie, the rest of the search loop), from cProfile. "constrained, batches by
+length" batches users of similar prompt length together (what evaluate and generate do), the other modes take them
+in data order.
 
     python -m benchmarks.bench_generate [--model runs/sample/model] [--users 32] [--k 10] [--history 10]
 """

@@ -40,6 +40,10 @@ class CodeRows(TrainerCallback):
 
     def __init__(self, new_ids: list[int], decay: float = 0.0):
         self.ids = list(new_ids)
+        # added tokens are contiguous rows: then their range (the item softmax's rows; a slice scales them in place,
+        # ~0.1 ms against ~28 ms for a gather and a scatter of 4,385 rows of 576 on one core)
+        ids = self.ids
+        self.span = range(ids[0], ids[-1] + 1) if ids and ids == list(range(ids[0], ids[0] + len(ids))) else None
         self.decay = decay  # item_weight_decay: decoupled, on these rows only
         self.weights: list = []
 
@@ -54,10 +58,7 @@ class CodeRows(TrainerCallback):
         """AdamW's decoupled decay for the new rows after an optimizer step: w <- w (1 - lr x decay)."""
         import torch
 
-        first, n = self.ids[0], len(self.ids)
-        # added tokens are contiguous rows: a slice scales them in place (~0.1 ms against ~28 ms for a gather and a
-        # scatter of 4,385 rows of 576 on one core)
-        rows = slice(first, first + n) if self.ids == list(range(first, first + n)) else self.ids
+        rows = slice(self.span.start, self.span.stop) if self.span else self.ids
         with torch.no_grad():
             for w in self.weights:
                 w[rows] = w[rows] * (1 - lr * self.decay)
@@ -701,8 +702,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
     if clock is not None:
         callbacks.append(clock)
     # item tokens in sequence lists only: every supervised token is an item, so the loss is the item softmax
-    item_rows = range(new_ids[0], new_ids[-1] + 1) if index.style == "token" and len(seq) == len(builders) \
-        and new_ids == list(range(new_ids[0], new_ids[0] + len(new_ids))) else None
+    item_rows = code_rows.span if index.style == "token" and len(seq) == len(builders) else None
     if item_rows is not None and any(t not in item_rows for e in examples
                                      for t, m in zip(e["input_ids"], e["completion_mask"]) if m):
         raise GenrecError("item softmax: a supervised token is not an item token (a template writes other text "
