@@ -259,6 +259,9 @@ class ServeConfig:
     timeout_s: float = 300.0
     max_queue: int = 64  # requests waiting for the model; beyond it a request is refused with 503 + Retry-After
     api_key: str | None = None  # require `Authorization: Bearer <key>` on every route but /health ($GENREC_API_KEY)
+    # Host header names accepted besides the bound address (and, on loopback, localhost/127.0.0.1/::1): the name a
+    # proxy or DNS gives this server. Others are refused (DNS rebinding); bound to 0.0.0.0 with none, any is taken
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 C = TypeVar("C")

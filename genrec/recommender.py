@@ -292,6 +292,19 @@ class Recommender:
             usage[:] = counts
         return results  # type: ignore[return-value]
 
+    def check(self, req: Query, settings: Search | None = None) -> None:
+        """Route and build one request's prompt as `recommend` would, running nothing on the engine: a request that
+        cannot be searched (request text on a model without the request task, a context over the prompt budget)
+        raises its GenrecError here, on its own, before the server batches it with others."""
+        s = settings or Search()
+        if s.with_reasons and not self.with_reasons:
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
+        if not req.history and not req.text:
+            return  # the popular fallback: nothing to build
+        builder = self.route(req)
+        if not builder.task.ranks_candidates:  # a rerank prompt needs the retriever's candidates: built in the search
+            builder.encode(req.history, req.history_ts, req.context, req.text, history_ratings=req.ratings)
+
     def hybrid(self, s: Search) -> tuple[int | None, float]:
         """(candidates K or None for the whole catalog, retriever weight) a search runs with: what it asks for,
         else the model's tuned hybrid (fusion.json), else the whole catalog and the LLM's order alone."""

@@ -38,7 +38,7 @@ from fastapi import Request as HTTPRequest  # module level: FastAPI resolves the
 
 from .config import ServeConfig
 from .errors import GenrecError
-from .jobs import to_request
+from .jobs import title_index, to_request
 from .recommender import Query, Recommender, Search
 from .prompts import facts_line
 
@@ -61,76 +61,119 @@ class Job:
     deadline: float
     future: Future
 
+    @property
+    def search(self) -> Search:
+        return Search(k=self.k, exclude_seen=self.exclude_seen, with_reasons=self.with_reasons)
+
 
 class Batcher:
-    """One thread owns the model and its tokenizer: it takes every job waiting, groups them by settings, runs
-    batched searches and counts tokens. Nothing else tokenizes: HF tokenizers switch special-token splitting per
-    call on shared state, so a second thread could turn "<|im_end|>" in item or user text into the control token
-    (or make the Rust tokenizer raise "Already borrowed")."""
+    """One thread owns the model and its tokenizer: it takes every job waiting, checks each job's prompts on their
+    own, groups the good ones by their search settings, runs batched searches and counts tokens. Nothing else
+    tokenizes: HF tokenizers switch special-token splitting per call on shared state, so a second thread could turn
+    "<|im_end|>" in item or user text into the control token (or make the Rust tokenizer raise "Already borrowed").
+
+    Why a job's failure stays its own: a request whose prompt cannot be built (request text on a model without the
+    request task, a context over the prompt budget, ...) is failed before it joins a search, and a search that
+    fails anyway is rerun job by job, so its batchmates are answered as if they had come alone.
+
+    Why jobs are grouped by k as well: a title or semantic-id search's beam width is max(k, 10), so a k=1 request
+    searched beside a k=100 one would get another search than alone. Results never depend on batchmates.
+
+    Deadlines: a job whose deadline has passed when the batcher takes it is dropped unsearched; one that is being
+    searched when its deadline passes is searched to the end (a batched search cannot drop one row), its result is
+    discarded (the client was answered 408) and it is counted as `expired`, not `served`, in /health."""
 
     def __init__(self, rec: Recommender, max_batch: int):
         self.rec, self.max_batch = rec, max_batch
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0  # requests (not jobs) waiting: a completions job of 32 prompts counts 32
+        self.counts = {"served": 0, "failed": 0, "expired": 0}
         self.thread = threading.Thread(target=self._run, name="genrec-batcher", daemon=True)
         self.thread.start()
 
     def submit(self, requests: list[Query], k: int, with_reasons: bool, exclude_seen: bool,
                timeout: float, max_queue: int | None = None) -> Future:
-        """Queue a job; with `max_queue`, refuse (APIError 503) when that many requests already wait."""
+        """Queue a job; with `max_queue`, refuse (APIError 503) when its requests would not fit in the queue."""
         if not self.thread.is_alive():
             raise APIError(503, "the model thread is not running", kind="server_error")
-        if max_queue is not None and self.waiting() + len(requests) > max_queue:
-            raise APIError(503, f"the server is busy ({self.waiting()} requests waiting); retry shortly",
-                           kind="server_busy", code="queue_full")
+        with self._lock:
+            if max_queue is not None and self._queued + len(requests) > max_queue:
+                raise APIError(503, f"the server is busy ({self._queued} requests waiting); retry shortly",
+                               kind="server_busy", code="queue_full")
+            self._queued += len(requests)
         fut: Future = Future()
         self.jobs.put(Job(requests, k, with_reasons, exclude_seen, time.monotonic() + timeout, fut))
         return fut
 
     def waiting(self) -> int:
-        return self.jobs.qsize()
+        """Requests queued and not yet taken by the model thread."""
+        return self._queued
 
     def close(self) -> None:
         self.jobs.put(None)
 
+    def _take(self) -> list[Job] | None:
+        """The next job and every job waiting behind it, up to max_batch requests; None: closed."""
+        job = self.jobs.get()
+        if job is None:
+            return None
+        batch = [job]
+        while sum(len(j.requests) for j in batch) < self.max_batch:
+            try:
+                nxt = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self.jobs.put(None)
+                break
+            batch.append(nxt)
+        with self._lock:
+            self._queued -= sum(len(j.requests) for j in batch)
+        return batch
+
     def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            batch = [job]
-            while sum(len(j.requests) for j in batch) < self.max_batch:
-                try:
-                    nxt = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.jobs.put(None)
-                    break
-                batch.append(nxt)
+        while (batch := self._take()) is not None:
             now = time.monotonic()
-            live = [j for j in batch if j.deadline > now and j.future.set_running_or_notify_cancel()]
-            # jobs with different k share one search at the largest k (the same beam width covers it), each cut
-            # to its own k; only settings that change what is searched split a batch
+            live = []
+            for j in batch:
+                if j.deadline <= now or not j.future.set_running_or_notify_cancel():
+                    self.counts["expired"] += 1
+                    continue
+                try:
+                    for r in j.requests:
+                        self.rec.check(r, j.search)  # this job's prompts, alone
+                except Exception as exc:  # noqa: BLE001 - handed to its own request, which answers 4xx/5xx
+                    self._fail(j, exc)
+                    continue
+                live.append(j)
             groups: dict[tuple, list[Job]] = {}
             for j in live:
-                groups.setdefault((j.with_reasons, j.exclude_seen), []).append(j)
-            for (reasons, excl), jobs in groups.items():
-                k = max(j.k for j in jobs)
+                groups.setdefault((j.k, j.with_reasons, j.exclude_seen), []).append(j)
+            for jobs in groups.values():
                 try:
-                    usage: list[dict] = []
-                    results = self.rec.recommend([r for j in jobs for r in j.requests],
-                                                 Search(k=k, exclude_seen=excl, with_reasons=reasons), usage=usage)
-                    results = [{**r, "_usage": u} for r, u in zip(results, usage)]
-                except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers 4xx/5xx
+                    self._search(jobs)
+                except Exception:  # noqa: BLE001 - not a prompt: find whose it is by running each job alone
                     for j in jobs:
-                        j.future.set_exception(exc)
-                    continue
-                pos = 0
-                for j in jobs:
-                    j.future.set_result([{**r, "recommendations": r["recommendations"][:j.k], "_usage": {
-                        **r["_usage"], "completion_tokens": sum(r["_usage"]["per_item"][:j.k])}}
-                        for r in results[pos:pos + len(j.requests)]])
-                    pos += len(j.requests)
+                        try:
+                            self._search([j])
+                        except Exception as exc:  # noqa: BLE001
+                            self._fail(j, exc)
+
+    def _search(self, jobs: list[Job]) -> None:
+        """One batched search for jobs of the same settings; each job gets its own results (and usage)."""
+        usage: list[dict] = []
+        results = self.rec.recommend([r for j in jobs for r in j.requests], jobs[0].search, usage=usage)
+        pos = 0
+        for j in jobs:
+            mine = results[pos:pos + len(j.requests)]
+            j.future.set_result([{**r, "_usage": u} for r, u in zip(mine, usage[pos:pos + len(j.requests)])])
+            pos += len(j.requests)
+            self.counts["served" if time.monotonic() < j.deadline else "expired"] += 1
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        self.counts["failed"] += 1
+        job.future.set_exception(exc)
 
 
 class Service:
@@ -142,6 +185,7 @@ class Service:
         self.created = int(time.time())
         self.users = rec.known_users()
         self.batcher = Batcher(rec, cfg.max_batch_size)
+        title_index(rec.catalog)  # built once here, not on the first request that names a title
 
     # ---------------------------------------------------------------- parsing
     def _int(self, body: dict, key: str, default: int, lo: int, hi: int) -> int:
@@ -234,8 +278,9 @@ class Service:
                                             "owned_by": "genrec"}]}
 
     async def recommendations(self, body: dict) -> dict:
-        req = self._request(body, "request")
         k, reasons, excl = self._settings(body, "k")
+        # in a worker thread: an unknown title's suggestions scan every catalog title (difflib, ~0.2 s at 10k)
+        req = await asyncio.to_thread(self._request, body, "request")
         res = (await self._run([req], k, reasons, excl))[0]
         res.pop("_usage", None)
         if req.trimmed:
@@ -265,9 +310,12 @@ class Service:
             raise APIError(400, "'messages' needs a user message", param="messages")
         content = users[-1].get("content")
         if isinstance(content, list):  # content parts: join the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        req = self._from_text(content, body, "the user message")
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise APIError(400, "a text content part's 'text' must be a string", param="messages")
+            content = "".join(texts)
         n, reasons, excl = self._settings(body, "n")
+        req = await asyncio.to_thread(self._from_text, content, body, "the user message")
         res = (await self._run([req], n, reasons, excl))[0]
         choices = [{"index": i, "message": {"role": "assistant", "content": self._choice_text(r)},
                     "finish_reason": "stop", "logprobs": None, "item": r}
@@ -284,8 +332,8 @@ class Service:
         if not prompts or len(prompts) > self.cfg.max_batch_size * 4:
             raise APIError(400, f"'prompt' must be a string or a list of 1 to {self.cfg.max_batch_size * 4} strings",
                            param="prompt")
-        reqs = [self._from_text(p, body, f"prompt {i}") for i, p in enumerate(prompts)]
         n, reasons, excl = self._settings(body, "n")
+        reqs = await asyncio.to_thread(lambda: [self._from_text(p, body, f"prompt {i}") for i, p in enumerate(prompts)])
         results = await self._run(reqs, n, reasons, excl)
         choices, i = [], 0
         for res in results:
@@ -308,6 +356,42 @@ class Service:
         if res.get("fallback"):
             out["fallback"] = res["fallback"]
         return out
+
+
+MAX_DEPTH = 32  # a request's JSON is a few levels deep; deeper is refused before anything walks it recursively
+
+
+def nesting(obj) -> int:
+    """How deep lists and objects nest in parsed JSON (iterative: a hostile body cannot exhaust the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:  # past the limit the answer is known
+                stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def allowed_hosts(cfg: ServeConfig) -> set[str] | None:
+    """Host header names a request may carry, or None for any. Why: a web page on another origin can reach a
+    loopback server through DNS rebinding (its own name resolving to 127.0.0.1); checking Host stops its requests
+    from reading a stored user's history. A server bound to every interface (0.0.0.0, ::) cannot know its names:
+    it takes any Host, unless `allowed_hosts` lists them, and needs an API key there anyway."""
+    names = {h.lower() for h in cfg.allowed_hosts}
+    if cfg.host in ("127.0.0.1", "localhost", "::1"):
+        return names | {"127.0.0.1", "localhost", "::1"}
+    if cfg.host in ("0.0.0.0", "::", ""):
+        return names or None
+    return names | {cfg.host.lower()}
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8000" -> "::1")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def stream_chunks(resp: dict, include_usage: bool):
@@ -358,10 +442,21 @@ def create_app(rec: Recommender, cfg: ServeConfig):
         return resp
 
     key = cfg.api_key or os.environ.get("GENREC_API_KEY") or None
+    hosts = allowed_hosts(cfg)
 
     @app.middleware("http")
-    async def _auth(request: HTTPRequest, call_next):
-        """Every route but /health needs `Authorization: Bearer <key>` when a key is set (constant-time check)."""
+    async def _guard(request: HTTPRequest, call_next):
+        """Before any route: the Host header (DNS rebinding), JSON bodies only on POST (a cross-site form or a
+        "simple" fetch cannot send application/json without a CORS preflight, which this server never grants),
+        and the API key on every route but /health and the page (/docs and /openapi.json included)."""
+        if hosts is not None and host_name(request.headers.get("host", "")) not in hosts:
+            return error(400, "the Host header names another server (add it with allowed_hosts=NAME if it is this "
+                              "one)", code="invalid_host")
+        if request.method == "POST":
+            media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json":
+                return error(415, "POST bodies must be sent with Content-Type: application/json",
+                             code="unsupported_media_type")
         if key is not None and request.url.path not in ("/health", "/"):  # the page holds no data; it sends the key
             given = request.headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else ""
@@ -398,8 +493,14 @@ def create_app(rec: Recommender, cfg: ServeConfig):
             raise APIError(400, "request body is not valid UTF-8") from None
         except json.JSONDecodeError as exc:
             raise APIError(400, f"request body is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep") from None
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            raise APIError(400, f"request body is not valid JSON ({exc})") from None
         if not isinstance(body, dict):
             raise APIError(400, "request body must be a JSON object")
+        if nesting(body) > MAX_DEPTH:
+            raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep")
         return body
 
     def maybe_stream(resp: dict, body: dict):
@@ -419,7 +520,8 @@ def create_app(rec: Recommender, cfg: ServeConfig):
     async def health():
         alive = service.batcher.thread.is_alive()
         body = {"status": "ok" if alive else "error", "model": service.name, "backend": rec.backend.name,
-                "batcher_alive": alive, "queue_depth": service.batcher.waiting(), "max_queue": cfg.max_queue}
+                "batcher_alive": alive, "queue_depth": service.batcher.waiting(), "max_queue": cfg.max_queue,
+                **service.batcher.counts}
         return body if alive else JSONResponse(body, status_code=503)
 
     @app.get("/v1/models")

