@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import time
@@ -502,30 +503,91 @@ def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, Pr
     return examples, sum(skipped.values())
 
 
+CHECKPOINT_DONE = "genrec-checkpoint.json"  # written last into each checkpoint, after genrec's own files
+
+
+class CheckpointDone(TrainerCallback):
+    """Marks a checkpoint complete once every file of it is written: the trainer's (before on_save), then genrec's
+    (CodeRows, Clock: earlier callbacks of on_save). Registered last. A kill between those files leaves a
+    checkpoint without the marker, which `last_checkpoint` passes over."""
+
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_json(ckpt / CHECKPOINT_DONE, {"step": state.global_step})
+
+
 def last_checkpoint(out: Path) -> Path | None:
-    """Newest checkpoint that was saved completely (a kill during a save leaves one without trainer_state.json)."""
-    done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-            and p.name.split("-")[-1].isdigit()]
+    """Newest complete checkpoint: the trainer's state and genrec's marker are both there (a kill during a save
+    leaves one without them; --resume then continues from the one before)."""
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+            and (p / "trainer_state.json").is_file() and (p / CHECKPOINT_DONE).is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def _prepare_output(cfg: SFTConfig) -> Path:
+def is_run(path: Path) -> bool:
+    """Whether genrec wrote this directory: a model card, a checkpoint or a loss log. Only such a directory is ever
+    replaced by --overwrite."""
+    return ModelCard.exists(path) or any(path.glob("checkpoint-*")) or (path / "loss.jsonl").is_file()
+
+
+def staging(out: Path) -> Path:
+    """Where an --overwrite run trains: a sibling that replaces `out` only once its model is complete."""
+    return out.parent / f".{out.name}.next"
+
+
+def run_dir(cfg: SFTConfig) -> Path:
+    """The directory this run trains in (every process computes the same one): `output` itself, or its staging
+    sibling when `output` already holds something (--overwrite), or when --resume continues a staged run."""
     out = Path(cfg.output)
-    if out.exists() and any(out.iterdir()):
-        has_ckpt = last_checkpoint(out) is not None
-        if cfg.overwrite:
-            shutil.rmtree(out)
-        elif cfg.resume:
-            if not has_ckpt:
-                raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
-        elif ModelCard.exists(out):
-            raise GenrecError(f"output {out} already holds a trained model (pass --overwrite to replace it)")
-        else:
-            raise GenrecError(f"output {out} holds an unfinished run (pass --resume to continue or --overwrite)")
-    elif cfg.resume:
-        raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if cfg.resume:
+        return staging(out) if staging(out).is_dir() and last_checkpoint(staging(out)) else out
+    return staging(out) if cfg.overwrite and out.is_dir() and any(out.iterdir()) else out
+
+
+def _prepare_output(cfg: SFTConfig) -> Path:
+    """Check `output` and make the run's directory (`run_dir`). Nothing is deleted here but a stale staging
+    directory of an earlier --overwrite run: the old model stays until the new one is complete (`_finish_output`),
+    and a directory genrec did not write is never replaced."""
+    out, work = Path(cfg.output), run_dir(cfg)
+    if cfg.resume and cfg.overwrite:
+        raise GenrecError("--resume continues a run and --overwrite starts one afresh: pass one of them")
+    if out.exists() and not out.is_dir():
+        raise GenrecError(f"output {out} is a file, not a directory")
+    if cfg.resume:
+        if last_checkpoint(work) is None:
+            raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
+        return work
+    if work == out:
+        if out.is_dir() and any(out.iterdir()):
+            if ModelCard.exists(out):
+                raise GenrecError(f"output {out} already holds a trained model (pass --overwrite to replace it)")
+            if is_run(out):
+                raise GenrecError(f"output {out} holds an unfinished run (pass --resume to continue or --overwrite)")
+            raise GenrecError(f"output {out} is not empty and holds no genrec run: choose another --output")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    if not is_run(out):
+        raise GenrecError(f"--overwrite: {out} holds no genrec run (no {ModelCard.CARD}, checkpoint or loss.jsonl): "
+                          "refusing to delete it; choose another --output")
+    if work.exists():
+        if any(work.iterdir()) and not is_run(work):
+            raise GenrecError(f"--overwrite: {work} is in the way and holds no genrec run: move it")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work
+
+
+def _finish_output(work: Path, out: Path) -> None:
+    """Put a complete model staged by --overwrite in place of the old one (two renames; the old is then removed)."""
+    if work == out:
+        return
+    old = out.parent / f".{out.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    os.replace(out, old)
+    os.replace(work, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
@@ -615,7 +677,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
         given_retriever(cfg, data)  # a bad retriever=DIR fails before anything is written
     dtype = pick_dtype(cfg.dtype)
     cuda = torch.cuda.is_available()
-    out = Path(cfg.output)
+    final = Path(cfg.output)
+    out = run_dir(cfg)  # `final`, or its staging sibling: --overwrite keeps the old model until this one is done
     args = TRLConfig(
         output_dir=str(out), max_steps=cfg.max_steps if cfg.max_steps > 0 else -1, num_train_epochs=cfg.num_epochs,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -701,6 +764,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         callbacks.append(SaveEvery(cfg.save_minutes, clock.used if clock is not None else None))
     if clock is not None:
         callbacks.append(clock)
+    callbacks.append(CheckpointDone())  # last: after every file of a checkpoint
     # item tokens in sequence lists only: every supervised token is an item, so the loss is the item softmax
     item_rows = code_rows.span if index.style == "token" and len(seq) == len(builders) else None
     if item_rows is not None and any(t not in item_rows for e in examples
@@ -757,6 +821,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
             "processes": args.world_size,  # a global batch is batch_size x grad_accum x processes examples
             "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
         }).save()  # last: its presence means "complete"
+    _finish_output(out, final)
+    out = final
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
     if retriever is not None:
         log(f"it has a retriever: `genrec tune-fusion --model {out}` chooses the hybrid's weight on validation users")

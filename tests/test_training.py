@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from genrec.cli import main
 from genrec.models import MODEL_CARD
 
+from genrec.training import CHECKPOINT_DONE
+
 from conftest import tiny_sft_config
 
 
@@ -86,7 +88,7 @@ def test_resume_after_sigkill_reaches_the_same_adapter(tmp_path, tiny_data, tiny
     cfg = tiny_sft_config(tiny_data, out)
     args = _sft_args(cfg, tiny_data, out, cfg.save_steps)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: (out / "checkpoint-3" / "trainer_state.json").exists())
+    _kill_when(proc, lambda: (out / "checkpoint-3" / CHECKPOINT_DONE).exists())
     assert not (out / MODEL_CARD).exists()
     # An unfinished run is refused as a model, and refused as an output without --resume.
     res = CliRunner().invoke(main, ["generate", "--model", str(out), "--users", str(tmp_path / "u.jsonl")])
@@ -111,21 +113,93 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, tiny_data, tiny_model)
     out = tmp_path / "killed"
     cfg = tiny_sft_config(tiny_data, out)
     args = _sft_args(cfg, tiny_data, out, 1)
-    delay = random.Random(int(os.environ.get("GENREC_KILL_SEED", "3"))).uniform(0.0, 6.0)
+    # within the next steps, not after them: a kill the run outlives would test nothing (it fails, never skips)
+    delay = random.Random(int(os.environ.get("GENREC_KILL_SEED", "3"))).uniform(0.0, 1.5)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = [None]
 
     def ready() -> bool:
-        if first[0] is None and (out / "checkpoint-1" / "trainer_state.json").exists():
+        if first[0] is None and (out / "checkpoint-1" / CHECKPOINT_DONE).exists():
             first[0] = time.time()
         return first[0] is not None and time.time() - first[0] >= delay
 
     _kill_when(proc, ready)
-    if (out / MODEL_CARD).exists():
-        pytest.skip("training finished before the kill on this machine")
+    assert not (out / MODEL_CARD).exists(), "training finished before the kill: the kill came too late"
     r = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_adapter(tiny_model, out)
+
+
+def test_overwrite_never_deletes_a_directory_genrec_did_not_write(tmp_path, tiny_data):
+    """--overwrite on a directory holding only an unrelated file (or on a file) is a one-line error that leaves it
+    as it was; without --overwrite too."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    cfg = tiny_sft_config(tiny_data, out)
+    for extra, needle in ((["--overwrite"], "refusing to delete it"), ([], "holds no genrec run")):
+        r = subprocess.run(_sft_args(cfg, tiny_data, out, 3) + extra, capture_output=True, text=True)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert [p.name for p in out.iterdir()] == ["thesis.tex"] and (out / "thesis.tex").read_text() == "years of work"
+        assert not list(tmp_path.glob(".notes.*"))
+    (tmp_path / "file").write_text("x")
+    r = subprocess.run(_sft_args(cfg, tiny_data, tmp_path / "file", 3) + ["--overwrite"], capture_output=True, text=True)
+    assert r.returncode == 2 and "is a file" in r.stderr and (tmp_path / "file").read_text() == "x"
+
+
+def test_overwrite_killed_keeps_the_old_model_then_resume_replaces_it(tmp_path, tiny_data, tiny_model):
+    """`--overwrite` trains beside the old model: kill -9 after its first checkpoint and the old model is still
+    there and loadable, unchanged; --resume finishes the new run and only then replaces the old model."""
+    import shutil
+
+    from genrec.models import ModelCard
+    from genrec.recommender import Recommender
+
+    out = tmp_path / "m"
+    shutil.copytree(tiny_model, out)
+    before = _adapter(out)
+    cfg = tiny_sft_config(tiny_data, out)
+    args = _sft_args(cfg, tiny_data, out, cfg.save_steps) + ["learning_rate=0.01"]  # another model than the old
+    proc = subprocess.Popen(args + ["--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, lambda: (tmp_path / ".m.next" / "checkpoint-3" / CHECKPOINT_DONE).exists())
+    assert ModelCard.load(out).stats["global_step"] == 6
+    after = _adapter(out)
+    assert all((before[k] == after[k]).all() for k in before)
+    assert Recommender(out).recommend([], k=1) == []
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = _adapter(out)
+    assert not all((before[k] == new[k]).all() for k in before)
+    assert not (tmp_path / ".m.next").exists() and not (tmp_path / ".m.old").exists()
+    assert ModelCard.load(out).sft["learning_rate"] == 0.01
+
+
+def test_resume_passes_over_a_checkpoint_genrec_did_not_finish(tmp_path, tiny_data, cut_token_model):
+    """A kill between the trainer's files and genrec's (code rows, clock, marker) leaves a checkpoint the trainer
+    would take: --resume takes the one before it instead, and finishes."""
+    import shutil
+
+    from genrec.training import last_checkpoint
+
+    out = tmp_path / "run"
+    shutil.copytree(cut_token_model, out, ignore=shutil.ignore_patterns(MODEL_CARD))  # an unfinished run
+    ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(ckpts) >= 2 and all((c / CHECKPOINT_DONE).is_file() for c in ckpts)
+    newest = ckpts[-1]
+    for name in (CHECKPOINT_DONE, "code_embeddings.safetensors", "clock.json"):
+        (newest / name).unlink(missing_ok=True)
+    assert (newest / "trainer_state.json").is_file() and last_checkpoint(out) == ckpts[-2]
+    import yaml
+
+    from genrec.config import SFTConfig, load_config
+    from genrec.training import train
+
+    card = json.loads((cut_token_model / MODEL_CARD).read_text())
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump({**card["sft"], "output": str(out), "resume": True}))
+    logs: list[str] = []
+    train(load_config(SFTConfig, tmp_path / "sft.yaml"), log=logs.append)
+    assert f"resuming from {ckpts[-2]}" in logs
+    assert json.loads((out / MODEL_CARD).read_text())["global_step"] == card["global_step"]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -168,7 +242,6 @@ def test_resume_restores_code_token_rows(tmp_path, tiny_data):
 
     from safetensors.torch import load_file
 
-    from conftest import tiny_sft_config
     from genrec.training import train
 
     kw = dict(item_id="semantic", semantic_codebook=4, max_steps=2, save_steps=1)
