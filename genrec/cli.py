@@ -237,11 +237,12 @@ def sft(config_path, task, template, overrides, **opts) -> None:
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with GenerateConfig keys.")
 @config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "max_width", "batch_size",
                 "backend",
-                "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "candidates", "retriever_weight",
-                "shard",
+                "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "overwrite", "candidates",
+                "retriever_weight", "shard",
                 help={"users": "Users file: JSONL (or CSV) with user_id and/or history, optional context, request.",
                       "out": "Output JSONL.", "strict": "Unknown users/items are errors instead of skipped.",
-                      "resume": "Keep users already in --out and generate the rest.",
+                      "resume": "Keep users already in --out (or its unfinished .partial) and generate the rest.",
+                      "overwrite": "Replace an existing --out (without it, or --resume, an existing file is refused).",
                       "shard": "I/N: only this process's 1/N of the users file (lines n with (n-1) % N == I); join "
                                "the N outputs with `genrec merge-shards`."},
                 flags={"exclude_seen": "--exclude-seen/--include-seen", "with_reasons": "--with-reasons/--no-reasons"})

@@ -167,7 +167,8 @@ class GenerateConfig:
     with_reasons: bool = False
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count); 0 = off
     strict: bool = False
-    resume: bool = False
+    resume: bool = False  # keep the users already in `out` (or its .partial file) and generate the rest
+    overwrite: bool = False  # replace an existing `out`; without it (or resume) an existing `out` is refused
     shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
     # "retriever:K": generate within the model's retriever's top K; "catalog": the whole catalog; None: the model's
     # tuned hybrid (fusion.json) if it has one, else the whole catalog

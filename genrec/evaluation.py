@@ -449,13 +449,15 @@ def write_report(cfg: EvaluateConfig, report: dict, markdown: str, lines_name: s
     `chart(path)` drawing metrics.png. Returns the report with its `output` directory."""
     out = Path(cfg.output) if cfg.output else Path(cfg.model) / f"eval-{cfg.split}"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", {k: v for k, v in report.items() if k not in ("markdown", "intervals_markdown",
-                                                                                  "verdict")})
+    (out / "metrics.json").unlink(missing_ok=True)  # an earlier run's: until this one's is written, none is there
     with atomic_file(out / "metrics.md") as fh:
         fh.write(markdown)
     write_jsonl(out / lines_name, lines)
     if chart is not None:
         chart(out / "metrics.png")
+    # last: benchmarks (and people) take its presence as "this evaluation finished"
+    write_json(out / "metrics.json", {k: v for k, v in report.items() if k not in ("markdown", "intervals_markdown",
+                                                                                  "verdict")})
     log(f"report written to {out}/metrics.json, metrics.md" + (", metrics.png" if chart is not None else ""))
     return {**report, "output": str(out)}
 

@@ -160,21 +160,22 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
 
     shard = parse_shard(cfg.shard)
     search = Search.of(cfg)  # a bad setting fails before the model loads
+    out = Path(cfg.out)
+    if cfg.resume and cfg.overwrite:
+        raise GenrecError("--resume keeps what --out holds and --overwrite replaces it: pass one of them")
+    if out.exists() and not (cfg.resume or cfg.overwrite):
+        raise GenrecError(f"output {out} already exists (pass --resume to keep its users or --overwrite to replace "
+                          "it)")
+    if out.is_dir():
+        raise GenrecError(f"output {out} is a directory, not a file")
     rows = read_users_file(cfg.users)
     rec = load_for_data(cfg, log)
     rec.recommend([], search)  # bad settings fail before any output
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> at the end (sorted, atomically):
-    # a crash never leaves a half-written <out>, and --resume continues from the partial file.
-    out = Path(cfg.out)
+    # a crash never leaves a half-written <out>, and --resume continues from the partial file (and a finished <out>).
     partial = out.with_name(out.name + ".partial")
-    done: dict[str, str] = {}
-    if cfg.resume and partial.is_file():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                done[str(json.loads(line)["index"])] = line
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line from a crash is regenerated
+    done = finished_lines([out, partial]) if cfg.resume else {}
     requests, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         if shard is not None and (n - 1) % shard[1] != shard[0]:
@@ -191,9 +192,10 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     pending = [r for r in requests if str(r[0]) not in done]
     bar = tqdm(total=len(requests), initial=len(requests) - len(pending), desc="users", unit="user")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "w", encoding="utf-8") as fh:
-        for line in done.values():
-            fh.write(line + "\n")
+    # the partial file is replaced whole (never truncated in place) by what was read from it, then appended to
+    with atomic_file(partial) as fh:
+        fh.write("".join(line + "\n" for line in done.values()))
+    with open(partial, "a", encoding="utf-8") as fh:
         window = cfg.batch_size * 32  # users sorted by prompt length within each window: little padding per batch
         for w in range(0, len(pending), window):
             part = pending[w:w + window]
@@ -216,6 +218,24 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     return {"written": len(requests), "generated": len(pending), "resumed": len(done), "skipped": skipped,
             "seconds": round(elapsed, 2), "users_per_second": round(len(pending) / elapsed, 3) if elapsed else None,
             "out": str(out)}
+
+
+def finished_lines(paths: list[Path]) -> dict[str, str]:
+    """Users-file line index -> its output line, from earlier output files (later files win); a torn last line
+    from a crash, or anything that is not an output line, is left out and so generated again."""
+    done: dict[str, str] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("index"), int) and \
+                    isinstance(obj.get("recommendations"), list):
+                done[str(obj["index"])] = line
+    return done
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:

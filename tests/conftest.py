@@ -147,3 +147,18 @@ def rerank_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     cfg.prompt = PromptConfig(task="rerank", max_history=3, max_prompt_tokens=128, rerank_candidates=8)
     train(cfg, log=lambda m: None)
     return out
+
+
+TASKS = ["next_item", "preference", "rating", "request"]
+
+
+@pytest.fixture(scope="session")
+def mixed_model(tiny_data, tmp_path_factory):
+    """One real 4-step fine-tune mixing four tasks (request text reaches its prompts)."""
+    from genrec.training import train
+
+    out = tmp_path_factory.mktemp("mixed") / "m"
+    cfg = tiny_sft_config(tiny_data, out, max_steps=4, save_steps=100, tasks=TASKS)
+    cfg.prompt = PromptConfig(max_history=3, max_prompt_tokens=200)
+    train(cfg, log=lambda m: None)
+    return out

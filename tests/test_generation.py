@@ -88,6 +88,36 @@ def test_csv_users_and_resume(tmp_path, tiny_model, tiny_data):
     assert summary["resumed"] == 1 and summary["generated"] == 2
     assert sorted(json.loads(x)["user_id"] for x in out.read_text().splitlines()) == sorted(uids)
     assert not partial.exists()
+    # An existing output is refused without --resume/--overwrite, and left as it was
+    before = out.read_text()
+    res = run_generate(tiny_model, users, out)
+    assert res.exit_code == 2 and "already exists" in res.output and out.read_text() == before
+    # --resume on a finished output keeps every line; --overwrite generates them all again
+    res = run_generate(tiny_model, users, out, "--resume")
+    assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["generated"] == 0
+    assert out.read_text() == before
+    res = run_generate(tiny_model, users, out, "--overwrite")
+    assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["generated"] == 3
+
+
+def test_resume_reads_the_partial_file_before_replacing_it(tmp_path, tiny_model, tiny_data):
+    """A failure after --resume has read the partial file (here: a users file naming an unknown user, --strict)
+    leaves the partial file as it was: it is never truncated before it has been read and rewritten whole."""
+    from genrec.data import load_prepared
+
+    uids = list(load_prepared(tiny_data).users)[:2]
+    users = tmp_path / "u.jsonl"
+    users.write_text("".join(json.dumps({"user_id": u}) + "\n" for u in uids))
+    out = tmp_path / "o.jsonl"
+    assert run_generate(tiny_model, users, out).exit_code == 0
+    partial = tmp_path / "o.jsonl.partial"
+    kept = out.read_text().splitlines()[0] + "\n"
+    partial.write_text(kept)
+    out.unlink()
+    users.write_text(users.read_text() + json.dumps({"user_id": "nobody"}) + "\n")
+    res = run_generate(tiny_model, users, out, "--resume", "--strict")
+    assert res.exit_code == 2 and "unknown user_id" in res.output
+    assert partial.read_text() == kept and not out.exists()
 
 
 def test_missing_model_dir(tmp_path):

@@ -12,21 +12,7 @@ from genrec.cli import main
 from genrec.data import load_prepared
 from genrec.errors import GenrecError
 
-TASKS = ["next_item", "preference", "rating", "request"]
-
-
-@pytest.fixture(scope="module")
-def mixed_model(tiny_data, tmp_path_factory):
-    """One real 4-step fine-tune mixing four tasks."""
-    from conftest import tiny_sft_config
-    from genrec.config import PromptConfig
-    from genrec.training import train
-
-    out = tmp_path_factory.mktemp("mixed") / "m"
-    cfg = tiny_sft_config(tiny_data, out, max_steps=4, save_steps=100, tasks=TASKS)
-    cfg.prompt = PromptConfig(max_history=3, max_prompt_tokens=200)
-    train(cfg, log=lambda m: None)
-    return out
+from conftest import TASKS
 
 
 @pytest.fixture(scope="module")

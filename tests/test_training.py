@@ -260,34 +260,39 @@ def test_resume_restores_code_token_rows(tmp_path, tiny_data):
     assert max((fa[k] - fb[k]).abs().max().item() for k in fa) < 1e-5
 
 
-def test_item_weight_decay_shrinks_the_new_rows_alone():
-    """item_weight_decay: after each optimizer step the new token rows are scaled by 1 - lr x decay (AdamW's
-    decoupled decay) on the tied matrix, every other vocabulary row untouched; 0 leaves them as they are."""
-    import types
-
+def test_item_weight_decay_shrinks_the_new_rows_alone(tmp_path, tiny_data):
+    """item_weight_decay on the real trainer: one step from the same start with and without it, at a constant
+    learning rate; the new item rows come out scaled by exactly 1 - lr x decay (AdamW's decoupled decay, after the
+    step), the base vocabulary's rows untouched by either run."""
     import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
-    from genrec.training import CodeRows
+    from genrec.training import train
 
-    emb = torch.nn.Embedding(6, 3)
-    model = types.SimpleNamespace(get_input_embeddings=lambda: emb, get_output_embeddings=lambda: emb)
-    before = emb.weight.detach().clone()
-    opt = types.SimpleNamespace(param_groups=[{"lr": 0.1}])
-    rows = CodeRows([4, 5], decay=2.0)
-    rows.attach(model)
-    rows.on_step_end(None, None, None, optimizer=opt)
-    after = emb.weight.detach().clone()
-    assert torch.equal(after[:4], before[:4])
-    assert torch.allclose(after[4:], before[4:] * 0.8)
-    off = CodeRows([4, 5])
-    off.attach(model)
-    off.on_step_end(None, None, None, optimizer=opt)
-    assert torch.equal(emb.weight.detach(), after)
-    apart = CodeRows([1, 4], decay=2.0)  # rows that are not contiguous
-    apart.attach(model)
-    apart.on_step_end(None, None, None, optimizer=opt)
-    assert torch.allclose(emb.weight.detach()[[1, 4]], after[[1, 4]] * 0.8)
-    assert torch.equal(emb.weight.detach()[[0, 2, 3, 5]], after[[0, 2, 3, 5]])
+    lr, decay = 0.01, 5.0
+    rows = {}
+    for d in (0.0, decay):
+        out = tmp_path / f"d{d}"
+        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=1, save_steps=100,
+                              max_batch_tokens=600, layers=2, learning_rate=lr, lr_scheduler="constant",
+                              warmup_ratio=0.0, item_weight_decay=d)
+        cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
+        train(cfg, log=lambda m: None)
+        rows[d] = load_file(str(out / "code_embeddings.safetensors"))["rows_0"]
+    plain, decayed = rows[0.0], rows[decay]
+    assert plain.abs().sum() > 0 and not torch.equal(plain, decayed)
+    assert torch.allclose(decayed, plain * (1 - lr * decay), rtol=1e-5, atol=1e-7)
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / f"d{decay}" / "merged"))
+    base = AutoModelForCausalLM.from_pretrained(str(_base_dir()))
+    n = base.get_input_embeddings().weight.shape[0]
+    assert torch.equal(merged.get_input_embeddings().weight[:n], base.get_input_embeddings().weight)
+
+
+def _base_dir():
+    from genrec.models import resolve_base_model
+
+    return resolve_base_model("default")
 
 
 def test_embedding_dropout_acts_in_training_only(base_model_dir):
