@@ -31,7 +31,9 @@ class DataConfig:
     item_col: str | None = None
     time_col: str | None = None
     rating_col: str | None = None
-    title_col: str | None = None  # "none": the catalog has no titles (item ids stand in; no item text)
+    # "auto": detected from common names; "none": the catalog has no titles (item ids stand in; no item text). A
+    # plain str, not Optional: the config reader turns "none" into None for Optional keys, which would mean "detect"
+    title_col: str = "auto"
     catalog_item_col: str | None = None
     text_cols: list[str] | None = None  # extra catalog text fields kept for prompts; None = every other column
     context_cols: list[str] = field(default_factory=list)  # interaction columns rendered as context

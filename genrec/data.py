@@ -225,8 +225,8 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     r_col = _pick_column(inter, cfg.rating_col, RATING_ALIASES, "rating", "interactions", required=False)
     ci_col = _pick_column(cat, cfg.catalog_item_col or cfg.item_col, ITEM_ALIASES, "item", "catalog")
     # --title-col none (e.g. LC-Rec's ASIN-only data): the item id stands in as title; the catalog has no text.
-    title_col = None if cfg.title_col == "none" else _pick_column(cat, cfg.title_col, TITLE_ALIASES, "title",
-                                                                   "catalog")
+    title_col = None if cfg.title_col == "none" else _pick_column(
+        cat, None if cfg.title_col in ("auto", "") else cfg.title_col, TITLE_ALIASES, "title", "catalog")
     for c in cfg.context_cols:
         _pick_column(inter, c, [], "context", "interactions")
     for f in cfg.derive_context:

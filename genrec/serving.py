@@ -446,23 +446,23 @@ def create_app(rec: Recommender, cfg: ServeConfig):
 
     @app.middleware("http")
     async def _guard(request: HTTPRequest, call_next):
-        """Before any route: the Host header (DNS rebinding), JSON bodies only on POST (a cross-site form or a
-        "simple" fetch cannot send application/json without a CORS preflight, which this server never grants),
-        and the API key on every route but /health and the page (/docs and /openapi.json included)."""
+        """Before any route, in this order: the Host header (DNS rebinding), the API key on every route but /health
+        and the page (/docs and /openapi.json included), JSON bodies only on POST (a cross-site form or a "simple"
+        fetch cannot send application/json without a CORS preflight, which this server never grants)."""
         if hosts is not None and host_name(request.headers.get("host", "")) not in hosts:
             return error(400, "the Host header names another server (add it with allowed_hosts=NAME if it is this "
                               "one)", code="invalid_host")
-        if request.method == "POST":
-            media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media != "application/json":
-                return error(415, "POST bodies must be sent with Content-Type: application/json",
-                             code="unsupported_media_type")
         if key is not None and request.url.path not in ("/health", "/"):  # the page holds no data; it sends the key
             given = request.headers.get("authorization", "")
             token = given[7:] if given[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), key.encode()):
                 return error(401, "missing or invalid API key (send Authorization: Bearer <key>)",
                              "invalid_request_error", "invalid_api_key")
+        if request.method == "POST":
+            media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json":
+                return error(415, "POST bodies must be sent with Content-Type: application/json",
+                             code="unsupported_media_type")
         return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)

@@ -26,10 +26,10 @@ def items_of(body: dict) -> list[str]:
 
 
 def check_isolation(rec, bad: list[tuple[str, dict, str]], batcher_failures: int) -> None:
-    """Ten valid requests (each twice) at once beside three copies of each bad one, two rounds: every valid one
+    """Six valid requests (each twice) at once beside three copies of each bad one, two rounds: every valid one
     gets 200 with the items it gets alone, every bad one its own 400; /health counts what the batcher saw."""
     srv, thread, url = start_server(rec, max_batch_size=32, timeout_s=120)
-    users = list(rec.known_users())[:10]
+    users = list(rec.known_users())[:6]
     try:
         alone = {}
         for uid in users:
@@ -98,7 +98,7 @@ def test_a_search_does_not_depend_on_the_k_of_its_batchmates(recommender):
     batcher = Batcher(recommender, max_batch=8)
     try:
         alone = {k: batcher.submit(reqs(), k, False, True, 300).result(300)[0] for k in (1, 3)}
-        blocker = batcher.submit(reqs() * 4, 50, False, True, 300)  # busy: what follows waits and is batched
+        blocker = batcher.submit(reqs() * 2, 20, False, True, 300)  # busy: what follows waits and is batched
         big = batcher.submit(reqs(), 100, False, True, 300)
         small = [batcher.submit(reqs(), k, False, True, 300) for k in (1, 3)]
         blocker.result(300)
@@ -125,7 +125,7 @@ def test_the_queue_bound_counts_requests_not_jobs(recommender):
     uid, items = a_user(recommender)
     batcher = Batcher(recommender, max_batch=1)
     try:
-        busy = batcher.submit([recommender_query(uid, items)] * 6, 100, False, True, 300, max_queue=6)
+        busy = batcher.submit([recommender_query(uid, items)] * 3, 30, False, True, 300, max_queue=6)
         while batcher.waiting():  # until the model thread has taken it (a search of seconds follows)
             time.sleep(0.01)
         first = batcher.submit([recommender_query(uid, items)] * 4, 3, False, True, 300, max_queue=6)
@@ -191,6 +191,40 @@ def test_allowed_hosts_and_the_key_on_docs(recommender, monkeypatch):
             req = urllib.request.Request(url + path, headers={"Authorization": "Bearer env-key"})
             with urllib.request.urlopen(req, timeout=30) as resp:
                 assert resp.status == 200, path
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+def test_health_is_503_when_the_model_thread_is_gone_and_limits_without_content_length(recommender):
+    """A chunked body (no Content-Length) over max_body_bytes is 413 as it streams in; a request text over
+    max_request_chars is 400; once the model thread has stopped, /health answers 503 and requests 503."""
+    import http.client
+
+    srv, thread, url = start_server(recommender, timeout_s=120, max_body_bytes=4096, max_request_chars=50)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.putrequest("POST", "/v1/recommendations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        chunk = b'{"request": "' + b"a" * 3000
+        for part in (chunk, b"b" * 3000, b'"}'):
+            conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+        conn.send(b"0\r\n\r\n")
+        resp = conn.getresponse()
+        assert resp.status == 413 and "larger than 4096" in json.loads(resp.read())["error"]["message"]
+        conn.close()
+        status, body = post(f"{url}/v1/recommendations", {"request": "x" * 51})
+        assert status == 400 and "longer than 50 characters" in body["error"]["message"]
+        service = srv.config.app.state.service
+        service.batcher.close()
+        service.batcher.thread.join(30)
+        status, body = raw_request(url, "/health", None, {}, "GET")
+        assert status == 503 and body["batcher_alive"] is False
+        status, body = post(f"{url}/v1/recommendations", {"history": list(recommender.catalog)[:2]})
+        assert status == 503 and "not running" in body["error"]["message"]
     finally:
         srv.should_exit = True
         thread.join(10)

@@ -255,3 +255,30 @@ def test_context_reaches_the_prompt(tokenizer, tmp_path, tiny_raw):
     row = data.split("test")[0]
     text = b.as_text(b.encode(row["history"], row["history_ts"], json.loads(row["context"])))
     assert f"Context: time_of_day={json.loads(row['context'])['time_of_day']}" in text
+
+
+def test_min_rating_keep_cold_items_and_no_titles(tmp_path):
+    """Hand-made files: min_rating keeps exactly the interactions rated at least it; keep_cold_items keeps the
+    catalog items nobody interacted with (and only then); --title-col none makes the ids stand in as titles."""
+    inter = tmp_path / "i.csv"
+    rows = [(u, i, i, 5 if (u + i) % 3 else 1) for u in range(6) for i in range(7)]
+    inter.write_text("user_id,item_id,timestamp,rating\n" + "".join(f"u{u},{i},{t},{r}\n" for u, i, t, r in rows))
+    cat = tmp_path / "c.csv"
+    cat.write_text("item_id,title,genre\n" + "".join(f"{i},Film {i},g{i % 2}\n" for i in range(9)))
+    common = ["--min-item-interactions", "1", "--min-user-interactions", "3"]
+
+    def prep(name: str, *extra: str):
+        out = tmp_path / name
+        res = CliRunner().invoke(main, ["data", "prepare", "--interactions", str(inter), "--catalog", str(cat),
+                                        "--output", str(out), *common, *extra])
+        assert res.exit_code == 0, res.output
+        return load_prepared(out)
+
+    plain, rated, cold, untitled = prep("plain"), prep("rated", "--min-rating", "4"), \
+        prep("cold", "--keep-cold-items"), prep("untitled", "--title-col", "none")
+    assert sum(len(u["items"]) for u in plain.users.values()) == len(rows)
+    kept = {(f"u{u}", str(i)) for u, i, _, r in rows if r >= 4}
+    assert {(uid, i) for uid, u in rated.users.items() for i in u["items"]} == kept
+    assert set(plain.catalog) == {str(i) for i in range(7)}
+    assert set(cold.catalog) == {str(i) for i in range(9)}  # items 7 and 8: in the catalog, never interacted with
+    assert plain.catalog["3"]["title"] == "Film 3" and untitled.catalog["3"]["title"] == "3"
