@@ -645,6 +645,21 @@ def write_artefacts(out: Path, model, tok, index: ItemIndex, data: PreparedData,
     return tasks
 
 
+def check_trackers(names: list[str]) -> None:
+    """report_to: each tracker known to transformers and installed, checked before anything is loaded or written
+    (transformers would otherwise fail with a traceback when the trainer starts, after the model has loaded)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in names:
+        if name in ("none", ""):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise GenrecError(f"report_to: unknown tracker {name!r} (known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))})")
+        if name not in get_available_reporting_integrations():
+            raise GenrecError(f"report_to: {name} is not installed here (pip install {name.replace('_', '-')})")
+
+
 def train(cfg: SFTConfig, log=print) -> Path:
     """Fine-tune and write a self-contained model directory; `genrec.json` is written last (= complete)."""
     import torch
@@ -663,6 +678,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError(SMOOTHING_SCOPE)
     if cfg.item_weight_decay < 0 or cfg.item_weight_decay and cfg.item_id not in ("token", "semantic"):
         raise GenrecError("item_weight_decay must be >= 0 and applies to new item tokens: item_id=token or semantic")
+    check_trackers(cfg.report_to)
+    if cfg.grad_accum < 1:
+        raise GenrecError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:

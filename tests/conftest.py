@@ -57,19 +57,38 @@ def write_tiny_raw(dst: Path) -> tuple[Path, Path]:
     return dst / "ratings.csv", dst / "movies.csv"
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The directory of a session fixture's artefact, built once per test run: under pytest-xdist its workers share
+    the parent of their temp dirs, so the first worker to ask builds it there under a file lock and the others
+    wait and reuse it (a model trained twice would cost the suite minutes). `build(dir)` fills the directory."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(parents=True, exist_ok=True)
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(out, ignore_errors=True)  # a build that failed half-way
+            out.mkdir()
+            build(out)
+            done.write_text("")
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> tuple[Path, Path]:
-    return write_tiny_raw(tmp_path_factory.mktemp("raw"))
+    raw = built_once(tmp_path_factory, "raw", write_tiny_raw)
+    return raw / "ratings.csv", raw / "movies.csv"
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_raw) -> Path:
     from genrec.data import prepare
 
-    out = tmp_path_factory.mktemp("prep") / "data"
-    prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
-                       min_item_interactions=1, min_user_interactions=5), log=lambda m: None)
-    return out
+    return built_once(tmp_path_factory, "prep", lambda d: prepare(DataConfig(
+        interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(d / "data"), min_item_interactions=1,
+        min_user_interactions=5), log=lambda m: None)) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -95,14 +114,17 @@ def tiny_sft_config(data: Path, out: Path, **kw) -> SFTConfig:
     return cfg
 
 
+def trained(tmp_path_factory, name: str, config) -> Path:
+    """A real fine-tune of `config(output_dir)`, trained once per test run (`built_once`)."""
+    from genrec.training import train
+
+    return built_once(tmp_path_factory, name, lambda d: train(config(d / "m"), log=lambda m: None)) / "m"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 6-step LoRA fine-tune of the default model on the tiny data (uninterrupted reference run)."""
-    from genrec.training import train
-
-    out = tmp_path_factory.mktemp("model") / "m"
-    train(tiny_sft_config(tiny_data, out), log=lambda m: None)
-    return out
+    return trained(tmp_path_factory, "model", lambda out: tiny_sft_config(tiny_data, out))
 
 
 @pytest.fixture(scope="session")
@@ -115,38 +137,32 @@ def recommender(tiny_model):
 @pytest.fixture(scope="session")
 def semantic_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 3-step fine-tune that writes semantic codes (new tokens), with alignment examples."""
-    from genrec.training import train
-
-    out = tmp_path_factory.mktemp("semantic") / "m"
-    train(tiny_sft_config(tiny_data, out, item_id="semantic", max_steps=3, save_steps=100, semantic_codebook=8,
-                          align_examples=0.25), log=lambda m: None)
-    return out
+    return trained(tmp_path_factory, "semantic", lambda out: tiny_sft_config(
+        tiny_data, out, item_id="semantic", max_steps=3, save_steps=100, semantic_codebook=8, align_examples=0.25))
 
 
 @pytest.fixture(scope="session")
 def cut_token_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 2-step sequence fine-tune over item tokens on the base model's first 2 decoder layers (`layers=2`),
     checkpointed by the clock after each step (`save_minutes`)."""
-    from genrec.training import train
+    def config(out):
+        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
+                              max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3)
+        cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
+        return cfg
 
-    out = tmp_path_factory.mktemp("cut") / "m"
-    cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
-                          max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3)
-    cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
-    train(cfg, log=lambda m: None)
-    return out
+    return trained(tmp_path_factory, "cut", config)
 
 
 @pytest.fixture(scope="session")
 def rerank_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 3-step fine-tune of the rerank task, its SASRec retriever trained (briefly) and saved inside it."""
-    from genrec.training import train
+    def config(out):
+        cfg = tiny_sft_config(tiny_data, out, max_steps=3, save_steps=100, retriever_seconds=20.0)
+        cfg.prompt = PromptConfig(task="rerank", max_history=3, max_prompt_tokens=128, rerank_candidates=8)
+        return cfg
 
-    out = tmp_path_factory.mktemp("rerank") / "m"
-    cfg = tiny_sft_config(tiny_data, out, max_steps=3, save_steps=100, retriever_seconds=20.0)
-    cfg.prompt = PromptConfig(task="rerank", max_history=3, max_prompt_tokens=128, rerank_candidates=8)
-    train(cfg, log=lambda m: None)
-    return out
+    return trained(tmp_path_factory, "rerank", config)
 
 
 TASKS = ["next_item", "preference", "rating", "request"]
@@ -155,10 +171,9 @@ TASKS = ["next_item", "preference", "rating", "request"]
 @pytest.fixture(scope="session")
 def mixed_model(tiny_data, tmp_path_factory):
     """One real 4-step fine-tune mixing four tasks (request text reaches its prompts)."""
-    from genrec.training import train
+    def config(out):
+        cfg = tiny_sft_config(tiny_data, out, max_steps=4, save_steps=100, tasks=TASKS)
+        cfg.prompt = PromptConfig(max_history=3, max_prompt_tokens=200)
+        return cfg
 
-    out = tmp_path_factory.mktemp("mixed") / "m"
-    cfg = tiny_sft_config(tiny_data, out, max_steps=4, save_steps=100, tasks=TASKS)
-    cfg.prompt = PromptConfig(max_history=3, max_prompt_tokens=200)
-    train(cfg, log=lambda m: None)
-    return out
+    return trained(tmp_path_factory, "mixed", config)

@@ -30,10 +30,13 @@ def start_server(rec, **limits):
 
     from genrec.serving import create_app
 
-    cfg = ServeConfig(model=str(rec.dir), port=free_port(), served_model_name="genrec-test", **limits)
+    # a socket bound here and handed to uvicorn: no other test (or xdist worker) can take the port in between
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    cfg = ServeConfig(model=str(rec.dir), port=sock.getsockname()[1], served_model_name="genrec-test", **limits)
     server = uvicorn.Server(uvicorn.Config(create_app(rec, cfg), host="127.0.0.1", port=cfg.port,
                                            log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started:

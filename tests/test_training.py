@@ -202,6 +202,23 @@ def test_resume_passes_over_a_checkpoint_genrec_did_not_finish(tmp_path, tiny_da
     assert json.loads((out / MODEL_CARD).read_text())["global_step"] == card["global_step"]
 
 
+def test_grad_accum_and_report_to(tmp_path, tiny_data):
+    """grad_accum=2: each optimizer step takes two batches (the card's global batch, the trainer's step count);
+    report_to names a tracker that is checked before anything is written: unknown or not installed is one line."""
+    from genrec.training import train
+
+    out = tmp_path / "acc"
+    train(tiny_sft_config(tiny_data, out, max_steps=2, save_steps=100, grad_accum=2, batch_size=2,
+                          report_to=["none"]), log=lambda m: None)
+    card = json.loads((out / MODEL_CARD).read_text())
+    assert card["global_step"] == 2 and card["global_batch"] == 4 and card["sft"]["grad_accum"] == 2
+    for tracker, needle in (("tensorboardx", "unknown tracker 'tensorboardx'"), ("wandb", "wandb is not installed")):
+        r = subprocess.run(_sft_args(tiny_sft_config(tiny_data, tmp_path / tracker), tiny_data, tmp_path / tracker, 3)
+                           + [f"report_to={tracker}"], capture_output=True, text=True)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (tmp_path / tracker).exists()
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--data", "/nonexistent/data"], "not a prepared genrec dataset"),
     (["--model", "/nonexistent/model"], "does not exist"),
