@@ -14,4 +14,6 @@ free_kb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
 if [ -n "$free_kb" ] && [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
   echo "warning: only $((free_kb / 1024)) MiB free under ${TMPDIR:-/tmp}; the suite needs about 8 GiB" >&2
 fi
-exec .venv/bin/python -m pytest -q "$@"
+# Two pytest-xdist workers (one per core), each test file on one worker (module fixtures such as a server or a vLLM
+# engine start once); the tiny session models are trained once and shared between the workers (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -n "${GENREC_TEST_WORKERS:-2}" --dist loadfile "$@"

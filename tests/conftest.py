@@ -12,6 +12,10 @@ import pytest
 
 os.environ.setdefault("GENREC_CACHE", str(Path.home() / ".cache" / "genrec"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and per subprocess it starts): on 2 cores, two workers of 2 OpenMP threads each spin
+    # against each other and run slower than one worker alone
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from genrec.config import SAMPLE_DIR, DataConfig, SFTConfig, PromptConfig  # noqa: E402
 
