@@ -205,9 +205,11 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
                      "Generate/evaluate/serve use the model's.",
           "layers": "Keep only the base model's first N decoder layers: cheaper steps, so more of the data per "
                     "CPU-minute (the model is saved merged).",
-          "resume": "Continue from the last checkpoint in --output.",
+          "resume": "Continue from the newest complete checkpoint in --output (or of an interrupted --overwrite "
+                    "run).",
           "merge": "Also write a merged full model (for vLLM).",
-          "overwrite": "Replace an existing output directory."},
+          "overwrite": "Replace the genrec run in --output, once the new model is complete (the old one stays "
+                       "loadable until then; a directory genrec did not write is refused)."},
     flags={"output": "--output,-o"})
 @click.option("--task", help="Prompt task (template prompts/<task>.j2): next_item, next_item_reason, request, "
                              "preference, rating, rerank (an LLM ranks SASRec's candidates; add retriever=sasrec to "
@@ -413,7 +415,9 @@ def serve(config_path, overrides, **opts) -> None:
     at / to try the model.
 
     Completions name only catalog items (constrained search); extra KEY=VALUE arguments set limits, e.g.
-    max_history=100 timeout_s=60 max_body_bytes=65536 max_queue=64.
+    max_history=100 timeout_s=60 max_body_bytes=65536 max_queue=64. POST bodies must be JSON
+    (Content-Type: application/json) and the Host header must name this server: add names a proxy or DNS gives it
+    with allowed_hosts=recs.example.com.
     """
     from .config import load_config, parse_overrides
     from .serving import serve as run_server
