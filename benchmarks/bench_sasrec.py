@@ -1,5 +1,5 @@
 """Does genrec's SASRec reproduce the literature? SASRec-CE and most-popular on every test user of the shared
-datasets, under the reference protocol of ../shared/notes/reference-baselines.md (no k-core, users with < 3
+datasets, under the protocol of independent published reference figures (no k-core, users with < 3
 interactions dropped, leave-one-out, full ranking, history removed from the ranking, the target never).
 
 Reference (independent implementation): Scientific SASRec NDCG@10 0.0827 / HR@10 0.1199, popular 0.0180;

@@ -12,12 +12,19 @@ import time
 from pathlib import Path
 
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+def bench_data() -> Path:
+    """The folder holding the benchmark datasets (movielens_latest_small, unisrec_amazon18_scientific,
+    lcrec_amazon18_instruments, ...): $GENREC_BENCH_DATA. They are not shipped with genrec."""
+    root = os.environ.get("GENREC_BENCH_DATA")
+    if not root or not Path(root).is_dir():
+        raise SystemExit("error: set GENREC_BENCH_DATA to the folder holding the benchmark datasets "
+                         "(movielens_latest_small, unisrec_amazon18_scientific, lcrec_amazon18_instruments, ...)")
+    return Path(root)
 
 
 def movielens_raw(work: Path, max_tags: int = 3) -> tuple[Path, Path]:
     """ml-latest-small ratings as they are; movies with genres plus each movie's most frequent free-text tags."""
-    src = SHARED / "movielens_latest_small"
+    src = bench_data() / "movielens_latest_small"
     work.mkdir(parents=True, exist_ok=True)
     tags: dict[str, dict[str, int]] = {}
     with gzip.open(src / "tags.csv.gz", "rt", encoding="utf-8", newline="") as fh:
@@ -38,7 +45,7 @@ def movielens_raw(work: Path, max_tags: int = 3) -> tuple[Path, Path]:
 def scientific_raw(work: Path) -> tuple[Path, Path]:
     """UniSRec Scientific: items with title, category path and brand parsed from its text field; sequences
     rebuilt from its test rows (history <= 50 + target), positions standing in for times."""
-    src = SHARED / "unisrec_amazon18_scientific"
+    src = bench_data() / "unisrec_amazon18_scientific"
     work.mkdir(parents=True, exist_ok=True)
     idx2asin = {}
     with gzip.open(src / "Scientific.item2index.gz", "rt") as fh:
@@ -71,7 +78,7 @@ def lcrec_raw(work: Path, name: str) -> tuple[Path, Path]:
     their ASIN (never LC-Rec's index, which numbers items in order of first appearance), no item text."""
     folder = {"instruments": "lcrec_amazon18_instruments", "games": "lcrec_amazon18_games"}[name]
     stem = name.capitalize()
-    src = SHARED / folder
+    src = bench_data() / folder
     work.mkdir(parents=True, exist_ok=True)
     with gzip.open(src / f"{stem}.item2id.gz", "rt") as fh:
         asin = {idx: a for a, idx in (line.rstrip("\n").split("\t") for line in fh)}

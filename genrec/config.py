@@ -276,7 +276,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if isinstance(value, str) and value == "" and typing.get_origin(args[0]) is list:
-            return []  # `prompt.item_facts=`: an empty list, as the README says; none/null mean None
+            return []  # `prompt.item_facts=`: an empty list, as docs/guide.md says; none/null mean None
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(value, args[0], key)

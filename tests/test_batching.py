@@ -228,3 +228,24 @@ def test_health_is_503_when_the_model_thread_is_gone_and_limits_without_content_
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def test_a_request_whose_deadline_passes_mid_search_is_expired_not_served(recommender):
+    """timeout_s=1 and a k=100 title search of several seconds: the client gets its 408 at the deadline, the
+    search runs to its end, and /health counts the request as expired, never as served."""
+    srv, thread, url = start_server(recommender, timeout_s=1.0)
+    try:
+        uid, items = a_user(recommender)
+        t0 = time.monotonic()
+        status, body = post(f"{url}/v1/recommendations", {"user_id": uid, "k": 100})
+        assert status == 408 and time.monotonic() - t0 < 5, body
+        deadline = time.monotonic() + 120
+        while True:  # until the model thread has finished the search
+            health = raw_request(url, "/health", None, {}, "GET")[1]
+            if health["expired"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert health["expired"] == 1 and health["served"] == 0 and health["failed"] == 0
+    finally:
+        srv.should_exit = True
+        thread.join(10)
