@@ -458,6 +458,8 @@ def write_report(cfg: EvaluateConfig, report: dict, markdown: str, lines_name: s
     # last: benchmarks (and people) take its presence as "this evaluation finished"
     write_json(out / "metrics.json", {k: v for k, v in report.items() if k not in ("markdown", "intervals_markdown",
                                                                                   "verdict")})
+    if out.resolve() == (Path(cfg.model) / ModelCard.EVAL).resolve() and ModelCard.exists(cfg.model):
+        ModelCard.load(cfg.model).write_readme()  # the model's README shows its latest test results
     log(f"report written to {out}/metrics.json, metrics.md" + (", metrics.png" if chart is not None else ""))
     return {**report, "output": str(out)}
 

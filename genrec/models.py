@@ -184,9 +184,23 @@ class ModelCard:
         return card
 
     def save(self) -> None:
-        """Write genrec.json (atomically); call it last, when every other file is in place."""
+        """Write README.md (for people), then genrec.json (atomically); call it last, when every other file is in
+        place."""
+        self.write_readme()
         body = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("dir", "stats")}
         write_json(self.dir / MODEL_CARD, {"genrec_model": 1, **body, **self.stats})
+
+    README = "README.md"
+    EVAL = "eval-test"  # where `genrec evaluate` writes by default; its metrics.json feeds the README
+
+    def write_readme(self) -> None:
+        """The model directory's README.md, written over the adapter library's placeholder: what the model is, how
+        it was trained, its test results when `genrec evaluate` has written them, and how to use it. Rewritten
+        atomically by `genrec evaluate` (default output) so the results stay the model's latest."""
+        from .files import atomic_file
+
+        with atomic_file(self.dir / self.README) as fh:
+            fh.write(render_readme(self))
 
     @property
     def main_task(self) -> str:
@@ -276,3 +290,80 @@ class ModelCard:
             shutil.rmtree(out / cls.MERGED, ignore_errors=True)
             tmp.rename(out / cls.MERGED)
         return tasks
+
+
+def render_readme(card: ModelCard) -> str:
+    """README.md of a model directory, from its card and (if present) `eval-test/metrics.json`."""
+    import hashlib
+
+    sft, st = card.sft, card.stats
+    name = card.dir.name
+    base = "SmolLM2-135M-Instruct (the packaged default)" if card.base_model == "default" else card.base_model
+    layers = f", its first {sft['layers']} decoder layers" if sft.get("layers") else ""
+    manifest = Path(card.data) / "manifest.json"
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "not found"
+    recipe = ", ".join(f"{k}={sft[k]}" for k in ("max_minutes", "max_steps", "learning_rate", "lora_r", "batch_size",
+                                                  "embedding_dropout", "item_weight_decay", "label_smoothing")
+                       if sft.get(k) not in (None, 0, 0.0, -1))
+    minutes = st.get("train_seconds", 0) / 60
+    loss = st.get("train_loss")
+    lines = [
+        f"# {name}: a genrec recommender",
+        "",
+        f"Fine-tuned from {base}{layers} with LoRA on `{card.data}` (manifest sha256 {digest}). It recommends only "
+        f"items of its catalog (`catalog.jsonl`), written as item {card.id_style}s"
+        + (", with a reason after each item." if card.with_reasons else "."),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| tasks | {', '.join(card.tasks)} (objective: {card.objective}) |",
+        f"| item identifiers | {card.id_style} |",
+        f"| recipe | {recipe} |",
+        f"| training | {st.get('global_step', '?')} steps in {minutes:.1f} min"
+        + (f", final training loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+        + (", stopped by the clock" if st.get("stopped_by_clock") else "") + " |",
+        f"| retriever | {card.retriever['kind'] if card.retriever else 'none'} |",
+        "",
+        "![training loss](loss.png)",
+        "",
+        "## Test results",
+        "",
+    ]
+    metrics = card.dir / ModelCard.EVAL / "metrics.json"
+    report = read_json(metrics) if metrics.is_file() else None
+    if report and "intervals" in report and report.get("task") in ("next_item", "next_item_reason", None):
+        lines += [f"Next-item ranking over the whole catalog, {report.get('users_evaluated')} test users, 95% "
+                  "bootstrap intervals (`eval-test/metrics.md` has every metric):", "",
+                  "| model | NDCG@10 | HR@10 |", "|---|---|---|"]
+        for model, res in report.get("results", {}).items():
+            iv = report["intervals"].get(model, {})
+            cells = []
+            for m in ("NDCG@10", "HR@10"):
+                if m not in res:
+                    cells.append("")
+                    continue
+                band = f" [{iv[m]['lo']:.4f}, {iv[m]['hi']:.4f}]" if m in iv else ""
+                cells.append(f"{res[m]:.4f}{band}")
+            lines.append(f"| {model} | {cells[0]} | {cells[1]} |")
+    else:
+        lines.append(f"Not evaluated yet: `genrec evaluate --model {card.dir}` writes them here.")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"genrec recommend --model {card.dir} --history ITEM_ID_OR_TITLE --history ...",
+        f"genrec generate --model {card.dir} --users users.jsonl --out recs.jsonl --k 10",
+        f"genrec serve --model {card.dir}   # OpenAI-compatible API on http://127.0.0.1:8000/v1",
+        "```",
+        "",
+        "```python",
+        "from openai import OpenAI",
+        'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")',
+        f'r = client.chat.completions.create(model="{name}", n=5, messages=[{{"role": "user", "content": '
+        """'{"history": ["ITEM"]}'}])""",
+        "print([c.message.content for c in r.choices])",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

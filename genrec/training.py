@@ -839,7 +839,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
             "processes": args.world_size,  # a global batch is batch_size x grad_accum x processes examples
             "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
         }).save()  # last: its presence means "complete"
-    _finish_output(out, final)
+    if out != final:
+        _finish_output(out, final)
+        ModelCard.load(final).write_readme()  # its commands name the directory the model now lives in
     out = final
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")
     if retriever is not None:

@@ -172,6 +172,8 @@ def test_overwrite_killed_keeps_the_old_model_then_resume_replaces_it(tmp_path, 
     assert not all((before[k] == new[k]).all() for k in before)
     assert not (tmp_path / ".m.next").exists() and not (tmp_path / ".m.old").exists()
     assert ModelCard.load(out).sft["learning_rate"] == 0.01
+    assert f"genrec serve --model {out} " in (out / "README.md").read_text()
+    assert ".m.next" not in (out / "README.md").read_text()
 
 
 def test_resume_passes_over_a_checkpoint_genrec_did_not_finish(tmp_path, tiny_data, cut_token_model):
@@ -339,3 +341,27 @@ def test_embedding_dropout_acts_in_training_only(base_model_dir):
         assert torch.allclose(model(input_ids=ids).logits, plain(input_ids=ids).logits)
     with pytest.raises(GenrecError, match="embedding_dropout must be in"):
         embedding_dropout(model, 1.0)
+
+
+def test_the_model_directory_has_genrecs_own_readme(tmp_path, tiny_model):
+    """README.md is genrec's card, not the adapter library's placeholder: base model, data hash, identifiers, the
+    recipe and steps, how to use it; `genrec evaluate` (default output) adds the test results, atomically."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    text = (model / "README.md").read_text()
+    card = json.loads((model / MODEL_CARD).read_text())
+    assert "fine-tuned version of" not in text and "[More Information Needed]" not in text
+    assert text.startswith("# m: a genrec recommender") and "SmolLM2-135M-Instruct" in text
+    assert f"{card['global_step']} steps" in text and "item titles" in text and "Not evaluated yet" in text
+    assert f"genrec serve --model {tiny_model}" in text  # where it was trained
+    res = CliRunner().invoke(main, ["evaluate", "--model", str(model), "--max-users", "4", "--k", "10",
+                                    "--baselines", "popular"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((model / "eval-test" / "metrics.json").read_text())
+    text = (model / "README.md").read_text()
+    assert "Not evaluated yet" not in text and "4 test users" in text and f"genrec serve --model {model}" in text
+    row = next(line for line in text.splitlines() if line.startswith("| genrec |"))
+    assert f"{report['results']['genrec']['NDCG@10']:.4f}" in row
+    assert not [p.name for p in model.iterdir() if p.name.startswith(".README")]
