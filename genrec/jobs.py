@@ -175,6 +175,9 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
     # Progress lives in <out>.partial (appended and synced per batch) and becomes <out> at the end (sorted, atomically):
     # a crash never leaves a half-written <out>, and --resume continues from the partial file (and a finished <out>).
     partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not (cfg.resume or cfg.overwrite):
+        raise GenrecError(f"{partial} holds an unfinished run's users (pass --resume to keep them or --overwrite "
+                          "to start again)")
     done = finished_lines([out, partial]) if cfg.resume else {}
     requests, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
@@ -187,6 +190,9 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
                 raise
             skipped += 1
             log(f"warning: skipped: {exc}")
+    # only lines of this run's users file and shard, for the same user, are kept
+    wanted = {str(n): obj.get("user_id") for n, obj, _ in requests}
+    done = {i: line for i, line in done.items() if i in wanted and json.loads(line).get("user_id") == wanted[i]}
     settings = output_settings(cfg)
     t0 = time.time()
     pending = [r for r in requests if str(r[0]) not in done]

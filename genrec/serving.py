@@ -161,19 +161,26 @@ class Batcher:
                             self._fail(j, exc)
 
     def _search(self, jobs: list[Job]) -> None:
-        """One batched search for jobs of the same settings; each job gets its own results (and usage)."""
+        """One batched search for jobs of the same settings; each job gets its own results (and usage). Every
+        job's answer is built before any future is set, so a failure here leaves every future unset."""
         usage: list[dict] = []
         results = self.rec.recommend([r for j in jobs for r in j.requests], jobs[0].search, usage=usage)
-        pos = 0
+        answers, pos = [], 0
         for j in jobs:
-            mine = results[pos:pos + len(j.requests)]
-            j.future.set_result([{**r, "_usage": u} for r, u in zip(mine, usage[pos:pos + len(j.requests)])])
-            pos += len(j.requests)
+            n = len(j.requests)
+            if len(results[pos:pos + n]) != n or len(usage[pos:pos + n]) != n:
+                raise RuntimeError("the search returned fewer results than requests")
+            answers.append([{**r, "_usage": u} for r, u in zip(results[pos:pos + n], usage[pos:pos + n])])
+            pos += n
+        for j, answer in zip(jobs, answers):
+            if not j.future.done():
+                j.future.set_result(answer)
             self.counts["served" if time.monotonic() < j.deadline else "expired"] += 1
 
     def _fail(self, job: Job, exc: Exception) -> None:
         self.counts["failed"] += 1
-        job.future.set_exception(exc)
+        if not job.future.done():
+            job.future.set_exception(exc)
 
 
 class Service:
@@ -243,6 +250,10 @@ class Service:
                 obj = json.loads(stripped)
             except json.JSONDecodeError:
                 obj = None
+            except (RecursionError, ValueError):  # nested past the stack, or an integer of thousands of digits
+                raise APIError(400, f"{where} is JSON nested too deeply or with an integer too long") from None
+            if isinstance(obj, (dict, list)) and nesting(obj) > MAX_DEPTH:
+                raise APIError(400, f"{where} is nested more than {MAX_DEPTH} levels deep")
             if isinstance(obj, dict):
                 fields = {**fields, **obj}
             elif stripped:
@@ -378,7 +389,7 @@ def allowed_hosts(cfg: ServeConfig) -> set[str] | None:
     loopback server through DNS rebinding (its own name resolving to 127.0.0.1); checking Host stops its requests
     from reading a stored user's history. A server bound to every interface (0.0.0.0, ::) cannot know its names:
     it takes any Host, unless `allowed_hosts` lists them, and needs an API key there anyway."""
-    names = {h.lower() for h in cfg.allowed_hosts}
+    names = {host_name(h) for h in cfg.allowed_hosts if h.strip()}
     if cfg.host in ("127.0.0.1", "localhost", "::1"):
         return names | {"127.0.0.1", "localhost", "::1"}
     if cfg.host in ("0.0.0.0", "::", ""):

@@ -520,15 +520,19 @@ class CheckpointDone(TrainerCallback):
 def last_checkpoint(out: Path) -> Path | None:
     """Newest complete checkpoint: the trainer's state and genrec's marker are both there (a kill during a save
     leaves one without them; --resume then continues from the one before)."""
-    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-            and (p / "trainer_state.json").is_file() and (p / CHECKPOINT_DONE).is_file()]
+    saved = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    done = [p for p in saved if (p / CHECKPOINT_DONE).is_file()]
+    if not done and not any((p / CHECKPOINT_DONE).is_file() for p in out.glob("checkpoint-*")):
+        done = saved  # a run from before the marker existed: the trainer's state is all there is to go by
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def is_run(path: Path) -> bool:
     """Whether genrec wrote this directory: a model card, a checkpoint or a loss log. Only such a directory is ever
     replaced by --overwrite."""
-    return ModelCard.exists(path) or any(path.glob("checkpoint-*")) or (path / "loss.jsonl").is_file()
+    return ModelCard.exists(path) or any(path.glob("checkpoint-*")) or (path / "loss.jsonl").is_file() or \
+        (path / RETRIEVER_DIR).is_dir()  # a run killed after its retriever, before its first step
 
 
 def staging(out: Path) -> Path:
@@ -540,8 +544,8 @@ def run_dir(cfg: SFTConfig) -> Path:
     """The directory this run trains in (every process computes the same one): `output` itself, or its staging
     sibling when `output` already holds something (--overwrite), or when --resume continues a staged run."""
     out = Path(cfg.output)
-    if cfg.resume:
-        return staging(out) if staging(out).is_dir() and last_checkpoint(staging(out)) else out
+    if cfg.resume:  # an interrupted --overwrite run is what there is to resume, if there is one
+        return staging(out) if staging(out).is_dir() else out
     return staging(out) if cfg.overwrite and out.is_dir() and any(out.iterdir()) else out
 
 
@@ -555,6 +559,12 @@ def _prepare_output(cfg: SFTConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise GenrecError(f"output {out} is a file, not a directory")
     if cfg.resume:
+        if work != out and last_checkpoint(work) is None:
+            raise GenrecError(f"--resume: the interrupted --overwrite run in {work} stopped before its first "
+                              "checkpoint: start it again with --overwrite")
+        if work == out and ModelCard.exists(out):
+            raise GenrecError(f"--resume: {out} already holds a finished model (--resume continues unfinished runs; "
+                              "--overwrite trains a new one)")
         if last_checkpoint(work) is None:
             raise GenrecError(f"--resume: {out} holds no checkpoint to resume from")
         return work
@@ -585,7 +595,8 @@ def _finish_output(work: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.old"
     if old.exists():
         shutil.rmtree(old)
-    os.replace(out, old)
+    if out.exists():
+        os.replace(out, old)
     os.replace(work, out)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -652,7 +663,7 @@ def check_trackers(names: list[str]) -> None:
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
     for name in names:
-        if name in ("none", ""):
+        if name in ("none", "", "all"):  # "all": whichever are installed (transformers' own rule)
             continue
         if name not in INTEGRATION_TO_CALLBACK:
             raise GenrecError(f"report_to: unknown tracker {name!r} (known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))})")

@@ -9,13 +9,14 @@ PY=${PYTHON:-python3}
 # Run one install step quietly: its output is shown only when it fails, and then the script stops with its exit
 # code (a filter such as `| grep -v ... || true` would hide pip's failure and go on to a broken environment).
 step() {
-  local log
+  local log rc=0
   log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then
-    grep -v -e "^WARNING: Location" -e "BuildBackendWarning" "$log" | tail -n 40 >&2
+  "$@" >"$log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    { grep -v -e "^WARNING: Location" -e "BuildBackendWarning" "$log" || true; } | tail -n 40 >&2
     rm -f "$log"
-    echo "error: setup step failed: $*" >&2
-    exit 1
+    echo "error: setup step failed (exit $rc): $*" >&2
+    exit "$rc"
   fi
   rm -f "$log"
 }

@@ -20,6 +20,6 @@ def test_setup_env_stops_at_a_failed_install(tmp_path):
     r = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHON": sys.executable, "GENREC_TORCH_VERSION": "0.0.0.0.1"})
     assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "error: setup step failed:" in r.stderr and "torch==0.0.0.0.1" in r.stderr
+    assert "error: setup step failed (exit 1):" in r.stderr and "torch==0.0.0.0.1" in r.stderr
     assert "ERROR:" in r.stderr  # pip's own message
     assert "genrec env ready" not in r.stdout
