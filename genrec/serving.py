@@ -246,14 +246,7 @@ class Service:
         fields = {k: extra[k] for k in ("user_id", "history", "context", "request") if k in extra}
         stripped = text.strip()
         if stripped.startswith("{"):
-            try:
-                obj = json.loads(stripped)
-            except json.JSONDecodeError:
-                obj = None
-            except (RecursionError, ValueError):  # nested past the stack, or an integer of thousands of digits
-                raise APIError(400, f"{where} is JSON nested too deeply or with an integer too long") from None
-            if isinstance(obj, (dict, list)) and nesting(obj) > MAX_DEPTH:
-                raise APIError(400, f"{where} is nested more than {MAX_DEPTH} levels deep")
+            obj = parse_json(stripped, where, lenient=True)
             if isinstance(obj, dict):
                 fields = {**fields, **obj}
             elif stripped:
@@ -384,6 +377,24 @@ def nesting(obj) -> int:
     return deepest
 
 
+def parse_json(text: str, what: str, lenient: bool = False):
+    """The one parser of client JSON (a body, or a message that is itself JSON): a hostile shape is a 400, never a
+    500. `lenient`: text that is not JSON at all gives None (a chat message may be plain text)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if lenient:
+            return None
+        raise APIError(400, f"{what} is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise APIError(400, f"{what} is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise APIError(400, f"{what} is not valid JSON: an integer too long ({exc})") from None
+    if nesting(obj) > MAX_DEPTH:
+        raise APIError(400, f"{what} is nested more than {MAX_DEPTH} levels deep")
+    return obj
+
+
 def allowed_hosts(cfg: ServeConfig) -> set[str] | None:
     """Host header names a request may carry, or None for any. Why: a web page on another origin can reach a
     loopback server through DNS rebinding (its own name resolving to 127.0.0.1); checking Host stops its requests
@@ -499,19 +510,12 @@ def create_app(rec: Recommender, cfg: ServeConfig):
             if len(raw) > cfg.max_body_bytes:
                 raise APIError(413, f"request body is larger than {cfg.max_body_bytes} bytes")
         try:
-            body = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise APIError(400, "request body is not valid UTF-8") from None
-        except json.JSONDecodeError as exc:
-            raise APIError(400, f"request body is not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep") from None
-        except ValueError as exc:  # an integer of more than 4,300 digits
-            raise APIError(400, f"request body is not valid JSON ({exc})") from None
+        body = parse_json(text, "request body")
         if not isinstance(body, dict):
             raise APIError(400, "request body must be a JSON object")
-        if nesting(body) > MAX_DEPTH:
-            raise APIError(400, f"request body is nested more than {MAX_DEPTH} levels deep")
         return body
 
     def maybe_stream(resp: dict, body: dict):
