@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import arms_parser, dataset_arms, learning_curve, machine, write_results
+from benchmarks.common import TITLE_RECIPE, arms_parser, dataset_arms, learning_curve, machine, write_results
 
 ARMS = ("rerank", "candidates", "full", "token-candidates", "token-full")
 
@@ -45,9 +45,9 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
         prompt = PromptConfig(task="rerank", max_history=args.history, max_prompt_tokens=512,
                               rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f],
                               max_title_chars=args.title_chars)
-        train(SFTConfig(data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3,
-                        max_minutes=args.minutes, save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=8,
-                        retriever=args.retriever or "sasrec"))
+        train(SFTConfig(**{**TITLE_RECIPE, **dict(
+            data=str(data), output=str(model), prompt=prompt, max_steps=0, num_epochs=3, max_minutes=args.minutes,
+            save_steps=80, keep_checkpoints=5, overwrite=True, rerank_copies=8, retriever=args.retriever or "sasrec")}))
     else:  # one next_item model serves the candidates and full arms, with the rerank arm's retriever if it has one
         tokens = arm.startswith("token")
         prompt = PromptConfig(max_history=50, item_facts=[]) if tokens else PromptConfig(
@@ -55,10 +55,11 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
             max_title_chars=args.title_chars)
         borrowed = next((p for p in (model.parent / d / "retriever" for d in ("rerank", "next_item", "next_item_token"))
                          if p.is_dir()), None)
-        train(SFTConfig(data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
-                        num_epochs=20 if tokens else 3, max_minutes=args.minutes, save_steps=100, overwrite=True,
-                        item_id="token" if tokens else "title",
-                        retriever=args.retriever or (str(borrowed) if borrowed else "sasrec")))
+        train(SFTConfig(**{**TITLE_RECIPE, **dict(
+            data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
+            num_epochs=20 if tokens else 3, max_minutes=args.minutes, save_steps=100, overwrite=True,
+            item_id="token" if tokens else "title",
+            retriever=args.retriever or (str(borrowed) if borrowed else "sasrec"))}))
     return time.time() - t0
 
 

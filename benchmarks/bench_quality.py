@@ -12,7 +12,8 @@ filled over several sessions:
     python -m benchmarks.bench_quality --datasets movielens,scientific --arms sequence,prefix --minutes 60
     python -m benchmarks.bench_quality --datasets scientific --arms token --minutes 30 --users 8442
 
-Arms: sequence (titles, the sequence objective), prefix (titles, one prompt per history prefix: the "before"),
+Arms: default (`genrec sft --data D` as it comes: the library's defaults, which are meant to be the best measured
+recipe, for --minutes instead of the default 30), sequence (titles, the sequence objective), prefix (titles, one prompt per history prefix: the "before"),
 token (the sequence objective over one new token per item, item_id=token: one token per item, and one forward
 pass ranks the whole catalog, so every test user can be evaluated). `--layers N` trains the LLM arms on the base
 model's first N decoder layers (`layers=N`: more steps per CPU-minute) into `<arm>-layers<N>/`, beside the full
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import arms_parser, dataset_arms, learning_curve, machine, paired_arms, write_results
 
-ARMS = ("sequence", "prefix", "token")
+ARMS = ("default", "sequence", "prefix", "token")
 # token: the sequence objective with one new vocabulary token per item (item_id=token), SASRec's history of 50
 
 
@@ -65,13 +66,16 @@ def main() -> None:
             prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
                       "token": PromptConfig(max_history=50, item_facts=[]),
                       "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
-            t0 = time.time()
-            train(with_overrides(SFTConfig(
+            budget = dict(max_minutes=args.minutes, save_steps=10**6, overwrite=True, keep_checkpoints=3,
+                          save_minutes=args.minutes / 4 if args.curve_users else None)
+            cfg = SFTConfig(data=str(data), output=str(model), **budget) if arm == "default" else SFTConfig(
                 data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
                 item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0, num_epochs=100,
-                max_minutes=args.minutes, save_steps=10**6, overwrite=True, keep_checkpoints=3,
-                save_minutes=args.minutes / 4 if args.curve_users else None, layers=args.layers),
-                parse_overrides(args.sft)))
+                layers=args.layers, embedding_dropout=0.0, item_weight_decay=0.0, **budget)
+            if args.layers is not None:
+                cfg.layers = args.layers
+            t0 = time.time()
+            train(with_overrides(cfg, parse_overrides(args.sft)))
             sft_wall = time.time() - t0
             ev = run_evaluation(EvaluateConfig(
                 model=str(model), max_users=args.users, ks=[1, 5, 10],

@@ -24,7 +24,7 @@ from benchmarks.common import machine, parser, write_results
 def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Path) -> dict:
     cmd = [sys.executable, "-m", "genrec.cli", "sft", "--data", data, "--output", str(out), "--objective", objective,
            "--max-minutes", str(minutes), "--overwrite", "max_steps=0", "num_epochs=1", "save_steps=1000000",
-           "logging_steps=1", *extra]
+           "logging_steps=1", "item_id=title", "layers=none", "embedding_dropout=0", "item_weight_decay=0", *extra]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)

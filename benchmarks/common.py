@@ -8,8 +8,26 @@ import gzip
 import json
 import os
 import platform
+import resource
+import subprocess
+import sys
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"  # committed: docs/results.md is rendered from these files
+STARTED = time.time()
+_LOAD: list[float] = []  # the 1-minute load average, sampled every 15 s while the benchmark runs
+
+
+def _sample_load() -> None:
+    while True:
+        _LOAD.append(os.getloadavg()[0])
+        time.sleep(15)
+
+
+threading.Thread(target=_sample_load, daemon=True, name="load-sampler").start()
 
 
 def bench_data() -> Path:
@@ -120,7 +138,7 @@ def bench_parser(doc: str, datasets: str | None, steps: int, work: str, users: i
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps per fine-tune (the same for every arm)")
     ap.add_argument("--sasrec-seconds", type=float, default=120.0)
     ap.add_argument("--work", default=work)
-    ap.add_argument("--name", default=Path(work).name, help="results file stem under runs/bench/")
+    ap.add_argument("--name", default=Path(work).name, help="results file stem under benchmarks/results/")
     return ap
 
 
@@ -134,17 +152,25 @@ def arms_parser(doc: str, datasets: str, arms: str, minutes: float, history: int
                     "for each)")
     ap.add_argument("--facts", default="", help="prompt.item_facts ('' = titles only)")
     ap.add_argument("--work", default=work)
-    ap.add_argument("--name", default=Path(work).name, help="results file stem under runs/bench/")
+    ap.add_argument("--name", default=Path(work).name, help="results file stem under benchmarks/results/")
     return ap
 
 
+# genrec's defaults before they became the item-token recipe: what the step-budget and title benchmarks measured
+# (titles, one prompt per history prefix, the whole model, no regularisers); their arms state what else they change
+TITLE_RECIPE = dict(item_id="title", objective="prefix", layers=None, max_minutes=None, num_epochs=1.0,
+                    embedding_dropout=0.0, item_weight_decay=0.0)
+
+
 def timed_sft(data: Path, out: Path, steps: int, **settings) -> float:
-    """Fine-tune for `steps` steps with no intermediate checkpoints; the seconds it took."""
+    """Fine-tune for `steps` steps with no intermediate checkpoints (TITLE_RECIPE unless `settings` say otherwise);
+    the seconds it took."""
     from genrec.config import SFTConfig
     from genrec.training import train
 
     t0 = time.time()
-    train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6, **settings))
+    train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
+                    **{**TITLE_RECIPE, **settings}))
     return round(time.time() - t0, 1)
 
 
@@ -282,16 +308,50 @@ def paired_arms(work: Path, datasets: list[str]) -> dict:
     return out
 
 
-def write_results(name: str, results: dict, rows: list[dict], out_dir: str = "runs/bench") -> Path:
+def provenance() -> dict:
+    """What a reader needs to trust and rerun a result: the command, the commit (and whether the tree differed from
+    it), the date, the wall and CPU minutes so far, and the machine's load while it ran (the 1-minute load average,
+    which counts this benchmark's own threads too: ~2 on 2 cores is an otherwise idle machine)."""
+    def git(*a):
+        r = subprocess.run(["git", *a], capture_output=True, text=True, cwd=RESULTS.parent.parent)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    module = Path(sys.argv[0]).stem
+    return {
+        "command": " ".join(["python -m benchmarks." + module, *sys.argv[1:]]),
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "tree_differs": bool(git("status", "--porcelain", "--", "genrec", "benchmarks", "prompts")),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "wall_minutes": round((time.time() - STARTED) / 60, 1),
+        "cpu_minutes": round((own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime) / 60, 1),
+        "cpu_count": os.cpu_count(),
+        "load_mean": round(sum(_LOAD) / len(_LOAD), 2) if _LOAD else None,
+        "load_max": round(max(_LOAD), 2) if _LOAD else None,
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of several kinds: every column, "" if absent
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
+           + " |" for r in rows]
+    return "\n".join(md) + "\n"
+
+
+def write_results(name: str, results: dict, rows: list[dict], out_dir: str | Path = RESULTS) -> Path:
+    """benchmarks/results/<name>.json: the results, the table rows docs/results.md shows, and their provenance.
+    Written after each arm (atomically), so a long run keeps what it finished; `python -m benchmarks.report`
+    renders the page from these files."""
+    from genrec.files import write_json
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    write_json(out / f"{name}.json", {"title": doc.split("\n\n")[0].replace("\n", " "), "provenance": provenance(),
+                                      "rows": rows, **results})
     if rows:
-        cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of several kinds: every column, "" if absent
-        md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        md += ["| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols)
-               + " |" for r in rows]
-        (out / f"{name}.md").write_text("\n".join(md) + "\n")
-        print("\n".join(md))
+        print(markdown_table(rows), end="")
     print(f"wrote {out / name}.json")
     return out

@@ -89,18 +89,23 @@ class VLLMConfig:
 
 @dataclass
 class SFTConfig:
-    """`genrec sft`: LoRA supervised fine-tuning with TRL."""
+    """`genrec sft`: LoRA supervised fine-tuning with TRL.
+
+    The defaults are the best measured recipe for next-item recommendation (docs/guide.md, "Where the defaults come
+    from"): item tokens under the sequence objective, on the base model's first 10 decoder layers, with embedding
+    dropout and weight decay on the item rows, for 30 CPU-minutes. `genrec sft --data D` trains exactly that."""
 
     data: str = "runs/sample/data"
     output: str = "runs/sample/model"
     model: str = "default"
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    # SASRec's history of 50 items, no facts after each item token (a list of item tokens is the whole prompt)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(max_history=50, item_facts=[]))
     tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
-    objective: str = "prefix"  # next_item: sequence (every item of a user window is a target) | prefix
+    objective: str = "sequence"  # next_item: sequence (every item of a user window is a target) | prefix
     # sequence objective and rerank task: padded tokens per batch (grouped by length) instead of batch_size; on 2 CPU cores
     # 1024 trains fastest per token (150 tokens/s, 4 GB peak RSS; 4096 runs at ~80 tokens/s and 8-14 GB)
     max_batch_tokens: int = 1024
-    max_minutes: float | None = None  # stop training after this many minutes (the LR schedule follows the clock)
+    max_minutes: float | None = 30.0  # stop training after this many minutes (the LR schedule follows the clock)
     report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
     init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
     # a collaborative retriever trained with the model and saved inside it (the rerank task needs one; any other
@@ -110,8 +115,8 @@ class SFTConfig:
     rerank_copies: int = 8  # rerank task: examples per user's validation item, each with its own candidate order
     # keep only the first N decoder layers of the base model (None: all). A shallower model takes more steps per
     # CPU-minute; the model is then saved merged, with N layers in its config
-    layers: int | None = None
-    item_id: str = "title"  # what the model writes for an item: title | id | semantic | token (see index.py)
+    layers: int | None = 10
+    item_id: str = "token"  # what the model writes for an item: title | id | semantic | token (see index.py)
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)
     semantic_text_weight: float = 0.5  # share of the text embedding vs the co-occurrence embedding
@@ -122,24 +127,24 @@ class SFTConfig:
     lora_target_modules: str = "all-linear"
     # dropout on every input embedding while training (SASRec drops 0.2-0.5 of its embeddings): against memorising
     # the training windows, which item tokens on a cut decoder do after ~15 CPU-minutes on Scientific
-    embedding_dropout: float = 0.0
+    embedding_dropout: float = 0.3
     # item_id=token's item softmax: this share of each target's probability is spread over the whole catalog (a
     # regulariser against the confident memorised targets that stop validation gains; 0 = off)
     label_smoothing: float = 0.0
     # decoupled weight decay (AdamW's) on the new item/code token rows alone, which weight_decay cannot reach: their
     # embedding matrix holds the base vocabulary too. Each step scales them by 1 - lr x this, lr being the
     # scheduler's rate (under max_minutes, the epoch-bound schedule's, which anneals later than the clock's); 0 = off
-    item_weight_decay: float = 0.0
+    item_weight_decay: float = 2.0
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
-    max_steps: int = 120
-    num_epochs: float = 1.0
+    max_steps: int = 0  # 0: bounded by max_minutes and num_epochs
+    num_epochs: float = 20.0  # an upper bound: under max_minutes the clock stops the run first
     max_train_examples: int | None = None
-    save_steps: int = 40
+    save_steps: int = 50
     keep_checkpoints: int = 2  # the newest checkpoints kept (more: a learning curve can be measured afterwards)
     save_minutes: float | None = None  # also checkpoint every this many training minutes (a curve over a time budget)
     logging_steps: int = 5

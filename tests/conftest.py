@@ -109,10 +109,18 @@ def tokenizer(base_model_dir):
     return load_tokenizer(base_model_dir)
 
 
+# the tests' base recipe on the command line (titles on the whole model for a step count), as tiny_sft_config sets it
+TITLE_RECIPE = ["item_id=title", "layers=none", "max_minutes=none", "num_epochs=1", "embedding_dropout=0",
+                "item_weight_decay=0"]
+
+
 def tiny_sft_config(data: Path, out: Path, **kw) -> SFTConfig:
     cfg = SFTConfig(data=str(data), output=str(out), batch_size=4, max_steps=6, save_steps=3, logging_steps=1,
                     learning_rate=3e-3, lora_r=8, lora_alpha=16, lora_dropout=0.0, seed=7, objective="prefix",
-                    prompt=PromptConfig(max_history=3, max_prompt_tokens=128))
+                    prompt=PromptConfig(max_history=3, max_prompt_tokens=128),
+                    # the tests' base recipe: titles on the whole model for a step count (not the library's defaults)
+                    item_id="title", layers=None, max_minutes=None, num_epochs=1.0, embedding_dropout=0.0,
+                    item_weight_decay=0.0)
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TITLE_RECIPE
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_2proc.yaml"
 
 
@@ -17,7 +19,7 @@ def launch(tiny_data, out, *extra) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "-m", "genrec.cli",
            "sft", "--data", str(tiny_data), "--output", str(out), "--objective", "prefix", "batch_size=2",
            "save_steps=2", "logging_steps=1", "lora_r=4", "lora_alpha=8", "prompt.max_history=3",
-           "prompt.max_prompt_tokens=128", "seed=7", *extra]
+           "prompt.max_prompt_tokens=128", "seed=7", *TITLE_RECIPE, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
 

@@ -323,7 +323,20 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(cut_token_model, tiny_
     assert all(abs(a["score"] - b["score"]) < 1e-3 for a, b in zip(again, recs))
     with pytest.raises(GenrecError, match="loads with --backend hf only"):
         Recommender(out, backend="vllm", adapter=out / "checkpoint-1")
-    for bad in (0, 31):
-        with pytest.raises(GenrecError, match=r"layers=\d+: the base model has 30 decoder layers"):
+    for bad in (0, -1):
+        with pytest.raises(GenrecError, match=r"layers=-?\d+: give the number of decoder layers to keep \(1\.\.30\)"):
             train(tiny_sft_config(tiny_data, tmp_path / f"bad{bad}", layers=bad), log=lambda m: None)
         assert not (tmp_path / f"bad{bad}" / "genrec.json").exists()
+
+
+def test_layers_is_an_upper_bound_so_the_default_leaves_a_shallow_model_whole():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genrec.models import keep_layers
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    keep_layers(model, 10)  # SFTConfig's default on a 3-layer model
+    assert len(model.get_decoder().layers) == 3 and model.config.num_hidden_layers == 3
+    keep_layers(model, 2)
+    assert len(model.get_decoder().layers) == 2 and model.config.num_hidden_layers == 2

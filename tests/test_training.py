@@ -18,7 +18,7 @@ from genrec.models import MODEL_CARD
 
 from genrec.training import CHECKPOINT_DONE
 
-from conftest import tiny_sft_config
+from conftest import TITLE_RECIPE, tiny_sft_config
 
 
 def test_output_directory_is_self_contained(tiny_model):
@@ -62,7 +62,7 @@ def _sft_args(cfg, data, out, save_steps: int) -> list[str]:
             f"batch_size={cfg.batch_size}", f"max_steps={cfg.max_steps}", f"save_steps={save_steps}",
             f"learning_rate={cfg.learning_rate}", f"lora_r={cfg.lora_r}", f"lora_alpha={cfg.lora_alpha}",
             f"seed={cfg.seed}", "logging_steps=1", f"prompt.max_history={cfg.prompt.max_history}",
-            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}"]
+            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}", f"objective={cfg.objective}", *TITLE_RECIPE]
 
 
 def _assert_same_adapter(a: Path, b: Path) -> None:
@@ -226,8 +226,8 @@ def test_grad_accum_and_report_to(tmp_path, tiny_data):
     (["--model", "/nonexistent/model"], "does not exist"),
     (["bogus_key=1"], "unknown config key 'bogus_key'"),
     (["--config", "/nonexistent.yaml"], "does not exist"),
-    (["label_smoothing=0.1"], "label_smoothing applies to the item softmax"),
-    (["item_weight_decay=0.5"], "item_weight_decay must be >= 0 and applies to new item tokens"),
+    (["item_id=title", "label_smoothing=0.1"], "label_smoothing applies to the item softmax"),
+    (["item_id=title", "item_weight_decay=0.5"], "item_weight_decay must be >= 0 and applies to new item tokens"),
     (["item_id=token", "objective=sequence", "label_smoothing=1"], "label_smoothing must be in [0, 1)"),
 ])
 def test_bad_sft_input(tmp_path, tiny_data, args, needle):
