@@ -64,7 +64,7 @@ def main() -> None:
         if not metrics_path.is_file():
             facts = [f for f in args.facts.split(",") if f]
             prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
-                      "token": PromptConfig(max_history=50, item_facts=[]),
+                      "token": PromptConfig(max_history=50, item_facts=[]), "default": None,
                       "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
             budget = dict(max_minutes=args.minutes, save_steps=10**6, overwrite=True, keep_checkpoints=3,
                           save_minutes=args.minutes / 4 if args.curve_users else None)
