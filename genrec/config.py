@@ -142,7 +142,7 @@ class SFTConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_steps: int = 0  # 0: bounded by max_minutes and num_epochs
-    num_epochs: float = 20.0  # an upper bound: under max_minutes the clock stops the run first
+    num_epochs: float = 100.0  # an upper bound: under max_minutes the clock stops the run first
     max_train_examples: int | None = None
     save_steps: int = 50
     keep_checkpoints: int = 2  # the newest checkpoints kept (more: a learning curve can be measured afterwards)
