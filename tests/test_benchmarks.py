@@ -1,5 +1,5 @@
 """The benchmarks stay runnable: each one imports as a module of the `benchmarks` package (no sys.path tricks) and
-answers --help; their shared helpers write a report as JSON + Markdown."""
+answers --help; their shared helpers write results as JSON with provenance, and docs/results.md is rendered from them."""
 
 from __future__ import annotations
 
@@ -32,14 +32,36 @@ def test_every_benchmark_is_a_module_that_answers_help():
     assert "sys.path" not in "".join((ROOT / "benchmarks" / f"{b}.py").read_text() for b in BENCHES)
 
 
-def test_write_results_writes_json_and_a_table_with_every_column(tmp_path):
-    from benchmarks.common import write_results
+def test_write_results_writes_json_with_its_provenance_and_a_table_with_every_column(tmp_path):
+    from benchmarks.common import markdown_table, write_results
 
-    write_results("x", {"a": 1}, [{"model": "m", "NDCG@10": 0.123456}, {"model": "n", "extra": "e"}], str(tmp_path))
-    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
-    lines = (tmp_path / "x.md").read_text().splitlines()
+    rows = [{"model": "m", "NDCG@10": 0.123456}, {"model": "n", "extra": "e"}]
+    write_results("x", {"a": 1}, rows, tmp_path)
+    doc = json.loads((tmp_path / "x.json").read_text())
+    assert doc["a"] == 1 and doc["rows"] == rows
+    p = doc["provenance"]
+    assert p["command"].startswith("python -m benchmarks.") and len(p["commit"]) == 12 and p["cpu_count"] >= 1
+    assert p["cpu_minutes"] >= 0 and p["date"].endswith("UTC") and isinstance(p["tree_differs"], bool)
+    lines = markdown_table(rows).splitlines()
     assert lines[0] == "| model | NDCG@10 | extra |" and lines[2] == "| m | 0.1235 |  |" and lines[3] == "| n |  | e |"
 
+
+def test_the_results_page_is_what_the_committed_result_files_render(tmp_path):
+    """docs/results.md is generated: a number edited by hand there, or a result file without its page, fails."""
+    from benchmarks.report import PAGE, render
+
+    assert PAGE.read_text(encoding="utf-8") == render(), "run `python -m benchmarks.report` and commit docs/results.md"
+    assert list((ROOT / "benchmarks" / "results").glob("*.json"))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    # a different result file changes the page, and --check says so (on a copy: the repository is not touched)
+    (tmp_path / "r").mkdir()
+    for f in (ROOT / "benchmarks" / "results").glob("*.json"):
+        doc = json.loads(f.read_text())
+        doc["rows"] = doc["rows"][:1]
+        (tmp_path / "r" / f.name).write_text(json.dumps(doc))
+    assert render(tmp_path / "r") != render()
 
 
 def test_paired_arms_compares_arms_on_the_same_users_only(tmp_path):
