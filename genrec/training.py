@@ -372,6 +372,13 @@ class Clock(TrainerCallback):
         for g in optimizer.param_groups if optimizer is not None else []:
             g["lr"] = self.last_lr
 
+    def on_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+        # the Trainer logs (console, trackers, trainer_state) the scheduler's last rate, read right after this: make
+        # it the rate this step's optimizer used, which the clock set (torch's schedulers keep it in _last_lr; their
+        # next step recomputes from their own count, so this changes no schedule)
+        if optimizer is not None and lr_scheduler is not None:
+            lr_scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
     def on_step_end(self, args, state, control, **kw):
         if self.synced(args) >= self.budget:
             control.should_training_stop = True
@@ -387,6 +394,37 @@ class Clock(TrainerCallback):
         path = ckpt / self.FILE
         if path.is_file():
             self.before = float(json.loads(path.read_text())["seconds"])
+
+
+class MinutesBar(TrainerCallback):
+    """The progress bar of a `max_minutes` run: minutes used of the budget, not steps. Why: the Trainer's bar counts
+    the epoch-bound step total (1,900 steps, "1:04:00" left, for an 8-minute run); the clock ends the run first."""
+
+    def __init__(self, clock: Clock):
+        self.clock, self.bar = clock, None
+
+    def on_train_begin(self, args, state, control, **kw):
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=round(self.clock.budget / 60, 2), unit="min", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]")
+            self.bar.update(round(self.clock.before / 60, 2))  # a resumed run starts where its clock was
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(min(self.clock.used(), self.clock.budget) / 60 - self.bar.n)
+            self.bar.set_postfix_str(f"step {state.global_step}", refresh=False)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is not None and logs:
+            self.bar.write(str({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items()
+                                if k != "total_flos"}))
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _targets(example: dict, builder) -> int:
@@ -768,13 +806,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
     class LossLog(TrainerCallback):
         def on_log(self, args_, state, control, logs=None, optimizer=None, **kw):
             if state.is_world_process_zero and logs and "loss" in logs:
-                # the rate the optimizer really used: max_minutes sets it from the clock at each step's start (the
-                # scheduler's step, which comes after optimizer.step, is overridden then)
-                lr = clock.last_lr if clock is not None and clock.last_lr is not None else \
-                    optimizer.param_groups[0]["lr"] if optimizer is not None else logs.get("learning_rate")
+                # the rate the optimizer used (under max_minutes the clock's: Clock.on_optimizer_step)
                 with open(loss_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": state.global_step, "loss": logs["loss"],
-                                         "learning_rate": lr, "seconds": time.time() - t0}) + "\n")
+                                         "learning_rate": logs.get("learning_rate"),
+                                         "seconds": time.time() - t0}) + "\n")
 
     if not cfg.resume and loss_log.exists() and args.process_index == 0:
         loss_log.unlink()
@@ -808,6 +844,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
                           **({"batches": batches, "item_rows": item_rows, "label_smoothing": cfg.label_smoothing}
                              if batches else {}))
     code_rows.attach(trainer.model)
+    if clock is not None:  # the bar counts the clock's minutes, not the epoch-bound steps
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(MinutesBar(clock))
     if item_rows is not None:
         log(f"loss: the softmax over the {len(item_rows)} item tokens at each supervised position")
     t0 = time.time()

@@ -4,6 +4,7 @@ item a target exactly once, token-budget batches, a real fine-tune that generate
 from __future__ import annotations
 
 import json
+import re
 import random
 
 import pytest
@@ -152,12 +153,13 @@ def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     assert len(p) == 2 and all(0 < x < 1 for x in p)
 
 
-def test_max_minutes_stops_on_the_clock(tmp_path, tiny_data):
+def test_max_minutes_stops_on_the_clock_and_the_bar_and_logs_follow_it(tmp_path, tiny_data, capsys):
     from genrec.training import train
 
     out = tmp_path / "m"
-    cfg = tiny_sft_config(tiny_data, out, objective="sequence", max_steps=0, num_epochs=50, max_minutes=0.15,
-                          save_steps=1000, max_batch_tokens=400, warmup_ratio=0.0)
+    cfg = tiny_sft_config(tiny_data, out, objective="sequence", max_steps=0, num_epochs=50, max_minutes=0.3,
+                          save_steps=1000, max_batch_tokens=200, warmup_ratio=0.0, save_minutes=0.1,
+                          keep_checkpoints=5)
     train(cfg, log=lambda m: None)
     card = json.loads((out / "genrec.json").read_text())
     assert card["stopped_by_clock"] and card["train_seconds"] < 60
@@ -165,6 +167,18 @@ def test_max_minutes_stops_on_the_clock(tmp_path, tiny_data):
     lrs = [r["learning_rate"] for r in rows]
     assert len(lrs) >= 2 and lrs[0] <= cfg.learning_rate
     assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < lrs[0]  # the cosine follows the clock down
+    # what the Trainer logged (console, trackers, trainer_state) is the rate the optimizer used, not the
+    # epoch-bound scheduler's (which at 50 epochs would still be near the peak)
+    out_err = capsys.readouterr()
+    shown = [float(x) for x in re.findall(r"'learning_rate': '([^']+)'", out_err.out)]
+    assert shown == [float(f"{r['learning_rate']:.4g}") for r in rows] and min(shown) < 0.9 * cfg.learning_rate
+    ckpt = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    logged = {h["step"]: h["learning_rate"] for h in json.loads((ckpt / "trainer_state.json").read_text())[
+        "log_history"] if "learning_rate" in h}
+    assert logged and all(abs(logged[r["step"]] - r["learning_rate"]) < 1e-12 for r in rows if r["step"] in logged)
+    # the bar counts minutes of the budget, not steps
+    bar = out_err.err.split("Building labels")[-1]  # after the data bars: the training bar alone
+    assert "/0.3 min [" in bar and "it/s" not in bar and "step 2" in bar
     with pytest.raises(GenrecError, match="max_minutes"):
         train(tiny_sft_config(tiny_data, tmp_path / "bad", objective="sequence", max_minutes=0), log=lambda m: None)
 
