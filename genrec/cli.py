@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 import sys
 
 import click
@@ -318,12 +319,42 @@ def recommend(model, user_id, history, request_text, k, with_reasons, data, back
             click.echo(f"  - {rec.catalog[i]['title']}")
     if req.text:
         click.echo(f"request: {req.text}")
-    click.echo(f"\n{'rank':>4}  {'score':>8}  title" + ("  (popular fallback)" if res.get("fallback") else ""))
-    for r in res["recommendations"]:
-        score = "" if r["score"] is None else f"{r['score']:.3f}"
-        click.echo(f"{r['rank']:>4}  {score:>8}  {r['title']}")
+    click.echo()
+    _echo_recommendations(res)
+
+
+def _echo_recommendations(res: dict, k: int | None = None) -> None:
+    """A user's list as the terminal shows it: rank, score, title, and the reason under it where there is one."""
+    click.echo(f"{'rank':>4}  {'score':>8}  title" + ("  (popular fallback)" if res.get("fallback") else ""))
+    for r in res["recommendations"][:k]:
+        score = "" if r.get("score") is None else f"{r['score']:.3f}"
+        click.echo(f"{r.get('rank', ''):>4}  {score:>8}  {r.get('title') or r.get('item_id')}")
         if r.get("reason"):
             click.echo(f"{'':>16}{r['reason']}")
+
+
+@main.command()
+@click.argument("recommendations", type=click.Path())
+@click.option("--users", "n_users", type=int, default=3, show_default=True, help="How many users to show.")
+@click.option("--k", type=int, default=5, show_default=True, help="Items shown per user.")
+@friendly
+def show(recommendations, n_users, k) -> None:
+    """Print the first users of a `genrec generate` output file as short tables (titles, and reasons where the
+    model gives them)."""
+    from .jobs import finished_lines
+
+    path = Path(recommendations)
+    if not path.is_file():
+        raise GenrecError(f"{path} does not exist")
+    lines = finished_lines([path])
+    if not lines:
+        raise GenrecError(f"{path} holds no `genrec generate` output lines")
+    for line in list(lines.values())[:max(n_users, 0)]:
+        obj = json.loads(line)
+        who = f"user {obj['user_id']}" if obj.get("user_id") is not None else f"line {obj['index']} (a history)"
+        click.echo(f"{who}:")
+        _echo_recommendations(obj, k)
+        click.echo()
 
 
 @main.command("merge-shards")
@@ -368,13 +399,19 @@ def evaluate(config_path, overrides, **opts) -> None:
         opts["baselines"] = []
     cfg = load_config(EvaluateConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     report = run_evaluation(cfg)
-    click.echo(report["markdown"])
-    if report.get("intervals_markdown"):
-        click.echo("\n" + report["intervals_markdown"])
-        if report.get("sasrec") and report["sasrec"]["capped"]:
-            click.echo(f"SASRec ({report['sasrec']['source']}) was capped by its time limit ({report['sasrec']['epochs']} "
-                       "epochs): a budget baseline, not a converged one.")
-        click.echo(report["verdict"])
+    if not report.get("intervals_markdown"):  # scoring tasks (preference, rating): their one table
+        click.echo(report["markdown"])
+        return
+    # the columns that matter, with intervals; every metric at every K stays in metrics.md
+    click.echo(report["intervals_markdown"])
+    if report.get("sasrec") and report["sasrec"]["capped"]:
+        click.echo(f"SASRec ({report['sasrec']['source']}) was capped by its time limit ({report['sasrec']['epochs']} "
+                   "epochs): a budget baseline, not a converged one.")
+    k = report["main_k"]
+    click.echo(f"HR@{k} is the share of users whose held-out next item is among the {k} recommended out of all "
+               f"{report['catalog_items']:,} catalog items; NDCG@{k} also rewards ranking it higher (1 at the top).")
+    click.echo(report["verdict"])
+    click.echo(f"All metrics, slices and per-user lists: {report['output']}/metrics.md")
 
 
 @main.command("tune-fusion")

@@ -284,7 +284,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
 
     md = markdown_table(results, cfg.ks)
     report = {
-        "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
+        "split": cfg.split, "main_k": k_main, "users_evaluated": len(chosen), "users_in_split": len(rows),
         "fraction_evaluated": len(chosen) / len(rows), "catalog_items": len(catalog),
         "users_target_in_history": repeats,
         "genrec_seconds": round(gen_seconds, 2), "genrec_users_per_second": round(len(chosen) / gen_seconds, 3),

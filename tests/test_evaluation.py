@@ -35,6 +35,11 @@ def test_evaluate_cli(tmp_path, tiny_model):
     res = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--max-users", "6", "--k", "1,5,10",
                                     "--output", str(out)])
     assert res.exit_code == 0, res.output
+    # the console shows the columns that matter with intervals, one sentence on their meaning, the verdict, and
+    # where the full tables are (not the every-metric table of metrics.md)
+    assert "| model | NDCG@10 | HR@10 | MRR |" in res.output and "is the share of users" in res.output
+    assert "On these 6 users genrec is" in res.output and f"{out}/metrics.md" in res.output
+    assert "HR@1 |" not in res.output and "| HR@1 |" in (out / "metrics.md").read_text()
     report = json.loads((out / "metrics.json").read_text())
     assert set(report["results"]) == {"genrec", "popular", "sasrec"}
     assert report["users_evaluated"] == 6

@@ -43,6 +43,16 @@ def test_generate_jsonl(tmp_path, tiny_model, tiny_data):
         for r in line["recommendations"]:
             assert r["item_id"] in data.catalog and r["title"] == data.catalog[r["item_id"]]["title"]
     assert not {r["item_id"] for r in first["recommendations"]} & set(data.users[uid]["items"])
+    # `genrec show` prints the first users as short tables of titles, in file order
+    shown = CliRunner().invoke(main, ["show", str(out), "--users", "2", "--k", "2"])
+    assert shown.exit_code == 0, shown.output
+    text = shown.output.splitlines()
+    assert text[0] == f"user {uid}:" and "line 2 (a history):" in text and "line 3" not in shown.output
+    titles = [ln.split(maxsplit=2)[-1] for ln in text if ln[:4].strip() in ("1", "2")]
+    assert titles == [r["title"] for line in lines[:2] for r in line["recommendations"][:2]]
+    for bad, needle in ((tmp_path / "nothing.jsonl", "does not exist"), (users, "holds no `genrec generate` output")):
+        r = CliRunner().invoke(main, ["show", str(bad)])
+        assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output
     assert lines[2]["fallback"] == "popular"  # documented empty-history policy
     assert first["settings"]["k"] == 3
     summary = json.loads(res.output.strip().splitlines()[-1])
