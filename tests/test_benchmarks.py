@@ -84,3 +84,14 @@ def test_paired_arms_compares_arms_on_the_same_users_only(tmp_path):
     d = out["d/a - d/b"]
     assert d["users"] == 40 and abs(d["NDCG@10"]["diff"] - 0.5) < 1e-9 and d["NDCG@10"]["excludes_zero"]
     assert abs(d["HR@10"]["diff"] - 0.5) < 1e-9
+
+
+def test_every_interval_the_readme_quotes_is_on_the_generated_results_page():
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    quoted = re.findall(r"\[[+-]?\d\.\d{4}, [+-]?\d\.\d{4}\]", readme)
+    assert len(quoted) >= 6
+    assert [q for q in quoted if q not in page] == []
+    assert "../shared" not in readme
