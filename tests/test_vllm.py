@@ -52,8 +52,8 @@ def test_same_items_and_scores_as_hf(vrec, recommender, tiny_data):
 
 
 def test_allowed_token_logprobs_are_raw_log_softmax(vrec, recommender, tiny_data):
-    """The engine returns the unprocessed log-probabilities of exactly the tokens the trie allows, both through
-    logprob_token_ids, also for rows with more allowed tokens than one request may name (128)."""
+    """The engine returns the unprocessed log-probabilities of exactly the tokens the trie allows, in one request
+    per row: named (logprob_token_ids) up to 128 tokens, taken from the whole vocabulary's beyond that."""
     import torch
 
     prompt = vrec.builder.encode(requests_for(tiny_data, 1)[0].history)
@@ -62,10 +62,14 @@ def test_allowed_token_logprobs_are_raw_log_softmax(vrec, recommender, tiny_data
     assert len(many) > 128
     with torch.no_grad():
         ref = torch.log_softmax(recommender.model(torch.tensor([prompt])).logits[0, -1].float(), -1)
-    got = vrec.backend.score([prompt, prompt], [few, many])
+    everything = list(range(ref.shape[0]))[::-1]  # the whole vocabulary, in an order of its own
+    before = vrec.backend.requests
+    got = vrec.backend.score([prompt, prompt, prompt], [few, many, everything])
+    assert vrec.backend.requests - before == 3  # one engine request per row, however many tokens it allows
     assert torch.allclose(got[0, :len(few)], ref[few], atol=2e-3)
     assert torch.allclose(got[1, :len(many)], ref[many], atol=2e-3)
-    assert torch.isinf(got[0, len(few):]).all()  # padding
+    assert torch.allclose(got[2], ref[everything], atol=2e-3)
+    assert torch.isinf(got[0, len(few):]).all() and torch.isinf(got[1, len(many):]).all()  # padding
 
 
 def test_greedy_text_equals_hf(vrec, recommender, tiny_data):
@@ -102,9 +106,12 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
     vl = Recommender(path, backend="vllm")
     try:
         reqs = requests_for(tiny_data, 3)
+        before = vl.backend.requests
         for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
             assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
             assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"], b["recommendations"]))
+        if model == "cut_token_model":  # the whole catalog scored in one engine request per user
+            assert vl.backend.requests - before == len(reqs)
     finally:
         del vl.backend.llm
 
