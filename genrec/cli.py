@@ -125,8 +125,8 @@ def data() -> None:
 @config_options(
     DataConfig, "interactions", "catalog", "output", "user_col", "item_col", "time_col", "rating_col", "title_col",
     "catalog_item_col", "text_cols", "context_cols", "derive_context", "min_user_interactions",
-    "min_item_interactions", "max_history", "min_rating", "keep_cold_items", "hash_user_ids", "user_id_salt",
-    "strict", "overwrite",
+    "min_item_interactions", "max_history", "min_rating", "keep_cold_items", "cold_items", "hash_user_ids",
+    "user_id_salt", "strict", "overwrite",
     help={"interactions": "Interactions file (CSV/TSV/JSONL/Parquet, optionally .gz) [embedded sample].",
           "catalog": "Item catalog file (item id, title, other text fields) [embedded sample].",
           "output": "Output directory.",
@@ -145,6 +145,8 @@ def data() -> None:
           "max_history": "Keep the most recent N items of each history.",
           "min_rating": "Keep interactions rated at least this (positives only).",
           "keep_cold_items": "Keep catalog items never interacted with.",
+          "cold_items": "Cold-item protocol: hold this share of items (seeded) out of training and validation; "
+                        "genrec evaluate then reports cold and warm targets apart [0: off].",
           "hash_user_ids": "Replace user ids by salted HMAC-SHA256 pseudonyms before anything is written.",
           "user_id_salt": "Salt for --hash-user-ids [$GENREC_USER_ID_SALT, else random]; never written.",
           "strict": "Fail on interactions naming unknown items instead of dropping.",
@@ -382,7 +384,8 @@ def merge_shards_cmd(parts, out) -> None:
                       "ks": "Comma-separated cutoffs [1,5,10,20].",
                       "max_users": "Evaluate N users drawn at random with --seed (the same N users on every run and "
                                    "model) [all].",
-                      "baselines": "Comma-separated: popular,sasrec (or 'none') [popular,sasrec].",
+                      "baselines": "Comma-separated: popular,sasrec,content (MiniLM text similarity; added for data "
+                                   "prepared with --cold-items), or 'none' [popular,sasrec].",
                       "perturb": "Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the drop).",
                       "with_reasons": "Reason models: measure how often reasons name non-catalog titles or "
                                       "unsupported attributes.",

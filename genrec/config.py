@@ -43,6 +43,9 @@ class DataConfig:
     max_history: int = 50
     min_rating: float | None = None
     keep_cold_items: bool = False
+    # the cold-item protocol: this share of items (seeded) loses every interaction in the training and validation
+    # parts and stays in the catalog; a test user whose target is one of them measures recommending unseen items
+    cold_items: float = 0.0
     hash_user_ids: bool = False  # replace user ids by salted HMAC pseudonyms before anything is written
     user_id_salt: str | None = None  # default: $GENREC_USER_ID_SALT, else random (never written)
     # Equal timestamps: "shuffle" orders them by a seeded random permutation (file order can be item-id order, as

@@ -148,6 +148,27 @@ def _kcore(df: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
         df = df[keep]
 
 
+COLD_ITEMS = "cold_items.json"  # the items `--cold-items` held out of training (absent: none were)
+
+
+def hold_out_cold_items(df: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """The cold-item protocol: a seeded `share` of the items loses every interaction except where it is a user's
+    last one (the test target), so training and validation never see it; users left with fewer than 3
+    interactions are dropped. `df` is sorted chronologically per user. Why: an item added after training is what
+    a collaborative model (SASRec, most-popular) cannot recommend and a model that reads item text can."""
+    if not 0 <= share < 1:
+        raise GenrecError(f"cold_items must be in [0, 1), got {share}")
+    items = sorted(set(df["item"]))
+    n = round(share * len(items))
+    if n == 0:
+        return df, []
+    cold = sorted(np.random.default_rng(seed).choice(items, size=n, replace=False).tolist())
+    last = ~df["user"].duplicated(keep="last")  # each user's last interaction: the test target
+    df = df[~df["item"].isin(set(cold)) | last]
+    df = df[df["user"].map(df["user"].value_counts()) >= 3]
+    return df, cold
+
+
 @dataclass
 class PreparedData:
     """A prepared dataset directory, loaded."""
@@ -156,6 +177,7 @@ class PreparedData:
     manifest: dict
     catalog: dict[str, dict]  # item_id -> {item_id, title, attrs}
     users: dict[str, dict]  # user_id -> {items, timestamps}
+    cold_items: frozenset = frozenset()  # held out of training and validation (`--cold-items`)
 
     # Leave-one-out, owned here and nowhere else: a user's last item is the test target, the one before it the
     # validation target, everything before that the training part.
@@ -211,7 +233,8 @@ def load_prepared(path: str | Path) -> PreparedData:
     manifest = read_json(path / "manifest.json")
     catalog = {row["item_id"]: row for row in read_jsonl(path / "catalog.jsonl")}
     users = {row["user_id"]: row for row in read_jsonl(path / "users.jsonl")}
-    return PreparedData(path=path, manifest=manifest, catalog=catalog, users=users)
+    cold = frozenset(read_json(path / COLD_ITEMS)) if (path / COLD_ITEMS).is_file() else frozenset()
+    return PreparedData(path=path, manifest=manifest, catalog=catalog, users=users, cold_items=cold)
 
 
 def prepare(cfg: DataConfig, log=print) -> dict:
@@ -301,8 +324,11 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     else:
         df = df.sort_values(["user", "ts", "row"], kind="stable")
 
+    kept_items = set(df["item"])  # after the k-core: a cold item stays in the catalog without its interactions
+    df, cold = hold_out_cold_items(df, cfg.cold_items, cfg.seed)
+    if df.empty:
+        raise GenrecError("no users left after holding out the cold items (lower --cold-items)")
     n_users_raw = inter[u_col].nunique()
-    kept_items = set(df["item"])
     catalog_rows = []
     dup_titles = 0
     seen_titles: set[str] = set()
@@ -386,12 +412,15 @@ def prepare(cfg: DataConfig, log=print) -> dict:
             "history_length_p50": float(np.percentile(lengths, 50)),
             "history_length_p90": float(np.percentile(lengths, 90)),
             "history_length_max": int(lengths.max()),
+            "cold_items": len(cold), "cold_test_targets": sum(u["items"][-1] in set(cold) for u in users_rows),
         },
     }
     with atomic_dir(cfg.output, overwrite=cfg.overwrite) as tmp:
         dsd.save_to_disk(str(tmp / "dataset"))
         write_jsonl(tmp / "catalog.jsonl", catalog_rows)
         write_jsonl(tmp / "users.jsonl", users_rows)
+        if cold:
+            write_json(tmp / COLD_ITEMS, cold)
         write_json(tmp / "manifest.json", manifest)
     c = manifest["counts"]
     log(f"prepared {cfg.output}: {c['users']} users, {c['items']} items, {c['interactions']} interactions, "
@@ -404,4 +433,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
         log(f"dropped {c['dropped_users']} user(s) left with too few interactions after filtering")
     if dup_titles:
         log(f"{dup_titles} duplicate title(s) in the catalog (disambiguated in the item index)")
+    if cold:
+        log(f"cold items: {len(cold)} items held out of training and validation; {c['cold_test_targets']} test "
+            f"users have one as their target")
     return manifest

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import metrics
-from .baselines import popular_rankings
+from .baselines import BASELINES, content_rankings, popular_rankings
 from .config import EvaluateConfig, FusionConfig, to_dict
 from .data import load_prepared
 from .errors import GenrecError
@@ -137,9 +137,9 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     parse_perturb(cfg.perturb)  # a bad spec fails before any model is loaded
     if cfg.popularity_penalty < 0:
         raise GenrecError(f"--popularity-penalty must be >= 0, got {cfg.popularity_penalty}")
-    unknown = set(cfg.baselines) - {"popular", "sasrec"}
+    unknown = set(cfg.baselines) - set(BASELINES)
     if unknown:
-        raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} (popular, sasrec)")
+        raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} ({', '.join(BASELINES)})")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm, adapter=cfg.adapter)
     data = load_prepared(cfg.data or rec.card.data)
     transfer = rec.use_data(data, log)
@@ -155,7 +155,12 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     cold = builder.task.takes_request  # cold-start users who only say what they want
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
-    baselines = [b for b in cfg.baselines if not (cold and b == "sasrec")]  # no history: nothing for SASRec
+    baselines = [b for b in cfg.baselines if not (cold and b in ("sasrec", "content"))]  # they read histories
+    if data.cold_items and not cold and cfg.baselines and "content" not in baselines:
+        baselines.append("content")  # the cold-item protocol: the baseline that can rank unseen items
+    if "content" in baselines and data.manifest.get("columns", {}).get("title") is None:
+        raise GenrecError("the content baseline reads item text, and this catalog has none (--baselines "
+                          "popular,sasrec)")
     # A hybrid (rerank, or generation within the retriever's K) is always shown beside its retriever alone.
     cand_k = parse_candidates(cfg.candidates)
     rerank = builder.task.ranks_candidates
@@ -222,6 +227,8 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
     everyone: dict[str, list[list[str]]] = {}  # baselines ranked for every user of the split
     if "popular" in baselines:
         everyone["popular"] = popular_rankings(counts, all_seen, kmax)
+    if "content" in baselines:
+        everyone["content"] = content_rankings(data.catalog, all_hist, all_seen, kmax)
     # Noisy behaviour (--perturb): the same noisy histories for genrec and SASRec, seen-item exclusion unchanged.
     perturb = parse_perturb(cfg.perturb)
     histories = [all_hist]
@@ -267,7 +274,7 @@ def run_evaluation(cfg: EvaluateConfig, log=lambda m: print(m, file=sys.stderr))
         if "sasrec" in results:
             paired[f"{n} - sasrec"] = metrics.paired_difference(per_user_values[n], per_user_values["sasrec"], draws)
     slices = user_slices([len(all_hist[i]) for i in chosen], targets, counts, per_user_values, results, k_main,
-                         cfg.seed) if not cold else {}
+                         cfg.seed, data.cold_items) if not cold else {}
     all_users = {}
     if everyone:
         all_draws = metrics.bootstrap_draws(len(rows), seed=cfg.seed)
@@ -344,9 +351,10 @@ HISTORY_BUCKETS = ((0, 10, "history <10"), (10, 51, "history 10-50"), (51, 10**9
 
 
 def user_slices(history_lengths: list[int], targets: list[str], counts: Counter, per_user: dict, models: dict,
-                k: int, seed: int) -> dict:
-    """NDCG@k / HR@k with intervals per history-length bucket and per target-popularity tier, for every model:
-    where the LLM helps (short histories, cold items) is what users of LLM recommenders want to know."""
+                k: int, seed: int, cold_items: frozenset = frozenset()) -> dict:
+    """NDCG@k / HR@k with intervals per history-length bucket, per target-popularity tier and (cold-item protocol)
+    for cold and warm targets, for every model: where the LLM helps (short histories, cold items) is what users of
+    LLM recommenders want to know."""
     import numpy as np
 
     tier = metrics.popularity_tiers(counts)
@@ -354,6 +362,9 @@ def user_slices(history_lengths: list[int], targets: list[str], counts: Counter,
                                  for lo, hi, name in HISTORY_BUCKETS},
               "target_popularity": {t: [i for i, x in enumerate(targets) if tier.get(x, "tail") == t]
                                     for t in ("head", "torso", "tail")}}
+    if cold_items:  # items held out of training (`genrec data prepare --cold-items`)
+        groups["target"] = {"cold": [i for i, x in enumerate(targets) if x in cold_items],
+                            "warm": [i for i, x in enumerate(targets) if x not in cold_items]}
     out: dict = {}
     for kind, gs in groups.items():
         out[kind] = {}

@@ -282,3 +282,28 @@ def test_min_rating_keep_cold_items_and_no_titles(tmp_path):
     assert set(plain.catalog) == {str(i) for i in range(7)}
     assert set(cold.catalog) == {str(i) for i in range(9)}  # items 7 and 8: in the catalog, never interacted with
     assert plain.catalog["3"]["title"] == "Film 3" and untitled.catalog["3"]["title"] == "3"
+
+
+def test_cold_items_leave_training_and_validation_and_only_test_targets_keep_them(tmp_path, tiny_raw):
+    """`--cold-items 0.2`: a seeded fifth of the items has no interaction before any user's last one, stays in the
+    catalog, and the users whose test target is cold are counted; the same seed picks the same items."""
+    res, out = run_prepare(tmp_path, *tiny_raw, "--cold-items", "0.2")
+    assert res.exit_code == 0, res.output
+    d = load_prepared(out)
+    plain = load_prepared(run_prepare(tmp_path / "p", *tiny_raw)[1])
+    cold = d.cold_items
+    assert len(cold) == round(0.2 * len(plain.catalog)) and cold <= set(d.catalog) and set(d.catalog) == set(plain.catalog)
+    for user in d.users.values():
+        assert not set(user["items"][:-1]) & cold  # training part and validation target: never cold
+    for split in ("train", "valid"):
+        for row in d.split(split):
+            assert row["target"] not in cold and not set(row["history"]) & cold
+    test_cold = [r for r in d.split("test") if r["target"] in cold]
+    assert test_cold and d.manifest["counts"]["cold_test_targets"] == len(test_cold)
+    assert d.manifest["counts"]["cold_items"] == len(cold) and "cold items:" in res.output
+    assert not d.training_counts().keys() & cold
+    again = load_prepared(run_prepare(tmp_path / "again", *tiny_raw, "--cold-items", "0.2")[1])
+    assert again.cold_items == cold and plain.cold_items == frozenset()
+    (tmp_path / "bad").mkdir()
+    bad, bad_out = run_prepare(tmp_path / "bad", *tiny_raw, "--cold-items", "1.5")
+    assert_clean_failure(bad, bad_out, "cold_items must be in [0, 1)")
