@@ -120,6 +120,10 @@ class SFTConfig:
     # CPU-minute; the model is then saved merged, with N layers in its config
     layers: int | None = 10
     item_id: str = "token"  # what the model writes for an item: title | id | semantic | token (see index.py)
+    # item_id=token: how an item's row is made. init: it starts as its title's mean token embedding and is trained
+    # like an ID embedding; grounded: W f(item) + b + a residual, f the base model's reading of the item's text
+    # (grounded.py), so items training never saw get rows from their text (genrec catalog add)
+    item_text: str = "init"
     semantic_levels: int = 3  # code length before collision disambiguation
     semantic_codebook: int = 256  # codes per level (capped at the catalog size)
     semantic_text_weight: float = 0.5  # share of the text embedding vs the co-occurrence embedding

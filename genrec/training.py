@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from .config import SFTConfig, to_dict
 from .data import PreparedData, load_prepared
+from . import grounded
 from .errors import GenrecError
 from .files import atomic_file, write_json
 from .index import ItemIndex, one_line
@@ -138,6 +139,28 @@ def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]
                 if ids:
                     v = old[ids].mean(0)
                     weight[row] = v * (ITEM_ROW_SCALE * norm / v.norm().clamp_min(1e-8))
+
+
+def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedData, new_ids: list[int],
+                 log=print):
+    """item_text=grounded: the base model reads every item's text once (before any adapter) and the rows become
+    grounded.ItemRows over those readings, starting at the scale of the title-shaped rows; None for init."""
+    if cfg.item_text == "init":
+        return None
+    if not index.stats.get("text"):
+        raise GenrecError("item_text=grounded reads item text, and this catalog has none (item ids stand in for "
+                          "titles): train with item_text=init")
+    from .semantic import item_text
+
+    t0 = time.time()
+    features = grounded.text_features(model, tok, [item_text(data.catalog[i]) for i in index.item_ids])
+    vocab = model.get_input_embeddings().weight[:min(new_ids)]
+    log(f"item_text=grounded: read {len(features)} item texts in {time.time() - t0:.0f}s")
+    import torch
+
+    counts = data.training_counts()
+    return grounded.ItemRows(features, ITEM_ROW_SCALE * float(vocab.norm(dim=1).mean()),
+                             torch.tensor([counts[i] > 0 for i in index.item_ids]))
 
 
 def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
@@ -440,10 +463,13 @@ def _targets(example: dict, builder) -> int:
     return builder.n_targets(example) or 1
 
 
+GROUNDED_SCOPE = ("item_text=grounded builds item-token rows for the item softmax: item_id=token with the sequence "
+                  "objective and the next_item task alone")
 SMOOTHING_SCOPE = "label_smoothing applies to the item softmax: item_id=token with the sequence objective"
 
 
-def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None, smoothing: float = 0.0):
+def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None, smoothing: float = 0.0,
+                      item_matrix=None):
     """Cross-entropy of each supervised next token over the item tokens' rows alone (SASRec's full softmax over
     the catalog), from the final hidden states of the supervised positions only.
 
@@ -458,7 +484,9 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None,
     target = inputs["labels"][:, 1:]
     keep = target != -100
     y = target[keep] - rows.start  # every supervised token is an item token: checked once, before training
-    logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
+    # item_text=grounded: the rows come from grounded.ItemRows (`item_matrix()`), not the embedding matrix
+    matrix = item_matrix() if item_matrix is not None else base.get_output_embeddings().weight[rows.start:rows.stop]
+    logits = hidden[:, :-1][keep] @ matrix.t()
     if num_items_in_batch is None:
         return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count
@@ -482,9 +510,10 @@ def token_batch_trainer(base):
 
     class TokenBatchTrainer(base):
         def __init__(self, *args, batches: list[list[int]], item_rows: range | None = None,
-                     label_smoothing: float = 0.0, **kw):
+                     label_smoothing: float = 0.0, item_matrix=None, **kw):
             self._batches = batches
             self._item_rows = item_rows
+            self._item_matrix = item_matrix
             self._smoothing = label_smoothing
             super().__init__(*args, **kw)
 
@@ -492,7 +521,8 @@ def token_batch_trainer(base):
             if self._item_rows is None or return_outputs:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
-            return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch, self._smoothing)
+            return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch, self._smoothing,
+                                     self._item_matrix)
 
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
@@ -733,6 +763,10 @@ def train(cfg: SFTConfig, log=print) -> Path:
         raise GenrecError(SMOOTHING_SCOPE)
     if cfg.item_weight_decay < 0 or cfg.item_weight_decay and cfg.item_id not in ("token", "semantic"):
         raise GenrecError("item_weight_decay must be >= 0 and applies to new item tokens: item_id=token or semantic")
+    if cfg.item_text not in grounded.STYLES:
+        raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
+    if cfg.item_text == "grounded" and (cfg.item_id != "token" or cfg.objective != "sequence"):
+        raise GenrecError(GROUNDED_SCOPE)
     check_trackers(cfg.report_to)
     if cfg.grad_accum < 1:
         raise GenrecError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
@@ -793,6 +827,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
         model.resize_token_embeddings(len(tok))
         if index.style == "token" and index.stats.get("text"):
             item_rows_from_titles(model, tok, index, data.catalog)
+    grounded_rows = ground_items(cfg, model, tok, index, data, new_ids, log)
     # token-budget batches for the long examples (sequence windows, rerank lists): a fixed example count would pad
     # to the longest and run ~2x slower per token on CPU
     batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed) \
@@ -825,8 +860,11 @@ def train(cfg: SFTConfig, log=print) -> Path:
 
         log(f"starting from the adapter of {init}")
         model, peft_config = PeftModel.from_pretrained(model, str(init), is_trainable=True), None
-    code_rows = CodeRows(new_ids, cfg.item_weight_decay)
+    # grounded rows decay their residuals instead of the embedding rows (which they overwrite at every save)
+    code_rows = CodeRows(new_ids, 0.0 if grounded_rows is not None else cfg.item_weight_decay)
     callbacks = [LossLog(), code_rows]
+    if grounded_rows is not None:  # before CodeRows: its on_save writes the rows this one puts in the matrices
+        callbacks.insert(1, grounded.GroundedRows(grounded_rows, code_rows.span, cfg.item_weight_decay))
     clock = None
     if cfg.max_minutes is not None:
         steps = len(batches) if batches else -(-len(examples) // cfg.batch_size)
@@ -844,12 +882,17 @@ def train(cfg: SFTConfig, log=print) -> Path:
                           "after an item)")
     if cfg.label_smoothing and item_rows is None:
         raise GenrecError(SMOOTHING_SCOPE)
+    if grounded_rows is not None and item_rows is None:
+        raise GenrecError(GROUNDED_SCOPE)
     trainer_cls = token_batch_trainer(SFTTrainer) if batches else SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks,
-                          **({"batches": batches, "item_rows": item_rows, "label_smoothing": cfg.label_smoothing}
-                             if batches else {}))
+                          **({"batches": batches, "item_rows": item_rows, "label_smoothing": cfg.label_smoothing,
+                              "item_matrix": grounded_rows} if batches else {}))
     code_rows.attach(trainer.model)
+    if grounded_rows is not None:  # a submodule: the optimizer (made in train()) takes W, b and the residuals
+        trainer.model.add_module("genrec_item_rows", grounded_rows)
+        grounded.attach(trainer.model, grounded_rows, code_rows.span)
     if clock is not None:  # the bar counts the clock's minutes, not the epoch-bound steps
         from transformers.trainer_callback import ProgressCallback
 
@@ -862,6 +905,8 @@ def train(cfg: SFTConfig, log=print) -> Path:
     if ckpt is not None:
         log(f"resuming from {ckpt}")
         code_rows.load(ckpt)
+        if grounded_rows is not None:
+            grounded_rows.load(ckpt)
         if clock is not None:
             clock.load(ckpt)
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -869,6 +914,9 @@ def train(cfg: SFTConfig, log=print) -> Path:
     if not trainer.is_world_process_zero():
         return out
 
+    if grounded_rows is not None:  # the final rows into the matrices, and W, b, f kept for items added later
+        grounded.write_rows(trainer.model, grounded_rows, code_rows.span)
+        grounded_rows.save(out)
     code_rows.save(out)
     # vLLM's LoRA cannot add vocabulary, and a cut decoder is not the base model: both serve the merged model
     merge = cfg.merge or bool(new_ids) or cfg.layers is not None
