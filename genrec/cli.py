@@ -166,6 +166,25 @@ def data_prepare(config_path, overrides, **opts) -> None:
     prepare(cfg, log=lambda m: click.echo(m, err=True))
 
 
+# ------------------------------------------------------------------------------------------------ catalog
+@main.group()
+def catalog() -> None:
+    """Change a trained model's catalog."""
+
+
+@catalog.command("add")
+@click.option("--model", required=True, help="An item-token model directory written by `genrec sft`.")
+@click.option("--catalog", "catalog_file", required=True, type=click.Path(),
+              help="New items (CSV/TSV/JSONL/Parquet): an item id and a title each, plus the catalog's attributes.")
+@friendly
+def catalog_add(model, catalog_file) -> None:
+    """Add items to a trained item-token model without retraining: each gets a token and a row from its text
+    (through the grounded map of an item_text=grounded model). The model directory is replaced whole, atomically."""
+    from .new_items import add_items
+
+    click.echo(json.dumps(add_items(model, catalog_file, log=lambda m: click.echo(m, err=True))))
+
+
 # ------------------------------------------------------------------------------------------------ prompts
 @main.group()
 def prompts() -> None:

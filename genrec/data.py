@@ -105,7 +105,7 @@ def read_table(path: str | Path, what: str) -> pd.DataFrame:
     return df
 
 
-def _pick_column(df: pd.DataFrame, given: str | None, aliases: list[str], role: str, what: str,
+def pick_column(df: pd.DataFrame, given: str | None, aliases: list[str], role: str, what: str,
                  required: bool = True) -> str | None:
     if given is not None:
         if given not in df.columns:
@@ -242,16 +242,16 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     inter = read_table(cfg.interactions, "interactions")
     cat = read_table(cfg.catalog, "catalog")
 
-    u_col = _pick_column(inter, cfg.user_col, USER_ALIASES, "user", "interactions")
-    i_col = _pick_column(inter, cfg.item_col, ITEM_ALIASES, "item", "interactions")
-    t_col = _pick_column(inter, cfg.time_col, TIME_ALIASES, "timestamp", "interactions")
-    r_col = _pick_column(inter, cfg.rating_col, RATING_ALIASES, "rating", "interactions", required=False)
-    ci_col = _pick_column(cat, cfg.catalog_item_col or cfg.item_col, ITEM_ALIASES, "item", "catalog")
+    u_col = pick_column(inter, cfg.user_col, USER_ALIASES, "user", "interactions")
+    i_col = pick_column(inter, cfg.item_col, ITEM_ALIASES, "item", "interactions")
+    t_col = pick_column(inter, cfg.time_col, TIME_ALIASES, "timestamp", "interactions")
+    r_col = pick_column(inter, cfg.rating_col, RATING_ALIASES, "rating", "interactions", required=False)
+    ci_col = pick_column(cat, cfg.catalog_item_col or cfg.item_col, ITEM_ALIASES, "item", "catalog")
     # --title-col none (e.g. LC-Rec's ASIN-only data): the item id stands in as title; the catalog has no text.
-    title_col = None if cfg.title_col == "none" else _pick_column(
+    title_col = None if cfg.title_col == "none" else pick_column(
         cat, None if cfg.title_col in ("auto", "") else cfg.title_col, TITLE_ALIASES, "title", "catalog")
     for c in cfg.context_cols:
-        _pick_column(inter, c, [], "context", "interactions")
+        pick_column(inter, c, [], "context", "interactions")
     for f in cfg.derive_context:
         if f not in DERIVED_CONTEXT:
             raise GenrecError(f"unknown derived context {f!r} (available: {', '.join(DERIVED_CONTEXT)})")
@@ -259,7 +259,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
     if text_cols is None:
         text_cols = [c for c in cat.columns if c not in (ci_col, title_col)]
     for c in text_cols:
-        _pick_column(cat, c, [], "text", "catalog")
+        pick_column(cat, c, [], "text", "catalog")
 
     # --- catalog checks
     cat = cat.copy()

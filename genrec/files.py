@@ -36,6 +36,22 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the complete directory `new` in place of `target` (two renames; the old one is then removed). A kill
+    between the renames leaves the old directory whole at `.NAME.old` beside it. The one owner of this swap:
+    `sft --overwrite` and `catalog add` both stage a directory and swap it in."""
+    new, target = Path(new), Path(target)
+    if new == target:
+        return
+    old = target.parent / f".{target.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator:
     """Open a temporary file next to `target`; rename it over `target` when the block succeeds."""

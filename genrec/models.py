@@ -120,9 +120,9 @@ def load_base(path: str | Path, dtype: str = "auto"):
 
 
 def keep_layers(model, n: int | None) -> None:
-    """`layers=N`: cut the decoder to its first N layers (a model with N or fewer stays whole), in place (the config says N, so the saved model loads as
-    it trained). Why: a step's cost grows with the depth (item tokens on 2 cores: 1.3 s with 10 layers, 3.6 s with
-    30), and on CPU the steps a run can afford, not the depth, bound next-item quality (Scientific, 30 minutes: 10
+    """`layers=N`: cut the decoder to its first N layers (a model with N or fewer stays whole), in place (the
+    config says N, so the saved model loads as it trained). Why: a step's cost grows with the depth (item tokens on
+    2 cores: 1.3 s with 10 layers, 3.6 s with 30), and on CPU the steps a run can afford, not the depth, bound next-item quality (Scientific, 30 minutes: 10
     layers beat 30)."""
     if n is None:
         return

@@ -20,7 +20,7 @@ from .config import SFTConfig, to_dict
 from .data import PreparedData, load_prepared
 from . import grounded
 from .errors import GenrecError
-from .files import atomic_file, write_json
+from .files import atomic_file, replace_dir, write_json
 from .index import ItemIndex, one_line
 from .models import ModelCard, keep_layers, load_tokenizer, pick_dtype, resolve_base_model
 from .prompts import PromptBuilder
@@ -662,19 +662,6 @@ def _prepare_output(cfg: SFTConfig) -> Path:
     return work
 
 
-def _finish_output(work: Path, out: Path) -> None:
-    """Put a complete model staged by --overwrite in place of the old one (two renames; the old is then removed)."""
-    if work == out:
-        return
-    old = out.parent / f".{out.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(work, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
     """The genrec model whose LoRA adapter this run continues (cross-domain transfer), checked to fit: same base
     model, titles on both sides (ids and codes name items of one catalog only)."""
@@ -946,7 +933,7 @@ def train(cfg: SFTConfig, log=print) -> Path:
             "global_batch": cfg.batch_size * cfg.grad_accum * args.world_size if not batches else None,
         }).save()  # last: its presence means "complete"
     if out != final:
-        _finish_output(out, final)
+        replace_dir(out, final)
         ModelCard.load(final).write_readme()  # its commands name the directory the model now lives in
     out = final
     log(f"model written to {out} ({trainer.state.global_step} steps, {elapsed:.0f}s, loss {result.training_loss:.3f})")

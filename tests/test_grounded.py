@@ -116,3 +116,122 @@ def test_grounded_needs_item_text(tmp_path):
                        min_item_interactions=1), log=lambda m: None)
     with pytest.raises(GenrecError, match="item_text=grounded reads item text, and this catalog has none"):
         train(grounded_config(tmp_path / "d", tmp_path / "m", item_weight_decay=0.0), log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def grounded_model(tmp_path_factory, cold_data):
+    from genrec.training import train
+
+    return built_once(tmp_path_factory, "grounded", lambda d: train(grounded_config(cold_data, d / "m"),
+                                                                    log=lambda m: None)) / "m"
+
+
+def _snapshot(d):
+    import hashlib
+
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_recommends_them(grounded_model,
+                                                                                           tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from genrec.cli import main
+    from genrec.grounded import FILE, text_features
+    from genrec.models import ModelCard, keep_layers, load_base, load_tokenizer
+    from genrec.recommender import Query, Recommender
+
+    model = tmp_path / "m"
+    shutil.copytree(grounded_model, model)
+    before = _snapshot(model)
+    n = len(ModelCard.load(model).item_index().item_ids)
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"item_id": "new-1", "title": "Toy Story 5 (2031)", "genres": "Animation|Children"},
+        {"item_id": "new-2", "title": "Alien: Deep Space (2030)", "genres": "Horror|Sci-Fi", "unused": "x"}]))
+    res = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1]) == {"added": 2, "items": n + 2, "rows": "grounded"}
+    card = ModelCard.load(model)
+    index = card.item_index()
+    assert index.item_ids[-2:] == ["new-1", "new-2"] and card.stats["catalog_added"] == 2
+    assert [r["item_id"] for r in card.catalog_rows()][-2:] == ["new-1", "new-2"]
+    assert not list(tmp_path.glob(".m.*"))  # no stage left behind
+    # each new row is W f + b, f the base model's reading of the text (as training read its items)
+    state = load_file(str(model / FILE))
+    assert state["features"].shape[0] == n + 2 and state["residual"][-2:].abs().max() == 0
+    tok = load_tokenizer(model)
+    base, _ = load_base(card.base_path(), "float32")
+    keep_layers(base, card.sft["layers"])
+    from genrec.semantic import item_text
+
+    f = text_features(base, tok, [item_text(r) for r in card.catalog_rows()[-2:]])
+    merged = AutoModelForCausalLM.from_pretrained(str(card.merged_path()))
+    rows = merged.get_input_embeddings().weight[tok.convert_tokens_to_ids(index.new_tokens[-2:])]
+    assert torch.allclose(rows, f @ state["map.weight"].t() + state["map.bias"], atol=1e-4)
+    # generate (the Recommender) ranks them among the others: the whole catalog includes both
+    rec = Recommender(model)
+    res = rec.recommend([Query(history=[index.item_ids[0]], seen={index.item_ids[0]})], k=n + 1)[0]
+    ids = [r["item_id"] for r in res["recommendations"]]
+    assert {"new-1", "new-2"} <= set(ids) and len(ids) == n + 1
+    # the old files outside what changed are untouched byte for byte (hard links were replaced, never rewritten)
+    assert all(_snapshot(grounded_model)[k] == v for k, v in before.items())
+
+
+@pytest.mark.parametrize("lines, needle", [
+    (['{"item_id": "a1", "title": "A"}', '{"item_id": "a1", "title": "B"}'], "item 'a1' appears twice"),
+    (['{"item_id": "a2", "title": ""}'], "item 'a2' has no title"),
+    (['{"item_id": "EXISTING", "title": "X"}'], "is already in the model's catalog"),
+    (['{"item_id": "a3", "title": "A"', ''], "could not be parsed"),
+    (['{"title": "no id"}'], "has no item column"),
+])
+def test_catalog_add_bad_input_changes_nothing(grounded_model, tmp_path, lines, needle):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from genrec.cli import main
+    from genrec.models import ModelCard
+
+    model = tmp_path / "m"
+    shutil.copytree(grounded_model, model)
+    existing = ModelCard.load(model).item_index().item_ids[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(line.replace("EXISTING", existing) for line in lines) + "\n")
+    before = _snapshot(model)
+    res = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(bad)])
+    assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert _snapshot(model) == before and not list(tmp_path.glob(".m.*"))
+
+
+def test_catalog_add_on_an_init_model_starts_new_rows_from_their_titles(cut_token_model, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from genrec.cli import main
+    from genrec.models import ModelCard
+    from genrec.recommender import Query, Recommender
+
+    model = tmp_path / "m"
+    shutil.copytree(cut_token_model, model)
+    n = len(ModelCard.load(model).item_index().item_ids)
+    new = tmp_path / "new.csv"
+    new.write_text("movieId,title\nz1,Brand New Film (2031)\n")
+    res = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1]) == {"added": 1, "items": n + 1, "rows": "init"}
+    rec = Recommender(model)
+    first = rec.index.item_ids[0]
+    ids = [r["item_id"] for r in rec.recommend([Query(history=[first], seen={first})], k=n)[0]["recommendations"]]
+    assert "z1" in ids and len(set(ids)) == n
+    again = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
+    assert again.exit_code == 2 and "item 'z1' is already in the model's catalog" in again.output
