@@ -43,6 +43,9 @@ def main() -> None:
                     "('' = none: another arm of the dataset has them already, on the same users)")
     ap.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="an SFTConfig override for the "
                     "LLM arms (repeatable, e.g. --sft lora_dropout=0.1); the arm's directory name says it")
+    ap.add_argument("--cold-items", type=float, default=0.0, help="the cold-item protocol: hold this share of items "
+                    "out of training (`genrec data prepare --cold-items`; use its own --work); evaluation then "
+                    "reports cold and warm targets and the content baseline")
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
@@ -57,7 +60,7 @@ def main() -> None:
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
-    for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
+    for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS, args.cold_items):
         label = arm + ("" if args.layers is None else f"-layers{args.layers}") + "".join(f"-{o}" for o in args.sft)
         model = work / name / label
         metrics_path = model / "eval-test" / "metrics.json"
@@ -87,7 +90,7 @@ def main() -> None:
         card = ModelCard.load(model).stats
         report["arms"][f"{name}/{label}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
-            "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history")}
+            "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history", "slices")}
         report["arms"][f"{name}/{label}"]["training"] = {k: card.get(k) for k in (
             "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
             "stopped_by_clock", "train_loss")}
@@ -106,10 +109,18 @@ def main() -> None:
             rows.append({"dataset": name, "model": f"{model_name} (all users)", "users": ev["users_in_split"],
                          "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                          "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
+        for group, sl in (ev.get("slices") or {}).get("target", {}).items():  # cold-item protocol
+            for model_name, iv in sl["models"].items():
+                rows.append({"dataset": name, "model": f"{'genrec (' + label + ')' if model_name == 'genrec' else model_name}"
+                             f" [{group} targets]", "users": sl["users"], "NDCG@10": fmt_ci(iv["NDCG@10"]),
+                             "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
         if args.curve_users and any(model.glob("checkpoint-*")):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
                                                                                args.curve_users)
-        report["between_arms"] = paired_arms(work, args.datasets.split(","))  # finished arms, pairwise
+        from genrec.data import load_prepared
+
+        cold = {d: load_prepared(work / d / "data").cold_items for d in args.datasets.split(",")}
+        report["between_arms"] = paired_arms(work, args.datasets.split(","), cold)  # finished arms, pairwise
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
     for pair, d in report.get("between_arms", {}).items():
         print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")

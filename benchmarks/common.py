@@ -203,7 +203,7 @@ def prepare_shared(name: str, work: Path, **options) -> Path:
     return d / "data"
 
 
-def dataset_arms(work: Path, datasets: str, arms: str, known: tuple[str, ...]):
+def dataset_arms(work: Path, datasets: str, arms: str, known: tuple[str, ...], cold_items: float = 0.0):
     """(dataset name, prepared data dir, arm index, arm) for every comma-separated dataset and arm: each shared
     dataset prepared once under work/<name>/data (bench_quality's protocol: users with >= 3 interactions, no
     k-core), unknown arms refused before anything runs."""
@@ -214,7 +214,7 @@ def dataset_arms(work: Path, datasets: str, arms: str, known: tuple[str, ...]):
     for name in datasets.split(","):
         data = work / name / "data"
         if not (data / "manifest.json").is_file():
-            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1)
+            prepare_shared(name, work, min_user_interactions=3, min_item_interactions=1, cold_items=cold_items)
         for n, arm in enumerate(chosen):
             yield name, data, n, arm
 
@@ -283,7 +283,7 @@ def learning_curve(model: Path, out: Path, users: int, split: str = "valid") -> 
     return curve
 
 
-def paired_arms(work: Path, datasets: list[str]) -> dict:
+def paired_arms(work: Path, datasets: list[str], cold: dict[str, frozenset] | None = None) -> dict:
     """Arm minus arm, for every two finished arms of one dataset (work/<dataset>/<arm>/eval-test/
     recommendations.jsonl, from this run or an earlier one) whose evaluations hold the same users with the same
     targets: the paired bootstrap difference of their per-user metrics (seeded draws, as the reports use)."""
@@ -305,6 +305,16 @@ def paired_arms(work: Path, datasets: list[str]) -> dict:
                 if users == users_b:
                     draws = metrics.bootstrap_draws(len(users), seed=42)
                     out[f"{a} - {b}"] = {"users": len(users), **metrics.paired_difference(per_a, per_b, draws)}
+                    held = (cold or {}).get(name)
+                    if held:  # the cold-item protocol: the same difference on the users whose target is cold
+                        import numpy as np
+
+                        sel = np.array([n for n, (_, t) in enumerate(users) if t in held])
+                        if len(sel):
+                            pa = {m: v[sel] for m, v in per_a.items()}
+                            pb = {m: v[sel] for m, v in per_b.items()}
+                            out[f"{a} - {b} [cold targets]"] = {"users": len(sel), **metrics.paired_difference(
+                                pa, pb, metrics.bootstrap_draws(len(sel), seed=42))}
     return out
 
 

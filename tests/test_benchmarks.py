@@ -84,6 +84,11 @@ def test_paired_arms_compares_arms_on_the_same_users_only(tmp_path):
     d = out["d/a - d/b"]
     assert d["users"] == 40 and abs(d["NDCG@10"]["diff"] - 0.5) < 1e-9 and d["NDCG@10"]["excludes_zero"]
     assert abs(d["HR@10"]["diff"] - 0.5) < 1e-9
+    # the cold-item protocol: the same difference on the users whose target is cold (here the odd users, whom
+    # arm b always misses: +1.0 on those 20)
+    cold = paired_arms(tmp_path, ["d", "e"], {"d": frozenset(f"i{n}" for n in range(1, 40, 2))})
+    c = cold["d/a - d/b [cold targets]"]
+    assert c["users"] == 20 and abs(c["NDCG@10"]["diff"] - 1.0) < 1e-9 and cold["d/a - d/b"] == d
 
 
 def test_every_interval_the_readme_quotes_is_on_the_generated_results_page():

@@ -138,3 +138,30 @@ def test_engine_settings_reach_vllm(vrec, tiny_model, tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode == 2 and errors == ["error: vllm.tensor_parallel_size must be >= 1, got 0"], p.stderr[-400:]
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_items_added_after_training_are_recommended_on_vllm_as_on_hf(cut_token_model, tmp_path, tiny_data):
+    """`genrec catalog add` then both engines: the new item is in the whole-catalog ranking with HF's score."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from genrec.cli import main
+    from genrec.recommender import Recommender
+
+    model = tmp_path / "m"
+    shutil.copytree(cut_token_model, model)
+    new = tmp_path / "new.csv"
+    new.write_text("movieId,title\nz1,Brand New Film (2031)\nz2,Another New One (2032)\n")
+    assert CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)]).exit_code == 0
+    hf, vl = Recommender(model), Recommender(model, backend="vllm")
+    try:
+        reqs = requests_for(tiny_data, 2)
+        k = len(hf.catalog) - 40
+        for a, b in zip(hf.recommend(reqs, k=k), vl.recommend(reqs, k=k)):
+            sa = {r["item_id"]: r["score"] for r in a["recommendations"]}
+            sb = {r["item_id"]: r["score"] for r in b["recommendations"]}
+            assert {"z1", "z2"} <= set(sa) and {"z1", "z2"} <= set(sb)
+            assert abs(sa["z1"] - sb["z1"]) < 2e-3 and abs(sa["z2"] - sb["z2"]) < 2e-3
+    finally:
+        del vl.backend.llm
