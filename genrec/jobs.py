@@ -72,6 +72,39 @@ class TitleIndex:
     def ids(self, title: str) -> list[str]:
         return self.exact.get(title) or self.loose.get(self.norm(title)) or []
 
+    def find_in(self, text: str) -> list[str]:
+        """The catalog items a free text names, in order of first mention: full titles ("Toy Story (1995)") and, for
+        titles with a year, the name without it ("Toy Story"), matched on word boundaries, longest first; a name
+        of one word matches only as the catalog writes it (so "heat" in a sentence is not "Heat"), and names under
+        four characters only with their year. A name several items share reads as the first in catalog order."""
+        if not hasattr(self, "_find"):
+            import re
+
+            loose: dict[str, str] = {}
+            exact: dict[str, str] = {}
+            for title in self.titles:
+                item = self.exact[title][0]
+                loose.setdefault(title.casefold(), item)
+                bare = re.sub(r"\s*\(\d{4}\)$", "", title)
+                if bare != title and len(bare) >= 4:
+                    (loose.setdefault(bare.casefold(), item) if " " in bare else exact.setdefault(bare, item))
+
+            def pattern(names, flags=0):
+                alts = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                return re.compile(rf"(?<!\w)(?:{alts})(?!\w)", flags) if names else None
+
+            self._find = [(pattern(loose, re.IGNORECASE), loose, str.casefold), (pattern(exact), exact, str)]
+        hits = []
+        for regex, names, key in self._find:
+            if regex is not None:
+                hits += [(m.start(), -len(m.group(0)), names[key(m.group(0))]) for m in regex.finditer(text)]
+        kept, end = [], -1
+        for start, neg_len, item in sorted(hits):  # a name inside a longer one already read is not another item
+            if start >= end:
+                kept.append(item)
+                end = start - neg_len
+        return list(dict.fromkeys(kept))
+
     def closest(self, text: str, n: int = 3) -> list[str]:
         import difflib
 

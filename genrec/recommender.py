@@ -185,6 +185,12 @@ class Recommender:
         return {u["user_id"]: u for u in read_jsonl(path)} if path.is_file() else None
 
     @property
+    def reads_request_text(self) -> bool:
+        """Whether a request's free text reaches a prompt this model was trained on (a sequence model's lists hold
+        item identifiers only; serving then reads the catalog titles a message names as its history)."""
+        return self.request_prompts is not None and self.request_prompts.objective != "sequence"
+
+    @property
     def with_reasons(self) -> bool:
         return self.history_prompts is not None and self.history_prompts.with_reasons
 

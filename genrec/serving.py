@@ -245,14 +245,20 @@ class Service:
             raise APIError(400, f"{where} must be a string")
         fields = {k: extra[k] for k in ("user_id", "history", "context", "request") if k in extra}
         stripped = text.strip()
-        if stripped.startswith("{"):
-            obj = parse_json(stripped, where, lenient=True)
-            if isinstance(obj, dict):
-                fields = {**fields, **obj}
-            elif stripped:
+        obj = parse_json(stripped, where, lenient=True) if stripped.startswith("{") else None
+        if isinstance(obj, dict):
+            fields = {**fields, **obj}
+        elif stripped:  # free text: a request, and the catalog titles it names read as the history
+            if "history" not in fields and "user_id" not in fields:
+                named = title_index(self.rec.catalog).find_in(stripped[:self.cfg.max_request_chars])
+                if named:
+                    fields["history"] = named[-self.cfg.max_history:]
+            if self.rec.reads_request_text:
                 fields.setdefault("request", stripped)
-        elif stripped:
-            fields.setdefault("request", stripped)
+            elif "history" not in fields and "user_id" not in fields:
+                raise APIError(400, f"{where}: this model ranks from a history; it was not trained to answer request "
+                               "text. Name catalog items in the message (e.g. a title as the catalog writes it), or "
+                               "send {\"history\": [...]} or {\"user_id\": ...}")
         if not fields:
             raise APIError(400, f"{where} is empty: send a request text or a JSON object with user_id/history")
         return self._request(fields, where)

@@ -446,3 +446,44 @@ def test_serve_cli_bad_model_is_one_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "genrec.cli", "serve", "--model", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_titles_in_free_text_are_the_history():
+    """The catalog's own titles inside a sentence (the full title, or without its year) are read as the history, in
+    the order mentioned; a word that only looks like a one-word title does not count."""
+    from genrec.jobs import TitleIndex
+
+    catalog = {"1": {"title": "Toy Story (1995)"}, "2": {"title": "Heat (1995)"}, "3": {"title": "Up (2009)"},
+               "4": {"title": "Alien (1979)"}, "5": {"title": "Aliens (1986)"}, "6": {"title": "The Matrix (1999)"}}
+    index = TitleIndex(catalog)
+    assert index.find_in("I loved the matrix and TOY STORY (1995), then Aliens") == ["6", "1", "5"]
+    assert index.find_in("Heat was great; beat the heat; pick me up") == ["2"]  # "heat", "up": words, not titles
+    assert index.find_in("Up (2009) and Alien") == ["3", "4"]
+    index = TitleIndex({**catalog, "7": {"title": "Story (2001)"}, "8": {"title": "Toy (1990)"}})
+    assert index.find_in("Toy Story (1995)") == ["1"]  # the names inside a longer title are not read apart
+    assert index.find_in("nothing here") == []
+
+
+def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_factory, cut_token_model):
+    """The default kind of model (item tokens, sequence objective) answers a plain-text message that names catalog
+    items with recommendations from those items; one naming none gets a 400 that says what to send."""
+    from openai import BadRequestError, OpenAI
+
+    from genrec.recommender import Query, Recommender
+
+    rec = Recommender(cut_token_model)
+    a, b = list(rec.catalog)[:2]
+    ta, tb = rec.catalog[a]["title"], rec.catalog[b]["title"]
+    srv, thread, url = start_server(rec)
+    try:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        resp = client.chat.completions.create(model="genrec-test", n=3, messages=[
+            {"role": "user", "content": f"I watched {ta} and then {tb}, what should I watch next?"}])
+        ref = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
+        assert [c.message.content for c in resp.choices] == [r["title"] for r in ref["recommendations"]]
+        with pytest.raises(BadRequestError, match="Name catalog items in the message"):
+            client.chat.completions.create(model="genrec-test", messages=[
+                {"role": "user", "content": "something like a space movie but funnier"}])
+    finally:
+        srv.should_exit = True
+        thread.join(10)
