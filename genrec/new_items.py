@@ -103,7 +103,6 @@ def _write_staged(stage: Path, card: ModelCard, rows: list[dict], grounded: bool
     from .files import atomic_file
     from .index import TOKEN_FORMAT, ItemIndex
     from .semantic import item_text
-    from .training import item_rows_from_titles
 
     index = card.item_index()
     n = len(index.item_ids)
@@ -128,7 +127,7 @@ def _write_staged(stage: Path, card: ModelCard, rows: list[dict], grounded: bool
         with atomic_file(stage / g.FILE, "wb") as fh:
             fh.write(save({k: v.contiguous() for k, v in state.items()}))
     else:
-        item_rows_from_titles(model, tok, ItemIndex(style="token", item_ids=[r["item_id"] for r in rows],
+        _grounded().item_rows_from_titles(model, tok, ItemIndex(style="token", item_ids=[r["item_id"] for r in rows],
                                                     targets=tokens, new_tokens=tokens),
                               {r["item_id"]: r for r in rows})
     # every rewritten file of the stage is written elsewhere and renamed over its hard link

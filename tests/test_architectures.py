@@ -101,7 +101,8 @@ def test_an_untied_output_matrix_gets_the_title_shaped_item_rows_too(tmp_path_fa
     from genrec.config import SFTConfig
     from genrec.data import load_prepared
     from genrec.models import load_tokenizer
-    from genrec.training import ITEM_ROW_SCALE, build_index, item_rows_from_titles
+    from genrec.grounded import ITEM_ROW_SCALE, item_rows_from_titles
+    from genrec.training import build_index
 
     base = local_model(tmp_path_factory, base_model_dir, "qwen2")
     model, tok = AutoModelForCausalLM.from_pretrained(str(base)), load_tokenizer(base)

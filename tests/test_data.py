@@ -304,6 +304,13 @@ def test_cold_items_leave_training_and_validation_and_only_test_targets_keep_the
     assert not d.training_counts().keys() & cold
     again = load_prepared(run_prepare(tmp_path / "again", *tiny_raw, "--cold-items", "0.2")[1])
     assert again.cold_items == cold and plain.cold_items == frozenset()
+    for share, seed in ((0.05, 1), (0.5, 2), (0.3, 3)):  # any share and seed: never a cold item before the target
+        o = tmp_path / f"s{seed}"
+        prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(o),
+                           min_item_interactions=1, cold_items=share, seed=seed), log=lambda m: None)
+        p = load_prepared(o)
+        assert p.cold_items and all(not set(u["items"][:-1]) & p.cold_items for u in p.users.values())
+        assert all(r["target"] not in p.cold_items for r in p.split("valid"))
     (tmp_path / "bad").mkdir()
     bad, bad_out = run_prepare(tmp_path / "bad", *tiny_raw, "--cold-items", "1.5")
     assert_clean_failure(bad, bad_out, "cold_items must be in [0, 1)")

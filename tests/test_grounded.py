@@ -152,35 +152,43 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     shutil.copytree(grounded_model, model)
     before = _snapshot(model)
     n = len(ModelCard.load(model).item_index().item_ids)
+    from genrec.data import load_prepared
+
+    data = load_prepared(ModelCard.load(model).data)
+    cold = sorted(data.cold_items)[0]  # a new item with a cold item's text gets the row training gave that item
+    twin = {"item_id": "new-3", "title": data.catalog[cold]["title"], **data.catalog[cold]["attrs"]}
     new = tmp_path / "new.jsonl"
     new.write_text("".join(json.dumps(r) + "\n" for r in [
         {"item_id": "new-1", "title": "Toy Story 5 (2031)", "genres": "Animation|Children"},
-        {"item_id": "new-2", "title": "Alien: Deep Space (2030)", "genres": "Horror|Sci-Fi", "unused": "x"}]))
+        {"item_id": "new-2", "title": "Alien: Deep Space (2030)", "genres": "Horror|Sci-Fi", "unused": "x"}, twin]))
     res = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output.strip().splitlines()[-1]) == {"added": 2, "items": n + 2, "rows": "grounded"}
+    assert json.loads(res.output.strip().splitlines()[-1]) == {"added": 3, "items": n + 3, "rows": "grounded"}
     card = ModelCard.load(model)
     index = card.item_index()
-    assert index.item_ids[-2:] == ["new-1", "new-2"] and card.stats["catalog_added"] == 2
-    assert [r["item_id"] for r in card.catalog_rows()][-2:] == ["new-1", "new-2"]
+    assert index.item_ids[-3:] == ["new-1", "new-2", "new-3"] and card.stats["catalog_added"] == 3
+    assert [r["item_id"] for r in card.catalog_rows()][-3:] == ["new-1", "new-2", "new-3"]
     assert not list(tmp_path.glob(".m.*"))  # no stage left behind
     # each new row is W f + b, f the base model's reading of the text (as training read its items)
     state = load_file(str(model / FILE))
-    assert state["features"].shape[0] == n + 2 and state["residual"][-2:].abs().max() == 0
+    assert state["features"].shape[0] == n + 3 and state["residual"][-3:].abs().max() == 0
     tok = load_tokenizer(model)
     base, _ = load_base(card.base_path(), "float32")
     keep_layers(base, card.sft["layers"])
     from genrec.semantic import item_text
 
-    f = text_features(base, tok, [item_text(r) for r in card.catalog_rows()[-2:]])
+    f = text_features(base, tok, [item_text(r) for r in card.catalog_rows()[-3:]])
     merged = AutoModelForCausalLM.from_pretrained(str(card.merged_path()))
-    rows = merged.get_input_embeddings().weight[tok.convert_tokens_to_ids(index.new_tokens[-2:])]
+    emb = merged.get_input_embeddings().weight
+    rows = emb[tok.convert_tokens_to_ids(index.new_tokens[-3:])]
     assert torch.allclose(rows, f @ state["map.weight"].t() + state["map.bias"], atol=1e-4)
+    cold_row = emb[tok.convert_tokens_to_ids(index.new_tokens[index.item_ids.index(cold)])]
+    assert torch.allclose(rows[2], cold_row, atol=1e-4)
     # generate (the Recommender) ranks them among the others: the whole catalog includes both
     rec = Recommender(model)
-    res = rec.recommend([Query(history=[index.item_ids[0]], seen={index.item_ids[0]})], k=n + 1)[0]
+    res = rec.recommend([Query(history=[index.item_ids[0]], seen={index.item_ids[0]})], k=n + 2)[0]
     ids = [r["item_id"] for r in res["recommendations"]]
-    assert {"new-1", "new-2"} <= set(ids) and len(ids) == n + 1
+    assert {"new-1", "new-2", "new-3"} <= set(ids) and len(ids) == n + 2
     # the old files outside what changed are untouched byte for byte (hard links were replaced, never rewritten)
     assert all(_snapshot(grounded_model)[k] == v for k, v in before.items())
 

@@ -168,7 +168,7 @@ def test_token_rows_start_from_their_titles(data, tokenizer, base_model_dir, tmp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genrec.training import ITEM_ROW_SCALE, item_rows_from_titles
+    from genrec.grounded import ITEM_ROW_SCALE, item_rows_from_titles
 
     idx = ItemIndex.build(list(data.catalog.values()), "token")
     tokenizer.save_pretrained(tmp_path / "tok")
