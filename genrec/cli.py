@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .config import DataConfig, EvaluateConfig, FusionConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
+from .config import ITEM_TEXT_STYLES, DataConfig, EvaluateConfig, FusionConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
 from .errors import GenrecError
 from .index import ID_STYLES
 
@@ -62,7 +62,7 @@ HELP = {
     "strict": "Bad lines are errors instead of skipped.",
 }
 CHOICES = {"backend": ["hf", "vllm"], "search": ["beam", "exact"], "split": ["valid", "test"],
-           "objective": ["sequence", "prefix"], "item_id": list(ID_STYLES)}
+           "objective": ["sequence", "prefix"], "item_id": list(ID_STYLES), "item_text": list(ITEM_TEXT_STYLES)}
 
 
 def config_options(cls, *fields: str, help: dict | None = None, flags: dict | None = None):
@@ -211,8 +211,8 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(), help="YAML file with SFTConfig keys (configs/sft.yaml).")
 @config_options(
-    SFTConfig, "data", "output", "model", "init_from", "max_steps", "objective", "max_minutes", "item_id", "layers",
-    "resume", "merge", "overwrite",
+    SFTConfig, "data", "output", "model", "init_from", "max_steps", "objective", "max_minutes", "item_id",
+    "item_text", "layers", "resume", "merge", "overwrite",
     help={"data": "Prepared data directory.", "output": "Output model directory.",
           "model": "Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.",
           "init_from": "Continue the adapter of this genrec model (transfer from another dataset; titles on both "
@@ -225,6 +225,9 @@ def prompts_show(data_dir, user_id, split, task, template, model) -> None:
           "item_id": "What the model writes for an item: its title, a random-permutation number, a semantic code "
                      "learned from item text + co-occurrence, or one new token per item (started from its title). "
                      "Generate/evaluate/serve use the model's.",
+          "item_text": "item_id=token: init starts each row from its title; grounded builds it from the base "
+                       "model's reading of the item's text through a learned map plus a residual, so new items get "
+                       "rows (genrec catalog add).",
           "layers": "Keep only the base model's first N decoder layers: cheaper steps, so more of the data per "
                     "CPU-minute (the model is saved merged).",
           "resume": "Continue from the newest complete checkpoint in --output (or of an interrupted --overwrite "

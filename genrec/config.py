@@ -90,6 +90,9 @@ class VLLMConfig:
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes there), vLLM's default on GPUs
 
 
+ITEM_TEXT_STYLES = ("init", "grounded")  # SFTConfig.item_text (grounded.py builds the rows)
+
+
 @dataclass
 class SFTConfig:
     """`genrec sft`: LoRA supervised fine-tuning with TRL.

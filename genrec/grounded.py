@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .config import ITEM_TEXT_STYLES
 from .errors import GenrecError
 from .files import atomic_file
 from .index import ItemIndex, one_line
@@ -64,7 +65,7 @@ def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]
 
 
 FILE = "item_text.safetensors"  # in the model directory and in each checkpoint: W, b, the residuals, the features
-STYLES = ("init", "grounded")
+STYLES = ITEM_TEXT_STYLES  # the config owns the names
 
 
 def text_features(model, tok, texts: list[str], batch_size: int = 32, max_tokens: int = 64) -> torch.Tensor:
