@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import RESULTS, markdown_table
+from genrec.metrics import fmt_diff
 
 PAGE = RESULTS.parent.parent / "docs" / "results.md"
 # the order of the page: headline results first, then the rest by name
@@ -53,6 +54,11 @@ def render(results: Path = RESULTS) -> str:
             out.append(markdown_table(doc["rows"]))
         else:
             out += ["(no table)", ""]
+        pairs = doc.get("between_arms") or {}
+        if pairs:  # arm minus arm on the same users (benchmarks.common.paired_arms)
+            out += ["", markdown_table([{"arm minus arm (paired, same users)": k, "users": v["users"],
+                                         "NDCG@10": fmt_diff(v["NDCG@10"]), "HR@10": fmt_diff(v["HR@10"])}
+                                        for k, v in pairs.items()])]
     return "\n".join(out).rstrip("\n") + "\n"
 
 

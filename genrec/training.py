@@ -115,9 +115,10 @@ def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedDat
     grounded.ItemRows over those readings, starting at the scale of the title-shaped rows; None for init."""
     if cfg.item_text == "init":
         return None
-    if not index.stats.get("text"):
-        raise GenrecError("item_text=grounded reads item text, and this catalog has none (item ids stand in for "
-                          "titles): train with item_text=init")
+    if not index.stats.get("text"):  # nothing to read: today's rows, said once
+        log("item_text=grounded: this catalog has no item text (item ids stand in for titles), so the rows are "
+            "item_text=init's")
+        return None
     from .semantic import item_text
 
     t0 = time.time()

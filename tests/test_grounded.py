@@ -103,7 +103,7 @@ def test_grounded_bad_settings_are_one_line_errors(tiny_data, tmp_path, kw, need
     assert not (tmp_path / "m" / "genrec.json").exists()
 
 
-def test_grounded_needs_item_text(tmp_path):
+def test_grounded_without_item_text_says_so_and_keeps_todays_rows(tmp_path):
     from genrec.config import DataConfig
     from genrec.data import prepare
     from genrec.training import train
@@ -114,8 +114,12 @@ def test_grounded_needs_item_text(tmp_path):
     cat.write_text("item_id\n" + "".join(f"i{i}\n" for i in range(7)))
     prepare(DataConfig(interactions=str(inter), catalog=str(cat), output=str(tmp_path / "d"), title_col="none",
                        min_item_interactions=1), log=lambda m: None)
-    with pytest.raises(GenrecError, match="item_text=grounded reads item text, and this catalog has none"):
-        train(grounded_config(tmp_path / "d", tmp_path / "m", item_weight_decay=0.0), log=lambda m: None)
+    logs = []
+    train(grounded_config(tmp_path / "d", tmp_path / "m", max_steps=1), log=logs.append)
+    assert any("this catalog has no item text" in m and "item_text=init's" in m for m in logs)
+    from genrec.grounded import FILE
+
+    assert (tmp_path / "m" / "genrec.json").is_file() and not (tmp_path / "m" / FILE).exists()
 
 
 @pytest.fixture(scope="module")
