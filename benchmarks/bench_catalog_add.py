@@ -41,7 +41,7 @@ def main() -> None:
         t0 = time.perf_counter()
         done = add_items(model, Path(tmp) / "new.jsonl", log=print)
         seconds = time.perf_counter() - t0
-    res = {"model": args.model, "catalog_items": len(rows), "new_items": args.items, "rows": done["rows"],
+    res = {"model": args.model, "catalog_items": len(rows), "new_items": args.items, "row_source": done["rows"],
            "seconds": round(seconds, 1), "items_per_second": round(args.items / seconds, 1), "machine": machine()}
     write_results(args.name, res, [{"model": Path(args.model).name, "catalog items": len(rows),
                                     "new items": args.items, "rows": done["rows"], "seconds": res["seconds"],

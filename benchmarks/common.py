@@ -359,8 +359,8 @@ def write_results(name: str, results: dict, rows: list[dict], out_dir: str | Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = (sys.modules["__main__"].__doc__ or "").strip()
-    write_json(out / f"{name}.json", {"title": doc.split("\n\n")[0].replace("\n", " "), "provenance": provenance(),
-                                      "rows": rows, **results})
+    write_json(out / f"{name}.json", {**results, "title": doc.split("\n\n")[0].replace("\n", " "),
+                                      "provenance": provenance(), "rows": rows})  # the table's rows win a name clash
     if rows:
         print(markdown_table(rows), end="")
     print(f"wrote {out / name}.json")
