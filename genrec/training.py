@@ -123,7 +123,7 @@ def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedDat
 
     t0 = time.time()
     features = grounded.text_features(model, tok, [item_text(data.catalog[i]) for i in index.item_ids])
-    vocab = model.get_input_embeddings().weight[:min(new_ids)]
+    vocab = model.get_input_embeddings().weight.detach()[:min(new_ids)]
     log(f"item_text=grounded: read {len(features)} item texts in {time.time() - t0:.0f}s")
     import torch
 
