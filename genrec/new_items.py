@@ -75,7 +75,6 @@ def add_items(model_dir: str | Path, catalog_file: str | Path, log=print) -> dic
     try:
         n_before = _write_staged(stage, card, rows, grounded, log)
         staged = ModelCard.load(stage)
-        staged.dir = stage
         staged.stats["catalog_added"] = staged.stats.get("catalog_added", 0) + len(rows)
         staged.save()  # README, then genrec.json, last
     except BaseException:
