@@ -178,17 +178,6 @@ class GroundedRows(TrainerCallback):
             self.rows.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
-def load_map(model_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """W and b of a grounded model (for rows of new items)."""
-    from safetensors.torch import load_file
-
-    path = Path(model_dir) / FILE
-    if not path.is_file():
-        raise GenrecError(f"{model_dir} was not trained with item_text=grounded (no {FILE})")
-    t = load_file(str(path))
-    return t["map.weight"], t["map.bias"]
-
-
 def rows_for(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Rows of items training never saw: W f + b (their residual is 0)."""
     return features.float() @ weight.float().t() + bias.float()
