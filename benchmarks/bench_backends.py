@@ -23,9 +23,9 @@ from benchmarks.common import machine, parser, prepare_shared, write_results
 def build(spec: str, work: Path) -> Path:
     """A 2-step `kind` model on `dataset`'s catalog (reused when already built)."""
     from genrec.config import DataConfig, SFTConfig
-    from genrec.data import prepare
-    from genrec.models import ModelCard
-    from genrec.training import train
+    from genrec.data.prepare import prepare
+    from genrec.model_dir import ModelCard
+    from genrec.train.recipe import train
 
     dataset, kind = spec.split(":")
     out = work / f"{dataset}-{kind}"
@@ -45,8 +45,8 @@ def build(spec: str, work: Path) -> Path:
 
 def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: int) -> tuple[dict, list]:
     from genrec.config import VLLMConfig
-    from genrec.data import load_prepared
-    from genrec.recommender import Query, Recommender
+    from genrec.data.prepare import load_prepared
+    from genrec.infer.recommender import Query, Recommender
 
     t0 = time.perf_counter()
     rec = Recommender(model, backend=backend, vllm=VLLMConfig(tensor_parallel_size=tp))
@@ -86,8 +86,8 @@ def main() -> None:
     ap.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm.tensor_parallel_size (GPUs per model)")
     args = ap.parse_args()
 
-    from genrec.models import ModelCard
-    from genrec.recommender import Search
+    from genrec.model_dir import ModelCard
+    from genrec.infer.recommender import Search
 
     models = [(Path(m), None) for m in args.model] + [
         (build(spec, Path(args.work)), spec) for spec in args.build.split(",") if spec]

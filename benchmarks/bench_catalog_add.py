@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.files import write_jsonl
-    from genrec.models import ModelCard
-    from genrec.new_items import add_items
+    from genrec.model_dir import ModelCard
+    from genrec.items.new_items import add_items
 
     card = ModelCard.load(args.model)
     rows = card.catalog_rows()

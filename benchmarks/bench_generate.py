@@ -100,9 +100,9 @@ def main() -> None:
                     "exact comparison, which can widen up to the catalog size)")
     args = ap.parse_args()
 
-    from genrec.constrained import beam_search, top_items
-    from genrec.data import load_prepared
-    from genrec.recommender import Recommender
+    from genrec.infer.constrained import beam_search, top_items
+    from genrec.data.prepare import load_prepared
+    from genrec.infer.recommender import Recommender
 
     rec = Recommender(args.model)
     rec.prompt_cfg.max_history = args.history

@@ -38,7 +38,7 @@ def model_dir(work: Path, name: str, arm: str) -> Path:
 
 def train_arm(arm: str, data: Path, model: Path, args) -> float:
     from genrec.config import PromptConfig, SFTConfig
-    from genrec.training import train
+    from genrec.train.recipe import train
 
     t0 = time.time()
     if arm == "rerank":
@@ -79,8 +79,8 @@ def main() -> None:
 
     from genrec.config import EvaluateConfig, FusionConfig
     from genrec.files import read_json
-    from genrec.models import ModelCard
-    from genrec.metrics import fmt_ci, fmt_diff
+    from genrec.model_dir import ModelCard
+    from genrec.eval.metrics import fmt_ci, fmt_diff
 
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
@@ -95,7 +95,7 @@ def main() -> None:
             if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-            from genrec.evaluation import run_evaluation, tune_fusion  # imported late: a long run picks up fixes
+            from genrec.eval.protocol import run_evaluation, tune_fusion# imported late: a long run picks up fixes
 
             tuned = ModelCard.load(model).fusion() if hybrid else None
             wanted = sorted(set(sizes or [args.k]))

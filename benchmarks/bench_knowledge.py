@@ -25,7 +25,7 @@ def main() -> None:
                         ).parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig
-    from genrec.evaluation import run_evaluation
+    from genrec.eval.protocol import run_evaluation
 
     report, rows = start_report(args), []
     for name, d, res in each_dataset(args, report):

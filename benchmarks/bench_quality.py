@@ -51,11 +51,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig, parse_overrides, with_overrides
-    from genrec.evaluation import run_evaluation
+    from genrec.eval.protocol import run_evaluation
     from genrec.files import read_json
-    from genrec.models import ModelCard
-    from genrec.metrics import fmt_ci, fmt_diff
-    from genrec.training import train
+    from genrec.model_dir import ModelCard
+    from genrec.eval.metrics import fmt_ci, fmt_diff
+    from genrec.train.recipe import train
 
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
@@ -117,7 +117,7 @@ def main() -> None:
         if args.curve_users and any(model.glob("checkpoint-*")):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
                                                                                args.curve_users)
-        from genrec.data import load_prepared
+        from genrec.data.prepare import load_prepared
 
         cold = {d: load_prepared(work / d / "data").cold_items for d in args.datasets.split(",")}
         report["between_arms"] = paired_arms(work, args.datasets.split(","), cold)  # finished arms, pairwise

@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig
-    from genrec.data import load_prepared
-    from genrec.evaluation import evaluate_baselines
+    from genrec.data.prepare import load_prepared
+    from genrec.eval.protocol import evaluate_baselines
 
     report = {"settings": vars(args), "machine": machine(), "datasets": {}}
     rows = []

@@ -53,7 +53,7 @@ def main() -> None:
     from openai import APIStatusError, OpenAI
 
     from genrec.files import read_jsonl
-    from genrec.models import ModelCard
+    from genrec.model_dir import ModelCard
 
     card = ModelCard.load(args.model)
     titles = {r["title"] for r in card.catalog_rows()}

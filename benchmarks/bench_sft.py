@@ -30,7 +30,7 @@ def run_arm(data: str, objective: str, minutes: float, extra: list[str], out: Pa
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{objective} arm failed: {' '.join(cmd)}")
-    from genrec.models import ModelCard
+    from genrec.model_dir import ModelCard
 
     card = ModelCard.load(out).stats
     tokens_per_target = card["train_tokens"] / card["train_targets"]

@@ -29,8 +29,8 @@ def main() -> None:
                                "finished"}).parse_args()
 
     from genrec.config import EvaluateConfig, PromptConfig
-    from genrec.evaluation import run_evaluation
-    from genrec.models import ModelCard
+    from genrec.eval.protocol import run_evaluation
+    from genrec.model_dir import ModelCard
 
     work = Path(args.work)
     report = start_report(args)

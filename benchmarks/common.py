@@ -166,7 +166,7 @@ def timed_sft(data: Path, out: Path, steps: int, **settings) -> float:
     """Fine-tune for `steps` steps with no intermediate checkpoints (TITLE_RECIPE unless `settings` say otherwise);
     the seconds it took."""
     from genrec.config import SFTConfig
-    from genrec.training import train
+    from genrec.train.recipe import train
 
     t0 = time.time()
     train(SFTConfig(data=str(data), output=str(out), overwrite=True, max_steps=steps, save_steps=10**6,
@@ -191,7 +191,7 @@ def prepare_shared(name: str, work: Path, **options) -> Path:
     """A shared dataset prepared under work/<name>/data: movielens, scientific (item text), instruments or games
     (no item text: item ids stand in for titles)."""
     from genrec.config import DataConfig
-    from genrec.data import prepare
+    from genrec.data.prepare import prepare
 
     d = work / name
     if name in ("instruments", "games"):
@@ -243,9 +243,9 @@ def learning_curve(model: Path, out: Path, users: int, split: str = "valid") -> 
     """NDCG@10 of `users` seeded users of `split` at each kept checkpoint and at the end (a rerank model learns from
     the validation items: use test). Written to out/curve.json and curve.png; finished points are reused."""
     from genrec.config import EvaluateConfig
-    from genrec.evaluation import run_evaluation
+    from genrec.eval.protocol import run_evaluation
     from genrec.files import read_json
-    from genrec.models import ModelCard
+    from genrec.model_dir import ModelCard
 
     points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
     final = ModelCard.load(model).stats
@@ -287,7 +287,7 @@ def paired_arms(work: Path, datasets: list[str], cold: dict[str, frozenset] | No
     """Arm minus arm, for every two finished arms of one dataset (work/<dataset>/<arm>/eval-test/
     recommendations.jsonl, from this run or an earlier one) whose evaluations hold the same users with the same
     targets: the paired bootstrap difference of their per-user metrics (seeded draws, as the reports use)."""
-    from genrec import metrics
+    from genrec.eval import metrics
     from genrec.files import read_jsonl
 
     out = {}

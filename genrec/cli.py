@@ -9,9 +9,18 @@ import sys
 
 import click
 
-from .config import ITEM_TEXT_STYLES, DataConfig, EvaluateConfig, FusionConfig, GenerateConfig, RankConfig, ServeConfig, SFTConfig
-from .errors import GenrecError
-from .index import ID_STYLES
+from genrec.config import (
+    ITEM_TEXT_STYLES,
+    DataConfig,
+    EvaluateConfig,
+    FusionConfig,
+    GenerateConfig,
+    RankConfig,
+    ServeConfig,
+    SFTConfig,
+)
+from genrec.errors import GenrecError
+from genrec.items.index import ID_STYLES
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -159,8 +168,8 @@ def data_prepare(config_path, overrides, **opts) -> None:
 
     Extra KEY=VALUE arguments override config keys.
     """
-    from .config import load_config, parse_overrides
-    from .data import prepare
+    from genrec.config import load_config, parse_overrides
+    from genrec.data.prepare import prepare
 
     cfg = load_config(DataConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     prepare(cfg, log=lambda m: click.echo(m, err=True))
@@ -180,7 +189,7 @@ def catalog() -> None:
 def catalog_add(model, catalog_file) -> None:
     """Add items to a trained item-token model without retraining: each gets a token and a row from its text
     (through the grounded map of an item_text=grounded model). The model directory is replaced whole, atomically."""
-    from .new_items import add_items
+    from genrec.items.new_items import add_items
 
     click.echo(json.dumps(add_items(model, catalog_file, log=lambda m: click.echo(m, err=True))))
 
@@ -201,8 +210,8 @@ def prompts() -> None:
 @friendly
 def prompts_show(data_dir, user_id, split, task, template, model) -> None:
     """Print exactly what the model sees for one user (chat-wrapped prompt and the target completion)."""
-    from .config import PromptConfig
-    from .jobs import show_prompt
+    from genrec.config import PromptConfig
+    from genrec.infer.jobs import show_prompt
 
     click.echo(show_prompt(data_dir, user_id, split, PromptConfig(task=task, template=template), model))
 
@@ -249,8 +258,8 @@ def sft(config_path, task, template, overrides, **opts) -> None:
     Extra KEY=VALUE arguments override config keys, e.g. lora_r=8 prompt.max_history=10.
     Multi-GPU: `accelerate launch -m genrec.cli sft ...` runs the same command distributed.
     """
-    from .config import load_config, parse_overrides
-    from .training import train
+    from genrec.config import load_config, parse_overrides
+    from genrec.train.recipe import train
 
     tasks = [t.strip() for t in task.split(",") if t.strip()] if task else None
     cfg = load_config(SFTConfig, config_path, {
@@ -277,8 +286,8 @@ def sft(config_path, task, template, overrides, **opts) -> None:
 @friendly
 def generate(config_path, overrides, **opts) -> None:
     """Top-K recommendations per user, constrained to valid catalog items."""
-    from .config import load_config, parse_overrides
-    from .jobs import generate_file
+    from genrec.config import load_config, parse_overrides
+    from genrec.infer.jobs import generate_file
 
     cfg = load_config(GenerateConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.users:
@@ -299,8 +308,8 @@ def generate(config_path, overrides, **opts) -> None:
 def rank(config_path, overrides, **opts) -> None:
     """Re-rank candidate items per user by P(yes) from a preference model's yes/no logits, the expected rating of a
     rating model, or a rerank model's P(label) over the candidates shown together."""
-    from .config import load_config, parse_overrides
-    from .jobs import rank_file
+    from genrec.config import load_config, parse_overrides
+    from genrec.infer.jobs import rank_file
 
     cfg = load_config(RankConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     if not cfg.candidates:
@@ -320,8 +329,8 @@ def rank(config_path, overrides, **opts) -> None:
 @friendly
 def recommend(model, user_id, history, request_text, k, with_reasons, data, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
-    from .jobs import load_for_data, output_settings, to_request
-    from .recommender import Search
+    from genrec.infer.jobs import load_for_data, output_settings, to_request
+    from genrec.infer.recommender import Search
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}
@@ -365,7 +374,7 @@ def _echo_recommendations(res: dict, k: int | None = None) -> None:
 def show(recommendations, n_users, k) -> None:
     """Print the first users of a `genrec generate` output file as short tables (titles, and reasons where the
     model gives them)."""
-    from .jobs import finished_lines
+    from genrec.infer.jobs import finished_lines
 
     path = Path(recommendations)
     if not path.is_file():
@@ -387,7 +396,7 @@ def show(recommendations, n_users, k) -> None:
 @friendly
 def merge_shards_cmd(parts, out) -> None:
     """Join the outputs of `genrec generate --shard I/N` (any order) into one file."""
-    from .jobs import merge_shards
+    from genrec.infer.jobs import merge_shards
 
     click.echo(json.dumps({"written": merge_shards(list(parts), out), "out": out}), err=True)
 
@@ -417,8 +426,8 @@ def merge_shards_cmd(parts, out) -> None:
 @friendly
 def evaluate(config_path, overrides, **opts) -> None:
     """Full-ranking HR@K, NDCG@K, MRR, validity and coverage, beside most-popular and SASRec."""
-    from .config import load_config, parse_overrides
-    from .evaluation import run_evaluation
+    from genrec.config import load_config, parse_overrides
+    from genrec.eval.protocol import run_evaluation
 
     if opts.get("baselines") == "none":
         opts["baselines"] = []
@@ -455,8 +464,8 @@ def tune_fusion(config_path, overrides, **opts) -> None:
     log p_LLM + W x log softmax(retriever) for each W (and each K given), keeps the best NDCG@10 in
     <model>/fusion.json.
     """
-    from .config import load_config, parse_overrides
-    from .evaluation import tune_fusion as run_tuning
+    from genrec.config import load_config, parse_overrides
+    from genrec.eval.protocol import tune_fusion as run_tuning
 
     cfg = load_config(FusionConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     click.echo(json.dumps({k: v for k, v in run_tuning(cfg).items() if k != "table"}))
@@ -481,8 +490,8 @@ def serve(config_path, overrides, **opts) -> None:
     (Content-Type: application/json) and the Host header must name this server: add names a proxy or DNS gives it
     with allowed_hosts=recs.example.com.
     """
-    from .config import load_config, parse_overrides
-    from .serving import serve as run_server
+    from genrec.config import load_config, parse_overrides
+    from genrec.serve.app import serve as run_server
 
     cfg = load_config(ServeConfig, config_path, {**parse_overrides(overrides), **_overrides(**opts)})
     run_server(cfg, log=lambda m: click.echo(m, err=True))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import GenrecError
+from genrec.errors import GenrecError
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / "movielens"
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import GenrecError
+from genrec.errors import GenrecError
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # against each other and run slower than one worker alone
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from genrec.config import SAMPLE_DIR, DataConfig, SFTConfig, PromptConfig  # noqa: E402
+from genrec.config import SAMPLE_DIR, DataConfig, SFTConfig, PromptConfig# noqa: E402
 
 TINY_USERS = 30
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -88,7 +88,7 @@ def tiny_raw(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_raw) -> Path:
-    from genrec.data import prepare
+    from genrec.data.prepare import prepare
 
     return built_once(tmp_path_factory, "prep", lambda d: prepare(DataConfig(
         interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(d / "data"), min_item_interactions=1,
@@ -97,14 +97,14 @@ def tiny_data(tmp_path_factory, tiny_raw) -> Path:
 
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
-    from genrec.models import resolve_base_model
+    from genrec.model_dir import resolve_base_model
 
     return resolve_base_model("default")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(base_model_dir):
-    from genrec.models import load_tokenizer
+    from genrec.model_dir import load_tokenizer
 
     return load_tokenizer(base_model_dir)
 
@@ -128,7 +128,7 @@ def tiny_sft_config(data: Path, out: Path, **kw) -> SFTConfig:
 
 def trained(tmp_path_factory, name: str, config) -> Path:
     """A real fine-tune of `config(output_dir)`, trained once per test run (`built_once`)."""
-    from genrec.training import train
+    from genrec.train.recipe import train
 
     return built_once(tmp_path_factory, name, lambda d: train(config(d / "m"), log=lambda m: None)) / "m"
 
@@ -141,7 +141,7 @@ def tiny_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def recommender(tiny_model):
-    from genrec.recommender import Recommender
+    from genrec.infer.recommender import Recommender
 
     return Recommender(tiny_model)
 

@@ -27,7 +27,7 @@ def local_model(tmp_path_factory, base_model_dir, arch: str):
         import torch
         import transformers
 
-        from genrec.models import load_tokenizer
+        from genrec.model_dir import load_tokenizer
 
         config_cls, model_cls, extra = ARCHITECTURES[arch]
         tok = load_tokenizer(base_model_dir)
@@ -50,9 +50,9 @@ def test_sft_generate_serve_on_another_architecture(arch, item_id, tmp_path, tmp
                                                      tiny_data):
     from openai import OpenAI
 
-    from genrec.data import load_prepared
-    from genrec.recommender import Recommender
-    from test_serving import start_server
+    from genrec.data.prepare import load_prepared
+    from genrec.infer.recommender import Recommender
+    from servers import start_server
 
     base = local_model(tmp_path_factory, base_model_dir, arch)
     out = tmp_path / "m"
@@ -99,10 +99,10 @@ def test_an_untied_output_matrix_gets_the_title_shaped_item_rows_too(tmp_path_fa
     from transformers import AutoModelForCausalLM
 
     from genrec.config import SFTConfig
-    from genrec.data import load_prepared
-    from genrec.models import load_tokenizer
-    from genrec.grounded import ITEM_ROW_SCALE, item_rows_from_titles
-    from genrec.training import build_index
+    from genrec.data.prepare import load_prepared
+    from genrec.model_dir import load_tokenizer
+    from genrec.items.grounded import ITEM_ROW_SCALE, item_rows_from_titles
+    from genrec.train.recipe import build_index
 
     base = local_model(tmp_path_factory, base_model_dir, "qwen2")
     model, tok = AutoModelForCausalLM.from_pretrained(str(base)), load_tokenizer(base)

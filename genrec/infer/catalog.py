@@ -1,0 +1,58 @@
+"""The items a loaded model recommends, built once per catalog: rows by id, the item index (each item's
+identifier), training popularity, one trie per item ending, and the popularity penalty per strength.
+
+Why one value: the recommender, the search and the evaluation all need these together, and a model switched to
+another dataset's catalog (zero-shot transfer) must switch all of them at once; building a new Catalog is that
+switch. It reads as a mapping of item id -> catalog row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+from genrec.infer.constrained import TokenTrie
+from genrec.errors import GenrecError
+from genrec.items.index import ItemIndex
+
+
+class Catalog(Mapping):
+    def __init__(self, rows: list[dict], index: ItemIndex, counts: dict[str, int]):
+        self.rows = {row["item_id"]: row for row in rows}
+        self.index = index
+        self.counts = counts  # training interactions per item, most popular first
+        self.popular = list(counts)
+        self._tries: dict[int, TokenTrie] = {}
+        self._penalties: dict[float, list[float]] = {}
+
+    def __getitem__(self, item_id: str) -> dict:
+        return self.rows[item_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def trie(self, builder) -> TokenTrie:
+        """The items' token sequences as `builder` ends them (EOS, or the newline before a reason or the next
+        line, or nothing: item tokens), one trie per ending, built on first use."""
+        key = tuple(builder.item_ending)
+        if key not in self._tries:
+            self._tries[key] = TokenTrie([builder.item_tokens(t) for t in self.index.targets])
+        return self._tries[key]
+
+    def penalty(self, strength: float) -> list[float] | None:
+        """Per item (index order) `strength * log(1 + training count)`: subtracted from an item's log-probability,
+        it down-weights popular items (0 = none; at 1 an item seen 10x as often needs ~10x the model probability)."""
+        if strength < 0 or not math.isfinite(strength):
+            raise GenrecError(f"popularity penalty must be a finite number >= 0, got {strength}")
+        if not strength:
+            return None
+        if strength not in self._penalties:
+            self._penalties[strength] = [strength * math.log1p(self.counts.get(i, 0)) for i in self.index.item_ids]
+        return self._penalties[strength]
+
+    def fallback(self, k: int, seen: set[str]) -> list[str]:
+        """The k most popular training items outside `seen` (the answer to a request with nothing to go on)."""
+        return [i for i in self.popular if i not in seen and i in self.rows][:k]

@@ -1,0 +1,268 @@
+"""Trie-constrained beam search: every finished hypothesis is a catalog item, scored by sequence log-probability.
+
+What it guarantees: every item returned is a valid catalog item, the K items are distinct, each is scored by its
+sequence log-probability (the end token included), and per-user exclusions hold. It is a beam search, not an exact
+search: an item whose prefix falls below the W-th live beam is lost for good, so the K returned are the best the
+beam found, not necessarily the K most probable items (a wider `beam_width` finds more of them).
+
+Why our own loop instead of `model.generate(num_beams=...)` or vLLM's beam search: we need the top-K *items*
+(distinct trie leaves) with per-user exclusions, on either engine. The loop
+asks a backend (backends.py) only for the raw log-probabilities of the tokens the trie allows from each live
+beam, so the model's generation_config (sampling, temperature, top-k/p) can never leak into the search, and the
+HF and vLLM backends return the same items with the same scores.
+
+`search="exact"` (top_items) adds a certificate: the search records, per prompt, the best score of anything it
+pruned (a candidate beyond the W live beams). Log-probabilities only fall along a path (and the penalty bound only
+grows), so no item below a pruned prefix can score above that prefix; once the K-th item found scores at least the
+best pruned prefix, the K items are the exact top-K. A prompt without the certificate is searched again at twice
+the width, up to the catalog size, where nothing is pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genrec.errors import GenrecError
+
+
+class TokenTrie:
+    """Prefix tree over token sequences; a leaf (reached through the end token) names one item."""
+
+    def __init__(self, sequences: list[list[int]]):
+        self.children: list[dict[int, int]] = [{}]
+        self.parent: list[int] = [-1]
+        self.leaf_item: dict[int, int] = {}
+        for item, seq in enumerate(sequences):
+            node = 0
+            for tok in seq:
+                nxt = self.children[node].get(tok)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children[node][tok] = nxt
+                    self.children.append({})
+                    self.parent.append(node)
+                node = nxt
+            if node in self.leaf_item:
+                raise GenrecError(f"items {self.leaf_item[node]} and {item} have the same token sequence")
+            self.leaf_item[node] = item
+        self.depth = max((len(s) for s in sequences), default=0)
+        self._allowed: dict[int, list[int]] = {}
+
+        self.leaf_of_item = {item: node for node, item in self.leaf_item.items()}
+        self.end_tokens = {t for kids in self.children for t, c in kids.items() if c in self.leaf_item}
+
+    def allowed(self, node: int, dead: set[int] | frozenset = frozenset()) -> list[int]:
+        """Tokens that continue `node` towards at least one item whose leaf is not in `dead`."""
+        if dead:
+            return [t for t, c in self.children[node].items() if c not in dead]
+        out = self._allowed.get(node)
+        if out is None:
+            out = self._allowed[node] = list(self.children[node])
+        return out
+
+    def dead_nodes(self, banned_items: set[int]) -> set[int]:
+        """Nodes under which every item is banned (their leaves included). A beam never enters one, so it can
+        never spend its width on a subtree holding only excluded (e.g. already seen) items."""
+        dead = {self.leaf_of_item[i] for i in banned_items if i in self.leaf_of_item}
+        frontier = list(dead)
+        live_kids: dict[int, int] = {}  # per parent reached: children not (yet) dead. Counting, not rescanning
+        while frontier:  # the siblings, keeps this linear: a wide node (a depth-one trie) was quadratic
+            p = self.parent[frontier.pop()]
+            if p < 0:
+                continue
+            left = live_kids.get(p, len(self.children[p])) - 1
+            live_kids[p] = left
+            if left == 0:
+                dead.add(p)
+                frontier.append(p)
+        return dead
+
+    def subtree_min(self, item_values: list[float]) -> list[float]:
+        """Per node, the smallest value of any item below it (a leaf: its item's value)."""
+        out = [float("inf")] * len(self.children)
+        for node, item in self.leaf_item.items():
+            out[node] = item_values[item]
+        for node in range(len(self.children) - 1, 0, -1):  # children always have larger ids than parents
+            p = self.parent[node]
+            if out[node] < out[p]:
+                out[p] = out[node]
+        return out
+
+    def allowed_rows(self, nodes: list[int], dead: list[set[int]]) -> list[list[int]]:
+        """The allowed tokens of each live row (at `nodes`, with its prompt's dead nodes): the columns of its
+        log-probabilities the engine returns."""
+        return [self.allowed(n, d) for n, d in zip(nodes, dead)]
+
+    def expand(self, node: int, allowed: list[int], col: int, written: list[int]) -> tuple[int, int, int | None]:
+        """Column `col` of a row at `node`: the token, the node it reaches, and the item it finishes (None: not
+        finished). `written` (the row's tokens so far) is for search spaces that are not a trie."""
+        tok = allowed[col]
+        child = self.children[node][tok]
+        return tok, child, self.leaf_item.get(child)
+
+    def step(self, node: int, token: int) -> int | None:
+        return self.children[node].get(token)
+
+    def walk(self, tokens: list[int]) -> int | None:
+        node = 0
+        for t in tokens:
+            node = self.children[node].get(t)
+            if node is None:
+                return None
+        return node
+
+
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    item: int  # position in the ItemIndex (-1: unconstrained text that is no item)
+    score: float  # sum of token log-probabilities (the end token included)
+
+
+@torch.no_grad()
+def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
+                banned: list[set[int]] | None = None,
+                max_new_tokens: int | None = None, item_penalty: list[float] | None = None,
+                pruned: list[float] | None = None) -> list[list[Hypothesis]]:
+    """Top-k items per prompt, best first. `banned[b]` are item positions never returned for prompt b.
+    `pruned`, when given, is filled with each prompt's best pruned score (-inf: nothing was pruned).
+
+    `item_penalty[i]` (>= 0, e.g. a popularity penalty) is subtracted from item i's log-probability. A beam is
+    ranked from its first token by its log-probability minus the smallest penalty of any item below it, so
+    beams do not spend the width on prefixes of penalised items only; that bound only grows along a path,
+    which keeps the early stop ("scores only fall") exact.
+
+    Only live beams are kept as rows (finished prompts and dead beams are dropped), so the cost per step follows
+    the work left; beams never enter subtrees whose items are all banned. The search space is the trie's: its
+    `allowed_rows` and `expand` (a benchmark swaps in the whole vocabulary through the same two methods).
+    """
+    B, W = len(prompts), max(beam_width, k)
+    dead = [trie.dead_nodes(banned[b]) if banned and banned[b] else set() for b in range(B)]
+    max_len = max_new_tokens or trie.depth
+
+    def allowed_for(owner: list[int], nodes: list[int]) -> list[list[int]] | None:
+        return trie.allowed_rows(nodes, [dead[o] for o in owner])
+
+    bound = trie.subtree_min(item_penalty) if item_penalty is not None else None
+
+    def step_penalty(nodes: list[int], allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+        """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
+        out = torch.zeros(like.shape, dtype=like.dtype)
+        for r, (n, toks_r) in enumerate(zip(nodes, allowed)):
+            kids = trie.children[n]
+            out[r, :len(toks_r)] = torch.tensor([bound[kids[t]] - bound[n] for t in toks_r], dtype=like.dtype)
+        return out.to(like.device)
+
+    # Live rows: parallel lists (owner prompt, trie node, score, tokens so far). One row per prompt at first.
+    owner, nodes, scores, toks = list(range(B)), [0] * B, [0.0] * B, [[] for _ in range(B)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    best_pruned = [NEG_INF] * B
+    if pruned is not None:
+        pruned[:] = best_pruned
+    if any(0 in d for d in dead):  # every item of that prompt is banned
+        keep = [b for b in range(B) if 0 not in dead[b]]
+        if not keep:
+            return finished
+        owner, nodes, scores, toks = keep, [0] * len(keep), [0.0] * len(keep), [[] for _ in keep]
+        prompts = [prompts[b] for b in keep]
+    allowed = allowed_for(owner, nodes)
+    beams = backend.start(prompts, allowed)
+    logp = beams.logp
+    if bound is not None:
+        scores = [-bound[0]] * len(scores)
+    for step in range(max_len):
+        cand = logp.new_tensor(scores).view(-1, 1) + logp  # [R, A]
+        if bound is not None:
+            cand = cand - step_penalty(nodes, allowed, cand)
+        width = cand.shape[1]
+        rows_of: dict[int, list[int]] = {}
+        for r, o in enumerate(owner):
+            rows_of.setdefault(o, []).append(r)
+        n_owner, n_node, n_score, n_tok, src = [], [], [], [], []
+        for b, rows in rows_of.items():
+            flat = cand[rows].view(-1)
+            # Take candidates best-first until W live beams; look deeper when many of them finish.
+            n_finite = int(torch.isfinite(flat).sum())
+            top_s, top_i = flat.topk(min(n_finite, 2 * W))
+            if 0 < len(top_s) < n_finite:
+                top_s, top_i = flat.topk(min(n_finite, 2 * W + len(finished[b]) + 4 * W))
+            live = consumed = 0
+            for score, fi in zip(top_s.tolist(), top_i.tolist()):
+                if live == W:
+                    break
+                consumed += 1
+                r, col = rows[fi // width], fi % width
+                tok, node, item = trie.expand(nodes[r], allowed[r] if allowed is not None else None, col, toks[r])
+                if item is not None:
+                    if len(finished[b]) < k or score > finished[b][-1].score:
+                        finished[b].append(Hypothesis(item=item, score=score))
+                        finished[b].sort(key=lambda h: -h.score)
+                        del finished[b][k:]
+                    continue
+                n_owner.append(b), n_node.append(node), n_score.append(score), n_tok.append(toks[r] + [tok])
+                src.append(r)
+                live += 1
+            if consumed < n_finite:  # the best candidate left out bounds every item below it
+                nxt = float(top_s[consumed]) if consumed < len(top_s) else float(flat.topk(consumed + 1).values[-1])
+                best_pruned[b] = max(best_pruned[b], nxt)
+        # A prompt is done when it has k items and no live beam can beat the k-th (log-probs only fall).
+        best_live: dict[int, float] = {}
+        for b, sc in zip(n_owner, n_score):
+            best_live[b] = max(best_live.get(b, NEG_INF), sc)
+        done = {b for b in rows_of if b not in best_live
+                or (len(finished[b]) >= k and finished[b][k - 1].score >= best_live[b])}
+        keep = [j for j, b in enumerate(n_owner) if b not in done]
+        if not keep or step == max_len - 1:
+            break
+        owner = [n_owner[j] for j in keep]
+        nodes, scores, toks = [n_node[j] for j in keep], [n_score[j] for j in keep], [n_tok[j] for j in keep]
+        allowed = allowed_for(owner, nodes)
+        logp = beams.advance([src[j] for j in keep], [n_tok[j][-1] for j in keep], allowed)
+    if pruned is not None:
+        pruned[:] = best_pruned
+    return finished
+
+
+SEARCHES = ("beam", "exact")
+
+
+def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
+              banned: list[set[int]] | None = None, item_penalty: list[float] | None = None,
+              search: str = "beam", stats: dict | None = None, max_width: int | None = None) -> list[list[Hypothesis]]:
+    """Beam search that always returns min(k, allowed items) results: should a search still end short, that
+    prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare).
+    search="exact": also searched again, at twice the width, is every prompt whose top-k lacks the certificate
+    (see the module docstring), so the result is the exact top-k. `max_width` caps that widening (None: up to the
+    catalog size, where nothing is pruned): a prompt still without its certificate at the cap keeps the cap's
+    beam result and is listed in `stats["uncertified"]`. `stats` also gets the searches run and the widest."""
+    if search not in SEARCHES:
+        from genrec.errors import GenrecError
+
+        raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
+    n_items = len(trie.leaf_item)
+    cap = min(max_width or n_items, n_items)
+    pruned: list[float] = []
+    found = beam_search(backend, prompts, trie, k, beam_width, banned, item_penalty=item_penalty, pruned=pruned)
+    width, rounds = max(beam_width, k), 1
+    while True:
+        short = {b for b, f in enumerate(found) if len(f) < min(k, n_items - len(banned[b] if banned else ()))}
+        uncertified = [b for b, f in enumerate(found)
+                       if search == "exact" and len(f) >= k and pruned[b] > f[k - 1].score]
+        todo = sorted(short | (set(uncertified) if width < cap else set()))
+        if not todo or width >= n_items:
+            if stats is not None:
+                stats.update(searches=rounds, max_width=width, uncertified=uncertified)
+            return found
+        width = min(2 * width, n_items if short else max(cap, width))
+        rounds += 1
+        again_pruned: list[float] = []
+        again = beam_search(backend, [prompts[b] for b in todo], trie, k, width,
+                            [banned[b] for b in todo] if banned else None, item_penalty=item_penalty,
+                            pruned=again_pruned)
+        for b, f, p in zip(todo, again, again_pruned):
+            found[b], pruned[b] = f, p
