@@ -189,7 +189,7 @@ def catalog() -> None:
 def catalog_add(model, catalog_file) -> None:
     """Add items to a trained item-token model without retraining: each gets a token and a row from its text
     (through the grounded map of an item_text=grounded model). The model directory is replaced whole, atomically."""
-    from genrec.items.new_items import add_items
+    from genrec.infer.new_items import add_items
 
     click.echo(json.dumps(add_items(model, catalog_file, log=lambda m: click.echo(m, err=True))))
 

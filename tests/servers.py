@@ -49,7 +49,7 @@ def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int
 
 
 def a_user(recommender) -> tuple[str, list[str]]:
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(recommender.card.data)
     uid = next(iter(data.users))

@@ -50,7 +50,7 @@ def test_sft_generate_serve_on_another_architecture(arch, item_id, tmp_path, tmp
                                                      tiny_data):
     from openai import OpenAI
 
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Recommender
     from servers import start_server
 
@@ -99,7 +99,7 @@ def test_an_untied_output_matrix_gets_the_title_shaped_item_rows_too(tmp_path_fa
     from transformers import AutoModelForCausalLM
 
     from genrec.config import SFTConfig
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.model_dir import load_tokenizer
     from genrec.items.grounded import ITEM_ROW_SCALE, item_rows_from_titles
     from genrec.train.recipe import build_index

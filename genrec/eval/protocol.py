@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from genrec.eval import metrics
+from genrec import metrics
 from genrec.eval.baselines import BASELINES, content_rankings, popular_rankings
 from genrec.config import EvaluateConfig, FusionConfig, to_dict
-from genrec.data.prepare import load_prepared
+from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 from genrec.files import atomic_file, write_json, write_jsonl
 from genrec.model_dir import ModelCard

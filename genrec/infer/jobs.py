@@ -311,7 +311,7 @@ def merge_shards(parts: list[str | Path], out: str | Path) -> int:
 
 def load_for_data(cfg: GenerateConfig | RankConfig, log) -> Recommender:
     """The model of `cfg`, recommending from the catalog of `cfg.data` when that is another dataset's."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     if cfg.data:
@@ -369,7 +369,7 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
 def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg, model: str) -> str:
     """The user's last example of `split` rendered with `prompt_cfg` and `model`'s tokenizer (the builder and its
     task decide what one example is)."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.items.index import ItemIndex
     from genrec.model_dir import load_tokenizer, resolve_base_model
     from genrec.prompts.sequence import make_builder

@@ -35,7 +35,7 @@ class Retriever:
               log=print) -> Retriever:
         """SASRec on the training part of every user's sequence of `data` (a PreparedData), early-stopped on every
         user's validation target; `max_seconds` caps it (and the facts say so)."""
-        from genrec.eval.baselines import train_sasrec
+        from genrec.infer.sasrec import train_sasrec
 
         items = sorted(data.catalog)
         number = {item: n + 1 for n, item in enumerate(items)}
@@ -66,7 +66,7 @@ class Retriever:
         """The retriever saved in a model directory (or the retriever folder itself), or None when there is none."""
         from safetensors.torch import load_file
 
-        from genrec.eval.baselines import SASRec
+        from genrec.infer.sasrec import SASRec
 
         path = Path(model_dir) if (Path(model_dir) / "retriever.json").is_file() else Path(model_dir) / RETRIEVER_DIR
         if not (path / "retriever.json").is_file():
@@ -83,7 +83,7 @@ class Retriever:
 
     def scores(self, histories: list[list[str]], seen: list[set[str]] | None = None) -> np.ndarray:
         """[users, items] scores (column j is self.items[j]); items in `seen` are -inf. Unknown ids are skipped."""
-        from genrec.eval.baselines import sasrec_scores
+        from genrec.infer.sasrec import sasrec_scores
 
         nums = [[self.number[i] for i in h if i in self.number] for h in histories]
         excl = [{self.number[i] for i in s if i in self.number} for s in seen] if seen is not None else None

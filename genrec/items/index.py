@@ -65,7 +65,8 @@ class ItemIndex:
             return cls(style=style, item_ids=item_ids, targets=targets, new_tokens=list(targets),
                        stats={"text": has_text})  # text: the rows can start from the titles (training.py)
         if style == "semantic":
-            from genrec.items.semantic import code_tokens, item_text, semantic_targets
+            from genrec.items.semantic import code_tokens, semantic_targets
+            from genrec.items.text import item_text
 
             pos = {i: n for n, i in enumerate(item_ids)}
             texts = [item_text(r) for r in catalog] if has_text else None

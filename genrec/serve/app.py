@@ -40,7 +40,7 @@ from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 from genrec.infer.jobs import title_index, to_request
 from genrec.infer.recommender import Query, Recommender, Search
-from genrec.prompts.builder import facts_line
+from genrec.items.text import facts_line
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"  # the one page served at /
 

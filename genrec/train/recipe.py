@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
 import time
@@ -17,12 +16,12 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from genrec.config import SFTConfig, to_dict
-from genrec.data.prepare import PreparedData, load_prepared
+from genrec.data.prepared import PreparedData, load_prepared
 from genrec.items import grounded
 from genrec.items.grounded import ITEM_ROW_SCALE, item_rows_from_titles
 from genrec.errors import GenrecError
 from genrec.files import atomic_file, replace_dir, write_json
-from genrec.items.index import ItemIndex, one_line
+from genrec.items.index import ItemIndex
 from genrec.model_dir import ModelCard, keep_layers, load_tokenizer, pick_dtype, resolve_base_model
 from genrec.prompts.builder import PromptBuilder
 from genrec.infer.retriever import KINDS as RETRIEVERS
@@ -119,7 +118,7 @@ def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedDat
         log("item_text=grounded: this catalog has no item text (item ids stand in for titles), so the rows are "
             "item_text=init's")
         return None
-    from genrec.items.semantic import item_text
+    from genrec.items.text import item_text
 
     t0 = time.time()
     features = grounded.text_features(model, tok, [item_text(data.catalog[i]) for i in index.item_ids])

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from genrec.cli import main
 from genrec.config import DataConfig
-from genrec.data.prepare import load_prepared, prepare
+from genrec.data.prepared import load_prepared
+from genrec.data.prepare import prepare
 from genrec.errors import GenrecError
 
 
@@ -224,7 +225,8 @@ def test_derived_time_context_follows_the_target_timestamp(tmp_path, tiny_raw):
     import datetime as dt
 
     from genrec.config import DataConfig
-    from genrec.data.prepare import load_prepared, prepare
+    from genrec.data.prepared import load_prepared
+    from genrec.data.prepare import prepare
 
     out = tmp_path / "ctx"
     prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),
@@ -243,7 +245,8 @@ def test_derived_time_context_follows_the_target_timestamp(tmp_path, tiny_raw):
 
 def test_context_reaches_the_prompt(tokenizer, tmp_path, tiny_raw):
     from genrec.config import DataConfig, PromptConfig
-    from genrec.data.prepare import load_prepared, prepare
+    from genrec.data.prepared import load_prepared
+    from genrec.data.prepare import prepare
     from genrec.items.index import ItemIndex
     from genrec.train.recipe import make_builder
 

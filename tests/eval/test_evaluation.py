@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
-from genrec.eval.metrics import rank_metrics
+from genrec.metrics import rank_metrics
 
 
 def test_metrics_hand_computed():
@@ -82,7 +82,7 @@ def test_evaluate_cli(tmp_path, tiny_model):
 def test_popularity_tiers_split_interactions_in_thirds():
     from collections import Counter
 
-    from genrec.eval.metrics import popularity_tiers
+    from genrec.metrics import popularity_tiers
 
     tiers = popularity_tiers(Counter({"a": 50, "b": 30, "c": 10, "d": 5, "e": 5}))
     assert tiers == {"a": "head", "b": "torso", "c": "tail", "d": "tail", "e": "tail"}
@@ -96,7 +96,7 @@ def test_evaluate_bad_options(tiny_model):
 def test_beyond_accuracy_hand_computed():
     from collections import Counter
 
-    from genrec.eval.metrics import beyond_accuracy
+    from genrec.metrics import beyond_accuracy
 
     catalog = {"a": {"attrs": {"genres": "X|Y"}}, "b": {"attrs": {"genres": "X"}}, "c": {"attrs": {"genres": "Z"}},
                "d": {"attrs": {}}}
@@ -149,7 +149,7 @@ def test_evaluate_with_perturbation(tmp_path, tiny_model):
 
 def test_evaluate_the_validation_split(tmp_path, tiny_model, tiny_data):
     """--split valid holds out each user's second-to-last item: the lines' targets are the valid split's."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     out = tmp_path / "ev"
     res = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model), "--split", "valid", "--max-users", "4",
@@ -170,9 +170,10 @@ def test_cold_item_protocol_reports_cold_and_warm_targets_beside_a_content_basel
 
     from conftest import tiny_sft_config
     from genrec.config import DataConfig, EvaluateConfig
-    from genrec.data.prepare import load_prepared, prepare
+    from genrec.data.prepared import load_prepared
+    from genrec.data.prepare import prepare
     from genrec.eval.protocol import run_evaluation
-    from genrec.items.semantic import item_text, text_embeddings
+    from genrec.items.text import item_text, text_embeddings
     from genrec.train.recipe import train
 
     data_dir = tmp_path / "data"

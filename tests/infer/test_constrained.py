@@ -111,7 +111,7 @@ def test_benchmark_counts_the_beam_tokens_it_decodes(base_lm):
 
 
 def test_batch_equals_one_by_one(recommender, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query
 
     data = load_prepared(tiny_data)
@@ -126,7 +126,7 @@ def test_batch_equals_one_by_one(recommender, tiny_data):
 
 
 def test_exclude_seen(recommender, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query
 
     data = load_prepared(tiny_data)

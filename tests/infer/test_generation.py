@@ -19,7 +19,7 @@ def run_generate(model: Path, users: Path, out: Path, *extra: str):
 
 
 def test_generate_jsonl(tmp_path, tiny_model, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     uid = next(iter(data.users))
@@ -80,7 +80,7 @@ def test_bad_users_file(tmp_path, tiny_model, content, needle):
 
 
 def test_csv_users_and_resume(tmp_path, tiny_model, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     uids = list(load_prepared(tiny_data).users)[:3]
     users = tmp_path / "u.csv"
@@ -113,7 +113,7 @@ def test_csv_users_and_resume(tmp_path, tiny_model, tiny_data):
 def test_resume_reads_the_partial_file_before_replacing_it(tmp_path, tiny_model, tiny_data):
     """A failure after --resume has read the partial file (here: a users file naming an unknown user, --strict)
     leaves the partial file as it was: it is never truncated before it has been read and rewritten whole."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     uids = list(load_prepared(tiny_data).users)[:2]
     users = tmp_path / "u.jsonl"
@@ -172,7 +172,7 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
 
 
 def test_reason_grounding_flags_invented_titles_and_attributes():
-    from genrec.eval.metrics import reason_grounding
+    from genrec.metrics import reason_grounding
 
     catalog = {"1": {"title": "Heat (1995)", "attrs": {"genres": "Action|Crime"}},
                "2": {"title": "Toy Story (1995)", "attrs": {"genres": "Animation|Comedy"}},
@@ -191,7 +191,7 @@ def test_reason_grounding_flags_invented_titles_and_attributes():
 
 
 def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query
 
     data = load_prepared(tiny_data)
@@ -243,7 +243,7 @@ def test_request_model_cold_start(tmp_path, tiny_data):
 def test_history_entries_may_be_titles(tiny_data):
     """Users think in titles: an entry is an id, else an exact title, else a case/whitespace-insensitive one; a
     shared title names its ids; an unknown entry lists the closest titles; hostile strings are clear errors."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.errors import GenrecError
     from genrec.infer.jobs import resolve_items, to_request
 
@@ -268,7 +268,7 @@ def test_history_entries_may_be_titles(tiny_data):
 def test_shards_together_equal_the_unsharded_output(tmp_path, tiny_model, tiny_data):
     """--shard I/N splits one users file deterministically; the N outputs merged by line index are the
     unsharded output line for line, and --resume works per shard."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     def strip(p):  # scores may differ in the last float digits with the batch's padding; items and order may not
         return [(o["index"], o["user_id"], [r["item_id"] for r in o["recommendations"]])
@@ -307,7 +307,7 @@ def test_shards_together_equal_the_unsharded_output(tmp_path, tiny_model, tiny_d
 def test_recommend_one_user_at_the_terminal(tiny_model, tiny_data):
     """`genrec recommend`: a table with the history above it; --json prints what `generate` writes for that user;
     titles work as history; no input is a one-line error."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     uid = next(iter(data.users))
@@ -350,7 +350,7 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
 def test_batches_of_similar_length_change_no_result(recommender, tiny_data):
     """Users are batched by prompt length, longest first (little left padding); each user still gets the items
     and scores a batch of one gives."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query
 
     data = load_prepared(tiny_data)

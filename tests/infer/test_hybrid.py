@@ -24,7 +24,7 @@ def reranker(rerank_model):
 
 
 def a_user(rec):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(rec.card.data)
     uid = sorted(data.users)[3]
@@ -41,7 +41,7 @@ def test_labels_are_distinct_single_tokens(reranker):
 
 
 def test_retriever_is_saved_in_and_loaded_from_the_model_directory(rerank_model, reranker, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.retriever import Retriever
 
     assert (rerank_model / "retriever" / "sasrec.safetensors").is_file()
@@ -63,7 +63,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
     out, a shortcut that ranks real targets below chance)."""
     import numpy as np
 
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.train.recipe import rerank_examples
 
     data = load_prepared(tiny_data)
@@ -127,7 +127,7 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
 @pytest.fixture(scope="module")
 def with_retriever(tiny_model, tiny_data, tmp_path_factory):
     """The tiny next_item model given a retriever (the directory is self-contained: copied in here)."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.retriever import Retriever
 
     model = tmp_path_factory.mktemp("hybrid") / "m"
@@ -359,7 +359,7 @@ def test_rerank_evaluation_reports_the_retriever_and_its_recall(rerank_model, tm
 def test_rank_and_prompts_show_with_a_rerank_model(rerank_model, reranker, tiny_data, tmp_path):
     """`genrec rank` orders a line's own candidates by P(label); `prompts show --task rerank` shows the labelled
     list and the answer label."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     uid = sorted(data.users)[1]
@@ -382,7 +382,7 @@ def test_rank_and_prompts_show_with_a_rerank_model(rerank_model, reranker, tiny_
 def test_a_trained_retriever_is_reused_not_retrained(rerank_model, tiny_data, tmp_path):
     from conftest import tiny_sft_config
 
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.retriever import Retriever
     from genrec.train.recipe import train
 

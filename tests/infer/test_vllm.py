@@ -33,7 +33,7 @@ def vrec(tiny_model):
 
 
 def requests_for(tiny_data, n):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query
 
     rows = list(load_prepared(tiny_data).split("test"))[:n]

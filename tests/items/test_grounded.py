@@ -34,7 +34,7 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.items.grounded import FILE
     from genrec.model_dir import ModelCard, load_tokenizer
     from genrec.infer.recommender import Query, Recommender
@@ -156,7 +156,7 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     shutil.copytree(grounded_model, model)
     before = _snapshot(model)
     n = len(ModelCard.load(model).item_index().item_ids)
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(ModelCard.load(model).data)
     cold = sorted(data.cold_items)[0]  # a new item with a cold item's text gets the row training gave that item
@@ -179,7 +179,7 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     tok = load_tokenizer(model)
     base, _ = load_base(card.base_path(), "float32")
     keep_layers(base, card.sft["layers"])
-    from genrec.items.semantic import item_text
+    from genrec.items.text import item_text
 
     f = text_features(base, tok, [item_text(r) for r in card.catalog_rows()[-3:]])
     merged = AutoModelForCausalLM.from_pretrained(str(card.merged_path()))

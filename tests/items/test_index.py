@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from genrec.data.prepare import load_prepared
+from genrec.data.prepared import load_prepared
 from genrec.infer.constrained import TokenTrie
 from genrec.items.index import ItemIndex
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
-from genrec.data.prepare import load_prepared
+from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 
 
@@ -51,7 +51,7 @@ def test_training_pairs_are_yes_for_the_next_item_and_no_for_an_unseen_one(token
 
 
 def test_auc_matches_pair_counting():
-    from genrec.eval.metrics import auc
+    from genrec.metrics import auc
 
     rng = random.Random(0)
     scores = [rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(40)]

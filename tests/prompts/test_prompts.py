@@ -7,7 +7,7 @@ import json
 import pytest
 
 from genrec.config import PromptConfig
-from genrec.data.prepare import load_prepared
+from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 from genrec.items.index import ItemIndex
 from genrec.prompts.builder import PROMPTS_DIR, PromptBuilder, load_template, template_path

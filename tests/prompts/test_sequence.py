@@ -48,7 +48,7 @@ def _targets(ex, end_id: int) -> list[tuple[int, int]]:
 def test_inference_prompt_is_the_training_prefix(tokenizer, tiny_data, tmp_path, custom):
     """For every target of a window, the prompt generation builds from the same history is exactly the training
     ids before that target's identifier, and the identifier + newline that follow are the trie path."""
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     tpl = None
@@ -79,7 +79,7 @@ def test_inference_prompt_is_the_training_prefix(tokenizer, tiny_data, tmp_path,
 
 
 def test_windows_make_every_item_a_target_once(tokenizer, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     b = _builder(tokenizer, data, max_history=5, max_sequence_tokens=200, item_facts=[])
@@ -102,7 +102,7 @@ def test_windows_make_every_item_a_target_once(tokenizer, tiny_data):
 
 
 def test_long_history_is_trimmed_to_the_window_at_inference(tokenizer, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.prompts.sequence import ANSWER_ROOM
 
     data = load_prepared(tiny_data)
@@ -184,7 +184,7 @@ def test_max_minutes_stops_on_the_clock_and_the_bar_and_logs_follow_it(tmp_path,
 
 
 def test_sequence_objective_is_for_next_item_only(tokenizer, tiny_data):
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
     with pytest.raises(GenrecError, match="sequence objective is for next_item"):

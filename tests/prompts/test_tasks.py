@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
-from genrec.data.prepare import load_prepared
+from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 
 from conftest import TASKS

@@ -241,8 +241,6 @@ def test_bad_sft_input(tmp_path, tiny_data, args, needle):
 
 def test_empty_training_split(tmp_path):
     """Users with exactly 3 interactions have no training example: a clear error, no model written."""
-    from genrec.config import DataConfig
-    from genrec.data.prepare import prepare
 
     inter = tmp_path / "i.csv"
     inter.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},{i},{i}\n" for u in range(3) for i in range(3)))

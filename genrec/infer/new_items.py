@@ -29,7 +29,7 @@ def read_new_items(path: str | Path, card: ModelCard) -> list[dict]:
     """The new items as catalog rows ({item_id, title, attrs}), checked: an id and a title each, no id twice, none
     already in the model's catalog. Their attributes are the catalog's own (others are ignored, missing ones
     empty): the text a grounded row is built from reads the same fields for every item."""
-    from genrec.data.prepare import CONTROL_CHARS, ITEM_ALIASES, TITLE_ALIASES, pick_column, read_table
+    from genrec.data.read import CONTROL_CHARS, ITEM_ALIASES, TITLE_ALIASES, pick_column, read_table
 
     df = read_table(path, "new items")
     id_col = pick_column(df, None, ITEM_ALIASES, "item", "new items")
@@ -101,7 +101,7 @@ def _write_staged(stage: Path, card: ModelCard, rows: list[dict], grounded: bool
 
     from genrec.files import atomic_file
     from genrec.items.index import TOKEN_FORMAT, ItemIndex
-    from genrec.items.semantic import item_text
+    from genrec.items.text import item_text
 
     index = card.item_index()
     n = len(index.item_ids)
