@@ -28,11 +28,19 @@ class PreparedData:
     # Leave-one-out, owned here and nowhere else: a user's last item is the test target, the one before it the
     # validation target, everything before that the training part.
     HELD_OUT = {"test": 1, "valid": 2}  # a split's target: this many positions from the end of the sequence
+    MIN_SEQUENCE = HELD_OUT["valid"] + 1  # the shortest sequence to split: a valid target with history before it
 
-    @staticmethod
-    def train_items(user: dict) -> list[str]:
+    @classmethod
+    def train_items(cls, user: dict) -> list[str]:
         """The training part of a user's sequence: everything before the valid and test targets (leave-one-out)."""
-        return user["items"][:-2]
+        return user["items"][:-cls.HELD_OUT["valid"]]
+
+    @classmethod
+    def target_positions(cls, n: int) -> dict[str, range]:
+        """Where each split's targets lie in a sequence of n interactions (preparation writes one example each):
+        every item of the training part that has one before it (its history), then the valid and test targets."""
+        valid, test = n - cls.HELD_OUT["valid"], n - cls.HELD_OUT["test"]
+        return {"train": range(1, valid), "valid": range(valid, valid + 1), "test": range(test, test + 1)}
 
     @classmethod
     def before_target(cls, user: dict, split: str, key: str = "items") -> list:

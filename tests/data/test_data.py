@@ -317,3 +317,17 @@ def test_cold_items_leave_training_and_validation_and_only_test_targets_keep_the
     (tmp_path / "bad").mkdir()
     bad, bad_out = run_prepare(tmp_path / "bad", *tiny_raw, "--cold-items", "1.5")
     assert_clean_failure(bad, bad_out, "cold_items must be in [0, 1)")
+
+
+def test_split_positions_and_readers_share_one_leave_one_out():
+    """What preparation writes as each split's targets is what PreparedData reads back as targets and history."""
+    from genrec.data.prepared import PreparedData
+
+    for n in range(PreparedData.MIN_SEQUENCE, 8):
+        user = {"items": [f"i{k}" for k in range(n)]}
+        pos = PreparedData.target_positions(n)
+        for split in ("valid", "test"):
+            (t,) = pos[split]
+            assert user["items"][t] == PreparedData.target(user, split)
+            assert user["items"][:t] == PreparedData.before_target(user, split)
+        assert [user["items"][t] for t in pos["train"]] == PreparedData.train_items(user)[1:]
