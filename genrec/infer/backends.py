@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from genrec.config import BACKENDS
 from genrec.errors import GenrecError
 from genrec.model_dir import load_base
 
 NEG_INF = float("-inf")
-BACKENDS = ("hf", "vllm")
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,10 +20,11 @@ the width, up to the catalog size, where nothing is pruned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from genrec.config import SEARCHES
 from genrec.errors import GenrecError
 
 
@@ -102,9 +103,6 @@ class TokenTrie:
         child = self.children[node][tok]
         return tok, child, self.leaf_item.get(child)
 
-    def step(self, node: int, token: int) -> int | None:
-        return self.children[node].get(token)
-
     def walk(self, tokens: list[int]) -> int | None:
         node = 0
         for t in tokens:
@@ -122,6 +120,30 @@ NEG_INF = float("-inf")
 class Hypothesis:
     item: int  # position in the ItemIndex (-1: unconstrained text that is no item)
     score: float  # sum of token log-probabilities (the end token included)
+
+
+@dataclass
+class LiveBeams:
+    """A search step's live beams as parallel lists: the prompt each serves, its trie node, its score, its tokens
+    so far, and the row of the step before it grew from."""
+
+    owner: list[int]
+    node: list[int]
+    score: list[float]
+    tok: list[list[int]]
+    src: list[int] = field(default_factory=list)
+
+    def add(self, owner: int, node: int, score: float, tok: list[int], src: int) -> None:
+        self.owner.append(owner), self.node.append(node), self.score.append(score), self.tok.append(tok)
+        self.src.append(src)
+
+    def subset(self, keep: list[int]) -> LiveBeams:
+        return LiveBeams([self.owner[j] for j in keep], [self.node[j] for j in keep], [self.score[j] for j in keep],
+                         [self.tok[j] for j in keep])
+
+    @classmethod
+    def starting(cls, owners: list[int]) -> LiveBeams:
+        return cls(list(owners), [0] * len(owners), [0.0] * len(owners), [[] for _ in owners])
 
 
 @torch.no_grad()
@@ -143,92 +165,93 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     """
     B, W = len(prompts), max(beam_width, k)
     dead = [trie.dead_nodes(banned[b]) if banned and banned[b] else set() for b in range(B)]
-    max_len = max_new_tokens or trie.depth
-
-    def allowed_for(owner: list[int], nodes: list[int]) -> list[list[int]] | None:
-        return trie.allowed_rows(nodes, [dead[o] for o in owner])
-
     bound = trie.subtree_min(item_penalty) if item_penalty is not None else None
-
-    def step_penalty(nodes: list[int], allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
-        """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
-        out = torch.zeros(like.shape, dtype=like.dtype)
-        for r, (n, toks_r) in enumerate(zip(nodes, allowed)):
-            kids = trie.children[n]
-            out[r, :len(toks_r)] = torch.tensor([bound[kids[t]] - bound[n] for t in toks_r], dtype=like.dtype)
-        return out.to(like.device)
-
-    # Live rows: parallel lists (owner prompt, trie node, score, tokens so far). One row per prompt at first.
-    owner, nodes, scores, toks = list(range(B)), [0] * B, [0.0] * B, [[] for _ in range(B)]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     best_pruned = [NEG_INF] * B
     if pruned is not None:
         pruned[:] = best_pruned
-    if any(0 in d for d in dead):  # every item of that prompt is banned
-        keep = [b for b in range(B) if 0 not in dead[b]]
-        if not keep:
-            return finished
-        owner, nodes, scores, toks = keep, [0] * len(keep), [0.0] * len(keep), [[] for _ in keep]
-        prompts = [prompts[b] for b in keep]
-    allowed = allowed_for(owner, nodes)
-    beams = backend.start(prompts, allowed)
+    live = LiveBeams.starting([b for b in range(B) if 0 not in dead[b]])  # node 0 dead: every item is banned
+    if not live.owner:
+        return finished
+    allowed = trie.allowed_rows(live.node, [dead[o] for o in live.owner])
+    beams = backend.start([prompts[b] for b in live.owner], allowed)
     logp = beams.logp
     if bound is not None:
-        scores = [-bound[0]] * len(scores)
+        live.score = [-bound[0]] * len(live.score)
+    max_len = max_new_tokens or trie.depth
     for step in range(max_len):
-        cand = logp.new_tensor(scores).view(-1, 1) + logp  # [R, A]
+        cand = logp.new_tensor(live.score).view(-1, 1) + logp  # [R, A]
         if bound is not None:
-            cand = cand - step_penalty(nodes, allowed, cand)
-        width = cand.shape[1]
+            cand = cand - step_penalty(trie, bound, live.node, allowed, cand)
+        grown = LiveBeams([], [], [], [])
         rows_of: dict[int, list[int]] = {}
-        for r, o in enumerate(owner):
+        for r, o in enumerate(live.owner):
             rows_of.setdefault(o, []).append(r)
-        n_owner, n_node, n_score, n_tok, src = [], [], [], [], []
         for b, rows in rows_of.items():
-            flat = cand[rows].view(-1)
-            # Take candidates best-first until W live beams; look deeper when many of them finish.
-            n_finite = int(torch.isfinite(flat).sum())
-            top_s, top_i = flat.topk(min(n_finite, 2 * W))
-            if 0 < len(top_s) < n_finite:
-                top_s, top_i = flat.topk(min(n_finite, 2 * W + len(finished[b]) + 4 * W))
-            live = consumed = 0
-            for score, fi in zip(top_s.tolist(), top_i.tolist()):
-                if live == W:
-                    break
-                consumed += 1
-                r, col = rows[fi // width], fi % width
-                tok, node, item = trie.expand(nodes[r], allowed[r] if allowed is not None else None, col, toks[r])
-                if item is not None:
-                    if len(finished[b]) < k or score > finished[b][-1].score:
-                        finished[b].append(Hypothesis(item=item, score=score))
-                        finished[b].sort(key=lambda h: -h.score)
-                        del finished[b][k:]
-                    continue
-                n_owner.append(b), n_node.append(node), n_score.append(score), n_tok.append(toks[r] + [tok])
-                src.append(r)
-                live += 1
-            if consumed < n_finite:  # the best candidate left out bounds every item below it
-                nxt = float(top_s[consumed]) if consumed < len(top_s) else float(flat.topk(consumed + 1).values[-1])
-                best_pruned[b] = max(best_pruned[b], nxt)
-        # A prompt is done when it has k items and no live beam can beat the k-th (log-probs only fall).
-        best_live: dict[int, float] = {}
-        for b, sc in zip(n_owner, n_score):
-            best_live[b] = max(best_live.get(b, NEG_INF), sc)
-        done = {b for b in rows_of if b not in best_live
-                or (len(finished[b]) >= k and finished[b][k - 1].score >= best_live[b])}
-        keep = [j for j, b in enumerate(n_owner) if b not in done]
+            best_pruned[b] = max(best_pruned[b], extend(trie, cand, rows, live, allowed, W, k, finished[b], grown, b))
+        keep = unfinished(grown, finished, k)
         if not keep or step == max_len - 1:
             break
-        owner = [n_owner[j] for j in keep]
-        nodes, scores, toks = [n_node[j] for j in keep], [n_score[j] for j in keep], [n_tok[j] for j in keep]
-        allowed = allowed_for(owner, nodes)
-        logp = beams.advance([src[j] for j in keep], [n_tok[j][-1] for j in keep], allowed)
+        live = grown.subset(keep)
+        allowed = trie.allowed_rows(live.node, [dead[o] for o in live.owner])
+        logp = beams.advance([grown.src[j] for j in keep], [grown.tok[j][-1] for j in keep], allowed)
     if pruned is not None:
         pruned[:] = best_pruned
     return finished
 
 
-SEARCHES = ("beam", "exact")
+def step_penalty(trie: TokenTrie, bound: list[float], nodes: list[int], allowed: list[list[int]],
+                 like: torch.Tensor) -> torch.Tensor:
+    """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
+    out = torch.zeros(like.shape, dtype=like.dtype)
+    for r, (n, toks_r) in enumerate(zip(nodes, allowed)):
+        kids = trie.children[n]
+        out[r, :len(toks_r)] = torch.tensor([bound[kids[t]] - bound[n] for t in toks_r], dtype=like.dtype)
+    return out.to(like.device)
+
+
+def extend(trie: TokenTrie, cand: torch.Tensor, rows: list[int], live: LiveBeams, allowed, W: int, k: int,
+           finished: list[Hypothesis], grown: LiveBeams, b: int) -> float:
+    """Prompt b's step: its candidates (`cand[rows]`) taken best-first until W live beams (into `grown`), an item
+    reached going to `finished` (its top k, best first). Returns the best candidate left out (-inf: none), which
+    bounds every item below it."""
+    width = cand.shape[1]
+    flat = cand[rows].view(-1)
+    # Take candidates best-first until W live beams; look deeper when many of them finish.
+    n_finite = int(torch.isfinite(flat).sum())
+    top_s, top_i = flat.topk(min(n_finite, 2 * W))
+    if 0 < len(top_s) < n_finite:
+        top_s, top_i = flat.topk(min(n_finite, 2 * W + len(finished) + 4 * W))
+    n_live = consumed = 0
+    for score, fi in zip(top_s.tolist(), top_i.tolist()):
+        if n_live == W:
+            break
+        consumed += 1
+        r, col = rows[fi // width], fi % width
+        tok, node, item = trie.expand(live.node[r], allowed[r] if allowed is not None else None, col, live.tok[r])
+        if item is not None:
+            if len(finished) < k or score > finished[-1].score:
+                finished.append(Hypothesis(item=item, score=score))
+                finished.sort(key=lambda h: -h.score)
+                del finished[k:]
+            continue
+        grown.add(b, node, score, live.tok[r] + [tok], r)
+        n_live += 1
+    if consumed >= n_finite:
+        return NEG_INF
+    return float(top_s[consumed]) if consumed < len(top_s) else float(flat.topk(consumed + 1).values[-1])
+
+
+def unfinished(grown: LiveBeams, finished: list[list[Hypothesis]], k: int) -> list[int]:
+    """The rows of `grown` whose prompt goes on: a prompt is done when it has k items and no live beam can beat
+    the k-th (log-probabilities only fall), or when it has no live beam left."""
+    best_live: dict[int, float] = {}
+    for b, sc in zip(grown.owner, grown.score):
+        best_live[b] = max(best_live.get(b, NEG_INF), sc)
+    done = {b for b in best_live if len(finished[b]) >= k and finished[b][k - 1].score >= best_live[b]}
+    return [j for j, b in enumerate(grown.owner) if b not in done]
+
+
 
 
 def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
@@ -241,8 +264,6 @@ def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_w
     catalog size, where nothing is pruned): a prompt still without its certificate at the cap keeps the cap's
     beam result and is listed in `stats["uncertified"]`. `stats` also gets the searches run and the widest."""
     if search not in SEARCHES:
-        from genrec.errors import GenrecError
-
         raise GenrecError(f"unknown search {search!r} ({', '.join(SEARCHES)})")
     n_items = len(trie.leaf_item)
     cap = min(max_width or n_items, n_items)

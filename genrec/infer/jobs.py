@@ -15,6 +15,7 @@ from pathlib import Path
 
 from genrec.config import GenerateConfig, RankConfig
 from genrec.errors import GenrecError
+from genrec.prompts.tasks import RERANK_LABELS
 from genrec.files import atomic_file, write_jsonl
 from genrec.infer.recommender import Query, Recommender, Search
 
@@ -242,7 +243,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
                 chunk = [part[j] for j in idx]
                 results = rec.recommend([r for _, _, r in chunk], search)
                 for (n, obj, req), res in zip(chunk, results):
-                    line = {"index": n, "user_id": obj.get("user_id"), **res, "settings": settings}
+                    line = {"index": n, "user_id": obj.get("user_id"), **res.to_json(), "settings": settings}
                     fh.write(json.dumps(line, ensure_ascii=False) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -343,8 +344,9 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
             unknown = [c for c in cands if c not in rec.catalog]
             if unknown:
                 raise GenrecError(f"{where}: unknown candidate item id {unknown[0]!r}")
-            if rec.rerank_prompts is not None and len(cands) > 26:
-                raise GenrecError(f"{where}: a rerank model labels at most 26 candidates, got {len(cands)}")
+            if rec.rerank_prompts is not None and len(cands) > len(RERANK_LABELS):
+                raise GenrecError(f"{where}: a rerank model labels at most {len(RERANK_LABELS)} candidates, got "
+                                  f"{len(cands)}")
             todo.append((n, obj, to_request(obj, users, rec.catalog, where), cands))
         except GenrecError as exc:
             if cfg.strict:

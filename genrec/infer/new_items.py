@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from genrec.errors import GenrecError
+from genrec.items.index import id_style
 from genrec.files import replace_dir, write_jsonl
 from genrec.model_dir import ModelCard, load_tokenizer
 
@@ -64,11 +65,11 @@ def add_items(model_dir: str | Path, catalog_file: str | Path, log=print) -> dic
     """Add the items of `catalog_file` to the model in `model_dir`; returns what was done."""
     model_dir = Path(model_dir)
     card = ModelCard.load(model_dir)
-    if card.id_style != "token" or not card.merged:
+    if not id_style(card.id_style).one_token or not card.merged:
         raise GenrecError(f"catalog add gives new items their own token in an item-token model (item_id=token); "
                           f"{model_dir} names items by {card.id_style}: train it again on the larger catalog")
     rows = read_new_items(catalog_file, card)
-    grounded = (model_dir / _grounded().FILE).is_file()
+    grounded = (model_dir / ModelCard.ITEM_TEXT).is_file()
     stage = model_dir.parent / f".{model_dir.name}.catalog-add"
     shutil.rmtree(stage, ignore_errors=True)  # an earlier attempt's, never the model itself
     shutil.copytree(model_dir, stage, copy_function=os.link)  # hard links: files are replaced, never rewritten
@@ -113,7 +114,7 @@ def _write_staged(stage: Path, card: ModelCard, rows: list[dict], grounded: bool
     ids = tok.convert_tokens_to_ids(tokens)
     if grounded:
         g = _grounded()
-        state = load_file(str(card.dir / g.FILE))
+        state = load_file(str(card.dir / ModelCard.ITEM_TEXT))
         base, _ = _base_model(card)
         features = g.text_features(base, tok, [item_text(r) for r in rows])
         new_rows = g.rows_for(features, state["map.weight"], state["map.bias"])
@@ -123,7 +124,7 @@ def _write_staged(stage: Path, card: ModelCard, rows: list[dict], grounded: bool
                 emb.weight[ids] = new_rows.to(emb.weight.dtype)
         state["features"] = torch.cat([state["features"], features])
         state["residual"] = torch.cat([state["residual"], torch.zeros_like(new_rows)])
-        with atomic_file(stage / g.FILE, "wb") as fh:
+        with atomic_file(stage / ModelCard.ITEM_TEXT, "wb") as fh:
             fh.write(save({k: v.contiguous() for k, v in state.items()}))
     else:
         _grounded().item_rows_from_titles(model, tok, ItemIndex(style="token", item_ids=[r["item_id"] for r in rows],

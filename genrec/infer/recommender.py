@@ -11,9 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genrec.infer.answer import Pick, Recommendation, Usage
 from genrec.infer.catalog import Catalog
 from genrec.config import PromptConfig
-from genrec.infer.constrained import SEARCHES, TokenTrie
+from genrec.config import SEARCHES
+from genrec.infer.constrained import TokenTrie
 from genrec.errors import GenrecError
 from genrec.files import read_jsonl
 from genrec.items.index import ItemIndex
@@ -129,8 +131,7 @@ class Recommender:
         self._set_catalog(Catalog(card.catalog_rows(), card.item_index(), card.popularity()))
         if self.index.new_tokens and card.merged_path() is None:
             raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
-        longest = max(b.cfg.max_sequence_tokens if b.objective == "sequence" else b.cfg.max_prompt_tokens
-                      for b in self.builders.values())
+        longest = max(b.max_tokens for b in self.builders.values())
         self.backend = load_backend(card, self.tok, backend, dtype, adapter, vllm,
                                     max_model_len=max(1024, longest + 192))  # prompt + item (+ reason)
 
@@ -157,7 +158,7 @@ class Recommender:
         written as titles, so a title model can name items it never saw. False when the catalog is the model's."""
         if set(data.catalog) == set(self.catalog):
             return False
-        if self.index.style != "title":
+        if not self.index.rules.reads_any_catalog:
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
                               f"from the catalog of {data.path} (only title models transfer)")
         counts = dict(data.training_counts().most_common())
@@ -188,115 +189,120 @@ class Recommender:
     def reads_request_text(self) -> bool:
         """Whether a request's free text reaches a prompt this model was trained on (a sequence model's lists hold
         item identifiers only; serving then reads the catalog titles a message names as its history)."""
-        return self.request_prompts is not None and self.request_prompts.objective != "sequence"
+        return self.request_prompts is not None and self.request_prompts.reads_text
 
     @property
     def with_reasons(self) -> bool:
         return self.history_prompts is not None and self.history_prompts.with_reasons
 
-    def recommend(self, requests: list[Query], settings: Search | None = None, usage: list | None = None,
-                  retrieved: list[list[tuple[str, float]]] | None = None, **fields) -> list[dict]:
-        """One result dict per request, in order: recommendations [{item_id, title, rank, score, reason?}], searched
-        as `settings` (a Search; keyword `fields` such as k=5 build or amend one) says. With a popularity penalty,
-        `score` is the penalised log-probability the items are ranked by. `usage`, when given, is filled with one
-        {prompt_tokens, completion_tokens, per_item} per request: the prompt the engine received and the item
-        (+ reason) tokens it wrote, counted here by the thread that owns the tokenizer.
+    def recommend(self, requests: list[Query], settings: Search | None = None, with_usage: bool = False,
+                  retrieved: list[list[tuple[str, float]]] | None = None, **fields) -> list[Recommendation]:
+        """One Recommendation per request, in order, searched as `settings` (a Search; keyword `fields` such as k=5
+        build or amend one) says. With a popularity penalty, a pick's `score` is the penalised log-probability the
+        items are ranked by. `with_usage` also counts each request's tokens (`Recommendation.usage`: it tokenizes
+        every item again, so only callers that report usage ask).
 
         A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
         generative model search only the retriever's top K. Either way the list goes on in the retriever's order
         after those K, so it is a ranking over the whole catalog. `retrieved` (one `self.retrieved` list per
         request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
-        from genrec.infer.constrained import top_items
-
         s = dataclasses.replace(settings or Search(), **fields)
-        k, exclude_seen = s.k, s.exclude_seen
-        candidates, retriever_weight = self.hybrid(s)
+        candidates, weight = self.checked(s)
+        results: list[Recommendation | None] = [None] * len(requests)
+        groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
+        for n, req in enumerate(requests):
+            if not req.history and not req.text:
+                results[n] = self._fallback(req, s.k, s.exclude_seen)
+            else:
+                b = self.route(req)
+                groups.setdefault(id(b), (b, []))[1].append(n)
+        for builder, todo in groups.values():
+            batch = [requests[n] for n in todo]
+            if builder.task.ranks_candidates:
+                answers = self.rerank(batch, s.k, s.exclude_seen, (weight,))[0]
+            else:
+                pools = None
+                if candidates:
+                    pools = [retrieved[n] for n in todo] if retrieved is not None else \
+                        self.retrieved(batch, max(s.k, candidates), s.exclude_seen)
+                answers = self.search(builder, batch, s, candidates, weight, pools, with_usage)
+            for n, answer in zip(todo, answers):
+                results[n] = answer
+        for answer in results:
+            if not with_usage:
+                answer.usage = None
+            elif answer.usage is None:  # the popular fallback: the engine read and wrote nothing
+                answer.usage = Usage(per_item=[0] * len(answer.items))
+        return results  # type: ignore[return-value]
+
+    def checked(self, s: Search) -> tuple[int | None, float]:
+        """The hybrid a search runs with (`hybrid`), after the checks every search passes first, each failing with
+        a one-line GenrecError before any work."""
+        candidates, weight = self.hybrid(s)
+        n_items = len(self.index.item_ids)
         if self.history_prompts is None and self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} is a {'/'.join(self.builders)} model: it scores given candidates "
                               "(use `genrec rank`)")
-        if k < 1 or k > len(self.index.item_ids):
-            raise GenrecError(f"k must be between 1 and the catalog size ({len(self.index.item_ids)})")
+        if s.k < 1 or s.k > n_items:
+            raise GenrecError(f"k must be between 1 and the catalog size ({n_items})")
         if s.with_reasons and not self.with_reasons:
             raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
         if candidates is not None and self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever for --candidates retriever:K (train it with "
                               "`genrec sft retriever=sasrec`)")
-        if candidates is not None and not 1 <= candidates <= len(self.index.item_ids):
-            raise GenrecError(f"--candidates retriever:K needs 1 <= K <= the catalog size ({len(self.index.item_ids)})")
-        width = s.width
-        penalty = self.catalog.penalty(s.popularity_penalty)
-        results: list[dict | None] = [None] * len(requests)
-        counts = [{"prompt_tokens": 0, "completion_tokens": 0, "per_item": []} for _ in requests]
-        groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
-        for n, req in enumerate(requests):
-            if not req.history and not req.text:
-                results[n] = self._fallback(req, k, exclude_seen)
-                continue
-            b = self.route(req)
-            groups.setdefault(id(b), (b, []))[1].append(n)
-        for builder, todo in groups.values():
-            if builder.task.ranks_candidates:
-                for n, res in zip(todo, self.rerank([requests[n] for n in todo], k, exclude_seen,
-                                                    (retriever_weight,))[0]):
-                    results[n] = res
-                    # one forward pass, nothing generated: the prompt is all the engine read
-                    counts[n] = {"prompt_tokens": res.pop("_prompt_tokens"), "completion_tokens": 0,
-                                 "per_item": [0] * len(res["recommendations"])}
-                continue
-            pools = None if not candidates else [retrieved[n] for n in todo] if retrieved is not None else \
-                self.retrieved([requests[n] for n in todo], max(k, candidates), exclude_seen)
-            prompts, banned = [], []
-            for n in todo:
-                req = requests[n]
-                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.text,
-                                              history_ratings=req.ratings))
-                banned.append({self.index.position[i] for i in req.excluded(exclude_seen) if i in self.index.position})
-            if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
-                everything = range(len(self.index.item_ids))
-                for j, pool in enumerate(pools):
-                    keep = {self.index.position[i] for i, _ in pool[:candidates]}
-                    banned[j] = set(everything) - keep
-            # within candidates and fused with the retriever: every one of the K is scored, then reordered
-            fusing = pools is not None and retriever_weight != 0
-            n_found = candidates if fusing else min(k, candidates or k)
-            stats: dict = {}
-            found = top_items(self.backend, prompts, self.catalog.trie(builder), n_found, max(width, n_found), banned,
-                              penalty, search=s.search, stats=stats, max_width=s.max_width)
-            uncertified = set(stats["uncertified"])
-            if fusing:
-                for j, pool in enumerate(pools):
-                    head = {i: s for i, s in pool[:candidates]}
-                    hyps = found[j]
-                    order = fuse([h.score for h in hyps], [head[self.index.item_ids[h.item]] for h in hyps],
-                                 retriever_weight)
-                    found[j] = [dataclasses.replace(hyps[c], score=fused) for c, fused in order[:k]]
-            reasons = self._reasons(builder, prompts, found) if s.with_reasons and builder.with_reasons else None
-            for j, n in enumerate(todo):
-                recs = []
-                for rank, h in enumerate(found[j], start=1):
-                    item_id = self.index.item_ids[h.item]
-                    rec = {"item_id": item_id, "title": self.catalog[item_id]["title"], "rank": rank,
-                           "score": round(h.score, 5)}
-                    if reasons is not None:
-                        rec["reason"] = reasons[j][rank - 1]
-                    recs.append(rec)
-                if pools is not None:  # after the K candidates: the retriever's order
-                    chosen = {r["item_id"] for r in recs}
-                    tail = [i for i, _ in pools[j] if i not in chosen][:k - len(recs)]
-                    recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + r, "score": None}
-                             for r, i in enumerate(tail, start=1)]
-                results[n] = {"recommendations": recs}
-                if s.search == "exact":  # False: the top-K at --max-width, not certified exact
-                    results[n]["exact"] = j not in uncertified
-                if usage is not None:  # tokenizes every item again: only for callers that report usage
-                    per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
-                                (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
-                                for r, h in enumerate(found[j])]
-                    counts[n] = {"prompt_tokens": len(prompts[j]), "completion_tokens": sum(per_item),
-                                 "per_item": per_item}
-        if usage is not None:
-            usage[:] = counts
-        return results  # type: ignore[return-value]
+        if candidates is not None and not 1 <= candidates <= n_items:
+            raise GenrecError(f"--candidates retriever:K needs 1 <= K <= the catalog size ({n_items})")
+        return candidates, weight
+
+    def search(self, builder: PromptBuilder, batch: list[Query], s: Search, candidates: int | None, weight: float,
+               pools: list[list[tuple[str, float]]] | None, with_usage: bool) -> list[Recommendation]:
+        """The constrained search of one prompt builder's requests: over the whole catalog, or (`pools`) within each
+        request's K retrieved candidates, fused with the retriever's scores when `weight` != 0 (then every one of
+        the K is scored and reordered), the retriever's order going on after them."""
+        from genrec.infer.constrained import top_items
+
+        prompts = [builder.encode(r.history, r.history_ts, r.context, r.text, history_ratings=r.ratings)
+                   for r in batch]
+        banned = [{self.index.position[i] for i in r.excluded(s.exclude_seen) if i in self.index.position}
+                  for r in batch]
+        if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
+            everything = set(range(len(self.index.item_ids)))
+            banned = [everything - {self.index.position[i] for i, _ in pool[:candidates]} for pool in pools]
+        fusing = pools is not None and weight != 0
+        n_found = candidates if fusing else min(s.k, candidates or s.k)
+        stats: dict = {}
+        found = top_items(self.backend, prompts, self.catalog.trie(builder), n_found, max(s.width, n_found), banned,
+                          self.catalog.penalty(s.popularity_penalty), search=s.search, stats=stats,
+                          max_width=s.max_width)
+        if fusing:
+            found = [self.fused(hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
+        reasons = self._reasons(builder, prompts, found) if s.with_reasons and builder.with_reasons else None
+        uncertified = set(stats["uncertified"])
+        out = []
+        for j, hyps in enumerate(found):
+            picks = [self.pick(self.index.item_ids[h.item], rank, round(h.score, 5),
+                               reasons[j][rank - 1] if reasons is not None else None)
+                     for rank, h in enumerate(hyps, start=1)]
+            if pools is not None:  # after the K candidates: the retriever's order
+                chosen = {p.item_id for p in picks}
+                tail = [i for i, _ in pools[j] if i not in chosen][:s.k - len(picks)]
+                picks += [self.pick(i, len(picks) + r, None) for r, i in enumerate(tail, start=1)]
+            answer = Recommendation(picks, exact=(j not in uncertified) if s.search == "exact" else None)
+            if with_usage:
+                per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
+                            (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
+                            for r, h in enumerate(hyps)]
+                answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
+            out.append(answer)
+        return out
+
+    def fused(self, hyps: list, retrieved: dict[str, float], weight: float) -> list:
+        """A hybrid's K hypotheses reordered by log p_LLM + weight x log softmax(the retriever's scores)."""
+        order = fuse([h.score for h in hyps], [retrieved[self.index.item_ids[h.item]] for h in hyps], weight)
+        return [dataclasses.replace(hyps[c], score=score) for c, score in order]
+
+    def pick(self, item_id: str, rank: int, score: float | None, reason: str | None = None) -> Pick:
+        return Pick(item_id, self.catalog[item_id]["title"], rank, score, reason)
 
     def check(self, req: Query, settings: Search | None = None) -> None:
         """Route and build one request's prompt as `recommend` would, running nothing on the engine: a request that
@@ -341,7 +347,7 @@ class Recommender:
                                    search="exact", exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
             llm = []
             for res, pool in zip(found, pools):
-                score = {r["item_id"]: r["score"] for r in res["recommendations"] if r["score"] is not None}
+                score = {p.item_id: p.score for p in res.items if p.score is not None}
                 llm.append([score[i] for i, _ in pool[:K]])
         return [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
                  "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
@@ -405,10 +411,11 @@ class Recommender:
         return out
 
     def rerank(self, requests: list[Query], k: int, exclude_seen: bool = True,
-               weights: tuple[float, ...] = (0.0,)) -> list[list[dict]]:
+               weights: tuple[float, ...] = (0.0,)) -> list[list[Recommendation]]:
         """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
         per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
-        alone), then the retriever's order up to k. Every result carries `_prompt_tokens` (callers pop it)."""
+        alone), then the retriever's order up to k. Usage: the prompt is all the engine read (one forward pass,
+        nothing generated)."""
         if self.rerank_prompts is None:
             raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
         K = self.rerank_prompts.cfg.rerank_candidates
@@ -416,17 +423,15 @@ class Recommender:
         heads = [p[:K] for p in pools]
         tokens: list[int] = []
         llm = self.label_scores(requests, [[i for i, _ in h] for h in heads], tokens)
-        out: list[list[dict]] = [[] for _ in weights]
+        out: list[list[Recommendation]] = [[] for _ in weights]
         for w_n, w in enumerate(weights):
             for j, (pool, head) in enumerate(zip(pools, heads)):
-                recs: list[dict] = []
+                picks: list[Pick] = []
                 if head:
                     order = fuse(llm[j], [s for _, s in head], w)
-                    recs = [{"item_id": head[c][0], "title": self.catalog[head[c][0]]["title"], "rank": n,
-                             "score": round(fused, 5)} for n, (c, fused) in enumerate(order[:k], start=1)]
-                    recs += [{"item_id": i, "title": self.catalog[i]["title"], "rank": len(recs) + n, "score": None}
-                             for n, (i, _) in enumerate(pool[K:k], start=1)]
-                out[w_n].append({"recommendations": recs, "_prompt_tokens": tokens[j]})
+                    picks = [self.pick(head[c][0], n, round(score, 5)) for n, (c, score) in enumerate(order[:k], 1)]
+                    picks += [self.pick(i, len(picks) + n, None) for n, (i, _) in enumerate(pool[K:k], start=1)]
+                out[w_n].append(Recommendation(picks, Usage(tokens[j], 0, [0] * len(picks))))
         return out
 
     def preference(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
@@ -467,10 +472,9 @@ class Recommender:
             out[n].append(p)
         return out
 
-    def _fallback(self, req: Query, k: int, exclude_seen: bool) -> dict:
+    def _fallback(self, req: Query, k: int, exclude_seen: bool) -> Recommendation:
         items = self.catalog.fallback(k, req.excluded(exclude_seen))
-        return {"recommendations": [{"item_id": i, "title": self.catalog[i]["title"], "rank": r, "score": None}
-                                    for r, i in enumerate(items, start=1)], "fallback": "popular"}
+        return Recommendation([self.pick(i, r, None) for r, i in enumerate(items, start=1)], fallback="popular")
 
     def _reasons(self, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:
         """Greedy free-text reasons after each chosen item; the item itself is already fixed."""

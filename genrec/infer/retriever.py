@@ -18,8 +18,8 @@ import numpy as np
 
 from genrec.errors import GenrecError
 from genrec.files import atomic_dir
+from genrec.model_dir import ModelCard
 
-RETRIEVER_DIR = "retriever"
 KINDS = ("sasrec",)
 
 
@@ -54,7 +54,7 @@ class Retriever:
         """Write `<model_dir>/retriever/` whole or not at all (a temporary directory renamed into place)."""
         from safetensors.torch import save_file
 
-        target = Path(model_dir) / RETRIEVER_DIR
+        target = Path(model_dir) / ModelCard.RETRIEVER
         with atomic_dir(target, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "sasrec.safetensors"))
             (tmp / "retriever.json").write_text(json.dumps(
@@ -68,7 +68,8 @@ class Retriever:
 
         from genrec.infer.sasrec import SASRec
 
-        path = Path(model_dir) if (Path(model_dir) / "retriever.json").is_file() else Path(model_dir) / RETRIEVER_DIR
+        path = Path(model_dir)
+        path = path if (path / "retriever.json").is_file() else path / ModelCard.RETRIEVER
         if not (path / "retriever.json").is_file():
             return None
         try:

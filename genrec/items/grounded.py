@@ -64,7 +64,6 @@ def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]
                     weight[row] = v * (ITEM_ROW_SCALE * norm / v.norm().clamp_min(1e-8))
 
 
-FILE = "item_text.safetensors"  # in the model directory and in each checkpoint: W, b, the residuals, the features
 STYLES = ITEM_TEXT_STYLES  # the config owns the names
 
 
@@ -112,19 +111,19 @@ class ItemRows(nn.Module):
         return {"map.weight": self.map.weight.detach(), "map.bias": self.map.bias.detach(),
                 "residual": self.residual.detach(), "features": self.features}
 
-    def save(self, directory: Path) -> None:
+    def save(self, path: Path) -> None:
+        """W, b, the residuals and the features into `path` (its name: genrec.model_dir's ModelCard.ITEM_TEXT)."""
         from safetensors.torch import save
 
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_file(directory / FILE, "wb") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb") as fh:
             fh.write(save({k: v.cpu().contiguous() for k, v in self.state().items()}))
 
-    def load(self, directory: Path) -> None:
+    def load(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        path = directory / FILE
         if not path.is_file():
-            raise GenrecError(f"{directory} has no {FILE}: cannot resume the grounded item rows")
+            raise GenrecError(f"{path.parent} has no {path.name}: cannot resume the grounded item rows")
         t = load_file(str(path))
         with torch.no_grad():
             self.map.weight.copy_(t["map.weight"])
@@ -162,10 +161,12 @@ def write_rows(model, rows: ItemRows, span: range) -> None:
 class GroundedRows(TrainerCallback):
     """Decays the residuals (item_weight_decay, decoupled like AdamW's) after each step, and before every save
     writes the rows into the embedding matrices and the module's state into the checkpoint. Registered before
-    CodeRows, whose on_save then writes those rows beside the adapter."""
+    CodeRows, whose on_save then writes those rows beside the adapter. `state_file(output_dir, step)`: where the
+    checkpoint of a step keeps the module's state (the layout is genrec.model_dir's)."""
 
-    def __init__(self, rows: ItemRows, span: range, decay: float):
+    def __init__(self, rows: ItemRows, span: range, decay: float, state_file):
         self.rows, self.span, self.decay, self.model = rows, span, decay, None
+        self.state_file = state_file
 
     def on_step_end(self, args, state, control, optimizer=None, **kw):
         if self.decay and optimizer is not None:
@@ -175,7 +176,7 @@ class GroundedRows(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kw):
         if state.is_world_process_zero and model is not None:
             write_rows(model, self.rows, self.span)
-            self.rows.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            self.rows.save(self.state_file(args.output_dir, state.global_step))
 
 
 def rows_for(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

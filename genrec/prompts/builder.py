@@ -38,9 +38,11 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # genrec/
 PROMPTS_DIR = _PACKAGE / "templates" if (_PACKAGE / "templates").is_dir() else _PACKAGE.parent / "prompts"
 _SYS, _USR = "\x00GENREC_SYSTEM\x00", "\x00GENREC_USER\x00"
 REASON_SEPARATOR = "\n"
-def template_path(cfg: PromptConfig) -> Path:
-    default = "sequence" if cfg.objective == "sequence" else cfg.task
-    path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{default}.j2"
+
+
+def template_path(cfg: PromptConfig, shipped: str | None = None) -> Path:
+    """The template a task's config names, else the shipped one (`shipped`, default: the task's own)."""
+    path = Path(cfg.template) if cfg.template else PROMPTS_DIR / f"{shipped or cfg.task}.j2"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.j2")))
         raise GenrecError(f"template {path} does not exist (shipped tasks: {known})")
@@ -96,6 +98,9 @@ class PromptBuilder:
     """Turns (history, context, request) into prompt token ids and items into completion token ids."""
 
     objective = "prefix"  # one prompt per history prefix (SequenceBuilder: one list per user window)
+    shipped_template = None  # the task's own template (SequenceBuilder: sequence.j2, whatever the task)
+    reads_text = True  # its prompts can carry request text (SequenceBuilder: item lists only)
+    only_task = None  # the one task this objective trains (SequenceBuilder: next_item), None: any
 
     def __init__(self, tokenizer, cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex,
                  template: Template | None = None):
@@ -111,7 +116,7 @@ class PromptBuilder:
             raise GenrecError("the tokenizer must encode a newline as one token")
         self.reason_sep_id = sep[0]
         # item tokens: lists of new tokens, where a chat frame would be most of a short user's window
-        self.framed = cfg.chat_frame if cfg.chat_frame is not None else index.style != "token"
+        self.framed = cfg.chat_frame if cfg.chat_frame is not None else index.rules.chat_framed
         self._frame = self._chat_frame()
         kept = sorted({k for row in catalog.values() for k in row.get("attrs", {})})
         self.fact_keys = kept if cfg.item_facts is None else list(cfg.item_facts)
@@ -122,6 +127,11 @@ class PromptBuilder:
     @property
     def with_reasons(self) -> bool:
         return self.template.has_reason
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest prompt this builder writes (SequenceBuilder: its window)."""
+        return self.cfg.max_prompt_tokens
 
     @property
     def item_end_id(self) -> int:

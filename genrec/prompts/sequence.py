@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from genrec.config import OBJECTIVES
 from genrec.errors import GenrecError
 from genrec.prompts.builder import PromptBuilder
 
@@ -40,6 +41,9 @@ class SequenceBuilder(PromptBuilder):
     """A PromptBuilder whose prompts are item lists and whose items end with a newline."""
 
     objective = "sequence"
+    shipped_template = "sequence"
+    reads_text = False
+    only_task = "next_item"
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -59,11 +63,15 @@ class SequenceBuilder(PromptBuilder):
         """The newline that ends an item's line; none for item_id=token, whose one token is the whole item (no
         item's token sequence is a prefix of another's), so a list is one token per item and the catalog's
         distribution is one softmax."""
-        return [] if self.index.style == "token" else [self.item_end_id]
+        return [] if self.index.rules.one_token else [self.item_end_id]
 
     @property
     def with_reasons(self) -> bool:
         return False
+
+    @property
+    def max_tokens(self) -> int:
+        return self.cfg.max_sequence_tokens
 
     def n_targets(self, example: dict) -> int:
         """The items a window supervises: its masked end tokens (item tokens: its masked tokens)."""
@@ -188,17 +196,19 @@ class SequenceBuilder(PromptBuilder):
                 f"tokens\n{self.as_text(prompt)}{self.as_text(self.ident(row['target']))}")
 
 
-OBJECTIVES = ("prefix", "sequence")
+OBJECTIVE: dict[str, type[PromptBuilder]] = {b.objective: b for b in (PromptBuilder, SequenceBuilder)}
+assert set(OBJECTIVE) == set(OBJECTIVES), "config.OBJECTIVES names the builders' objectives"
 
 
 def make_builder(tokenizer, cfg, catalog: dict[str, dict], index, template=None) -> PromptBuilder:
-    """The prompt builder a task's config asks for: a SequenceBuilder for the sequence objective."""
+    """The prompt builder a task's config asks for: its objective's builder class."""
     from genrec.prompts.builder import load_template, template_path
 
-    if cfg.objective not in OBJECTIVES:
+    if cfg.objective not in OBJECTIVE:
         raise GenrecError(f"unknown objective {cfg.objective!r} ({', '.join(OBJECTIVES)})")
-    if cfg.objective == "sequence" and cfg.task != "next_item":
-        raise GenrecError(f"the sequence objective is for next_item; task {cfg.task!r} needs objective=prefix")
-    template = template or load_template(template_path(cfg))
-    cls = SequenceBuilder if cfg.objective == "sequence" else PromptBuilder
+    cls = OBJECTIVE[cfg.objective]
+    if cls.only_task and cfg.task != cls.only_task:
+        raise GenrecError(f"the {cfg.objective} objective is for {cls.only_task}; task {cfg.task!r} needs "
+                          f"objective=prefix")
+    template = template or load_template(template_path(cfg, cls.shipped_template))
     return cls(tokenizer, cfg, catalog, index, template)
