@@ -80,7 +80,7 @@ def main() -> None:
     from genrec.config import EvaluateConfig, FusionConfig
     from genrec.files import read_json
     from genrec.model_dir import ModelCard
-    from genrec.eval.metrics import fmt_ci, fmt_diff
+    from genrec.metrics import fmt_ci, fmt_diff
 
     work = Path(args.work)
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
@@ -95,7 +95,8 @@ def main() -> None:
             if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-            from genrec.eval.protocol import run_evaluation, tune_fusion# imported late: a long run picks up fixes
+            from genrec.eval.fusion import tune_fusion  # imported late: a long run picks up fixes
+            from genrec.eval.protocol import run_evaluation
 
             tuned = ModelCard.load(model).fusion() if hybrid else None
             wanted = sorted(set(sizes or [args.k]))

@@ -7,6 +7,10 @@ from collections import Counter
 
 import torch
 
+from genrec.config import EvaluateConfig
+from genrec.infer.recommender import Recommender
+from genrec.infer.retriever import Retriever
+
 
 BASELINES = ("popular", "sasrec", "content")  # `genrec evaluate --baselines` (content: added for cold items)
 
@@ -51,3 +55,19 @@ def popular_rankings(train_counts: Counter, seen: list[set[str]], k: int) -> lis
     return out
 
 
+
+
+def sasrec_retriever(rec: Recommender | None, data, cfg: EvaluateConfig, transfer: bool,
+                     log) -> tuple[Retriever, dict]:
+    """The SASRec row: the model's own retriever when it has one (a hybrid is compared with exactly the retriever it
+    reranks), else SASRec trained now on the training part of every sequence, early-stopped on validation."""
+    if rec is not None and rec.retriever is not None and not transfer:
+        return rec.retriever, {**rec.retriever.facts, "source": "the model's retriever"}
+    r = Retriever.train(data, seed=cfg.seed, max_seconds=cfg.sasrec_seconds, dropout=cfg.sasrec_dropout, log=log)
+    return r, {**r.facts, "source": "trained for this evaluation"}
+
+
+def sasrec_rankings(retriever: Retriever, histories: list[list[list[str]]], seen: list[list[set[str]]],
+                    kmax: int) -> list[list[list[str]]]:
+    """The retriever's top kmax for each history variant (excluding the matching `seen` sets)."""
+    return [[[i for i, _ in row] for row in retriever.top(h, s, kmax)] for h, s in zip(histories, seen)]

@@ -157,10 +157,10 @@ def test_reasons_never_change_the_items(tmp_path, tiny_data):
     assert rec.with_reasons
     hist = list(rec.catalog)[:2]
     req = [Query(history=hist, seen=set(hist))]
-    plain = rec.recommend(req, k=3)[0]["recommendations"]
-    with_r = rec.recommend(req, k=3, with_reasons=True)[0]["recommendations"]
-    assert [r["item_id"] for r in plain] == [r["item_id"] for r in with_r]
-    assert all(isinstance(r["reason"], str) for r in with_r)
+    plain = rec.recommend(req, k=3)[0].items
+    with_r = rec.recommend(req, k=3, with_reasons=True)[0].items
+    assert [r.item_id for r in plain] == [r.item_id for r in with_r]
+    assert all(isinstance(r.reason, str) for r in with_r)
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
 
@@ -199,7 +199,7 @@ def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data
     counts = recommender.catalog.counts
 
     def mean_count(results):
-        items = [x["item_id"] for res in results for x in res["recommendations"]]
+        items = [x.item_id for res in results for x in res.items]
         assert len(items) == 6 * 10
         return sum(counts.get(i, 0) for i in items) / len(items)
 
@@ -231,10 +231,10 @@ def test_request_model_cold_start(tmp_path, tiny_data):
     text = rec.builder.task.request_for(item, random.Random(1))
     assert rec.catalog[item]["title"] not in text and "genres:" in text
     res = rec.recommend([Query(text="a funny animated movie for children")], k=5)[0]
-    assert "fallback" not in res and len(res["recommendations"]) == 5
-    assert all(r["item_id"] in rec.catalog for r in res["recommendations"])
+    assert res.fallback is None and len(res.items) == 5
+    assert all(r.item_id in rec.catalog for r in res.items)
     short = rec.recommend([Query(history=[item], text="something scary", seen={item})], k=3)[0]
-    assert item not in {r["item_id"] for r in short["recommendations"]}
+    assert item not in {r.item_id for r in short.items}
     rep = run_evaluation(EvaluateConfig(model=str(tmp_path / "q"), max_users=4, output=str(tmp_path / "ev")),
                          log=lambda m: None)
     assert set(rep["results"]) == {"genrec", "popular"} and rep["results"]["genrec"]["validity"] == 1.0
@@ -338,11 +338,11 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
     from genrec.infer.recommender import Recommender, Query
 
     req = [Query(history=["1", "260"], seen={"1", "260"})]
-    final = recommender.recommend(req, k=3)[0]["recommendations"]
-    last = Recommender(tiny_model, adapter=tiny_model / "checkpoint-6").recommend(req, k=3)[0]["recommendations"]
-    early = Recommender(tiny_model, adapter=tiny_model / "checkpoint-3").recommend(req, k=3)[0]["recommendations"]
-    assert [(r["item_id"], r["score"]) for r in last] == [(r["item_id"], r["score"]) for r in final]
-    assert [r["score"] for r in early] != [r["score"] for r in final]
+    final = recommender.recommend(req, k=3)[0].items
+    last = Recommender(tiny_model, adapter=tiny_model / "checkpoint-6").recommend(req, k=3)[0].items
+    early = Recommender(tiny_model, adapter=tiny_model / "checkpoint-3").recommend(req, k=3)[0].items
+    assert [(r.item_id, r.score) for r in last] == [(r.item_id, r.score) for r in final]
+    assert [r.score for r in early] != [r.score for r in final]
     with pytest.raises(GenrecError, match="not a LoRA checkpoint"):
         Recommender(tiny_model, adapter=tmp_path)
 

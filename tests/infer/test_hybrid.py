@@ -64,7 +64,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
     import numpy as np
 
     from genrec.data.prepared import load_prepared
-    from genrec.train.recipe import rerank_examples
+    from genrec.train.examples import rerank_examples
 
     data = load_prepared(tiny_data)
     b = reranker.rerank_prompts
@@ -104,9 +104,9 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
         logits = reranker.model(torch.tensor([ids])).logits[0, -1].float()
     lp = torch.log_softmax(logits[b.task.label_ids(len(pool))], -1)
     want = sorted(range(len(pool)), key=lambda c: -float(lp[c]))[:5]
-    assert [r["item_id"] for r in res["recommendations"]] == [pool[c] for c in want]
-    for r, c in zip(res["recommendations"], want):
-        assert r["score"] == pytest.approx(float(lp[c]), abs=1e-3)
+    assert [r.item_id for r in res.items] == [pool[c] for c in want]
+    for r, c in zip(res.items, want):
+        assert r.score == pytest.approx(float(lp[c]), abs=1e-3)
 
 
 def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
@@ -115,13 +115,13 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     data, uid, hist = a_user(reranker)
     allowed = set(reranker.index.item_ids) - set(hist)
     out = reranker.recommend([Query(user_id=uid, history=hist, seen=set(hist))], k=len(allowed))[0]
-    ids = [r["item_id"] for r in out["recommendations"]]
+    ids = [r.item_id for r in out.items]
     assert len(ids) == len(set(ids)) == len(allowed) and set(ids) == allowed
     k = reranker.rerank_prompts.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], len(allowed))[0]]
     assert set(ids[:k]) == set(pool[:k]) and ids[k:] == pool[k:]  # reranked K, then the retriever's order
     fused = reranker.rerank([Query(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
-    assert {r["item_id"] for r in fused[1][0]["recommendations"]} == set(pool[:k])
+    assert {r.item_id for r in fused[1][0].items} == set(pool[:k])
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_generation_within_candidates(with_retriever, tmp_path):
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
     pool = [i for i, _ in rec.retriever.top([hist], [set(hist)], 12)[0]]
-    out = [r["item_id"] for r in rec.recommend([req], k=12, candidates=5)[0]["recommendations"]]
+    out = [r.item_id for r in rec.recommend([req], k=12, candidates=5)[0].items]
     assert set(out[:5]) == set(pool[:5]) and out[5:] == [i for i in pool if i not in out[:5]][:7]
     with pytest.raises(GenrecError, match="catalog size"):
         rec.recommend([req], k=5, candidates=10**6)
@@ -154,18 +154,18 @@ def test_generation_within_candidates(with_retriever, tmp_path):
     # fused with the retriever: every one of the K is scored by the LLM, then ranked by
     # log p_LLM + w * log softmax(retriever scores over the K), recomputed here from both models' own numbers
     K = 6
-    alone = rec.recommend([req], k=K, candidates=K, search="exact")[0]["recommendations"]
-    llm = {r["item_id"]: r["score"] for r in alone}
+    alone = rec.recommend([req], k=K, candidates=K, search="exact")[0].items
+    llm = {r.item_id: r.score for r in alone}
     assert set(llm) == set(pool[:K])
     retr = dict(rec.retriever.top([hist], [set(hist)], K)[0])
     prior = torch.log_softmax(torch.tensor([retr[i] for i in pool[:K]], dtype=torch.float64), -1)
     want = sorted(pool[:K], key=lambda i: -(llm[i] + 2.0 * float(prior[pool.index(i)])))
-    fused = rec.recommend([req], k=3, candidates=K, retriever_weight=2.0, search="exact")[0]["recommendations"]
-    assert [r["item_id"] for r in fused] == want[:3]
-    assert fused[0]["score"] == pytest.approx(llm[want[0]] + 2.0 * float(prior[pool.index(want[0])]), abs=1e-3)
+    fused = rec.recommend([req], k=3, candidates=K, retriever_weight=2.0, search="exact")[0].items
+    assert [r.item_id for r in fused] == want[:3]
+    assert fused[0].score == pytest.approx(llm[want[0]] + 2.0 * float(prior[pool.index(want[0])]), abs=1e-3)
     # a weight far above the LLM's spread gives the retriever's own order back
-    top = rec.recommend([req], k=K, candidates=K, retriever_weight=1e4, search="exact")[0]["recommendations"]
-    assert [r["item_id"] for r in top] == pool[:K]
+    top = rec.recommend([req], k=K, candidates=K, retriever_weight=1e4, search="exact")[0].items
+    assert [r.item_id for r in top] == pool[:K]
 
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
@@ -187,7 +187,7 @@ def test_a_reconsumed_target_stays_rankable_for_the_llm_and_the_retriever(with_r
     data, uid, hist = a_user(rec)
     again = hist[-2]  # consumed before: the "target" here
     n = len(rec.index.item_ids)
-    items = lambda res: [r["item_id"] for r in res[0]["recommendations"]]  # noqa: E731
+    items = lambda res: [r.item_id for r in res[0].items]  # noqa: E731
     keep, m = Query(history=hist, seen=set(hist) - {again}), n - len(set(hist)) + 1
     for settings in ({"candidates": 0}, {"candidates": m, "retriever_weight": 1.0}):
         ranked = items(rec.recommend([keep], k=m, **settings))
@@ -203,7 +203,8 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
     in fusion.json; generate/evaluate/serve then search within the K, fused with that weight, unless told
     otherwise ("catalog", an explicit weight)."""
     from genrec.config import EvaluateConfig, FusionConfig
-    from genrec.eval.protocol import run_evaluation, tune_fusion
+    from genrec.eval.fusion import tune_fusion
+    from genrec.eval.protocol import run_evaluation
     from genrec.infer.recommender import Query, Recommender
 
     model = tmp_path / "tuned"
@@ -247,7 +248,7 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
     """Several K: one scoring at the largest K serves every smaller one (a candidate's log-probability does not
     depend on the other candidates), and the (K, w) kept is the table's best, ties going to the smaller w then K."""
     from genrec.config import FusionConfig
-    from genrec.eval.protocol import tune_fusion
+    from genrec.eval.fusion import tune_fusion
     from genrec.infer.recommender import Query, Recommender, narrowed
 
     rec = Recommender(with_retriever)
@@ -277,7 +278,7 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
 def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     """A rerank model tunes the weight of its own K (no --candidates): served lists are then the fused ones."""
     from genrec.config import FusionConfig
-    from genrec.eval.protocol import tune_fusion
+    from genrec.eval.fusion import tune_fusion
     from genrec.infer.recommender import Query, Recommender
 
     model = tmp_path / "rerank"
@@ -289,7 +290,7 @@ def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     rec = Recommender(model)
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
-    fused = rec.rerank([req], 5, weights=(tuned["weight"],))[0][0]["recommendations"]
+    fused = rec.rerank([req], 5, weights=(tuned["weight"],))[0][0].items
     assert [r["item_id"] for r in rec.recommend([req], k=5)[0]["recommendations"]] == [r["item_id"] for r in fused]
 
 
@@ -333,7 +334,7 @@ def test_rerank_model_served_to_the_openai_client(reranker):
 
         items = data.users[uid]["items"]
         ref = reranker.recommend([Query(user_id=uid, history=items, seen=set(items))], k=4)[0]
-        assert titles == [r["title"] for r in ref["recommendations"]]
+        assert titles == [r.title for r in ref.items]
         assert resp.usage.prompt_tokens > 0
     finally:
         srv.should_exit = True

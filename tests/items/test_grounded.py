@@ -35,7 +35,6 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     from transformers import AutoModelForCausalLM
 
     from genrec.data.prepared import load_prepared
-    from genrec.items.grounded import FILE
     from genrec.model_dir import ModelCard, load_tokenizer
     from genrec.infer.recommender import Query, Recommender
     from genrec.train.recipe import train
@@ -44,7 +43,7 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     logs = []
     train(grounded_config(cold_data, out), log=logs.append)
     assert any("item_text=grounded: read" in m for m in logs)
-    state = load_file(str(out / FILE))
+    state = load_file(str(out / ModelCard.ITEM_TEXT))
     W, b, r, f = state["map.weight"], state["map.bias"], state["residual"], state["features"]
     card = ModelCard.load(out)
     data = load_prepared(cold_data)
@@ -63,7 +62,7 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     rec = Recommender(out)
     row = next(iter(data.split("test")))
     res = rec.recommend([Query(history=row["history"], seen=set(row["history"]))], k=len(index.item_ids) - 50)[0]
-    ids = [x["item_id"] for x in res["recommendations"]]
+    ids = [x.item_id for x in res.items]
     assert set(ids) <= set(data.catalog) and set(ids) & data.cold_items
 
 
@@ -74,18 +73,18 @@ def test_grounded_resumes_to_the_same_rows(cold_data, tmp_path):
 
     from safetensors.torch import load_file
 
-    from genrec.items.grounded import FILE
+    from genrec.model_dir import ModelCard
     from genrec.train.recipe import train
 
     full, cut = tmp_path / "full", tmp_path / "cut"
     train(grounded_config(cold_data, full, max_steps=4), log=lambda m: None)
-    assert (full / "checkpoint-2" / FILE).is_file()
+    assert (full / "checkpoint-2" / ModelCard.ITEM_TEXT).is_file()
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoint-4")
-    for name in ("genrec.json", FILE, "code_embeddings.safetensors"):
+    for name in ("genrec.json", ModelCard.ITEM_TEXT, "code_embeddings.safetensors"):
         (cut / name).unlink()
     train(grounded_config(cold_data, cut, max_steps=4, resume=True), log=lambda m: None)
-    a, b = load_file(str(full / FILE)), load_file(str(cut / FILE))
+    a, b = load_file(str(full / ModelCard.ITEM_TEXT)), load_file(str(cut / ModelCard.ITEM_TEXT))
     for k in ("map.weight", "map.bias", "residual"):
         assert (a[k] - b[k]).abs().max() < 1e-5, k
 
@@ -117,9 +116,9 @@ def test_grounded_without_item_text_says_so_and_keeps_todays_rows(tmp_path):
     logs = []
     train(grounded_config(tmp_path / "d", tmp_path / "m", max_steps=1), log=logs.append)
     assert any("this catalog has no item text" in m and "item_text=init's" in m for m in logs)
-    from genrec.items.grounded import FILE
+    from genrec.model_dir import ModelCard
 
-    assert (tmp_path / "m" / "genrec.json").is_file() and not (tmp_path / "m" / FILE).exists()
+    assert (tmp_path / "m" / "genrec.json").is_file() and not (tmp_path / "m" / ModelCard.ITEM_TEXT).exists()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     from transformers import AutoModelForCausalLM
 
     from genrec.cli import main
-    from genrec.items.grounded import FILE, text_features
+    from genrec.items.grounded import text_features
     from genrec.model_dir import ModelCard, keep_layers, load_base, load_tokenizer
     from genrec.infer.recommender import Query, Recommender
 
@@ -174,7 +173,7 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     assert [r["item_id"] for r in card.catalog_rows()][-3:] == ["new-1", "new-2", "new-3"]
     assert not list(tmp_path.glob(".m.*"))  # no stage left behind
     # each new row is W f + b, f the base model's reading of the text (as training read its items)
-    state = load_file(str(model / FILE))
+    state = load_file(str(model / ModelCard.ITEM_TEXT))
     assert state["features"].shape[0] == n + 3 and state["residual"][-3:].abs().max() == 0
     tok = load_tokenizer(model)
     base, _ = load_base(card.base_path(), "float32")
@@ -191,7 +190,7 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     # generate (the Recommender) ranks them among the others: the whole catalog includes both
     rec = Recommender(model)
     res = rec.recommend([Query(history=[index.item_ids[0]], seen={index.item_ids[0]})], k=n + 2)[0]
-    ids = [r["item_id"] for r in res["recommendations"]]
+    ids = [r.item_id for r in res.items]
     assert {"new-1", "new-2", "new-3"} <= set(ids) and len(ids) == n + 2
     # the old files outside what changed are untouched byte for byte (hard links were replaced, never rewritten)
     assert all(_snapshot(grounded_model)[k] == v for k, v in before.items())
@@ -243,7 +242,7 @@ def test_catalog_add_on_an_init_model_starts_new_rows_from_their_titles(cut_toke
     assert json.loads(res.output.strip().splitlines()[-1]) == {"added": 1, "items": n + 1, "rows": "init"}
     rec = Recommender(model)
     first = rec.index.item_ids[0]
-    ids = [r["item_id"] for r in rec.recommend([Query(history=[first], seen={first})], k=n)[0]["recommendations"]]
+    ids = [r.item_id for r in rec.recommend([Query(history=[first], seen={first})], k=n)[0].items]
     assert "z1" in ids and len(set(ids)) == n
     again = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
     assert again.exit_code == 2 and "item 'z1' is already in the model's catalog" in again.output

@@ -111,9 +111,9 @@ def test_sft_and_generate_with_item_codes(tiny_data, request, style):
     row = data.split("test")[0]
     prompt = rec.builder.as_text(rec.builder.encode(row["history"]))
     assert rec.index.targets[rec.index.position[row["history"][-1]]] in prompt  # history written as codes
-    res = rec.recommend([Query(history=row["history"], seen=set(row["history"]))], k=5)[0]["recommendations"]
-    assert len(res) == 5 and all(r["item_id"] in data.catalog for r in res)
-    assert not {r["item_id"] for r in res} & set(row["history"])
+    res = rec.recommend([Query(history=row["history"], seen=set(row["history"]))], k=5)[0].items
+    assert len(res) == 5 and all(r.item_id in data.catalog for r in res)
+    assert not {r.item_id for r in res} & set(row["history"])
 
 
 def test_only_code_token_rows_are_trained(semantic_model, base_model_dir):
@@ -218,7 +218,7 @@ def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
 
     from genrec.model_dir import load_tokenizer
     from genrec.infer.recommender import Recommender
-    from genrec.train.recipe import item_softmax_loss
+    from genrec.train.losses import item_softmax_loss
 
     assert "loss: the softmax over the" in (token_model / "test-log.txt").read_text()
     tok = load_tokenizer(token_model)
@@ -270,9 +270,9 @@ def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_d
     assert ids[-len(hist):] == [rec.tok.convert_tokens_to_ids(rec.index.targets[rec.index.position[i]])
                                 for i in hist]
     q = [Query(history=hist, seen=set(hist))]
-    beam = rec.recommend(q, Search(k=10))[0]["recommendations"]
-    exact = rec.recommend(q, Search(k=10, search="exact"))[0]["recommendations"]
-    assert [r["item_id"] for r in beam] == [r["item_id"] for r in exact]
+    beam = rec.recommend(q, Search(k=10))[0].items
+    exact = rec.recommend(q, Search(k=10, search="exact"))[0].items
+    assert [r.item_id for r in beam] == [r.item_id for r in exact]
     assert len(beam) == 10 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in beam)
 
 
@@ -314,13 +314,13 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(cut_token_model, tiny_
     assert len(rec.backend.model.get_decoder().layers) == 2
     data = load_prepared(tiny_data)
     hist = list(data.split("test")[0]["history"])[-5:]
-    recs = rec.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
-    assert len(recs) == 5 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in recs)
+    recs = rec.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0].items
+    assert len(recs) == 5 and all(r.item_id in data.catalog and r.item_id not in hist for r in recs)
     at_ckpt = Recommender(out, adapter=out / "checkpoint-2")
     assert len(at_ckpt.backend.model.get_decoder().layers) == 2
-    again = at_ckpt.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0]["recommendations"]
-    assert [r["item_id"] for r in again] == [r["item_id"] for r in recs]
-    assert all(abs(a["score"] - b["score"]) < 1e-3 for a, b in zip(again, recs))
+    again = at_ckpt.recommend([Query(history=hist, seen=set(hist))], Search(k=5))[0].items
+    assert [r.item_id for r in again] == [r.item_id for r in recs]
+    assert all(abs(a.score - b.score) < 1e-3 for a, b in zip(again, recs))
     with pytest.raises(GenrecError, match="loads with --backend hf only"):
         Recommender(out, backend="vllm", adapter=out / "checkpoint-1")
     for bad in (0, -1):

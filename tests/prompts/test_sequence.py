@@ -114,7 +114,7 @@ def test_long_history_is_trimmed_to_the_window_at_inference(tokenizer, tiny_data
 
 
 def test_token_batches_bound_padding():
-    from genrec.train.recipe import token_batches
+    from genrec.train.examples import token_batches
 
     rng = random.Random(0)
     lengths = [rng.randrange(30, 420) for _ in range(500)] + [2000]
@@ -147,8 +147,8 @@ def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     rec = Recommender(out)
     assert isinstance(rec.history_prompts, SequenceBuilder)
     hist = list(rec.catalog)[:4]
-    res = rec.recommend([Query(history=hist, seen=set(hist))], k=5)[0]["recommendations"]
-    assert len(res) == 5 and all(r["item_id"] in rec.catalog and r["item_id"] not in hist for r in res)
+    res = rec.recommend([Query(history=hist, seen=set(hist))], k=5)[0].items
+    assert len(res) == 5 and all(r.item_id in rec.catalog and r.item_id not in hist for r in res)
     p = rec.preference([Query(history=hist)], [[hist[0], list(rec.catalog)[-1]]])[0]
     assert len(p) == 2 and all(0 < x < 1 for x in p)
 

@@ -50,7 +50,7 @@ def test_rating_examples_answer_the_rating_digit_and_show_history_ratings(tokeni
     from genrec.config import PromptConfig
     from genrec.items.index import ItemIndex
     from genrec.prompts.tasks import rating_level
-    from genrec.train.recipe import make_builder
+    from genrec.prompts.sequence import make_builder
 
     data = load_prepared(tiny_data)
     b = make_builder(tokenizer, PromptConfig(task="rating", max_history=4, max_prompt_tokens=400), data.catalog,
@@ -87,8 +87,8 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
     req = Query(history=row["history"], ratings=row["history_ratings"])
     recs = rec.recommend([req, Query(text="Something with genres: Comedy")], k=5)
     for r in recs:
-        assert len(r["recommendations"]) == 5 and all(x["item_id"] in data.catalog for x in r["recommendations"])
-    assert recs[0]["recommendations"] != recs[1]["recommendations"]  # two different prompts
+        assert len(r.items) == 5 and all(x.item_id in data.catalog for x in r.items)
+    assert recs[0].items != recs[1].items  # two different prompts
     cands = [row["target"], *list(data.catalog)[:3]]
     p_yes = rec.preference([req], [cands])[0]
     stars = rec.rate([req], [cands])[0]
@@ -156,7 +156,8 @@ def test_rating_needs_rated_data(tmp_path, tiny_raw):
 
     from genrec.config import DataConfig
     from genrec.data.prepare import prepare
-    from genrec.train.recipe import build_examples, make_builder
+    from genrec.prompts.sequence import make_builder
+    from genrec.train.examples import build_examples
     from genrec.config import PromptConfig
     from genrec.items.index import ItemIndex
     from genrec.model_dir import load_tokenizer, resolve_base_model
@@ -229,7 +230,7 @@ def test_each_task_states_its_rules_once(tokenizer, tiny_data):
     from genrec.items.index import ItemIndex
     from genrec.prompts.builder import PROMPTS_DIR
     from genrec.prompts.tasks import Preference, Rating, RequestTask, Rerank, Task
-    from genrec.train.recipe import make_builder
+    from genrec.prompts.sequence import make_builder
 
     data = load_prepared(tiny_data)
     index = ItemIndex.build(list(data.catalog.values()))
