@@ -45,7 +45,7 @@ def build(spec: str, work: Path) -> Path:
 
 def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: int) -> tuple[dict, list]:
     from genrec.config import VLLMConfig
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Query, Recommender
 
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: 
     for s in range(0, len(reqs), batch_size):
         res += rec.recommend(reqs[s:s + batch_size], search)
     dt = time.perf_counter() - t0
-    lists = [[r["item_id"] for r in x["recommendations"]] for x in res]
+    lists = [x.item_ids for x in res]
     listed = [i for x in lists for i in x]
     facts = {"catalog_items": len(rec.catalog), "start_seconds": round(start_s, 1), "seconds": round(dt, 2),
              "users_per_second": round(len(reqs) / dt, 2),

@@ -27,8 +27,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.files import write_jsonl
-    from genrec.model_dir import ModelCard
-    from genrec.items.new_items import add_items
+    from genrec.model_dir import CHECKPOINT_PREFIX, ModelCard
+    from genrec.infer.new_items import add_items
 
     card = ModelCard.load(args.model)
     rows = card.catalog_rows()
@@ -36,7 +36,7 @@ def main() -> None:
            for n in range(args.items)]
     with tempfile.TemporaryDirectory(dir=Path(args.model).parent) as tmp:
         model = Path(tmp) / "m"
-        shutil.copytree(args.model, model, ignore=shutil.ignore_patterns("checkpoint-*", "eval-*"))
+        shutil.copytree(args.model, model, ignore=shutil.ignore_patterns(CHECKPOINT_PREFIX + "*", "eval-*"))
         write_jsonl(Path(tmp) / "new.jsonl", new)
         t0 = time.perf_counter()
         done = add_items(model, Path(tmp) / "new.jsonl", log=print)

@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.infer.constrained import beam_search, top_items
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Recommender
 
     rec = Recommender(args.model)

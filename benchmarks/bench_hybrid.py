@@ -95,7 +95,7 @@ def main() -> None:
             if not ModelCard.exists(model):
                 sft_wall = train_arm(arm, data, model, args)
                 (model / "sft_wall.json").write_text(json.dumps({"seconds": sft_wall}))
-            from genrec.eval.fusion import tune_fusion  # imported late: a long run picks up fixes
+            from genrec.eval.fusion import tune_fusion# imported late: a long run picks up fixes
             from genrec.eval.protocol import run_evaluation
 
             tuned = ModelCard.load(model).fusion() if hybrid else None

@@ -53,8 +53,8 @@ def main() -> None:
     from genrec.config import EvaluateConfig, PromptConfig, SFTConfig, parse_overrides, with_overrides
     from genrec.eval.protocol import run_evaluation
     from genrec.files import read_json
-    from genrec.model_dir import ModelCard
-    from genrec.eval.metrics import fmt_ci, fmt_diff
+    from genrec.model_dir import ModelCard, checkpoints
+    from genrec.metrics import fmt_ci, fmt_diff
     from genrec.train.recipe import train
 
     work = Path(args.work)
@@ -114,10 +114,10 @@ def main() -> None:
                 rows.append({"dataset": name, "model": f"{'genrec (' + label + ')' if model_name == 'genrec' else model_name}"
                              f" [{group} targets]", "users": sl["users"], "NDCG@10": fmt_ci(iv["NDCG@10"]),
                              "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
-        if args.curve_users and any(model.glob("checkpoint-*")):
+        if args.curve_users and checkpoints(model):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
                                                                                args.curve_users)
-        from genrec.data.prepare import load_prepared
+        from genrec.data.prepared import load_prepared
 
         cold = {d: load_prepared(work / d / "data").cold_items for d in args.datasets.split(",")}
         report["between_arms"] = paired_arms(work, args.datasets.split(","), cold)  # finished arms, pairwise

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.config import EvaluateConfig
-    from genrec.data.prepare import load_prepared
+    from genrec.data.prepared import load_prepared
     from genrec.eval.protocol import evaluate_baselines
 
     report = {"settings": vars(args), "machine": machine(), "datasets": {}}

@@ -245,19 +245,19 @@ def learning_curve(model: Path, out: Path, users: int, split: str = "valid") -> 
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
     from genrec.files import read_json
-    from genrec.model_dir import ModelCard
+    from genrec.model_dir import CLOCK, ModelCard, checkpoint_step, checkpoints
 
-    points = sorted(model.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [model]
+    points = sorted(checkpoints(model), key=checkpoint_step) + [model]
     final = ModelCard.load(model).stats
     curve = []
     for p in points:
-        step = int(p.name.split("-")[1]) if p != model else final["global_step"]
+        step = checkpoint_step(p) if p != model else final["global_step"]
         dest = out / f"step-{step}"
         if not (dest / "metrics.json").is_file():
             run_evaluation(EvaluateConfig(model=str(model), adapter=None if p == model else str(p), max_users=users,
                                           ks=[10], baselines=[], split=split, output=str(dest)))
         iv = read_json(dest / "metrics.json")["intervals"]
-        clock = p / "clock.json"  # training minutes at the checkpoint (max_minutes runs), else at the end
+        clock = p / CLOCK  # training minutes at the checkpoint (max_minutes runs), else at the end
         seconds = read_json(clock)["seconds"] if clock.is_file() else final["train_seconds"] if p == model else None
         curve.append({"step": step, "minutes": None if seconds is None else round(seconds / 60, 2),
                       **{n: iv[n]["NDCG@10"] for n in iv}})
@@ -287,7 +287,7 @@ def paired_arms(work: Path, datasets: list[str], cold: dict[str, frozenset] | No
     """Arm minus arm, for every two finished arms of one dataset (work/<dataset>/<arm>/eval-test/
     recommendations.jsonl, from this run or an earlier one) whose evaluations hold the same users with the same
     targets: the paired bootstrap difference of their per-user metrics (seeded draws, as the reports use)."""
-    from genrec.eval import metrics
+    from genrec import metrics
     from genrec.files import read_jsonl
 
     out = {}

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import RESULTS, markdown_table
-from genrec.eval.metrics import fmt_diff
+from genrec.metrics import fmt_diff
 
 PAGE = RESULTS.parent.parent / "docs" / "results.md"
 # the order of the page: headline results first, then the rest by name

@@ -1,5 +1,5 @@
 """Model resolution and loading: the packaged default model, any local model directory, and the genrec model
-directory (`ModelCard`, the one owner of its format)."""
+directory (`ModelCard`, the one owner of its format, a training run's checkpoints included)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,9 @@ class ModelCard:
     """A genrec model directory, and the only code that knows its layout: `genrec.json` (this card, written last:
     its presence means "complete"), the LoRA adapter at the top level (or `merged/` when the model added code
     tokens or `merge=true` asked), the tokenizer, the item index, the catalog, one Jinja template per task and the
-    training counts of popularity.json. Training writes it (`write_files`, then `save`); everything else reads it.
+    training counts of popularity.json; training's own state and loss log, the retriever's folder, and the run's
+    checkpoints (the functions below the class). Training writes it (`write_files`, then `save`); everything else
+    reads it.
 
     On disk the card stays one flat JSON object: the fields below, plus whatever training measured (`stats`)."""
 
@@ -164,6 +166,12 @@ class ModelCard:
     CARD = MODEL_CARD
     CATALOG, INDEX, POPULARITY, MERGED = "catalog.jsonl", "item_index.json", "popularity.json", "merged"
     FUSION = "fusion.json"  # the hybrid `genrec tune-fusion` chose on validation users (absent: none tuned)
+    ADAPTER_CONFIG = "adapter_config.json"  # PEFT's, beside the adapter (top level, and in each checkpoint)
+    RETRIEVER = "retriever"  # the retriever's folder (genrec.infer.retriever owns what is inside it)
+    LOSS_LOG, LOSS_PLOT = "loss.jsonl", "loss.png"  # one line per logged training step, and its plot
+    # training's own state, here and in each checkpoint: the new code tokens' embedding rows (item_id=token or
+    # semantic), and item_text=grounded's W, b, residuals and features
+    CODE_ROWS, ITEM_TEXT = "code_embeddings.safetensors", "item_text.safetensors"
 
     @classmethod
     def exists(cls, model_dir: str | Path) -> bool:
@@ -173,7 +181,7 @@ class ModelCard:
     def load(cls, model_dir: str | Path) -> ModelCard:
         model_dir = Path(model_dir)
         if not cls.exists(model_dir):
-            if any(model_dir.glob("checkpoint-*")):
+            if checkpoints(model_dir):
                 raise GenrecError(f"{model_dir} is an unfinished training run (finish it with `genrec sft --resume`)")
             raise GenrecError(f"{model_dir} is not a genrec model directory (no {MODEL_CARD}; train with `genrec sft`)")
         raw = read_json(model_dir / MODEL_CARD)
@@ -247,8 +255,8 @@ class ModelCard:
         """The LoRA adapter to load: the final one, or a checkpoint of this run (checkpoint-N, for a learning
         curve). A checkpoint of a merged model (code tokens, a cut decoder) holds its resized embedding too."""
         path = Path(adapter) if adapter else self.dir
-        if adapter and not (path / "adapter_config.json").is_file():
-            raise GenrecError(f"adapter {path} is not a LoRA checkpoint (no adapter_config.json)")
+        if adapter and not (path / self.ADAPTER_CONFIG).is_file():
+            raise GenrecError(f"adapter {path} is not a LoRA checkpoint (no {self.ADAPTER_CONFIG})")
         return path
 
     def load_checkpoint(self, adapter: Path, tok, dtype: str = "auto"):
@@ -294,6 +302,47 @@ class ModelCard:
         return tasks
 
 
+# A training run's checkpoints: the trainer's checkpoint-<step>/ folders in the run's directory, each with the
+# adapter, the trainer's state and genrec's own files (ModelCard.CODE_ROWS, ITEM_TEXT, CLOCK), CHECKPOINT_DONE last
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' own naming (PREFIX_CHECKPOINT_DIR + "-" + step)
+TRAINER_STATE = "trainer_state.json"  # the trainer's, in each checkpoint it wrote
+CLOCK = "clock.json"  # max_minutes: the training time used up to the checkpoint
+CHECKPOINT_DONE = "genrec-checkpoint.json"  # written last into each checkpoint, after genrec's own files
+
+
+def checkpoint_dir(out: str | Path, step: int) -> Path:
+    """The checkpoint of `step` in a run's directory (where the trainer writes it)."""
+    return Path(out) / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoints(out: str | Path) -> list[Path]:
+    """Every checkpoint-* entry of a run's directory, complete or not, in no particular order."""
+    return list(Path(out).glob(CHECKPOINT_PREFIX + "*"))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint-N folder was saved at; None for a name that ends in no number."""
+    tail = path.name.split("-")[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """Newest complete checkpoint: the trainer's state and genrec's marker are both there (a kill during a save
+    leaves one without them; --resume then continues from the one before)."""
+    saved = [p for p in checkpoints(out) if checkpoint_step(p) is not None and (p / TRAINER_STATE).is_file()]
+    done = [p for p in saved if (p / CHECKPOINT_DONE).is_file()]
+    if not done and not any((p / CHECKPOINT_DONE).is_file() for p in checkpoints(out)):
+        done = saved  # a run from before the marker existed: the trainer's state is all there is to go by
+    return max(done, key=checkpoint_step, default=None)
+
+
+def is_run(path: Path) -> bool:
+    """Whether genrec wrote this directory: a model card, a checkpoint or a loss log. Only such a directory is ever
+    replaced by --overwrite."""
+    return ModelCard.exists(path) or bool(checkpoints(path)) or (path / ModelCard.LOSS_LOG).is_file() or \
+        (path / ModelCard.RETRIEVER).is_dir()  # a run killed after its retriever, before its first step
+
+
 def render_readme(card: ModelCard) -> str:
     """README.md of a model directory, from its card and (if present) `eval-test/metrics.json`."""
     import hashlib
@@ -326,7 +375,7 @@ def render_readme(card: ModelCard) -> str:
         + (", stopped by the clock" if st.get("stopped_by_clock") else "") + " |",
         f"| retriever | {card.retriever['kind'] if card.retriever else 'none'} |",
         "",
-        "![training loss](loss.png)",
+        f"![training loss]({ModelCard.LOSS_PLOT})",
         "",
         "## Test results",
         "",

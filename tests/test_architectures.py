@@ -102,7 +102,7 @@ def test_an_untied_output_matrix_gets_the_title_shaped_item_rows_too(tmp_path_fa
     from genrec.data.prepared import load_prepared
     from genrec.model_dir import load_tokenizer
     from genrec.items.grounded import ITEM_ROW_SCALE, item_rows_from_titles
-    from genrec.train.recipe import build_index
+    from genrec.train.examples import build_index
 
     base = local_model(tmp_path_factory, base_model_dir, "qwen2")
     model, tok = AutoModelForCausalLM.from_pretrained(str(base)), load_tokenizer(base)

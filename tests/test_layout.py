@@ -118,3 +118,17 @@ def test_the_layer_test_catches_what_it_is_for(tmp_path):
                      "genrec.items": ast.parse("")})
     assert edges["genrec.data.x"] == {"genrec.serve.app", "genrec.items"}
     assert layer("genrec.serve.app") > layer("genrec.data.x")
+
+
+def test_every_module_and_benchmark_imports():
+    """A moved name is found here, not by the first user who runs that command."""
+    import importlib
+    import pkgutil
+
+    import genrec
+
+    names = [m.name for m in pkgutil.walk_packages(genrec.__path__, "genrec.")]
+    names += [f"benchmarks.{p.stem}" for p in (ROOT.parent / "benchmarks").glob("*.py") if p.stem != "__init__"]
+    for name in names:
+        importlib.import_module(name)
+    assert len(names) > 40

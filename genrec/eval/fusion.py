@@ -12,7 +12,8 @@ from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 from genrec.eval.protocol import batched, history_queries, select_rows, split_users
 from genrec.files import write_json
-from genrec.infer.recommender import Recommender, hybrid_order, narrowed
+from genrec.infer.recommender import Recommender
+from genrec.infer.hybrid import candidate_scores, hybrid_order, narrowed
 from genrec.infer.retriever import parse_candidate_sizes
 from genrec.model_dir import ModelCard
 
@@ -63,7 +64,7 @@ def _validation_scores(rec: Recommender, cfg: FusionConfig, K: int | None) -> tu
     if not chosen:
         raise GenrecError(f"{data.path} has no validation users to tune on")
     scored = batched(rec, history_queries(rows, chosen, seen), cfg, "scoring candidates (valid)",
-                     lambda chunk: rec.candidate_scores(chunk, 10, True, K))
+                     lambda chunk: candidate_scores(rec, chunk, 10, True, K))
     return scored, [targets[i] for i in chosen]
 
 

@@ -20,9 +20,18 @@ from genrec.config import EvaluateConfig, to_dict
 from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
 from genrec.eval.baselines import BASELINES, content_rankings, popular_rankings, sasrec_rankings, sasrec_retriever
-from genrec.eval.report import (bar_chart, intervals_markdown, markdown_table, ranking_markdown, scores_markdown,
-                                user_slices, verdict, write_report)
-from genrec.infer.recommender import Query, Recommender, Search, hybrid_order
+from genrec.eval.report import (
+    bar_chart,
+    intervals_markdown,
+    markdown_table,
+    ranking_markdown,
+    scores_markdown,
+    user_slices,
+    verdict,
+    write_report,
+)
+from genrec.infer.recommender import Query, Recommender, Search
+from genrec.infer.hybrid import candidate_scores, hybrid_order
 from genrec.infer.retriever import parse_candidates
 
 
@@ -348,7 +357,7 @@ def _hybrid(rec: Recommender, requests: list[Query], cfg, K: int | None, weight:
     alone and its fusion with the retriever (weight w), each followed by the retriever's order."""
     def run(chunk):
         return [(hybrid_order(c, 0.0, kmax), hybrid_order(c, weight, kmax))
-                for c in rec.candidate_scores(chunk, kmax, cfg.exclude_seen, K, cfg.popularity_penalty)]
+                for c in candidate_scores(rec, chunk, kmax, cfg.exclude_seen, K, cfg.popularity_penalty)]
 
     pairs = batched(rec, requests, cfg, desc, run)
     return [a for a, _ in pairs], [f for _, f in pairs]

@@ -17,6 +17,7 @@ from genrec.config import GenerateConfig, RankConfig
 from genrec.errors import GenrecError
 from genrec.prompts.tasks import RERANK_LABELS
 from genrec.files import atomic_file, write_jsonl
+from genrec.infer.hybrid import label_scores
 from genrec.infer.recommender import Query, Recommender, Search
 
 
@@ -327,7 +328,7 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     rec = load_for_data(cfg, log)
     users = rec.known_users(cfg.data) if any("history" not in r for r in rows) else None
     if rec.rerank_prompts is not None:  # the line's candidates under labels, one forward pass: P(label)
-        score, key = (lambda reqs, cands: [[math.exp(x) for x in xs] for xs in rec.label_scores(reqs, cands)],
+        score, key = (lambda reqs, cands: [[math.exp(x) for x in xs] for xs in label_scores(rec, reqs, cands)],
                       "p_label")
     elif "preference" in rec.builders:
         score, key = rec.preference, "p_yes"

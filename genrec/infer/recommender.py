@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genrec.infer.answer import Pick, Recommendation, Usage
+from genrec.infer import hybrid
 from genrec.infer.catalog import Catalog
 from genrec.config import PromptConfig
 from genrec.config import SEARCHES
@@ -87,32 +88,6 @@ class Search:
         if isinstance(found.get("candidates"), str) or found.get("candidates") is None:
             found["candidates"] = parse_candidates(found.get("candidates"))
         return cls(**{**found, **settings})
-
-
-def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[int, float]]:
-    """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K), best
-    first, ties in input order (the reranker gets them in the retriever's order). One rule for the reranker's label scores and
-    for generation within candidates (sequence log-probabilities); weight 0 is the LLM alone."""
-    import torch
-
-    fused = torch.tensor(llm, dtype=torch.float64)
-    if weight:
-        fused = fused + weight * torch.log_softmax(torch.tensor(retriever, dtype=torch.float64), -1)
-    return sorted(((c, float(f)) for c, f in enumerate(fused)), key=lambda cf: (-cf[1], cf[0]))
-
-
-def hybrid_order(scored: dict, weight: float, n: int) -> list[str]:
-    """The first n items of a hybrid's list from `Recommender.candidate_scores` output: the K fused with weight w
-    (`fuse`; w = 0: the LLM's order alone), then the retriever's order."""
-    return ([scored["items"][c] for c, _ in fuse(scored["llm"], scored["retriever"], weight)] + scored["rest"])[:n]
-
-
-def narrowed(scored: dict, k: int) -> dict:
-    """`candidate_scores` output of a generative model for K as if it had been asked for its retriever's first k
-    (k <= K): exact, since each candidate's sequence log-probability is over the whole vocabulary and so does not
-    depend on which other items are candidates (a rerank model's label softmax does: never narrow one)."""
-    return {"items": scored["items"][:k], "llm": scored["llm"][:k], "retriever": scored["retriever"][:k],
-            "rest": scored["items"][k:] + scored["rest"]}
 
 
 class Recommender:
@@ -219,7 +194,7 @@ class Recommender:
         for builder, todo in groups.values():
             batch = [requests[n] for n in todo]
             if builder.task.ranks_candidates:
-                answers = self.rerank(batch, s.k, s.exclude_seen, (weight,))[0]
+                answers = hybrid.rerank(self, batch, s.k, s.exclude_seen, (weight,))[0]
             else:
                 pools = None
                 if candidates:
@@ -275,7 +250,7 @@ class Recommender:
                           self.catalog.penalty(s.popularity_penalty), search=s.search, stats=stats,
                           max_width=s.max_width)
         if fusing:
-            found = [self.fused(hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
+            found = [hybrid.fused(self, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
         reasons = self._reasons(builder, prompts, found) if s.with_reasons and builder.with_reasons else None
         uncertified = set(stats["uncertified"])
         out = []
@@ -295,11 +270,6 @@ class Recommender:
                 answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
             out.append(answer)
         return out
-
-    def fused(self, hyps: list, retrieved: dict[str, float], weight: float) -> list:
-        """A hybrid's K hypotheses reordered by log p_LLM + weight x log softmax(the retriever's scores)."""
-        order = fuse([h.score for h in hyps], [retrieved[self.index.item_ids[h.item]] for h in hyps], weight)
-        return [dataclasses.replace(hyps[c], score=score) for c, score in order]
 
     def pick(self, item_id: str, rank: int, score: float | None, reason: str | None = None) -> Pick:
         return Pick(item_id, self.catalog[item_id]["title"], rank, score, reason)
@@ -326,31 +296,6 @@ class Recommender:
         if weight < 0:
             raise GenrecError(f"the retriever weight must be >= 0, got {weight}")
         return candidates or None, float(weight)
-
-    def candidate_scores(self, requests: list[Query], n: int, exclude_seen: bool = True,
-                         candidates: int | None = None, popularity_penalty: float = 0.0) -> list[dict]:
-        """A hybrid's raw scores, so any retriever weight can be applied afterwards (evaluation, `tune-fusion`):
-        per request {"items": the retriever's top K, in its order; "llm": the LLM's log-score of each (a rerank
-        model's label log-softmax, else the sequence log-probability from one exact search within the K);
-        "retriever": the retriever's score of each; "rest": its next items up to n in all}. K is a rerank
-        model's own, else `candidates`; a search ranks by the penalised log-probability, as `recommend` does."""
-        if self.reranks:
-            K = self.rerank_prompts.cfg.rerank_candidates
-            pools = self.retrieved(requests, max(n, K), exclude_seen)
-            llm = self.label_scores(requests, [[i for i, _ in p[:K]] for p in pools])
-        else:
-            if not candidates:
-                raise GenrecError("candidate scores need the retriever's K (--candidates retriever:K)")
-            K = candidates
-            pools = self.retrieved(requests, max(n, K), exclude_seen)
-            found = self.recommend(requests, retrieved=pools, k=K, candidates=K, retriever_weight=0.0,
-                                   search="exact", exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
-            llm = []
-            for res, pool in zip(found, pools):
-                score = {p.item_id: p.score for p in res.items if p.score is not None}
-                llm.append([score[i] for i, _ in pool[:K]])
-        return [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
-                 "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
 
     @property
     def reranks(self) -> bool:
@@ -386,53 +331,6 @@ class Recommender:
         if self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
         return self.retriever.top([r.history for r in requests], [r.excluded(exclude_seen) for r in requests], n)
-
-    def label_scores(self, requests: list[Query], candidates: list[list[str]],
-                     prompt_tokens: list[int] | None = None) -> list[list[float]]:
-        """Rerank model: per request, the log-softmax over its candidates' label tokens (A, B, ...) at the answer
-        position, from one forward pass over history + candidates (a verbalizer; never sampled text).
-        `prompt_tokens`, when given, gets each request's prompt length (0 without candidates)."""
-        import torch
-
-        builder = self.rerank_prompts
-        if builder is None:
-            raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
-        rows = [j for j, c in enumerate(candidates) if c]
-        prompts = [builder.encode(requests[j].history, requests[j].history_ts, requests[j].context,
-                                  history_ratings=requests[j].ratings, candidates=candidates[j]) for j in rows]
-        out: list[list[float]] = [[] for _ in requests]
-        if rows:
-            logp = self.backend.start(prompts, [builder.task.label_ids(len(candidates[j])) for j in rows]).logp.float()
-            for r, j in enumerate(rows):
-                out[j] = torch.log_softmax(logp[r, :len(candidates[j])], -1).tolist()
-        if prompt_tokens is not None:
-            lengths = dict(zip(rows, map(len, prompts)))
-            prompt_tokens[:] = [lengths.get(j, 0) for j in range(len(requests))]
-        return out
-
-    def rerank(self, requests: list[Query], k: int, exclude_seen: bool = True,
-               weights: tuple[float, ...] = (0.0,)) -> list[list[Recommendation]]:
-        """Rerank model: the retriever proposes its top K, the LLM scores them (`label_scores`). One result list
-        per weight w: the K ranked by log p_LLM + w * log softmax(retriever scores over the K) (w = 0: the LLM
-        alone), then the retriever's order up to k. Usage: the prompt is all the engine read (one forward pass,
-        nothing generated)."""
-        if self.rerank_prompts is None:
-            raise GenrecError(f"{self.dir} was not trained for the rerank task (train with --task rerank)")
-        K = self.rerank_prompts.cfg.rerank_candidates
-        pools = self.retrieved(requests, max(k, K), exclude_seen)
-        heads = [p[:K] for p in pools]
-        tokens: list[int] = []
-        llm = self.label_scores(requests, [[i for i, _ in h] for h in heads], tokens)
-        out: list[list[Recommendation]] = [[] for _ in weights]
-        for w_n, w in enumerate(weights):
-            for j, (pool, head) in enumerate(zip(pools, heads)):
-                picks: list[Pick] = []
-                if head:
-                    order = fuse(llm[j], [s for _, s in head], w)
-                    picks = [self.pick(head[c][0], n, round(score, 5)) for n, (c, score) in enumerate(order[:k], 1)]
-                    picks += [self.pick(i, len(picks) + n, None) for n, (i, _) in enumerate(pool[K:k], start=1)]
-                out[w_n].append(Recommendation(picks, Usage(tokens[j], 0, [0] * len(picks))))
-        return out
 
     def preference(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
         """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""

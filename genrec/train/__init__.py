@@ -1,2 +1,2 @@
-"""Stage 4, training: `genrec sft`, the recipe (setup -> fit -> save) that fine-tunes a base model with TRL +
+"""The training stage: `genrec sft`, the recipe (setup -> fit -> save) that fine-tunes a base model with TRL +
 PEFT LoRA into a genrec model directory."""

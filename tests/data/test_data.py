@@ -248,7 +248,7 @@ def test_context_reaches_the_prompt(tokenizer, tmp_path, tiny_raw):
     from genrec.data.prepared import load_prepared
     from genrec.data.prepare import prepare
     from genrec.items.index import ItemIndex
-    from genrec.train.recipe import make_builder
+    from genrec.prompts.sequence import make_builder
 
     out = tmp_path / "ctx"
     prepare(DataConfig(interactions=str(tiny_raw[0]), catalog=str(tiny_raw[1]), output=str(out),

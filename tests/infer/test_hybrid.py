@@ -92,10 +92,11 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
 
 def test_verbalizer_equals_a_direct_forward_pass(reranker):
     from genrec.infer.recommender import Query
+    from genrec.infer.hybrid import rerank
 
     data, uid, hist = a_user(reranker)
     req = Query(user_id=uid, history=hist, seen=set(hist))
-    res = reranker.rerank([req], k=5)[0][0]
+    res = rerank(reranker, [req], k=5)[0][0]
     b = reranker.rerank_prompts
     k = b.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], k)[0]]
@@ -111,6 +112,7 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
 
 def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     from genrec.infer.recommender import Query
+    from genrec.infer.hybrid import rerank
 
     data, uid, hist = a_user(reranker)
     allowed = set(reranker.index.item_ids) - set(hist)
@@ -120,7 +122,7 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     k = reranker.rerank_prompts.cfg.rerank_candidates
     pool = [i for i, _ in reranker.retriever.top([hist], [set(hist)], len(allowed))[0]]
     assert set(ids[:k]) == set(pool[:k]) and ids[k:] == pool[k:]  # reranked K, then the retriever's order
-    fused = reranker.rerank([Query(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
+    fused = rerank(reranker, [Query(history=hist, seen=set(hist))], k=k, weights=(0.0, 1.0))
     assert {r.item_id for r in fused[1][0].items} == set(pool[:k])
 
 
@@ -249,12 +251,13 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
     depend on the other candidates), and the (K, w) kept is the table's best, ties going to the smaller w then K."""
     from genrec.config import FusionConfig
     from genrec.eval.fusion import tune_fusion
-    from genrec.infer.recommender import Query, Recommender, narrowed
+    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.hybrid import candidate_scores, narrowed
 
     rec = Recommender(with_retriever)
     data, uid, hist = a_user(rec)
     reqs = [Query(user_id=uid, history=hist, seen=set(hist)), Query(history=hist[:-2], seen=set(hist[:-2]))]
-    wide, small = rec.candidate_scores(reqs, 10, True, 7), rec.candidate_scores(reqs, 10, True, 3)
+    wide, small = candidate_scores(rec, reqs, 10, True, 7), candidate_scores(rec, reqs, 10, True, 3)
     for w, s in zip(wide, small):
         cut = narrowed(w, 3)
         assert cut["items"] == s["items"] and cut["retriever"] == s["retriever"]
@@ -280,6 +283,7 @@ def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     from genrec.config import FusionConfig
     from genrec.eval.fusion import tune_fusion
     from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.hybrid import rerank
 
     model = tmp_path / "rerank"
     shutil.copytree(rerank_model, model)
@@ -290,7 +294,7 @@ def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     rec = Recommender(model)
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
-    fused = rec.rerank([req], 5, weights=(tuned["weight"],))[0][0].items
+    fused = rerank(rec, [req], 5, weights=(tuned["weight"],))[0][0].items
     assert [r["item_id"] for r in rec.recommend([req], k=5)[0]["recommendations"]] == [r["item_id"] for r in fused]
 
 

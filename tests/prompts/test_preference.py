@@ -30,7 +30,8 @@ def pref_model(tiny_data, tmp_path_factory):
 def test_training_pairs_are_yes_for_the_next_item_and_no_for_an_unseen_one(tokenizer, tiny_data):
     from genrec.config import PromptConfig
     from genrec.items.index import ItemIndex
-    from genrec.train.recipe import build_examples, make_builder
+    from genrec.prompts.sequence import make_builder
+    from genrec.train.examples import build_examples
 
     data = load_prepared(tiny_data)
     b = make_builder(tokenizer, PromptConfig(task="preference"), data.catalog,

@@ -37,8 +37,8 @@ def test_two_cpu_processes_write_one_model_and_resume(tiny_data, tmp_path):
     assert state["global_step"] == 2 and state["log_history"][-1]["epoch"] == pytest.approx(1.0)
     assert len((out / "loss.jsonl").read_text().splitlines()) == 2  # one writer: one line per logged step
     rec = Recommender(out)
-    res = rec.recommend([Query(history=["1", "260"])], k=3)[0]["recommendations"]
-    assert len(res) == 3 and all(r["item_id"] in rec.catalog for r in res)
+    res = rec.recommend([Query(history=["1", "260"])], k=3)[0].items
+    assert len(res) == 3 and all(r.item_id in rec.catalog for r in res)
 
     (out / "genrec.json").unlink()  # as if killed after checkpoint-2: an unfinished run
     p = launch(tiny_data, out, "max_steps=4", "--resume")

@@ -14,9 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
-from genrec.model_dir import MODEL_CARD
-
-from genrec.train.recipe import CHECKPOINT_DONE
+from genrec.model_dir import CHECKPOINT_DONE, MODEL_CARD
 
 from conftest import TITLE_RECIPE, tiny_sft_config
 
@@ -47,8 +45,8 @@ def test_model_loads_back_and_generates(recommender, tiny_data):
 
     hist = list(recommender.catalog)[:2]
     res = recommender.recommend([Query(history=hist, seen=set(hist))], k=3)[0]
-    assert len(res["recommendations"]) == 3
-    assert all(r["item_id"] in recommender.catalog for r in res["recommendations"])
+    assert len(res.items) == 3
+    assert all(r.item_id in recommender.catalog for r in res.items)
 
 
 def _adapter(path: Path):
@@ -181,7 +179,7 @@ def test_resume_passes_over_a_checkpoint_genrec_did_not_finish(tmp_path, tiny_da
     would take: --resume takes the one before it instead, and finishes."""
     import shutil
 
-    from genrec.train.recipe import last_checkpoint
+    from genrec.model_dir import last_checkpoint
 
     out = tmp_path / "run"
     shutil.copytree(cut_token_model, out, ignore=shutil.ignore_patterns(MODEL_CARD))  # an unfinished run
@@ -320,7 +318,7 @@ def test_embedding_dropout_acts_in_training_only(base_model_dir):
 
     from genrec.errors import GenrecError
     from genrec.model_dir import keep_layers
-    from genrec.train.recipe import embedding_dropout
+    from genrec.train.losses import embedding_dropout
 
     def cut():
         m = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
