@@ -16,6 +16,7 @@ in data order.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from benchmarks.common import machine, parser, write_results
@@ -103,13 +104,16 @@ def main() -> None:
     from genrec.infer.constrained import beam_search, top_items
     from genrec.data.prepared import load_prepared
     from genrec.infer.recommender import Recommender
+    from genrec.prompts.sequence import make_builder
 
     rec = Recommender(args.model)
-    rec.prompt_cfg.max_history = args.history
-    rec.prompt_cfg.max_prompt_tokens = 4096
+    # this benchmark's own prompt budget, in a builder of its own (the Recommender's stays as the model was trained)
+    builder = make_builder(rec.tok, dataclasses.replace(rec.prompt_cfg, max_history=args.history,
+                                                        max_prompt_tokens=4096), rec.catalog, rec.index,
+                           rec.builder.template)
     data = load_prepared(rec.card.data)
     rows = [r for r in data.split("test") if len(r["history"]) >= args.history][:args.users]
-    prompts = [rec.builder.encode(r["history"][-args.history:]) for r in rows]
+    prompts = [builder.encode(r["history"][-args.history:]) for r in rows]
     banned = [{rec.index.position[i] for i in r["history"] if i in rec.index.position} for r in rows]
     out = {}
     modes = ["constrained", "constrained, batches by length", "unconstrained"] + (

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from genrec.errors import GenrecError
-from genrec.files import read_json, read_jsonl, write_json, write_jsonl
+from genrec.files import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -293,12 +293,9 @@ class ModelCard:
         write_json(out / cls.POPULARITY, counts)
         if merge:
             merged = model.merge_and_unload()
-            tmp = out / f".{cls.MERGED}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            merged.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
-            shutil.rmtree(out / cls.MERGED, ignore_errors=True)
-            tmp.rename(out / cls.MERGED)
+            with atomic_dir(out / cls.MERGED, overwrite=True) as tmp:
+                merged.save_pretrained(str(tmp))
+                tok.save_pretrained(str(tmp))
         return tasks
 
 

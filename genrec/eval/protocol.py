@@ -31,7 +31,7 @@ from genrec.eval.report import (
     write_report,
 )
 from genrec.infer.recommender import Query, Recommender, Search
-from genrec.infer.hybrid import candidate_scores, hybrid_order
+from genrec.infer.hybrid import UNTUNED_FUSED_ROW_WEIGHT, candidate_scores, hybrid_order, retriever_weight
 from genrec.infer.retriever import parse_candidates
 
 
@@ -225,12 +225,9 @@ def _baselines(cfg: EvaluateConfig, cold: bool, data) -> list[str]:
 
 
 def _fusion_weight(cfg: EvaluateConfig, tuned: dict) -> dict:
-    """The fused row's weight: asked for, else the tuned one, else 1 (fixed in advance)."""
-    if cfg.retriever_weight is not None:
-        return {"weight": cfg.retriever_weight, "source": "--retriever-weight"}
-    if tuned:
-        return {"weight": tuned["weight"], "source": f"tuned on {tuned.get('users')} validation users"}
-    return {"weight": 1.0, "source": "fixed in advance"}
+    """The fused row's weight: asked for, else the tuned one, else a fixed even mix (`infer/hybrid.py` owns both)."""
+    weight, source = retriever_weight(cfg.retriever_weight, tuned, UNTUNED_FUSED_ROW_WEIGHT)
+    return {"weight": weight, "source": source}
 
 
 def _choose_users(rec: Recommender, cfg: EvaluateConfig, plan: Plan, data, rows) -> Users:
@@ -475,7 +472,7 @@ def evaluate_candidates(rec: Recommender, cfg: EvaluateConfig, task: str, data, 
     results, cols, what = rule.judge(scores, truth, chosen, cands, data, cfg.split)
     md = scores_markdown(results, cols)
     report = {"task": task, "split": cfg.split, "users_evaluated": len(chosen), "users_in_split": len(rows),
-              "negatives_per_positive": cfg.negatives if task == "preference" else None, "results": results,
+              "negatives_per_positive": cfg.negatives if rule.samples_negatives else None, "results": results,
               "settings": to_dict(cfg), "markdown": md}
     return write_report(cfg, report, f"{task.capitalize()}, split `{cfg.split}`: {len(chosen)} users, {what}.\n\n{md}",
                         "scores.jsonl", [{"user_id": r.user_id, "candidates": c, "labels": y, "scores": p}

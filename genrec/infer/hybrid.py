@@ -12,6 +12,21 @@ import dataclasses
 from genrec.errors import GenrecError
 from genrec.infer.answer import Pick, Recommendation, Usage
 
+# The retriever weight when none is asked for and none was tuned (`genrec tune-fusion`): a search within the
+# retriever's candidates keeps the LLM's order (0); `genrec evaluate`'s fused row mixes the two evenly (1), a weight
+# fixed before any test user is seen, so the row is a fair hybrid rather than the LLM alone again.
+UNTUNED_WEIGHT = 0.0
+UNTUNED_FUSED_ROW_WEIGHT = 1.0
+
+
+def retriever_weight(asked: float | None, tuned: dict | None, untuned: float = UNTUNED_WEIGHT) -> tuple[float, str]:
+    """The weight a hybrid runs with and where it came from: asked for, else the model's tuned one, else `untuned`."""
+    if asked is not None:
+        return float(asked), "--retriever-weight"
+    if tuned:
+        return float(tuned["weight"]), f"tuned on {tuned.get('users')} validation users"
+    return untuned, "fixed in advance"
+
 
 def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[int, float]]:
     """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K), best

@@ -133,7 +133,7 @@ class Recommender:
         written as titles, so a title model can name items it never saw. False when the catalog is the model's."""
         if set(data.catalog) == set(self.catalog):
             return False
-        if not self.index.rules.reads_any_catalog:
+        if not self.index.rules.writes_words:
             raise GenrecError(f"{self.dir} writes {self.index.style} codes of its own catalog: it cannot recommend "
                               f"from the catalog of {data.path} (only title models transfer)")
         counts = dict(data.training_counts().most_common())
@@ -292,7 +292,7 @@ class Recommender:
         else the model's tuned hybrid (fusion.json), else the whole catalog and the LLM's order alone."""
         tuned = self.fusion or {}
         candidates = s.candidates if s.candidates is not None else tuned.get("candidates")
-        weight = s.retriever_weight if s.retriever_weight is not None else tuned.get("weight", 0.0)
+        weight, _ = hybrid.retriever_weight(s.retriever_weight, tuned)
         if weight < 0:
             raise GenrecError(f"the retriever weight must be >= 0, got {weight}")
         return candidates or None, float(weight)

@@ -38,7 +38,8 @@ class IdStyle:
     new_vocabulary     its targets are new tokens, whose rows training learns (semantic, token)
     one_token          an item is exactly one new token: no end marker after it, one softmax ranks the catalog,
                        one row per item that text can ground (token)
-    reads_any_catalog  the model writes words, so it can be searched over a catalog it was not trained on (title)
+    writes_words       the identifier is the item's words (title): a model can be searched over a catalog it was not
+                       trained on, and needs no alignment examples tying identifiers to titles
     chat_framed        prompts are wrapped in the chat template by default (all but token, whose sequence
                        template writes no words to frame)
     """
@@ -46,19 +47,23 @@ class IdStyle:
     name = ""
     new_vocabulary = False
     one_token = False
-    reads_any_catalog = False
+    writes_words = False
     chat_framed = True
 
     def targets(self, catalog: list[dict], histories: list[list[str]] | None, has_text: bool, seed: int,
                 levels: int, codebook: int, text_weight: float) -> Targets:
         raise NotImplementedError
 
+    def summary(self, n_items: int, stats: dict) -> str | None:
+        """One line on what building the targets found, for the training log (None: nothing to say)."""
+        return None
+
 
 class TitleIds(IdStyle):
     """The item's title; a duplicate title gets its item id appended (the first keeps its title)."""
 
     name = "title"
-    reads_any_catalog = True
+    writes_words = True
 
     def targets(self, catalog, histories, has_text, seed, levels, codebook, text_weight):
         titles = [one_line(row["title"]) for row in catalog]
@@ -105,6 +110,11 @@ class SemanticIds(IdStyle):
         targets, stats = semantic_targets(texts, seqs, len(catalog), levels, codebook, text_weight, seed)
         return Targets(targets, code_tokens(levels, min(codebook, len(catalog)), stats["extra_codes"]),
                        {**stats, "seed": seed})
+
+    def summary(self, n_items, stats):
+        return (f"semantic ids: {stats['distinct_prefixes']} distinct codes of {stats['levels']} levels for "
+                f"{n_items} items ({stats['collided_items']} items share a code, disambiguated; "
+                f"text {'on' if stats['text'] else 'off'})")
 
 
 class TokenIds(IdStyle):

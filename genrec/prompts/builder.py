@@ -101,6 +101,7 @@ class PromptBuilder:
     shipped_template = None  # the task's own template (SequenceBuilder: sequence.j2, whatever the task)
     reads_text = True  # its prompts can carry request text (SequenceBuilder: item lists only)
     only_task = None  # the one task this objective trains (SequenceBuilder: next_item), None: any
+    per_window = False  # one example per history prefix (SequenceBuilder: per user window, every item a target)
 
     def __init__(self, tokenizer, cfg: PromptConfig, catalog: dict[str, dict], index: ItemIndex,
                  template: Template | None = None):

@@ -44,6 +44,7 @@ class SequenceBuilder(PromptBuilder):
     shipped_template = "sequence"
     reads_text = False
     only_task = "next_item"
+    per_window = True
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

@@ -97,6 +97,7 @@ class RequestTask(Task):
 class ScoringTask(Task):
     """The answer is one of `answer_words` about the prompt's candidate, read from its logits, never generated."""
 
+    samples_negatives = False  # Preference: its held-out items are set against sampled non-interacted ones
     writes_items = False
     scores_candidates = True
     answer_words: tuple[str, ...] = ()
@@ -135,6 +136,7 @@ class ScoringTask(Task):
 
 class Preference(ScoringTask):
     name = "preference"
+    samples_negatives = True
     answer_words = ("yes", "no")
     examples_per_row = 2
 

@@ -1,1 +1,1 @@
-"""Stage 7, serving: `genrec serve`, the OpenAI-compatible HTTP API and its page over one Recommender."""
+"""The serving stage: `genrec serve`, the OpenAI-compatible HTTP API and its page over one Recommender."""

@@ -17,7 +17,7 @@ from genrec.errors import GenrecError
 from genrec.infer.retriever import Retriever
 from genrec.items.index import ItemIndex
 from genrec.prompts.builder import PromptBuilder
-from genrec.prompts.sequence import make_builder
+from genrec.prompts.sequence import OBJECTIVE, make_builder
 
 
 def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
@@ -26,11 +26,9 @@ def build_index(data: PreparedData, cfg: SFTConfig, log=print) -> ItemIndex:
     has_text = data.manifest.get("columns", {}).get("title") is not None
     index = ItemIndex.build(list(data.catalog.values()), cfg.item_id, histories, has_text, cfg.seed,
                             cfg.semantic_levels, cfg.semantic_codebook, cfg.semantic_text_weight)
-    if index.style == "semantic":
-        st = index.stats
-        log(f"semantic ids: {st['distinct_prefixes']} distinct codes of {st['levels']} levels for "
-            f"{len(index.item_ids)} items ({st['collided_items']} items share a code, disambiguated; "
-            f"text {'on' if st['text'] else 'off'})")
+    summary = index.rules.summary(len(index.item_ids), index.stats)
+    if summary:
+        log(summary)
     return index
 
 
@@ -44,7 +42,8 @@ def task_builders(tok, cfg: SFTConfig, catalog: dict[str, dict], index: ItemInde
     # the sequence objective is next_item's; every task that asks a question after the history stays prefix
     return {t: make_builder(tok, dataclasses.replace(
         cfg.prompt, task=t, template=cfg.prompt.template if n == 0 else None,
-        objective=cfg.objective if t == "next_item" else "prefix"), catalog, index) for n, t in enumerate(tasks)}
+        objective=cfg.objective if OBJECTIVE[cfg.objective].only_task in (None, t) else "prefix"), catalog, index)
+        for n, t in enumerate(tasks)}
 
 
 def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, PromptBuilder],
@@ -60,7 +59,7 @@ def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, Pr
     needed = cfg.max_steps * cfg.batch_size * cfg.grad_accum * processes if cfg.max_steps > 0 else None
     limit = min(x for x in (needed, cfg.max_train_examples, len(train_rows) * len(builders)) if x is not None)
     examples, skipped = [], {}
-    seq = [t for t, b in builders.items() if b.objective == "sequence"]
+    seq = [t for t, b in builders.items() if b.per_window]
     if seq:  # the sequence objective: all windows (they are few); other tasks get as many examples each
         examples = sequence_examples(builders[seq[0]], data, cfg.seed)[:cfg.max_train_examples]
         skipped[seq[0]] = 0
@@ -81,7 +80,7 @@ def training_examples(cfg: SFTConfig, data: PreparedData, builders: dict[str, Pr
             raise GenrecError(f"no {task} training example could be rendered (check the template, the data and "
                               "max_prompt_tokens)")
         examples += ex
-    if cfg.align_examples > 0 and index.style != "title":
+    if cfg.align_examples > 0 and not index.rules.writes_words:
         examples += alignment_examples(builder, data.catalog, int(cfg.align_examples * len(examples)), cfg.seed)
     random.Random(cfg.seed).shuffle(examples)
     for task, n in skipped.items():
@@ -211,7 +210,7 @@ def example_batches(cfg: SFTConfig, examples: list[dict], builders: dict[str, Pr
     """Token-budget batches (`token_batches`) for the long examples (sequence windows, rerank lists): a fixed
     example count would pad to the longest and run ~2x slower per token on CPU. None for prefix examples alone
     (the trainer batches those itself)."""
-    if not (any(b.objective == "sequence" for b in builders.values()) or "rerank" in builders):
+    if not any(b.per_window or b.task.ranks_candidates for b in builders.values()):
         return None
     batches = token_batches([len(e["input_ids"]) for e in examples], cfg.max_batch_tokens, cfg.seed)
     if batches:
@@ -225,6 +224,6 @@ def example_batches(cfg: SFTConfig, examples: list[dict], builders: dict[str, Pr
 
 def supervised_items(example: dict, builder) -> int:
     """Items an example supervises: one per prefix example, one per masked end token in a sequence window."""
-    if builder.objective != "sequence":
+    if not builder.per_window:
         return 1
     return builder.n_targets(example) or 1

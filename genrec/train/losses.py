@@ -18,7 +18,7 @@ def item_softmax_rows(index: ItemIndex, builders: dict[str, PromptBuilder], span
     """The item tokens' rows when the loss is the item softmax, else None: item tokens in sequence lists only, so
     every supervised token is an item (checked here, once, on the examples). Label smoothing and grounded rows
     need the item softmax."""
-    only_items = index.style == "token" and all(b.objective == "sequence" for b in builders.values())
+    only_items = index.rules.one_token and all(b.per_window for b in builders.values())
     rows = span if only_items else None
     if rows is not None and any(t not in rows for e in examples
                                 for t, m in zip(e["input_ids"], e["completion_mask"]) if m):

@@ -16,7 +16,7 @@ from genrec.errors import GenrecError
 from genrec.files import atomic_file, replace_dir
 from genrec.infer.retriever import KINDS as RETRIEVERS
 from genrec.infer.retriever import Retriever
-from genrec.items.index import ItemIndex
+from genrec.items.index import ItemIndex, id_style
 from genrec.model_dir import ModelCard, is_run, last_checkpoint
 from genrec.prompts.builder import PromptBuilder
 
@@ -84,7 +84,7 @@ def init_adapter(cfg: SFTConfig, base: Path, index: ItemIndex) -> Path | None:
         card = ModelCard.load(init)
     except GenrecError as exc:
         raise GenrecError(f"init_from: {exc}") from None
-    if card.id_style != "title" or index.style != "title":
+    if not id_style(card.id_style).writes_words or not index.rules.writes_words:
         raise GenrecError("init_from: transfer between datasets needs item_id=title on both models "
                           "(ids and semantic codes only name items of the catalog they were built on)")
     if cfg.layers is not None or card.sft.get("layers") is not None:

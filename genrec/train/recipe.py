@@ -23,9 +23,11 @@ from genrec.errors import GenrecError
 from genrec.infer.retriever import Retriever
 from genrec.items import grounded
 from genrec.items.grounded import ITEM_ROW_SCALE, item_rows_from_titles
-from genrec.items.index import ItemIndex
+from genrec.items.index import ItemIndex, id_style
 from genrec.model_dir import ModelCard, keep_layers, last_checkpoint, load_tokenizer, pick_dtype, resolve_base_model
 from genrec.prompts.builder import PromptBuilder
+from genrec.prompts.sequence import OBJECTIVE
+from genrec.prompts.tasks import RERANK_LABELS
 from genrec.train.callbacks import Clock, CodeRows, LossLog, MinutesBar, trainer_callbacks
 from genrec.train.examples import build_index, example_batches, supervised_items, task_builders, training_examples
 from genrec.train.losses import GROUNDED_SCOPE, SMOOTHING_SCOPE, embedding_dropout, item_softmax_rows, \
@@ -123,13 +125,15 @@ def check_settings(cfg: SFTConfig) -> None:
             raise GenrecError(f"{name} must be > 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         raise GenrecError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.label_smoothing and (cfg.item_id != "token" or cfg.objective != "sequence"):
+    objective = OBJECTIVE.get(cfg.objective)  # unknown: refused with the list when the builders are made
+    item_lists = id_style(cfg.item_id).one_token and objective is not None and objective.per_window  # item softmax
+    if cfg.label_smoothing and not item_lists:
         raise GenrecError(SMOOTHING_SCOPE)
-    if cfg.item_weight_decay < 0 or cfg.item_weight_decay and cfg.item_id not in ("token", "semantic"):
+    if cfg.item_weight_decay < 0 or cfg.item_weight_decay and not id_style(cfg.item_id).new_vocabulary:
         raise GenrecError("item_weight_decay must be >= 0 and applies to new item tokens: item_id=token or semantic")
     if cfg.item_text not in grounded.STYLES:
         raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
-    if cfg.item_text == "grounded" and (cfg.item_id != "token" or cfg.objective != "sequence"):
+    if cfg.item_text == "grounded" and not item_lists:
         raise GenrecError(GROUNDED_SCOPE)
     check_trackers(cfg.report_to)
     if cfg.grad_accum < 1:
@@ -159,7 +163,7 @@ def check_tasks(cfg: SFTConfig, data: PreparedData) -> bool:
     want_retriever = cfg.retriever not in (None, "", "none") or "rerank" in tasks
     if "rerank" in tasks and cfg.retriever == "none":
         raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
-    if not 1 <= cfg.prompt.rerank_candidates <= 26 or cfg.rerank_copies < 1:
+    if not 1 <= cfg.prompt.rerank_candidates <= len(RERANK_LABELS) or cfg.rerank_copies < 1:
         raise GenrecError("prompt.rerank_candidates must be 1-26 and rerank_copies >= 1")
     if want_retriever:
         given_retriever(cfg, data)  # a bad retriever=DIR fails before anything is written
@@ -202,7 +206,7 @@ def load_model(run: Run, log=print) -> LoadedModel:
             raise GenrecError(f"item_id={index.style} trains new embedding rows directly: set weight_decay=0")
         torch.manual_seed(cfg.seed)
         model.resize_token_embeddings(len(tok))
-        if index.style == "token" and index.stats.get("text"):
+        if index.rules.one_token and index.stats.get("text"):
             item_rows_from_titles(model, tok, index, run.data.catalog)
     return LoadedModel(model, init, new_ids, ground_items(cfg, model, tok, index, run.data, new_ids, log))
 

@@ -91,7 +91,7 @@ def test_a_bad_request_fails_alone_on_a_title_model(recommender):
 def test_a_search_does_not_depend_on_the_k_of_its_batchmates(recommender):
     """Title model: a small-k request gets the same items (and scores) whether it is searched alone or queued
     behind and beside a k=100 request (a beam search's width follows k)."""
-    from genrec.serve.app import Batcher
+    from genrec.serve.batcher import Batcher
 
     uid, items = a_user(recommender)
     reqs = lambda: [recommender_query(uid, items)]  # noqa: E731
@@ -102,11 +102,11 @@ def test_a_search_does_not_depend_on_the_k_of_its_batchmates(recommender):
         big = batcher.submit(reqs(), 100, False, True, 300)
         small = [batcher.submit(reqs(), k, False, True, 300) for k in (1, 3)]
         blocker.result(300)
-        assert len(big.result(300)[0]["recommendations"]) == 100
+        assert len(big.result(300)[0].items) == 100
         for k, fut in zip((1, 3), small):
             got = fut.result(300)[0]
-            assert [(r["item_id"], r["score"]) for r in got["recommendations"]] == \
-                [(r["item_id"], r["score"]) for r in alone[k]["recommendations"]]
+            assert [(r.item_id, r.score) for r in got.items] == \
+                [(r.item_id, r.score) for r in alone[k].items]
     finally:
         batcher.close()
 
@@ -120,7 +120,8 @@ def recommender_query(uid, items):
 def test_the_queue_bound_counts_requests_not_jobs(recommender):
     """max_queue=6 while the model thread is busy: a 4-prompt job fits, a second one (8 requests in all) does not,
     though only two jobs would be waiting."""
-    from genrec.serve.app import APIError, Batcher
+    from genrec.serve.batcher import Batcher
+    from genrec.serve.protocol import APIError
 
     uid, items = a_user(recommender)
     batcher = Batcher(recommender, max_batch=1)

@@ -120,9 +120,9 @@ def test_batch_equals_one_by_one(recommender, tiny_data):
     batched = recommender.recommend(reqs, k=5)
     single = [recommender.recommend([r], k=5)[0] for r in reqs]
     for a, s in zip(batched, single):
-        assert [x["item_id"] for x in a["recommendations"]] == [x["item_id"] for x in s["recommendations"]]
-        for x, y in zip(a["recommendations"], s["recommendations"]):
-            assert x["score"] == pytest.approx(y["score"], abs=1e-3)
+        assert [x.item_id for x in a.items] == [x.item_id for x in s.items]
+        for x, y in zip(a.items, s.items):
+            assert x.score == pytest.approx(y.score, abs=1e-3)
 
 
 def test_exclude_seen(recommender, tiny_data):
@@ -133,9 +133,9 @@ def test_exclude_seen(recommender, tiny_data):
     row = data.split("test")[0]
     seen = set(data.users[row["user_id"]]["items"][:-1])
     res = recommender.recommend([Query(history=row["history"], seen=seen)], k=10)[0]
-    assert not {r["item_id"] for r in res["recommendations"]} & seen
+    assert not {r.item_id for r in res.items} & seen
     res2 = recommender.recommend([Query(history=row["history"], seen=seen)], k=10, exclude_seen=False)[0]
-    assert len(res2["recommendations"]) == 10
+    assert len(res2.items) == 10
 
 
 def test_beams_never_enter_subtrees_of_excluded_items(base_lm):

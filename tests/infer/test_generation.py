@@ -362,7 +362,7 @@ def test_batches_of_similar_length_change_no_result(recommender, tiny_data):
     assert in_order == sorted(lengths, reverse=True) and len(set(lengths)) > 1
     together = {n: res for b in batches for n, res in zip(b, recommender.recommend([reqs[n] for n in b], k=5))}
     for n, req in enumerate(reqs):
-        alone = recommender.recommend([req], k=5)[0]["recommendations"]
-        assert [x["item_id"] for x in alone] == [x["item_id"] for x in together[n]["recommendations"]]
-        assert [x["score"] for x in alone] == pytest.approx([x["score"] for x in together[n]["recommendations"]],
+        alone = recommender.recommend([req], k=5)[0].items
+        assert [x.item_id for x in alone] == [x.item_id for x in together[n].items]
+        assert [x.score for x in alone] == pytest.approx([x.score for x in together[n].items],
                                                              abs=1e-3)

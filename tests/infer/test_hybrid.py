@@ -227,7 +227,7 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
     assert rec.fusion["weight"] == tuned["weight"] and rec.fusion["candidates"] == K
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
-    items = lambda res: [r["item_id"] for r in res[0]["recommendations"]]  # noqa: E731
+    items = lambda res: [r.item_id for r in res[0].items]  # noqa: E731
     default = items(rec.recommend([req], k=4))
     assert default == items(rec.recommend([req], k=4, candidates=K, retriever_weight=tuned["weight"]))
     assert set(default) <= {i for i, _ in rec.retriever.top([hist], [set(hist)], K)[0]}
@@ -295,7 +295,7 @@ def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     data, uid, hist = a_user(rec)
     req = Query(user_id=uid, history=hist, seen=set(hist))
     fused = rerank(rec, [req], 5, weights=(tuned["weight"],))[0][0].items
-    assert [r["item_id"] for r in rec.recommend([req], k=5)[0]["recommendations"]] == [r["item_id"] for r in fused]
+    assert [r.item_id for r in rec.recommend([req], k=5)[0].items] == [r.item_id for r in fused]
 
 
 def test_bad_hybrid_requests_are_one_line_errors(tiny_model, rerank_model, tmp_path):

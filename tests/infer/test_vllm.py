@@ -45,10 +45,10 @@ def test_same_items_and_scores_as_hf(vrec, recommender, tiny_data):
     hf = recommender.recommend(reqs, k=4)
     vl = vrec.recommend(reqs, k=4)
     for a, b in zip(hf, vl):
-        assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
-        for x, y in zip(a["recommendations"], b["recommendations"]):
-            assert x["score"] == pytest.approx(y["score"], abs=2e-3)
-        assert all(r["item_id"] in vrec.catalog for r in b["recommendations"])
+        assert [r.item_id for r in a.items] == [r.item_id for r in b.items]
+        for x, y in zip(a.items, b.items):
+            assert x.score == pytest.approx(y.score, abs=2e-3)
+        assert all(r.item_id in vrec.catalog for r in b.items)
 
 
 def test_allowed_token_logprobs_are_raw_log_softmax(vrec, recommender, tiny_data):
@@ -108,16 +108,16 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
         reqs = requests_for(tiny_data, 3)
         before = vl.backend.requests
         for a, b in zip(hf.recommend(reqs, k=4), vl.recommend(reqs, k=4)):
-            assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
-            assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"], b["recommendations"]))
+            assert [r.item_id for r in a.items] == [r.item_id for r in b.items]
+            assert all(abs(x.score - y.score) < 2e-3 for x, y in zip(a.items, b.items))
         if model == "cut_token_model":  # the whole catalog (> 128 items) scored in one engine request per user
             assert len(vl.catalog) > 128 and vl.backend.requests - before == len(reqs)
             # the popularity penalty applies to the same scores on both engines
             pen_hf, pen_vl = (r.recommend(reqs, k=4, popularity_penalty=0.5) for r in (hf, vl))
             for a, b in zip(pen_hf, pen_vl):
-                assert [r["item_id"] for r in a["recommendations"]] == [r["item_id"] for r in b["recommendations"]]
-                assert all(abs(x["score"] - y["score"]) < 2e-3 for x, y in zip(a["recommendations"],
-                                                                              b["recommendations"]))
+                assert [r.item_id for r in a.items] == [r.item_id for r in b.items]
+                assert all(abs(x.score - y.score) < 2e-3 for x, y in zip(a.items,
+                                                                              b.items))
     finally:
         del vl.backend.llm
 
@@ -159,8 +159,8 @@ def test_items_added_after_training_are_recommended_on_vllm_as_on_hf(cut_token_m
         reqs = requests_for(tiny_data, 2)
         k = len(hf.catalog) - 40
         for a, b in zip(hf.recommend(reqs, k=k), vl.recommend(reqs, k=k)):
-            sa = {r["item_id"]: r["score"] for r in a["recommendations"]}
-            sb = {r["item_id"]: r["score"] for r in b["recommendations"]}
+            sa = {r.item_id: r.score for r in a.items}
+            sb = {r.item_id: r.score for r in b.items}
             assert {"z1", "z2"} <= set(sa) and {"z1", "z2"} <= set(sb)
             assert abs(sa["z1"] - sb["z1"]) < 2e-3 and abs(sa["z2"] - sb["z2"]) < 2e-3
     finally:

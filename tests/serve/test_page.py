@@ -62,8 +62,8 @@ def test_page_shows_history_beside_recommendations(chromium, open_server, recomm
     dom = p.stdout
     assert 'data-done="1"' in dom, (dom[-2000:], p.stderr[-1000:])
     recs = dom.split('id="recs"')[1]
-    for r in ref["recommendations"]:
-        assert html.escape(r["title"], quote=False) in recs
+    for pick in ref.items:
+        assert html.escape(pick.title, quote=False) in recs
     hist = dom.split('id="hist"')[1].split('id="recs"')[0]
     assert html.escape(recommender.catalog[items[-1]]["title"], quote=False) in hist
     shot = tmp_path / "page.png"

@@ -50,7 +50,7 @@ def test_chat_names_only_catalog_items(client, recommender):
     from genrec.infer.recommender import Query
 
     ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=3)[0]
-    assert texts == [r["title"] for r in ref["recommendations"]]
+    assert texts == [p.title for p in ref.items]
 
 
 def test_prompt_injection_text_never_becomes_control_tokens(mixed_model):
@@ -131,7 +131,7 @@ def test_recommendations_route_equals_batch_api(server, recommender):
     status, body = post(f"{server}/v1/recommendations", {"user_id": uid, "k": 4})
     assert status == 200
     ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=4)[0]
-    assert [r["item_id"] for r in body["recommendations"]] == [r["item_id"] for r in ref["recommendations"]]
+    assert [r["item_id"] for r in body["recommendations"]] == ref.item_ids
     assert body["user_id"] == uid and body["settings"]["k"] == 4
     status, body = post(f"{server}/v1/recommendations", {"history": []})
     assert status == 200 and body["fallback"] == "popular"  # documented empty-history policy
@@ -434,7 +434,7 @@ def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_facto
         resp = client.chat.completions.create(model="genrec-test", n=3, messages=[
             {"role": "user", "content": f"I watched {ta} and then {tb}, what should I watch next?"}])
         ref = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
-        assert [c.message.content for c in resp.choices] == [r["title"] for r in ref["recommendations"]]
+        assert [c.message.content for c in resp.choices] == [p.title for p in ref.items]
         with pytest.raises(BadRequestError, match="Name catalog items in the message"):
             client.chat.completions.create(model="genrec-test", messages=[
                 {"role": "user", "content": "something like a space movie but funnier"}])
