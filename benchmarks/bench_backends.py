@@ -46,7 +46,8 @@ def build(spec: str, work: Path) -> Path:
 def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: int) -> tuple[dict, list]:
     from genrec.config import VLLMConfig
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     t0 = time.perf_counter()
     rec = Recommender(model, backend=backend, vllm=VLLMConfig(tensor_parallel_size=tp))
@@ -87,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from genrec.model_dir import ModelCard
-    from genrec.infer.recommender import Search
+    from genrec.infer.query import Search
 
     models = [(Path(m), None) for m in args.model] + [
         (build(spec, Path(args.work)), spec) for spec in args.build.split(",") if spec]

@@ -252,7 +252,7 @@ def rank(config_path, overrides, **opts) -> None:
 def recommend(model, user_id, history, request_text, k, with_reasons, data, backend, as_json) -> None:
     """One user's recommendations at the terminal: the same Recommender and constraints as `generate`."""
     from genrec.infer.jobs import load_for_data, output_settings, to_request
-    from genrec.infer.recommender import Search
+    from genrec.infer.query import Search
 
     obj = {key: v for key, v in {"user_id": user_id, "history": list(history) or None,
                                   "request": request_text}.items() if v}

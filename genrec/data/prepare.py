@@ -22,8 +22,18 @@ from genrec.config import DataConfig, to_dict
 from genrec.errors import GenrecError
 from genrec.data.prepared import COLD_ITEMS, PreparedData
 from genrec.data.read import (
-    CONTROL_CHARS, DERIVED_CONTEXT, ITEM_ALIASES, RATING_ALIASES, TIME_ALIASES, TITLE_ALIASES, USER_ALIASES,
-    derived_context, hash_user_ids, parse_timestamps, pick_column, read_table,
+    CONTROL_CHARS,
+    DERIVED_CONTEXT,
+    ITEM_ALIASES,
+    RATING_ALIASES,
+    TIME_ALIASES,
+    TITLE_ALIASES,
+    USER_ALIASES,
+    derived_context,
+    hash_user_ids,
+    parse_timestamps,
+    pick_column,
+    read_table,
 )
 from genrec.files import atomic_dir, sha256_file, write_json, write_jsonl
 

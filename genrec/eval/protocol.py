@@ -30,7 +30,9 @@ from genrec.eval.report import (
     verdict,
     write_report,
 )
-from genrec.infer.recommender import Query, Recommender, Search
+from genrec.infer.query import Query, Search
+from genrec.infer.recommender import Recommender
+from genrec.infer.jobs import length_batches
 from genrec.infer.hybrid import UNTUNED_FUSED_ROW_WEIGHT, candidate_scores, hybrid_order, retriever_weight
 from genrec.infer.retriever import parse_candidates
 
@@ -340,7 +342,7 @@ def batched(rec: Recommender, requests: list[Query], cfg, desc: str, run) -> lis
 
     out: list = [None] * len(requests)
     bar = tqdm(total=len(requests), desc=desc, unit="user")
-    for idx in rec.length_batches(requests, cfg.batch_size):
+    for idx in length_batches(rec, requests, cfg.batch_size):
         for n, res in zip(idx, run([requests[n] for n in idx])):
             out[n] = res
         bar.update(len(idx))

@@ -18,7 +18,8 @@ from genrec.errors import GenrecError
 from genrec.prompts.tasks import RERANK_LABELS
 from genrec.files import atomic_file, write_jsonl
 from genrec.infer.hybrid import label_scores
-from genrec.infer.recommender import Query, Recommender, Search
+from genrec.infer.query import Query, Search
+from genrec.infer.recommender import Recommender
 
 
 def read_users_file(path: str | Path) -> list[dict]:
@@ -240,7 +241,7 @@ def generate_file(cfg: GenerateConfig, log=lambda m: print(m, file=sys.stderr)) 
         window = cfg.batch_size * 32  # users sorted by prompt length within each window: little padding per batch
         for w in range(0, len(pending), window):
             part = pending[w:w + window]
-            for idx in rec.length_batches([r for _, _, r in part], cfg.batch_size):
+            for idx in length_batches(rec, [r for _, _, r in part], cfg.batch_size):
                 chunk = [part[j] for j in idx]
                 results = rec.recommend([r for _, _, r in chunk], search)
                 for (n, obj, req), res in zip(chunk, results):
@@ -384,3 +385,20 @@ def show_prompt(data_dir: str, user_id: str, split: str, prompt_cfg, model: str)
     tok = load_tokenizer(resolve_base_model(model))
     builder = make_builder(tok, prompt_cfg, data.catalog, ItemIndex.build(list(data.catalog.values())))
     return builder.preview(rows[-1], data)
+
+
+def length_batches(rec, requests: list[Query], batch_size: int) -> list[list[int]]:
+    """Request positions in batches of similar prompt length, longest first. A batch is left-padded to its
+    longest prompt, so batching users in the order they come wastes compute on padding (41% of the prefill
+    tokens for 500 Scientific test users at batch 8; 2% sorted). Results do not depend on the batching."""
+    def length(req: Query) -> int:
+        if not req.history and not req.text:
+            return 0
+        b = rec.route(req)
+        if b.task.ranks_candidates:  # its prompt needs the retriever's candidates: the history stands in
+            return len(req.history)
+        return len(b.encode(req.history, req.history_ts, req.context, req.text,
+                                          history_ratings=req.ratings))
+
+    order = sorted(range(len(requests)), key=lambda n: -length(requests[n]))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]

@@ -8,14 +8,13 @@ Empty-history policy: a request with neither history nor request text gets the m
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from genrec.infer.answer import Pick, Recommendation, Usage
-from genrec.infer import hybrid
+from genrec.infer import generation, hybrid, scoring
 from genrec.infer.catalog import Catalog
+from genrec.infer.query import Query, Search
 from genrec.config import PromptConfig
-from genrec.config import SEARCHES
 from genrec.infer.constrained import TokenTrie
 from genrec.errors import GenrecError
 from genrec.files import read_jsonl
@@ -24,70 +23,6 @@ from genrec.model_dir import ModelCard, load_tokenizer
 from genrec.prompts.builder import PromptBuilder, load_template
 from genrec.infer.retriever import Retriever
 from genrec.prompts.sequence import make_builder
-
-
-@dataclass
-class Query:
-    """One user to recommend for: a known user id and/or an explicit history, optional context and request."""
-
-    user_id: str | None = None
-    history: list[str] = field(default_factory=list)
-    history_ts: list[int] | None = None
-    context: dict = field(default_factory=dict)
-    text: str | None = None  # a natural-language request ("something funny for tonight")
-    # items never to recommend (when excluding seen); None: the history. Evaluation sends the history minus the
-    # target, so a re-consumed target stays rankable for genrec as for the baselines
-    seen: set[str] | None = None
-    ratings: list[float] | None = None  # the user's rating of each history item, where known (rating task)
-    trimmed: int = 0  # oldest stored history items left out of the prompt (serving's max_history)
-
-    def excluded(self, exclude_seen: bool = True) -> set[str]:
-        """The items this request must never get back: `seen`, else the history (nothing when not excluding)."""
-        if not exclude_seen:
-            return set()
-        return set(self.history) if self.seen is None else set(self.seen)
-
-
-@dataclass(frozen=True)
-class Search:
-    """How to search: the settings that travel together from every command (generate, evaluate, serve,
-    recommend) to `Recommender.recommend`. `Search.of(cfg)` reads them from a command's config."""
-
-    k: int = 10
-    beam_width: int | None = None  # default: max(k, 10)
-    search: str = "beam"  # beam | exact (the certified top-K)
-    max_width: int | None = None  # exact: the widest beam it widens to (None: the catalog size)
-    exclude_seen: bool = True
-    with_reasons: bool = False
-    popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
-    # search only the retriever's top K; None: the model's tuned hybrid (fusion.json, `genrec tune-fusion`) if it
-    # has one, else the whole catalog; 0: the whole catalog
-    candidates: int | None = None
-    # within candidates (and a rerank model's K): + this * log softmax(retriever scores over the K); None: the
-    # model's tuned weight (fusion.json) if it has one, else 0 (the LLM's order alone)
-    retriever_weight: float | None = None
-
-    def __post_init__(self):
-        if self.search not in SEARCHES:
-            raise GenrecError(f"unknown search {self.search!r} ({', '.join(SEARCHES)})")
-        if self.max_width is not None and self.max_width < 1:
-            raise GenrecError(f"--max-width must be at least 1, got {self.max_width}")
-
-    @property
-    def width(self) -> int:
-        return max(self.beam_width or max(self.k, 10), self.k)
-
-    @classmethod
-    def of(cls, cfg, **settings) -> "Search":
-        """The search a command's config asks for (fields it does not have keep their defaults; `candidates`
-        is parsed from "retriever:K"), with `settings` on top."""
-        from genrec.infer.retriever import parse_candidates
-
-        names = {f.name for f in dataclasses.fields(cls)}
-        found = {n: getattr(cfg, n) for n in names if hasattr(cfg, n)}
-        if isinstance(found.get("candidates"), str) or found.get("candidates") is None:
-            found["candidates"] = parse_candidates(found.get("candidates"))
-        return cls(**{**found, **settings})
 
 
 class Recommender:
@@ -200,7 +135,7 @@ class Recommender:
                 if candidates:
                     pools = [retrieved[n] for n in todo] if retrieved is not None else \
                         self.retrieved(batch, max(s.k, candidates), s.exclude_seen)
-                answers = self.search(builder, batch, s, candidates, weight, pools, with_usage)
+                answers = generation.search(self, builder, batch, s, candidates, weight, pools, with_usage)
             for n, answer in zip(todo, answers):
                 results[n] = answer
         for answer in results:
@@ -228,48 +163,6 @@ class Recommender:
         if candidates is not None and not 1 <= candidates <= n_items:
             raise GenrecError(f"--candidates retriever:K needs 1 <= K <= the catalog size ({n_items})")
         return candidates, weight
-
-    def search(self, builder: PromptBuilder, batch: list[Query], s: Search, candidates: int | None, weight: float,
-               pools: list[list[tuple[str, float]]] | None, with_usage: bool) -> list[Recommendation]:
-        """The constrained search of one prompt builder's requests: over the whole catalog, or (`pools`) within each
-        request's K retrieved candidates, fused with the retriever's scores when `weight` != 0 (then every one of
-        the K is scored and reordered), the retriever's order going on after them."""
-        from genrec.infer.constrained import top_items
-
-        prompts = [builder.encode(r.history, r.history_ts, r.context, r.text, history_ratings=r.ratings)
-                   for r in batch]
-        banned = [{self.index.position[i] for i in r.excluded(s.exclude_seen) if i in self.index.position}
-                  for r in batch]
-        if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
-            everything = set(range(len(self.index.item_ids)))
-            banned = [everything - {self.index.position[i] for i, _ in pool[:candidates]} for pool in pools]
-        fusing = pools is not None and weight != 0
-        n_found = candidates if fusing else min(s.k, candidates or s.k)
-        stats: dict = {}
-        found = top_items(self.backend, prompts, self.catalog.trie(builder), n_found, max(s.width, n_found), banned,
-                          self.catalog.penalty(s.popularity_penalty), search=s.search, stats=stats,
-                          max_width=s.max_width)
-        if fusing:
-            found = [hybrid.fused(self, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
-        reasons = self._reasons(builder, prompts, found) if s.with_reasons and builder.with_reasons else None
-        uncertified = set(stats["uncertified"])
-        out = []
-        for j, hyps in enumerate(found):
-            picks = [self.pick(self.index.item_ids[h.item], rank, round(h.score, 5),
-                               reasons[j][rank - 1] if reasons is not None else None)
-                     for rank, h in enumerate(hyps, start=1)]
-            if pools is not None:  # after the K candidates: the retriever's order
-                chosen = {p.item_id for p in picks}
-                tail = [i for i, _ in pools[j] if i not in chosen][:s.k - len(picks)]
-                picks += [self.pick(i, len(picks) + r, None) for r, i in enumerate(tail, start=1)]
-            answer = Recommendation(picks, exact=(j not in uncertified) if s.search == "exact" else None)
-            if with_usage:
-                per_item = [len(builder.item_tokens(self.index.targets[h.item])) +
-                            (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
-                            for r, h in enumerate(hyps)]
-                answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
-            out.append(answer)
-        return out
 
     def pick(self, item_id: str, rank: int, score: float | None, reason: str | None = None) -> Pick:
         return Pick(item_id, self.catalog[item_id]["title"], rank, score, reason)
@@ -310,79 +203,19 @@ class Recommender:
             raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
         return b
 
-    def length_batches(self, requests: list[Query], batch_size: int) -> list[list[int]]:
-        """Request positions in batches of similar prompt length, longest first. A batch is left-padded to its
-        longest prompt, so batching users in the order they come wastes compute on padding (41% of the prefill
-        tokens for 500 Scientific test users at batch 8; 2% sorted). Results do not depend on the batching."""
-        def length(req: Query) -> int:
-            if not req.history and not req.text:
-                return 0
-            b = self.route(req)
-            if b.task.ranks_candidates:  # its prompt needs the retriever's candidates: the history stands in
-                return len(req.history)
-            return len(b.encode(req.history, req.history_ts, req.context, req.text,
-                                              history_ratings=req.ratings))
-
-        order = sorted(range(len(requests)), key=lambda n: -length(requests[n]))
-        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
     def retrieved(self, requests: list[Query], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
         """The retriever's best n (item id, score) per request, `Query.excluded` left out if asked."""
         if self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever (train with `genrec sft retriever=sasrec`)")
         return self.retriever.top([r.history for r in requests], [r.excluded(exclude_seen) for r in requests], n)
 
-    def preference(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
-        """P(yes) per (request, candidate) from the two answer tokens' logits of a preference model."""
-        return self.score("preference", requests, candidates, batch_size)
-
-    def rate(self, requests: list[Query], candidates: list[list[str]], batch_size: int = 16) -> list[list[float]]:
-        """Expected rating (1-5) per (request, candidate): the five digit tokens' softmax times their values."""
-        return self.score("rating", requests, candidates, batch_size)
-
     def score(self, task: str, requests: list[Query], candidates: list[list[str]],
               batch_size: int = 16) -> list[list[float]]:
-        """A scoring task's value per (request, candidate), from the softmax over its answer tokens (tasks.py)."""
-        builder = self.builders.get(task)
-        if builder is None or not builder.task.scores_candidates:
-            raise GenrecError(f"{self.dir} was not trained for {task} prediction (train with --task {task})")
-        return [[builder.task.value(p) for p in ps]
-                for ps in self._answer_probs(builder, requests, candidates, batch_size)]
-
-    def _answer_probs(self, builder: PromptBuilder, requests: list[Query], candidates: list[list[str]],
-                      batch_size: int) -> list[list[list[float]]]:
-        """Per (request, candidate): the softmax over the task's answer tokens at the first answer position."""
-        answers = list(builder.task.answer_ids())
-        prompts, owners = [], []
-        for n, (req, cands) in enumerate(zip(requests, candidates)):
-            for c in cands:
-                if c not in self.catalog:
-                    raise GenrecError(f"unknown candidate item id {c!r}")
-                prompts.append(builder.encode(req.history, req.history_ts, req.context, req.text, c,
-                                              history_ratings=req.ratings))
-                owners.append(n)
-        probs: list[list[float]] = []
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            probs += self.backend.start(chunk, [answers] * len(chunk)).logp.float().softmax(-1).tolist()
-        out: list[list[list[float]]] = [[] for _ in requests]
-        for n, p in zip(owners, probs):
-            out[n].append(p)
-        return out
+        """A scoring task's value per (request, candidate): P(yes) for preference, the expected rating (1-5) for
+        rating (`scoring.py`)."""
+        return scoring.score(self, task, requests, candidates, batch_size)
 
     def _fallback(self, req: Query, k: int, exclude_seen: bool) -> Recommendation:
         items = self.catalog.fallback(k, req.excluded(exclude_seen))
         return Recommendation([self.pick(i, r, None) for r, i in enumerate(items, start=1)], fallback="popular")
 
-    def _reasons(self, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:
-        """Greedy free-text reasons after each chosen item; the item itself is already fixed."""
-        seqs, owners = [], []
-        for j, hyps in enumerate(found):
-            for h in hyps:
-                seqs.append(prompts[j] + builder.item_tokens(self.index.targets[h.item]))
-                owners.append(j)
-        outs = self.backend.greedy(seqs, builder.cfg.max_reason_tokens) if seqs else []
-        per_user: list[list[str]] = [[] for _ in found]
-        for j, ids in zip(owners, outs):
-            per_user[j].append(" ".join(self.tok.decode(ids, skip_special_tokens=True).split()))
-        return per_user

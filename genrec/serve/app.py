@@ -41,7 +41,8 @@ from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 from genrec.infer.answer import Recommendation
 from genrec.infer.jobs import title_index, to_request
-from genrec.infer.recommender import Query, Recommender
+from genrec.infer.query import Query
+from genrec.infer.recommender import Recommender
 from genrec.items.text import facts_line
 from genrec.serve.batcher import Batcher
 from genrec.serve.guards import api_key, error_response, guard, parse_json, read_body

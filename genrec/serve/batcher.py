@@ -10,7 +10,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from genrec.infer.answer import Recommendation
-from genrec.infer.recommender import Query, Recommender, Search
+from genrec.infer.query import Query, Search
+from genrec.infer.recommender import Recommender
 from genrec.serve.protocol import APIError
 
 

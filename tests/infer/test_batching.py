@@ -112,7 +112,7 @@ def test_a_search_does_not_depend_on_the_k_of_its_batchmates(recommender):
 
 
 def recommender_query(uid, items):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     return Query(user_id=uid, history=list(items), seen=set(items))
 

@@ -112,7 +112,7 @@ def test_benchmark_counts_the_beam_tokens_it_decodes(base_lm):
 
 def test_batch_equals_one_by_one(recommender, tiny_data):
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     data = load_prepared(tiny_data)
     rows = data.split("test")
@@ -127,7 +127,7 @@ def test_batch_equals_one_by_one(recommender, tiny_data):
 
 def test_exclude_seen(recommender, tiny_data):
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     data = load_prepared(tiny_data)
     row = data.split("test")[0]

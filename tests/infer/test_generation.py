@@ -147,7 +147,8 @@ def test_reasons_require_a_reason_model(tmp_path, tiny_model):
 def test_reasons_never_change_the_items(tmp_path, tiny_data):
     from conftest import tiny_sft_config
 
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
     from genrec.train.recipe import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "r", max_steps=2, save_steps=100)
@@ -192,7 +193,7 @@ def test_reason_grounding_flags_invented_titles_and_attributes():
 
 def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data):
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     data = load_prepared(tiny_data)
     reqs = [Query(history=r["history"], seen=set(r["history"])) for r in list(data.split("test"))[:6]]
@@ -220,7 +221,8 @@ def test_request_model_cold_start(tmp_path, tiny_data):
 
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
     from genrec.train.recipe import train
 
     cfg = tiny_sft_config(tiny_data, tmp_path / "q", max_steps=2, save_steps=100)
@@ -335,7 +337,8 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
     """Recommender(adapter=checkpoint-N) (evaluate adapter=...): the last checkpoint is the final adapter, an
     earlier one another model; a directory without an adapter is a clear error."""
     from genrec.errors import GenrecError
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     req = [Query(history=["1", "260"], seen={"1", "260"})]
     final = recommender.recommend(req, k=3)[0].items
@@ -350,12 +353,13 @@ def test_a_checkpoint_can_stand_in_for_the_final_adapter(tiny_model, recommender
 def test_batches_of_similar_length_change_no_result(recommender, tiny_data):
     """Users are batched by prompt length, longest first (little left padding); each user still gets the items
     and scores a batch of one gives."""
+    from genrec.infer.jobs import length_batches
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     data = load_prepared(tiny_data)
     reqs = [Query(history=r["history"][-n:]) for n, r in zip((1, 4, 2, 6, 3), list(data.split("test")))]
-    batches = recommender.length_batches(reqs, 2)
+    batches = length_batches(recommender, reqs, 2)
     assert sorted(n for b in batches for n in b) == list(range(5)) and [len(b) for b in batches] == [2, 2, 1]
     lengths = [len(recommender.route(r).encode(r.history)) for r in reqs]
     in_order = [lengths[n] for b in batches for n in b]

@@ -91,7 +91,7 @@ def test_training_labels_are_uniform_and_candidates_are_the_retrievers(rerank_mo
 
 
 def test_verbalizer_equals_a_direct_forward_pass(reranker):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
     from genrec.infer.hybrid import rerank
 
     data, uid, hist = a_user(reranker)
@@ -111,7 +111,7 @@ def test_verbalizer_equals_a_direct_forward_pass(reranker):
 
 
 def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
     from genrec.infer.hybrid import rerank
 
     data, uid, hist = a_user(reranker)
@@ -141,7 +141,8 @@ def with_retriever(tiny_model, tiny_data, tmp_path_factory):
 def test_generation_within_candidates(with_retriever, tmp_path):
     """A next_item model with a retriever searches only the retriever's K; after them the list follows the
     retriever's order."""
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     model = with_retriever
     rec = Recommender(model)
@@ -183,7 +184,8 @@ def test_a_reconsumed_target_stays_rankable_for_the_llm_and_the_retriever(with_r
     """`seen` is what is never recommended (None: the history). Evaluation passes the history minus the target, so
     a user's re-consumed target can be ranked by the LLM, within candidates and by the retriever, as it can by the
     baselines; before, the history was excluded on top of `seen` and such users were certain misses for genrec."""
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     rec = Recommender(with_retriever)
     data, uid, hist = a_user(rec)
@@ -207,7 +209,8 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
     from genrec.config import EvaluateConfig, FusionConfig
     from genrec.eval.fusion import tune_fusion
     from genrec.eval.protocol import run_evaluation
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     model = tmp_path / "tuned"
     shutil.copytree(with_retriever, model)
@@ -251,7 +254,8 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
     depend on the other candidates), and the (K, w) kept is the table's best, ties going to the smaller w then K."""
     from genrec.config import FusionConfig
     from genrec.eval.fusion import tune_fusion
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
     from genrec.infer.hybrid import candidate_scores, narrowed
 
     rec = Recommender(with_retriever)
@@ -282,7 +286,8 @@ def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
     """A rerank model tunes the weight of its own K (no --candidates): served lists are then the fused ones."""
     from genrec.config import FusionConfig
     from genrec.eval.fusion import tune_fusion
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
     from genrec.infer.hybrid import rerank
 
     model = tmp_path / "rerank"
@@ -334,7 +339,7 @@ def test_rerank_model_served_to_the_openai_client(reranker):
                                               messages=[{"role": "user", "content": json.dumps({"user_id": uid})}])
         titles = [c.message.content for c in resp.choices]
         assert set(titles) <= {r["title"] for r in reranker.catalog.values()} and len(set(titles)) == 4
-        from genrec.infer.recommender import Query
+        from genrec.infer.query import Query
 
         items = data.users[uid]["items"]
         ref = reranker.recommend([Query(user_id=uid, history=items, seen=set(items))], k=4)[0]

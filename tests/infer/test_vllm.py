@@ -34,7 +34,7 @@ def vrec(tiny_model):
 
 def requests_for(tiny_data, n):
     from genrec.data.prepared import load_prepared
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     rows = list(load_prepared(tiny_data).split("test"))[:n]
     return [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]

@@ -36,7 +36,8 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
 
     from genrec.data.prepared import load_prepared
     from genrec.model_dir import ModelCard, load_tokenizer
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
     from genrec.train.recipe import train
 
     out = tmp_path / "m"
@@ -149,7 +150,8 @@ def test_catalog_add_gives_new_items_rows_from_their_text_and_every_command_reco
     from genrec.cli import main
     from genrec.items.grounded import text_features
     from genrec.model_dir import ModelCard, keep_layers, load_base, load_tokenizer
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     model = tmp_path / "m"
     shutil.copytree(grounded_model, model)
@@ -230,7 +232,8 @@ def test_catalog_add_on_an_init_model_starts_new_rows_from_their_titles(cut_toke
 
     from genrec.cli import main
     from genrec.model_dir import ModelCard
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     model = tmp_path / "m"
     shutil.copytree(cut_token_model, model)

@@ -98,7 +98,8 @@ def id_model(tiny_data, tmp_path_factory):
 @pytest.mark.parametrize("style", ["id", "semantic"])
 def test_sft_and_generate_with_item_codes(tiny_data, request, style):
     """A real fine-tune writing codes: only catalog items come out, histories are written as codes."""
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     out = request.getfixturevalue("id_model" if style == "id" else "semantic_model")
     card = json.loads((out / "genrec.json").read_text())
@@ -255,7 +256,8 @@ def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_d
     """A real sequence fine-tune over item tokens: the prompt is the start token, a two-line header and one token
     per history item (no chat frame, no newline); the beam's top-k equals the certified exact top-k (the whole
     catalog is one softmax); only catalog items outside the history come out."""
-    from genrec.infer.recommender import Query, Recommender, Search
+    from genrec.infer.query import Query, Search
+    from genrec.infer.recommender import Recommender
 
     card = json.loads((token_model / "genrec.json").read_text())
     assert card["id_style"] == "token" and card["merged"] == "merged"
@@ -299,7 +301,8 @@ def test_layers_cuts_the_decoder_and_the_model_serves_cut(cut_token_model, tiny_
 
     from conftest import tiny_sft_config
     from genrec.errors import GenrecError
-    from genrec.infer.recommender import Query, Recommender, Search
+    from genrec.infer.query import Query, Search
+    from genrec.infer.recommender import Recommender
     from genrec.train.recipe import train
 
     out = cut_token_model

@@ -68,14 +68,15 @@ def test_auc_matches_pair_counting():
 def test_p_yes_is_the_softmax_of_the_two_answer_logits(pref_model, tiny_data):
     import torch
 
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     rec = Recommender(pref_model)
     data = load_prepared(tiny_data)
     row = data.split("test")[0]
     req = Query(history=row["history"])
     cands = [row["target"], list(data.catalog)[0]]
-    probs = rec.preference([req], [cands])[0]
+    probs = rec.score("preference", [req], [cands])[0]
     yes, no = rec.builder.task.answer_ids()
     for c, p in zip(cands, probs):
         ids = rec.builder.encode(row["history"], candidate=c)

@@ -131,7 +131,8 @@ def test_token_batches_bound_padding():
 def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     """A real fine-tune with the sequence objective for next_item beside a prefix-objective preference task: the
     card records it, generation continues the list with valid items, preference still scores."""
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
     from genrec.prompts.sequence import SequenceBuilder
     from genrec.train.recipe import train
 
@@ -149,7 +150,7 @@ def test_sequence_sft_generates_and_mixes_with_preference(tmp_path, tiny_data):
     hist = list(rec.catalog)[:4]
     res = rec.recommend([Query(history=hist, seen=set(hist))], k=5)[0].items
     assert len(res) == 5 and all(r.item_id in rec.catalog and r.item_id not in hist for r in res)
-    p = rec.preference([Query(history=hist)], [[hist[0], list(rec.catalog)[-1]]])[0]
+    p = rec.score("preference", [Query(history=hist)], [[hist[0], list(rec.catalog)[-1]]])[0]
     assert len(p) == 2 and all(0 < x < 1 for x in p)
 
 

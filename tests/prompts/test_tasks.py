@@ -78,7 +78,8 @@ def test_mixed_model_card_and_templates(mixed_model):
 
 
 def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     rec = Recommender(mixed_model)
     assert rec.history_prompts.cfg.task == "next_item" and rec.request_prompts.cfg.task == "request"
@@ -90,8 +91,8 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
         assert len(r.items) == 5 and all(x.item_id in data.catalog for x in r.items)
     assert recs[0].items != recs[1].items  # two different prompts
     cands = [row["target"], *list(data.catalog)[:3]]
-    p_yes = rec.preference([req], [cands])[0]
-    stars = rec.rate([req], [cands])[0]
+    p_yes = rec.score("preference", [req], [cands])[0]
+    stars = rec.score("rating", [req], [cands])[0]
     assert all(0 < p < 1 for p in p_yes) and all(1 <= s <= 5 for s in stars)
     assert len(set(stars)) > 1  # depends on the candidate
 
@@ -99,13 +100,14 @@ def test_one_mixed_model_answers_every_task(mixed_model, tiny_data):
 def test_expected_rating_is_the_digit_softmax_mean(mixed_model, tiny_data):
     import torch
 
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     rec = Recommender(mixed_model)
     b = rec.builders["rating"]
     data = load_prepared(tiny_data)
     row = data.split("test")[1]
-    got = rec.rate([Query(history=row["history"], ratings=row["history_ratings"])], [[row["target"]]])[0][0]
+    got = rec.score("rating", [Query(history=row["history"], ratings=row["history_ratings"])], [[row["target"]]])[0][0]
     ids = b.encode(row["history"], candidate=row["target"], history_ratings=row["history_ratings"])
     with torch.no_grad():
         logits = rec.model(torch.tensor([ids])).logits[0, -1]

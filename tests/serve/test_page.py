@@ -53,7 +53,7 @@ def test_page_is_served_without_the_key_and_the_api_is_not(page_server):
 
 
 def test_page_shows_history_beside_recommendations(chromium, open_server, recommender, tmp_path):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     uid, items = a_user(recommender)
     ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=5)[0]

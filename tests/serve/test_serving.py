@@ -47,7 +47,7 @@ def test_chat_names_only_catalog_items(client, recommender):
     assert not set(texts) & seen_titles  # exclude-seen applies to the user's history
     assert resp.usage.total_tokens > 0
     # The same top-3 as the library's batch API.
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     ref = recommender.recommend([Query(user_id=uid, history=items, seen=set(items))], k=3)[0]
     assert texts == [p.title for p in ref.items]
@@ -125,7 +125,7 @@ def test_extra_body_history(client, recommender):
 
 
 def test_recommendations_route_equals_batch_api(server, recommender):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     uid, items = a_user(recommender)
     status, body = post(f"{server}/v1/recommendations", {"user_id": uid, "k": 4})
@@ -423,7 +423,8 @@ def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_facto
     items with recommendations from those items; one naming none gets a 400 that says what to send."""
     from openai import BadRequestError, OpenAI
 
-    from genrec.infer.recommender import Query, Recommender
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
 
     rec = Recommender(cut_token_model)
     a, b = list(rec.catalog)[:2]

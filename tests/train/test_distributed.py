@@ -25,7 +25,8 @@ def launch(tiny_data, out, *extra) -> subprocess.CompletedProcess:
 
 
 def test_two_cpu_processes_write_one_model_and_resume(tiny_data, tmp_path):
-    from genrec.infer.recommender import Recommender, Query
+    from genrec.infer.recommender import Recommender
+    from genrec.infer.query import Query
 
     out = tmp_path / "m"
     p = launch(tiny_data, out, "max_steps=2")

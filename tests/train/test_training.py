@@ -41,7 +41,7 @@ def test_loss_falls(tmp_path, tiny_data):
 
 
 def test_model_loads_back_and_generates(recommender, tiny_data):
-    from genrec.infer.recommender import Query
+    from genrec.infer.query import Query
 
     hist = list(recommender.catalog)[:2]
     res = recommender.recommend([Query(history=hist, seen=set(hist))], k=3)[0]

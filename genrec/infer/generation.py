@@ -1,0 +1,66 @@
+"""A generative model's answers: the constrained search over one prompt builder's requests (the whole catalog, or
+the hybrid's K candidates, fused with the retriever), the reasons it writes after each chosen item, and the tokens
+it used. `Recommender.recommend` routes each request here or to the rerank model (`hybrid.py`)."""
+
+from __future__ import annotations
+
+from genrec.infer import hybrid
+from genrec.infer.answer import Recommendation, Usage
+from genrec.infer.constrained import top_items
+from genrec.infer.query import Query, Search
+from genrec.prompts.builder import PromptBuilder
+
+
+def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidates: int | None, weight: float,
+           pools: list[list[tuple[str, float]]] | None, with_usage: bool) -> list[Recommendation]:
+    """The constrained search of one prompt builder's requests: over the whole catalog, or (`pools`) within each
+    request's K retrieved candidates, fused with the retriever's scores when `weight` != 0 (then every one of
+    the K is scored and reordered), the retriever's order going on after them."""
+    prompts = [builder.encode(r.history, r.history_ts, r.context, r.text, history_ratings=r.ratings)
+               for r in batch]
+    banned = [{rec.index.position[i] for i in r.excluded(s.exclude_seen) if i in rec.index.position}
+              for r in batch]
+    if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
+        everything = set(range(len(rec.index.item_ids)))
+        banned = [everything - {rec.index.position[i] for i, _ in pool[:candidates]} for pool in pools]
+    fusing = pools is not None and weight != 0
+    n_found = candidates if fusing else min(s.k, candidates or s.k)
+    stats: dict = {}
+    found = top_items(rec.backend, prompts, rec.catalog.trie(builder), n_found, max(s.width, n_found), banned,
+                      rec.catalog.penalty(s.popularity_penalty), search=s.search, stats=stats,
+                      max_width=s.max_width)
+    if fusing:
+        found = [hybrid.fused(rec, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
+    reasons = write_reasons(rec, builder, prompts, found) if s.with_reasons and builder.with_reasons else None
+    uncertified = set(stats["uncertified"])
+    out = []
+    for j, hyps in enumerate(found):
+        picks = [rec.pick(rec.index.item_ids[h.item], rank, round(h.score, 5),
+                           reasons[j][rank - 1] if reasons is not None else None)
+                 for rank, h in enumerate(hyps, start=1)]
+        if pools is not None:  # after the K candidates: the retriever's order
+            chosen = {p.item_id for p in picks}
+            tail = [i for i, _ in pools[j] if i not in chosen][:s.k - len(picks)]
+            picks += [rec.pick(i, len(picks) + r, None) for r, i in enumerate(tail, start=1)]
+        answer = Recommendation(picks, exact=(j not in uncertified) if s.search == "exact" else None)
+        if with_usage:
+            per_item = [len(builder.item_tokens(rec.index.targets[h.item])) +
+                        (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
+                        for r, h in enumerate(hyps)]
+            answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
+        out.append(answer)
+    return out
+
+
+def write_reasons(rec, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:
+    """Greedy free-text reasons after each chosen item; the item itself is already fixed."""
+    seqs, owners = [], []
+    for j, hyps in enumerate(found):
+        for h in hyps:
+            seqs.append(prompts[j] + builder.item_tokens(rec.index.targets[h.item]))
+            owners.append(j)
+    outs = rec.backend.greedy(seqs, builder.cfg.max_reason_tokens) if seqs else []
+    per_user: list[list[str]] = [[] for _ in found]
+    for j, ids in zip(owners, outs):
+        per_user[j].append(" ".join(rec.tok.decode(ids, skip_special_tokens=True).split()))
+    return per_user
