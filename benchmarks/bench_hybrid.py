@@ -10,6 +10,10 @@
   token-candidates, token-full
               the same two with a next_item model over item tokens (item_id=token, history 50, no facts): one
               forward pass scores every candidate, so every test user can be evaluated (--users 10000)
+  default-candidates
+              `genrec sft --data D` as it comes (the library's defaults, the best measured recipe; `--sft KEY=VALUE`
+              on top, e.g. item_text=grounded, named in the model's directory) with a SASRec retriever, searched
+              within its K with the weight `tune-fusion` chose: the tuned hybrid of the default model
   sasrec      the rerank model's retriever alone, popular: most-popular
 
 Every LLM arm trains for the same M minutes and is evaluated on the same seeded users; baselines on those users
@@ -27,12 +31,14 @@ from pathlib import Path
 
 from benchmarks.common import TITLE_RECIPE, arms_parser, dataset_arms, learning_curve, machine, write_results
 
-ARMS = ("rerank", "candidates", "full", "token-candidates", "token-full")
+ARMS = ("rerank", "candidates", "full", "token-candidates", "token-full", "default-candidates")
 
 
-def model_dir(work: Path, name: str, arm: str) -> Path:
+def model_dir(work: Path, name: str, arm: str, sft: list[str] = ()) -> Path:
     """The model an arm evaluates: the rerank model, or the next_item model (titles or item tokens) that its
-    candidates and full arms share."""
+    candidates and full arms share, or the default recipe's model (its `--sft` overrides in its name)."""
+    if arm == "default-candidates":
+        return work / name / "-".join(["next_item_default", *(s.replace("=", "_") for s in sft)])
     return work / name / {"rerank": "rerank", "candidates": "next_item", "full": "next_item"}.get(arm, "next_item_token")
 
 
@@ -41,7 +47,15 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
     from genrec.train.recipe import train
 
     t0 = time.time()
-    if arm == "rerank":
+    borrowed = next((p for p in (model.parent / d / "retriever" for d in ("rerank", "next_item", "next_item_token"))
+                     if p.is_dir()), None)
+    if arm == "default-candidates":
+        from genrec.config import parse_overrides, with_overrides
+
+        train(with_overrides(SFTConfig(data=str(data), output=str(model), max_minutes=args.minutes, overwrite=True,
+                                       retriever=args.retriever or (str(borrowed) if borrowed else "sasrec")),
+                             parse_overrides(args.sft)))
+    elif arm == "rerank":
         prompt = PromptConfig(task="rerank", max_history=args.history, max_prompt_tokens=512,
                               rerank_candidates=args.k, item_facts=[f for f in args.facts.split(",") if f],
                               max_title_chars=args.title_chars)
@@ -53,8 +67,6 @@ def train_arm(arm: str, data: Path, model: Path, args) -> float:
         prompt = PromptConfig(max_history=50, item_facts=[]) if tokens else PromptConfig(
             max_history=args.history, item_facts=[f for f in args.facts.split(",") if f],
             max_title_chars=args.title_chars)
-        borrowed = next((p for p in (model.parent / d / "retriever" for d in ("rerank", "next_item", "next_item_token"))
-                         if p.is_dir()), None)
         train(SFTConfig(**{**TITLE_RECIPE, **dict(
             data=str(data), output=str(model), objective="sequence", prompt=prompt, max_steps=0,
             num_epochs=20 if tokens else 3, max_minutes=args.minutes, save_steps=100, overwrite=True,
@@ -73,6 +85,8 @@ def main() -> None:
     ap.add_argument("--curve-users", type=int, default=100, help="learning curve of the rerank arm (0: none)")
     ap.add_argument("--fusion-users", type=int, default=2000, help="validation users `tune-fusion` chooses the "
                     "hybrid's retriever weight on, before a hybrid arm's test evaluation (0: w = 1, fixed)")
+    ap.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="an SFTConfig override for "
+                    "the default-candidates arm (repeatable, e.g. --sft item_text=grounded)")
     ap.add_argument("--fusion-k", default="", help="comma-separated K that `tune-fusion` chooses among with the "
                     "weight, for the generative hybrid arms (default: --k only); results in eval-<arm>-k<K,...>/")
     args = ap.parse_args()
@@ -86,10 +100,12 @@ def main() -> None:
     report = {"settings": vars(args), "machine": machine(), "arms": {}}
     rows = []
     for name, data, _, arm in dataset_arms(work, args.datasets, args.arms, ARMS):
-        model = model_dir(work, name, arm)
+        model = model_dir(work, name, arm, args.sft)
         hybrid = arm == "rerank" or arm.endswith("candidates")
         sizes = [int(k) for k in args.fusion_k.split(",") if k] if arm != "rerank" and hybrid else []
         tag = f"-k{','.join(map(str, sizes))}" if sizes and sizes != [args.k] else ""
+        if arm == "default-candidates":
+            tag += "".join(f"-{s.replace('=', '_')}" for s in args.sft)
         metrics_path = work / name / f"eval-{arm}{tag}" / "metrics.json"
         if not metrics_path.is_file():
             if not ModelCard.exists(model):

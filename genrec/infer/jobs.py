@@ -331,10 +331,11 @@ def rank_file(cfg: RankConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
     if rec.rerank_prompts is not None:  # the line's candidates under labels, one forward pass: P(label)
         score, key = (lambda reqs, cands: [[math.exp(x) for x in xs] for xs in label_scores(rec, reqs, cands)],
                       "p_label")
-    elif "preference" in rec.builders:
-        score, key = rec.preference, "p_yes"
-    else:
-        score, key = rec.rate, "expected_rating"
+    else:  # a scoring model: preference before rating when it has both (neither: `score` says what to train)
+        scoring = sorted((b.task for b in rec.builders.values() if b.task.scores_candidates),
+                         key=lambda t: not t.samples_negatives)
+        name, key = (scoring[0].name, scoring[0].output_key) if scoring else ("rating", "expected_rating")
+        score = lambda reqs, cands: rec.score(name, reqs, cands)  # noqa: E731
     todo, skipped = [], 0
     for n, obj in enumerate(rows, start=1):
         where = f"candidates file line {n}"

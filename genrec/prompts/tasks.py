@@ -137,6 +137,7 @@ class ScoringTask(Task):
 class Preference(ScoringTask):
     name = "preference"
     samples_negatives = True
+    output_key = "p_yes"  # what `genrec rank` writes beside each candidate
     answer_words = ("yes", "no")
     examples_per_row = 2
 
@@ -174,6 +175,7 @@ class Preference(ScoringTask):
 
 class Rating(ScoringTask):
     name = "rating"
+    output_key = "expected_rating"
     answer_words = tuple(str(r) for r in RATING_LEVELS)
 
     def answers(self, row, rng, users):

@@ -27,7 +27,7 @@ from genrec.items.index import ItemIndex, id_style
 from genrec.model_dir import ModelCard, keep_layers, last_checkpoint, load_tokenizer, pick_dtype, resolve_base_model
 from genrec.prompts.builder import PromptBuilder
 from genrec.prompts.sequence import OBJECTIVE
-from genrec.prompts.tasks import RERANK_LABELS
+from genrec.prompts.tasks import RERANK_LABELS, TASKS
 from genrec.train.callbacks import Clock, CodeRows, LossLog, MinutesBar, trainer_callbacks
 from genrec.train.examples import build_index, example_batches, supervised_items, task_builders, training_examples
 from genrec.train.losses import GROUNDED_SCOPE, SMOOTHING_SCOPE, embedding_dropout, item_softmax_rows, \
@@ -160,11 +160,12 @@ def check_tasks(cfg: SFTConfig, data: PreparedData) -> bool:
     if cfg.max_steps <= 0 and cfg.num_epochs <= 0:
         raise GenrecError("set max_steps > 0 or num_epochs > 0")
     tasks = cfg.tasks or [cfg.prompt.task]
-    want_retriever = cfg.retriever not in (None, "", "none") or "rerank" in tasks
-    if "rerank" in tasks and cfg.retriever == "none":
+    ranks = any(TASKS.get(t) and TASKS[t].ranks_candidates for t in tasks)  # the rerank task
+    want_retriever = cfg.retriever not in (None, "", "none") or ranks
+    if ranks and cfg.retriever == "none":
         raise GenrecError("the rerank task ranks a retriever's candidates: it needs retriever=sasrec")
     if not 1 <= cfg.prompt.rerank_candidates <= len(RERANK_LABELS) or cfg.rerank_copies < 1:
-        raise GenrecError("prompt.rerank_candidates must be 1-26 and rerank_copies >= 1")
+        raise GenrecError(f"prompt.rerank_candidates must be 1-{len(RERANK_LABELS)} and rerank_copies >= 1")
     if want_retriever:
         given_retriever(cfg, data)  # a bad retriever=DIR fails before anything is written
     return want_retriever
