@@ -405,3 +405,15 @@ def test_a_trained_retriever_is_reused_not_retrained(rerank_model, tiny_data, tm
     assert any("retriever: reusing" in m for m in logs) and not any("training sasrec" in m for m in logs)
     hists = [u["items"][:-1] for u in list(load_prepared(tiny_data).users.values())[:4]]
     assert (Retriever.load(out).scores(hists) == Retriever.load(rerank_model).scores(hists)).all()
+
+
+def test_one_owner_decides_the_retriever_weight():
+    """Asked for beats tuned beats the untuned default, which differs for a search (the LLM's order) and for
+    evaluate's fused row (an even mix fixed in advance)."""
+    from genrec.infer.hybrid import UNTUNED_FUSED_ROW_WEIGHT, UNTUNED_WEIGHT, retriever_weight
+
+    tuned = {"weight": 4.0, "users": 12}
+    assert retriever_weight(0.5, tuned) == (0.5, "--retriever-weight")
+    assert retriever_weight(None, tuned) == (4.0, "tuned on 12 validation users")
+    assert retriever_weight(None, None) == (UNTUNED_WEIGHT, "fixed in advance") == (0.0, "fixed in advance")
+    assert retriever_weight(None, {}, UNTUNED_FUSED_ROW_WEIGHT) == (1.0, "fixed in advance")

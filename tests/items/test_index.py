@@ -343,3 +343,22 @@ def test_layers_is_an_upper_bound_so_the_default_leaves_a_shallow_model_whole():
     assert len(model.get_decoder().layers) == 3 and model.config.num_hidden_layers == 3
     keep_layers(model, 2)
     assert len(model.get_decoder().layers) == 2 and model.config.num_hidden_layers == 2
+
+
+def test_identifier_styles_are_their_rules():
+    """What each style writes and what the rest of genrec asks of it come from one class: a token is one new
+    vocabulary token per item, titles are words any catalog can be searched by, ids and codes are neither."""
+    from genrec.errors import GenrecError
+    from genrec.items.index import ID_STYLE, ID_STYLES, ItemIndex, id_style
+
+    catalog = [{"item_id": str(n), "title": t, "attrs": {}} for n, t in enumerate(["A", "B", "A", "C"])]
+    built = {s: ItemIndex.build(catalog, s, histories=[["0", "1", "3"]], has_text=False, codebook=2)
+             for s in ("title", "id", "token")}
+    assert built["token"].new_tokens == built["token"].targets and built["token"].rules.one_token
+    assert built["title"].targets == ["A", "B", "A [2]", "C"] and built["title"].rules.writes_words
+    assert not built["title"].new_tokens and not built["id"].rules.writes_words
+    assert sorted(len(t) for t in built["id"].targets) == [1] * 4
+    assert [s for s in ID_STYLES if ID_STYLE[s].one_token] == ["token"]
+    assert [s for s in ID_STYLES if ID_STYLE[s].new_vocabulary] == ["semantic", "token"]
+    with pytest.raises(GenrecError, match="unknown item identifier style 'words'"):
+        id_style("words")
