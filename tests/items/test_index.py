@@ -275,7 +275,7 @@ def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_d
     beam = rec.recommend(q, Search(k=10))[0].items
     exact = rec.recommend(q, Search(k=10, search="exact"))[0].items
     assert [r.item_id for r in beam] == [r.item_id for r in exact]
-    assert len(beam) == 10 and all(r["item_id"] in data.catalog and r["item_id"] not in hist for r in beam)
+    assert len(beam) == 10 and all(r.item_id in data.catalog and r.item_id not in hist for r in beam)
 
 
 def test_chat_frame_setting(tokenizer, data):
