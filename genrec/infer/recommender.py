@@ -112,7 +112,7 @@ class Recommender:
         items are ranked by. `with_usage` also counts each request's tokens (`Recommendation.usage`: it tokenizes
         every item again, so only callers that report usage ask).
 
-        A rerank model scores its retriever's top K with one forward pass (see `rerank`); `candidates=K` makes a
+        A rerank model scores its retriever's top K with one forward pass (see `hybrid.rerank`); `candidates=K` makes a
         generative model search only the retriever's top K. Either way the list goes on in the retriever's order
         after those K, so it is a ranking over the whole catalog. `retrieved` (one `self.retrieved` list per
         request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
