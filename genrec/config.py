@@ -178,6 +178,9 @@ class SFTConfig:
                          help="item_id=token: init starts each row from its title; grounded builds it from the base "
                               "model's reading of the item's text through a learned map plus a residual, so new "
                               "items get rows (genrec catalog add).")
+    residual_dropout: float = opt(0.0, help="item_text=grounded: while training, each item's residual is dropped "
+                                            "with this probability, so its text alone must score it: the row a cold "
+                                            "or new item has (0 = off).")
     semantic_levels: int = opt(3, help="item_id=semantic: code length before collision disambiguation.")
     semantic_codebook: int = opt(256, help="item_id=semantic: codes per level (capped at the catalog size).")
     semantic_text_weight: float = opt(0.5, help="item_id=semantic: share of the text embedding vs the co-occurrence "

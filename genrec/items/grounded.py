@@ -9,13 +9,17 @@ specialise through a residual.
          computed once per item before training (no gradient) and kept in the model directory
   W, b   a learned map (d x d), starting at s I, s chosen so the rows start at the norm the title-shaped start of
          `item_text=init` uses (ITEM_ROW_SCALE x the vocabulary's mean row norm)
-  r(i)   a learned per-item residual starting at 0, pulled back toward 0 by `item_weight_decay`
+  r(i)   a learned per-item residual starting at 0, pulled back toward 0 by `item_weight_decay`, and dropped
+         (`residual_dropout`, each item each time the rows are computed in training) so that W f + b alone must
+         score and read items well: the row a cold or new item has (DropoutNet's idea, Volkovs et al. 2017)
 
 The row is both how the model reads the item and how it scores it (an untied output matrix gets the same row).
 While training, this module computes the rows (a hook on the input embedding, and the item softmax) and writes
 them into the embedding matrices at every save, so a saved model (checkpoint or final) is an ordinary model for HF
-and vLLM. An item without training interactions keeps r(i) = 0 (its residual gets no gradient): its row is
-W f(i) + b, from its text alone, which is also how an item added after training gets its row (`rows_for`).
+and vLLM. An item without training interactions keeps r(i) = 0 (its residual gets no gradient) and is left out of
+the training softmax (`logits`): it is an item that did not exist yet, never a negative whose text the map learns
+to score low. Its row is W f(i) + b, from its text alone, which is also how an item added after training gets its
+row (`rows_for`).
 """
 
 from __future__ import annotations
@@ -87,8 +91,12 @@ def text_features(model, tok, texts: list[str], batch_size: int = 32, max_tokens
 class ItemRows(nn.Module):
     """row(i) = W f(i) + b + r(i) for the catalog's items, in item-token order."""
 
-    def __init__(self, features: torch.Tensor, target_norm: float, trained: torch.Tensor | None = None):
+    def __init__(self, features: torch.Tensor, target_norm: float, trained: torch.Tensor | None = None,
+                 residual_dropout: float = 0.0):
         super().__init__()
+        if not 0 <= residual_dropout < 1:
+            raise GenrecError(f"residual_dropout must be in [0, 1), got {residual_dropout}")
+        self.residual_dropout = residual_dropout
         n, d = features.shape
         self.register_buffer("features", features.float(), persistent=False)
         scale = target_norm / features.norm(dim=1).mean().clamp_min(1e-8)
@@ -97,6 +105,8 @@ class ItemRows(nn.Module):
             self.map.weight.copy_(torch.eye(d) * scale)
             self.map.bias.zero_()
         self.residual = nn.Parameter(torch.zeros(n, d))
+        self.register_buffer("absent", torch.zeros(n, dtype=torch.bool) if trained is None else ~trained.bool(),
+                             persistent=False)
         if trained is not None:
             # only items with training interactions get a residual: one without (a cold item) would otherwise
             # learn one as a negative of the softmax alone; it keeps r = 0, its row from its text, exactly as an
@@ -105,7 +115,23 @@ class ItemRows(nn.Module):
             self.residual.register_hook(lambda g: g * mask)
 
     def forward(self) -> torch.Tensor:
-        return self.map(self.features) + self.residual
+        residual = self.residual
+        if self.training and self.residual_dropout:  # each item keeps its residual or reads as text alone
+            keep = torch.rand(len(residual), 1, device=residual.device) >= self.residual_dropout
+            residual = residual * keep
+        return self.map(self.features) + residual
+
+    def softmax(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item softmax's logits of `hidden` [m, d] and `targets` (item positions) renumbered to match, over
+        the items with training interactions alone (see the module's docstring)."""
+        rows = self()
+        if not self.absent.any():
+            return hidden @ rows.t().to(hidden.dtype), targets
+        present = (~self.absent).nonzero().squeeze(1)
+        renumber = torch.cumsum(~self.absent, 0) - 1
+        if self.absent[targets].any():
+            raise GenrecError("item_text=grounded: a training target is an item the training part never shows")
+        return hidden @ rows[present].t().to(hidden.dtype), renumber[targets]
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"map.weight": self.map.weight.detach(), "map.bias": self.map.bias.detach(),
@@ -148,8 +174,12 @@ def attach(model, rows: ItemRows, span: range) -> None:
 
 def write_rows(model, rows: ItemRows, span: range) -> None:
     """The current rows into the embedding matrices (input, and output when untied): what a saved model holds."""
+    was_training = rows.training
+    rows.eval()  # the whole rows, no residual dropped (and no random draw taken from training's stream)
     with torch.no_grad():
         values = rows()
+    rows.train(was_training)
+    with torch.no_grad():
         seen = set()
         for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
             if emb is None or emb.weight.data_ptr() in seen:

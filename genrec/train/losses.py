@@ -47,9 +47,11 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None,
     target = inputs["labels"][:, 1:]
     keep = target != -100
     y = target[keep] - rows.start  # every supervised token is an item token: checked once, before training
-    # item_text=grounded: the rows come from grounded.ItemRows (`item_matrix()`), not the embedding matrix
-    matrix = item_matrix() if item_matrix is not None else base.get_output_embeddings().weight[rows.start:rows.stop]
-    logits = hidden[:, :-1][keep] @ matrix.t()
+    # item_text=grounded: the rows and their logits come from grounded.ItemRows, not the embedding matrix
+    if item_matrix is not None:
+        logits, y = item_matrix.softmax(hidden[:, :-1][keep], y)
+    else:
+        logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
     if num_items_in_batch is None:
         return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
     # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count

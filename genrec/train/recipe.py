@@ -135,6 +135,9 @@ def check_settings(cfg: SFTConfig) -> None:
         raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
     if cfg.item_text == "grounded" and not item_lists:
         raise GenrecError(GROUNDED_SCOPE)
+    if not 0 <= cfg.residual_dropout < 1 or cfg.residual_dropout and cfg.item_text != "grounded":
+        raise GenrecError(f"residual_dropout must be in [0, 1) and applies to item_text=grounded, got "
+                          f"{cfg.residual_dropout}")
     check_trackers(cfg.report_to)
     if cfg.grad_accum < 1:
         raise GenrecError(f"grad_accum must be >= 1, got {cfg.grad_accum}")
@@ -232,7 +235,7 @@ def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedDat
 
     counts = data.training_counts()
     return grounded.ItemRows(features, ITEM_ROW_SCALE * float(vocab.norm(dim=1).mean()),
-                             torch.tensor([counts[i] > 0 for i in index.item_ids]))
+                             torch.tensor([counts[i] > 0 for i in index.item_ids]), cfg.residual_dropout)
 
 
 def make_trainer(run: Run, loaded: LoadedModel, log=print) -> Fitting:

@@ -42,7 +42,7 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
 
     out = tmp_path / "m"
     logs = []
-    train(grounded_config(cold_data, out), log=logs.append)
+    train(grounded_config(cold_data, out, residual_dropout=0.5), log=logs.append)
     assert any("item_text=grounded: read" in m for m in logs)
     state = load_file(str(out / ModelCard.ITEM_TEXT))
     W, b, r, f = state["map.weight"], state["map.bias"], state["residual"], state["features"]
@@ -53,7 +53,8 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     model = AutoModelForCausalLM.from_pretrained(str(card.merged_path()))
     tok = load_tokenizer(out)
     rows = model.get_input_embeddings().weight[tok.convert_tokens_to_ids(index.new_tokens)]
-    assert torch.allclose(rows, f @ W.t() + b + r, atol=1e-4)  # what the model holds is what the module made
+    # what the model holds is what the module made, every residual whole (none dropped at the save)
+    assert torch.allclose(rows, f @ W.t() + b + r, atol=1e-4)
     d = W.shape[0]
     assert not torch.allclose(W, W[0, 0] * torch.eye(d))  # the map trained
     cold = [n for n, i in enumerate(index.item_ids) if i in data.cold_items]
@@ -67,6 +68,40 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
     assert set(ids) <= set(data.catalog) and set(ids) & data.cold_items
 
 
+def test_items_without_training_interactions_are_no_negatives_and_dropped_residuals_leave_the_text_row():
+    """The training softmax leaves out items the training part never shows (whatever their text, the loss is the
+    same: the map never learns to score a cold item's text low), a target among them is refused, and under
+    residual_dropout a dropped item's row is exactly W f + b, the row a new item gets, while eval keeps them all."""
+    import torch
+    import torch.nn.functional as F
+
+    from genrec.items.grounded import ItemRows, rows_for
+
+    torch.manual_seed(0)
+    features = torch.randn(6, 4)
+    trained = torch.tensor([True, True, False, True, False, True])
+    rows = ItemRows(features, 1.0, trained, residual_dropout=0.5)
+    with torch.no_grad():
+        rows.residual.normal_()
+    hidden, targets = torch.randn(3, 4), torch.tensor([0, 3, 5])
+    logits, y = rows.softmax(hidden, targets)
+    assert logits.shape == (3, 4) and y.tolist() == [0, 2, 3]
+    rows.eval()
+    loss = F.cross_entropy(*rows.softmax(hidden, targets))
+    rows.features[[2, 4]] = torch.randn(2, 4) * 100  # another text for the cold items: the loss does not move
+    assert torch.equal(F.cross_entropy(*rows.softmax(hidden, targets)), loss)
+    with pytest.raises(GenrecError, match="a training target is an item the training part never shows"):
+        rows.softmax(hidden, torch.tensor([2]))
+    full = rows()
+    text = rows_for(rows.features, rows.map.weight, rows.map.bias)
+    assert torch.allclose(full, text + rows.residual.detach())
+    rows.train()
+    dropped = [(torch.allclose(r, t) and not torch.allclose(r, f)) for _ in range(20)
+               for r, t, f in zip(rows().detach(), text, full.detach())]
+    assert 0.3 < sum(dropped) / len(dropped) < 0.7  # about half the residuals dropped, each row all or nothing
+    assert all(torch.allclose(r, t) or torch.allclose(r, f) for r, t, f in zip(rows().detach(), text, full))
+
+
 def test_grounded_resumes_to_the_same_rows(cold_data, tmp_path):
     """A run resumed from its checkpoint-2 (the later files removed, as a kill would leave it) continues W, b and
     the residuals from the checkpoint and ends with what the uninterrupted run ends with."""
@@ -78,13 +113,13 @@ def test_grounded_resumes_to_the_same_rows(cold_data, tmp_path):
     from genrec.train.recipe import train
 
     full, cut = tmp_path / "full", tmp_path / "cut"
-    train(grounded_config(cold_data, full, max_steps=4), log=lambda m: None)
+    train(grounded_config(cold_data, full, max_steps=4, residual_dropout=0.5), log=lambda m: None)
     assert (full / "checkpoint-2" / ModelCard.ITEM_TEXT).is_file()
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "checkpoint-4")
     for name in ("genrec.json", ModelCard.ITEM_TEXT, "code_embeddings.safetensors"):
         (cut / name).unlink()
-    train(grounded_config(cold_data, cut, max_steps=4, resume=True), log=lambda m: None)
+    train(grounded_config(cold_data, cut, max_steps=4, resume=True, residual_dropout=0.5), log=lambda m: None)
     a, b = load_file(str(full / ModelCard.ITEM_TEXT)), load_file(str(cut / ModelCard.ITEM_TEXT))
     for k in ("map.weight", "map.bias", "residual"):
         assert (a[k] - b[k]).abs().max() < 1e-5, k
@@ -94,6 +129,10 @@ def test_grounded_resumes_to_the_same_rows(cold_data, tmp_path):
     (dict(item_text="text"), "unknown item_text 'text' (init, grounded)"),
     (dict(item_text="grounded", item_id="title", item_weight_decay=0.0), "item_text=grounded builds item-token rows"),
     (dict(item_text="grounded", item_id="token", objective="prefix"), "item_text=grounded builds item-token rows"),
+    (dict(item_text="init", item_id="token", objective="sequence", residual_dropout=0.5),
+     "residual_dropout must be in [0, 1) and applies to item_text=grounded, got 0.5"),
+    (dict(item_text="grounded", item_id="token", objective="sequence", residual_dropout=1.0),
+     "residual_dropout must be in [0, 1) and applies to item_text=grounded, got 1.0"),
 ])
 def test_grounded_bad_settings_are_one_line_errors(tiny_data, tmp_path, kw, needle):
     from genrec.train.recipe import train
