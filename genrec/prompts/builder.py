@@ -88,7 +88,7 @@ def load_template(path: str | Path) -> Template:
     return t
 
 
-def _clean(text: str, limit: int) -> str:
+def clean_text(text: str, limit: int) -> str:
     """One line, bounded length: item text can never start a new turn or field in the prompt."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -173,13 +173,13 @@ class PromptBuilder:
         lim = self.cfg.max_title_chars
         pos = self.index.position.get(item_id)
         attrs = row.get("attrs", {})
-        facts = facts_line({k: _clean(v, lim) for k, v in attrs.items()}, self.fact_keys)
+        facts = facts_line({k: clean_text(v, lim) for k, v in attrs.items()}, self.fact_keys)
         return {
             "id": item_id,
-            "title": _clean(row["title"], lim),
-            "target": self.index.targets[pos] if pos is not None else _clean(row["title"], lim),
-            "attrs": {k: _clean(v, lim) for k, v in attrs.items()},
-            "facts": _clean(facts, 2 * lim),
+            "title": clean_text(row["title"], lim),
+            "target": self.index.targets[pos] if pos is not None else clean_text(row["title"], lim),
+            "attrs": {k: clean_text(v, lim) for k, v in attrs.items()},
+            "facts": clean_text(facts, 2 * lim),
             "timestamp": timestamp,
             "date": dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d") if timestamp else "",
             "rating": None if rating is None else rating_level(rating),
@@ -192,8 +192,8 @@ class PromptBuilder:
         return {
             "candidates": [{**self.item_view(c), "label": label} for c, label in zip(candidates or [], RERANK_LABELS)],
             "history": [self.item_view(i, t, r) for i, t, r in zip(history, ts, rs)],
-            "context": {str(k): _clean(v, self.cfg.max_title_chars) for k, v in (context or {}).items()},
-            "request": _clean(request, 4 * self.cfg.max_title_chars) if request else None,
+            "context": {str(k): clean_text(v, self.cfg.max_title_chars) for k, v in (context or {}).items()},
+            "request": clean_text(request, 4 * self.cfg.max_title_chars) if request else None,
             "candidate": self.item_view(candidate) if candidate else None,
             "id_style": self.index.style,
             "n_history": len(history),

@@ -32,7 +32,8 @@ import datetime as dt
 
 from genrec.config import OBJECTIVES
 from genrec.errors import GenrecError
-from genrec.prompts.builder import PromptBuilder
+from genrec.prompts.builder import PromptBuilder, clean_text
+from genrec.prompts.tasks import request_for
 
 ANSWER_ROOM = 64  # tokens kept free after an inference prompt for the identifier the model writes
 
@@ -42,7 +43,6 @@ class SequenceBuilder(PromptBuilder):
 
     objective = "sequence"
     shipped_template = "sequence"
-    reads_text = False
     only_task = "next_item"
     per_window = True
 
@@ -52,8 +52,23 @@ class SequenceBuilder(PromptBuilder):
         self._after: dict[tuple, list[int]] = {}
         self._has_before = "before" in self.template.template.blocks
         self._has_after = "after" in self.template.template.blocks
+        if not 0 <= self.cfg.request_share <= 1:
+            raise GenrecError(f"prompt.request_share must be in [0, 1], got {self.cfg.request_share}")
+        if self.cfg.request_share and "request" not in self.template.template.blocks:
+            raise GenrecError(f"prompt.request_share needs a `request` block in {self.template.path}")
         self._header = self.wrap(self.template.render_block("system", self._header_vars()),
                                  self.template.render_block("user", self._header_vars()))
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether its prompts carry request text: trained with request lines (`prompt.request_share`)."""
+        return self.cfg.request_share > 0
+
+    def request_line(self, text: str) -> list[int]:
+        """The template's `request` block for a request text: written after the history, before the next item."""
+        return self.plain(self.template.render_block(
+            "request", {"request": clean_text(text, 4 * self.cfg.max_title_chars), "id_style": self.index.style},
+            strip=False))
 
     @property
     def item_end_id(self) -> int:
@@ -126,14 +141,18 @@ class SequenceBuilder(PromptBuilder):
                history_ratings: list[float] | None = None) -> list[int]:
         """The newest history items that fit (`max_history`, `max_sequence_tokens` less room for the answer),
         rendered as in training, then the next line's `before` text: the model writes the next identifier."""
-        if request:
+        if request and not self.reads_text:
             raise GenrecError("a sequence model reads histories; it was not trained to answer request text")
+        asked = self.request_line(request) if request else []
         n = min(len(history), max(self.cfg.max_history, 0))
         items = list(history)[len(history) - n:]
         ts = list(history_ts)[len(history_ts) - n:] if history_ts is not None else None
         rs = list(history_ratings)[len(history_ratings) - n:] if history_ratings is not None else None
         lines = self._lines(items, ts, rs)
-        budget = self.cfg.max_sequence_tokens - ANSWER_ROOM
+        budget = self.cfg.max_sequence_tokens - ANSWER_ROOM - len(asked)
+        if budget < len(self._header):
+            raise GenrecError(f"the request is {len(asked)} tokens: over the prompt budget of "
+                              f"{self.cfg.max_sequence_tokens - ANSWER_ROOM}")
         total = len(self._header) + sum(len(a) + len(b) + len(c) for a, b, c in lines)
         drop = 0
         while drop < len(lines) and total > budget:
@@ -145,7 +164,7 @@ class SequenceBuilder(PromptBuilder):
         ids = list(self._header)
         for a, b, c in lines:
             ids += a + b + c
-        return ids + self.before(len(lines) + 1, None, context)
+        return ids + asked + self.before(len(lines) + 1, None, context)
 
     # ------------------------------------------------------------------------------------------- training
     def windows(self, n_items: int, lengths: list[int]) -> list[tuple[int, int]]:
@@ -164,9 +183,10 @@ class SequenceBuilder(PromptBuilder):
         return out[::-1]
 
     def sequence_examples(self, items: list[str], ts: list[int] | None = None,
-                          ratings: list[float] | None = None) -> list[dict]:
+                          ratings: list[float] | None = None, rng=None) -> list[dict]:
         """Tokenized windows of one user's training sequence: input_ids and completion_mask (1 on every target
-        item's identifier and end token)."""
+        item's identifier and end token). Under `prompt.request_share` (and an `rng`), that share of windows
+        writes a request for its last item before that item's line (`with_request`)."""
         if len(items) < 2:
             return []
         full = self._lines(items, ts, ratings)
@@ -179,10 +199,33 @@ class SequenceBuilder(PromptBuilder):
             ids, mask = list(self._header), [0] * len(self._header)
             for j, (a, b, c) in enumerate(lines):
                 target = 1 if j > 0 else 0
+                if j == len(lines) - 1 and rng is not None and self.cfg.request_share:
+                    out += self.with_request(ids, mask, items[end - 1], rng)
                 ids += a + b + c
                 mask += [0] * len(a) + [target] * len(b) + [0] * len(c)
             out.append({"input_ids": ids, "completion_mask": mask})
         return out
+
+    def with_request(self, ids: list[int], mask: list[int], item: str, rng) -> list[dict]:
+        """For `request_share` of windows: the request line for `item` (from its attributes, the request task's
+        wording) appended to the window so far (`ids`, in place), so the window's last target is answered to the
+        request and every earlier target, which cannot see it, is trained as before. A quarter of these also give
+        an example of the request alone, no history (a new user who only says what they want). Returns those."""
+        if rng.random() >= self.cfg.request_share:
+            return []
+        text = request_for(self, item, rng)
+        if text is None:
+            return []
+        asked = self.request_line(text)
+        if len(ids) + len(asked) + ANSWER_ROOM > self.cfg.max_sequence_tokens:
+            return []
+        ids += asked
+        mask += [0] * len(asked)
+        if rng.random() >= 0.25:
+            return []
+        alone = list(self._header) + asked + self.before(1, None, None)
+        answer = self.ident(item)
+        return [{"input_ids": alone + answer, "completion_mask": [0] * len(alone) + [1] * len(answer)}]
 
     def completion(self, item_id: str, history: list[str], context: dict | None = None) -> list[int]:
         return self.ident(item_id)

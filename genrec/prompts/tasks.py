@@ -62,22 +62,29 @@ class Task:
         return prompt, answer, f"prompt: {len(prompt)} tokens; completion: {len(answer)} tokens"
 
 
+REQUEST_PHRASES = ("I am looking for something with {}", "Recommend me an item with {}", "Something with {}, please")
+
+
+def request_for(builder, item_id: str, rng: random.Random) -> str | None:
+    """A request an item would answer, from its attributes only (never its title, which would give the answer
+    away): "something with genres: Comedy, Romance". None for an item without attributes. The one wording of
+    training requests, for the request task and for the sequence objective's request line alike."""
+    from genrec.items.text import facts_line
+
+    attrs = builder.item_view(item_id)["attrs"]
+    keys = sorted(k for k, v in attrs.items() if v.strip())
+    if not keys:
+        return None
+    picked = rng.sample(keys, rng.randint(1, len(keys)))
+    return rng.choice(REQUEST_PHRASES).format(facts_line(attrs, sorted(picked)))
+
+
 class RequestTask(Task):
     name = "request"
     takes_request = True
-    PHRASES = ("I am looking for something with {}", "Recommend me an item with {}", "Something with {}, please")
 
     def request_for(self, item_id: str, rng: random.Random) -> str | None:
-        """A request an item would answer, from its attributes only (never its title, which would give the answer
-        away): "something with genres: Comedy, Romance". None for an item without attributes."""
-        from genrec.items.text import facts_line
-
-        attrs = self.builder.item_view(item_id)["attrs"]
-        keys = sorted(k for k, v in attrs.items() if v.strip())
-        if not keys:
-            return None
-        picked = rng.sample(keys, rng.randint(1, len(keys)))
-        return rng.choice(self.PHRASES).format(facts_line(attrs, sorted(picked)))
+        return request_for(self.builder, item_id, rng)
 
     def examples(self, row, rng, users=None):
         """A request built from the target's attributes and at most 2 history items -> the target."""

@@ -93,12 +93,12 @@ def sequence_examples(builder, data: PreparedData, seed: int) -> list[dict]:
     """Every user's training part (the sequence less its valid and test items) as windows, in a seeded order."""
     from tqdm.auto import tqdm
 
-    out = []
+    out, rng = [], random.Random(seed)  # the requests of prompt.request_share, seeded
     for u in tqdm(list(data.users.values()), desc="tokenizing sequences", unit="user", mininterval=1.0):
         train_items = data.train_items(u)
         n = len(train_items)
         out += builder.sequence_examples(train_items, u["timestamps"][:n],
-                                         u["ratings"][:n] if u.get("ratings") else None)
+                                         u["ratings"][:n] if u.get("ratings") else None, rng)
     random.Random(seed).shuffle(out)
     return out
 

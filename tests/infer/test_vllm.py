@@ -112,6 +112,17 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
             assert all(abs(x.score - y.score) < 2e-3 for x, y in zip(a.items, b.items))
         if model == "cut_token_model":  # the whole catalog (> 128 items) scored in one engine request per user
             assert len(vl.catalog) > 128 and vl.backend.requests - before == len(reqs)
+            # from the pooled last hidden state: the raw log_softmax over the whole vocabulary, HF's numbers
+            import torch
+
+            assert vl.backend.pooled and vl.backend.generator is None  # no generating engine was needed
+            prompt = vl.builder.encode(reqs[0].history)
+            with torch.no_grad():
+                ref = torch.log_softmax(hf.model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+            items, everything = vl.trie.allowed(0), list(range(ref.shape[0]))[::-1]
+            got = vl.backend.score([prompt, prompt], [items[:50], everything])
+            assert torch.allclose(got[0, :50], ref[items[:50]], atol=2e-3) and torch.isinf(got[0, 50:]).all()
+            assert torch.allclose(got[1], ref[everything], atol=2e-3)
             # the popularity penalty applies to the same scores on both engines
             pen_hf, pen_vl = (r.recommend(reqs, k=4, popularity_penalty=0.5) for r in (hf, vl))
             for a, b in zip(pen_hf, pen_vl):

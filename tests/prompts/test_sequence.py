@@ -195,3 +195,52 @@ def test_sequence_objective_is_for_next_item_only(tokenizer, tiny_data):
     b = _builder(tokenizer, data)
     with pytest.raises(GenrecError, match="reads histories"):
         b.encode([], request="a mystery novel")
+
+
+def test_a_request_line_is_trained_before_the_item_it_asks_for_and_read_as_at_inference(tokenizer, tiny_data):
+    """prompt.request_share: a window's last target follows a request built from its attributes; the ids before
+    that target are exactly what `encode(history, request=...)` builds, every earlier target is supervised as in a
+    window without one, and some requests also come alone (no history) as `encode([], request=...)` builds them."""
+    from genrec.data.prepared import load_prepared
+    from genrec.prompts.tasks import request_for
+
+    data = load_prepared(tiny_data)
+    b = _builder(tokenizer, data, max_history=50, max_sequence_tokens=4096, request_share=1.0)
+    plain = _builder(tokenizer, data, max_history=50, max_sequence_tokens=4096)
+    assert b.reads_text and not plain.reads_text
+    alone_seen = 0
+    for n, user in enumerate(list(data.users.values())[:12]):
+        items = data.train_items(user)
+        ts = user["timestamps"][:len(items)]
+        exs = b.sequence_examples(items, ts, rng=random.Random(n))
+        replay = random.Random(n)
+        replay.random()
+        text = request_for(b, items[-1], replay)
+        assert text is not None and "Request: " + text.split(" with ")[0] in b.as_text(exs[-1]["input_ids"])
+        window = exs[-1]  # one window (the whole history fits), after its request-alone example if any
+        (ref,) = plain.sequence_examples(items, ts)
+        spans, ref_spans = _targets(window, b.item_end_id), _targets(ref, b.item_end_id)
+        assert [window["input_ids"][s:e] for s, e in spans] == [ref["input_ids"][s:e] for s, e in ref_spans]
+        assert window["input_ids"][:spans[-2][1]] == ref["input_ids"][:ref_spans[-2][1]]  # earlier lines as before
+        prompt = b.encode(items[:-1], ts[:-1], request=text)
+        assert window["input_ids"][:spans[-1][0]] == prompt  # the inference prompt, id for id
+        for alone in (x for x in exs if x is not window):
+            alone_seen += 1
+            s, e = _targets(alone, b.item_end_id)[0]
+            assert alone["input_ids"][:s] == b.encode([], request=text)
+            assert alone["input_ids"][s:e] == b.ident(items[-1])
+    assert alone_seen  # a quarter of requests also come without a history (seeded: some of these 12)
+    with pytest.raises(GenrecError, match="it was not trained to answer request text"):
+        plain.encode(items[:2], request="something with comedy")
+
+
+def test_request_share_bad_settings_are_one_line_errors(tokenizer, tiny_data, tmp_path):
+    from genrec.data.prepared import load_prepared
+
+    data = load_prepared(tiny_data)
+    with pytest.raises(GenrecError, match=r"prompt.request_share must be in \[0, 1\], got 1.5"):
+        _builder(tokenizer, data, request_share=1.5)
+    tpl = tmp_path / "seq.j2"
+    tpl.write_text(BEFORE_TEMPLATE)  # no request block
+    with pytest.raises(GenrecError, match="prompt.request_share needs a `request` block in"):
+        _builder(tokenizer, data, tpl, request_share=0.5)
