@@ -324,7 +324,10 @@ class EvaluateConfig(SearchConfig):
                                       "zero-shot transfer to its catalog, title models only).")
     split: str = opt("test", choices=SPLITS, help="Split to evaluate.")
     task: str | None = opt(None, help="Task of a multi-task model to measure [its main task]: next_item, request "
-                                      "(cold-start users), preference (AUC), rating (RMSE/MAE), rerank.")
+                                      "(cold-start users; on a sequence model trained with prompt.request_share: "
+                                      "each user's history plus a request for the target, beside the same model "
+                                      "without it and the request text alone), preference (AUC), rating (RMSE/MAE), "
+                                      "rerank.")
     ks: list[int] = opt(factory=lambda: [1, 5, 10, 20], help="Comma-separated cutoffs [1,5,10,20].")
     max_users: int | None = opt(None, help="Evaluate N users drawn at random with --seed (the same N users on every "
                                            "run and model) [all].")

@@ -26,19 +26,40 @@ def content_rankings(catalog: dict[str, dict], histories: list[list[str]], seen:
     ids = list(catalog)
     pos = {i: n for n, i in enumerate(ids)}
     emb = torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
+    users = torch.stack([emb[[pos[i] for i in h if i in pos]].mean(0) if any(i in pos for i in h)
+                         else torch.zeros(emb.shape[1]) for h in histories])
+    return nearest_items(users, emb, ids, seen, k)
+
+
+def nearest_items(queries: torch.Tensor, emb: torch.Tensor, ids: list[str], seen: list[set[str]],
+                  k: int) -> list[list[str]]:
+    """Per query vector, the k items of highest dot product with it (`emb` rows, in `ids` order), seen left out."""
+    pos = {i: n for n, i in enumerate(ids)}
     out = []
-    for start in range(0, len(histories), 1024):
-        hs = histories[start:start + 1024]
-        users = torch.stack([emb[[pos[i] for i in h if i in pos]].mean(0) if any(i in pos for i in h)
-                             else torch.zeros(emb.shape[1]) for h in hs])
-        scores = users @ emb.t()
+    for start in range(0, len(queries), 1024):
+        scores = queries[start:start + 1024] @ emb.t()
         for r, s in enumerate(seen[start:start + 1024]):
             excluded = [pos[i] for i in s if i in pos]
             if excluded:
                 scores[r, excluded] = float("-inf")
-        top = scores.topk(min(k, len(ids)), dim=1).indices.tolist()
-        out += [[ids[j] for j in row] for row in top]
+        out += [[ids[j] for j in row] for row in scores.topk(min(k, len(ids)), dim=1).indices.tolist()]
     return out
+
+
+NO_REQUEST = "genrec, no request"  # evaluate --task request: the same model and users without the request
+REQUEST_TEXT = "request text (MiniLM)"  # ... and the request alone, by text retrieval
+
+
+def request_text_rankings(catalog: dict[str, dict], requests: list[str], seen: list[set[str]],
+                          k: int) -> list[list[str]]:
+    """Text retrieval on a request alone: MiniLM's cosine between the request and each item's text (title and
+    facts), seen items excluded. Why: what the words of a request find without any history or training, the
+    floor a model that reads both must clear."""
+    from genrec.items.text import item_text, text_embeddings
+
+    ids = list(catalog)
+    emb = torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
+    return nearest_items(torch.from_numpy(text_embeddings(requests)), emb, ids, seen, k)
 
 
 def popular_rankings(train_counts: Counter, seen: list[set[str]], k: int) -> list[list[str]]:

@@ -19,7 +19,8 @@ from genrec import metrics
 from genrec.config import EvaluateConfig, to_dict
 from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
-from genrec.eval.baselines import BASELINES, content_rankings, popular_rankings, sasrec_rankings, sasrec_retriever
+from genrec.eval.baselines import (BASELINES, NO_REQUEST, REQUEST_TEXT, content_rankings, popular_rankings,
+                                   request_text_rankings, sasrec_rankings, sasrec_retriever)
 from genrec.eval.report import (
     bar_chart,
     intervals_markdown,
@@ -122,6 +123,7 @@ class Plan:
     task: str
     kmax: int
     cold: bool  # cold-start users who only say what they want (the task answers requests)
+    asks: bool  # users with a history and a request for their target, beside the same model without the request
     baselines: list[str]
     rerank: bool  # a rerank model: the hybrid orders its retriever's top `hybrid_k`
     cand_k: int | None  # a generative model's hybrid: generation within the retriever's top K
@@ -181,8 +183,13 @@ def _check_options(cfg: EvaluateConfig) -> None:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} ({', '.join(BASELINES)})")
 
 
+ASKED = "request"  # --task request on a sequence model trained with request lines: history + request (`_plan`)
+
+
 def _task(rec: Recommender, cfg: EvaluateConfig) -> str:
     task = cfg.task or rec.builder.cfg.task
+    if task == ASKED and task not in rec.builders and rec.reads_request_text:
+        return rec.request_prompts.cfg.task  # its next-item lists, asked with a request after the history
     if task not in rec.builders:
         raise GenrecError(f"{cfg.model} was not trained for task {task!r} (it has: {', '.join(rec.builders)})")
     return task
@@ -193,6 +200,7 @@ def _plan(rec: Recommender, cfg: EvaluateConfig, task: str, data) -> Plan:
     (rerank, or generation within the retriever's K) is always shown beside its retriever alone."""
     builder = rec.builders[task]
     cold = builder.task.takes_request
+    asks = cfg.task == ASKED and not cold  # history + a request for the target (a sequence model's request lines)
     if cold and cfg.perturb:
         raise GenrecError("--perturb needs a model that reads histories (this one answers requests)")
     baselines = _baselines(cfg, cold, data)
@@ -211,7 +219,7 @@ def _plan(rec: Recommender, cfg: EvaluateConfig, task: str, data) -> Plan:
         raise GenrecError(f"{cfg.model} is a rerank model without its retriever ({cfg.model}/retriever is missing)")
     if hybrid_k is not None and "sasrec" not in baselines:
         baselines.append("sasrec")
-    return Plan(task=task, kmax=max(cfg.ks), cold=cold, baselines=baselines, rerank=rerank, cand_k=cand_k,
+    return Plan(task=task, kmax=max(cfg.ks), cold=cold, asks=asks, baselines=baselines, rerank=rerank, cand_k=cand_k,
                 hybrid_k=hybrid_k, fusion=_fusion_weight(cfg, tuned), search=search,
                 perturb=parse_perturb(cfg.perturb))
 
@@ -240,6 +248,8 @@ def _choose_users(rec: Recommender, cfg: EvaluateConfig, plan: Plan, data, rows)
         chosen, requests = _cold_requests(rec.builders[plan.task].task, rows, chosen, cfg.seed)
     else:
         requests = history_queries(rows, chosen, all_seen)
+    if plan.asks:
+        chosen, requests = _asked(rec.builders[plan.task], rows, chosen, requests, cfg.seed)
     return Users(rows=rows, all_targets=all_targets, all_hist=all_hist, all_seen=all_seen, chosen=chosen,
                  requests=requests, targets=[all_targets[i] for i in chosen], seen=[all_seen[i] for i in chosen],
                  repeats=sum(1 for i in chosen if all_targets[i] in set(all_hist[i])) if not plan.cold else 0)
@@ -258,6 +268,23 @@ def _cold_requests(task, rows, chosen: list[int], seed: int) -> tuple[list[int],
     return kept, requests
 
 
+def _asked(builder, rows, chosen: list[int], queries: list[Query], seed: int) -> tuple[list[int], list[Query]]:
+    """History users who also say what they want: each query given the request training words for its target
+    (its attributes, never its title); users whose target has no attributes are left out."""
+    from genrec.prompts.tasks import request_for
+
+    rng = random.Random(seed)
+    kept, out = [], []
+    for i, q in zip(chosen, queries):
+        text = request_for(builder, rows[i]["target"], rng)
+        if text is not None:
+            kept.append(i)
+            out.append(dataclasses.replace(q, text=text))
+    if not out:
+        raise GenrecError("--task request: no test target has attributes to word a request from")
+    return kept, out
+
+
 # ------------------------------------------------------------------------------------------------ ranking
 def _rank(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, data, counts: Counter, transfer: bool,
           log) -> Rankings:
@@ -269,6 +296,11 @@ def _rank(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, data,
     out = Rankings(lists=lists, fused=[n for n in lists if n != "genrec"], genrec_seconds=time.time() - t0)
     if cfg.with_reasons:
         out.grounding = _reason_grounding(rec, cfg, plan, users.requests)
+    if plan.asks:  # the same model and users without the request, and the request text alone (MiniLM)
+        unasked = [dataclasses.replace(q, text=None) for q in users.requests]
+        out.lists[NO_REQUEST] = _genrec_ranked(rec, unasked, cfg, plan.search, f"genrec {cfg.split}, no request")
+        out.lists[REQUEST_TEXT] = request_text_rankings(data.catalog, [q.text for q in users.requests],
+                                                        users.seen, plan.kmax)
     if "popular" in plan.baselines:
         out.everyone["popular"] = popular_rankings(counts, users.all_seen, plan.kmax)
     if "content" in plan.baselines:

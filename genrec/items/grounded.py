@@ -71,21 +71,33 @@ def item_rows_from_titles(model, tok, index: ItemIndex, catalog: dict[str, dict]
 STYLES = ITEM_TEXT_STYLES  # the config owns the names
 
 
-def text_features(model, tok, texts: list[str], batch_size: int = 32, max_tokens: int = 64) -> torch.Tensor:
-    """[n, d] mean-pooled final hidden states of `model` (the base model, before any adapter) over each text."""
+def text_features(model, tok, texts: list[str], batch_size: int = 128, max_tokens: int = 64) -> torch.Tensor:
+    """[n, d] mean-pooled final hidden states of `model` (the base model, before any adapter) over each text, in
+    the order given. Texts are read in batches of similar length (sorted by token count), so little of a batch is
+    padding: catalog texts range from a few tokens to the cap. 128 a batch: on 2 cores, 1,000 Scientific texts took
+    74 s at 32 a batch and 48-49 s at 128-512 (measured side by side, loaded machine)."""
     body = getattr(model, model.base_model_prefix)
     was_training = model.training
     model.eval()
-    out = []
+    ids = tok(texts, truncation=True, max_length=max_tokens, add_special_tokens=False,
+              split_special_tokens=True)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    out = torch.zeros(len(texts), model.config.hidden_size)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            enc = tok(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_tokens,
-                      add_special_tokens=False, split_special_tokens=True, return_tensors="pt")
-            hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp_min(1)).float())
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(max(len(ids[i]) for i in rows), 1)
+            batch = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):  # right-padded, as the tokenizer pads
+                batch[r, :len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+                mask[r, :len(ids[i])] = 1
+            hidden = body(input_ids=batch, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            out[rows] = ((hidden * m).sum(1) / m.sum(1).clamp_min(1)).float()
     model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 class ItemRows(nn.Module):

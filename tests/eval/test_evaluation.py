@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from genrec.cli import main
+from genrec.errors import GenrecError
 from genrec.metrics import rank_metrics
 
 
@@ -207,3 +208,47 @@ def test_cold_item_protocol_reports_cold_and_warm_targets_beside_a_content_basel
 
     seen = set(row["history"]) - {row["target"]}
     assert content_rankings(data.catalog, [row["history"]], [seen], 3)[0] == [ids[j] for j in np.argsort(-scores)[:3]]
+
+
+def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, tmp_path_factory, tiny_data,
+                                                                     cut_token_model):
+    """--task request on an item-token sequence model trained with request lines: each user's history plus a
+    request worded from the target's attributes, beside the same model on the same users without it, the request
+    text alone (MiniLM retrieval, checked by hand for one user) and the baselines, paired; users whose target has
+    no attributes are left out. A model trained without request lines refuses --task request in one line."""
+    import numpy as np
+
+    from conftest import tiny_sft_config, trained
+    from genrec.config import EvaluateConfig
+    from genrec.data.prepared import load_prepared
+    from genrec.eval.baselines import NO_REQUEST, REQUEST_TEXT
+    from genrec.eval.protocol import run_evaluation
+    from genrec.items.text import item_text, text_embeddings
+
+    def config(out):
+        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
+                              max_batch_tokens=600, layers=2)
+        cfg.prompt.max_history, cfg.prompt.item_facts, cfg.prompt.request_share = 20, [], 0.5
+        return cfg
+
+    model = trained(tmp_path_factory, "cut-request", config)
+    report = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=["popular"], task="request",
+                                           output=str(tmp_path / "eval")), log=lambda m: None)
+    assert set(report["results"]) == {"genrec", NO_REQUEST, REQUEST_TEXT, "popular"}
+    data = load_prepared(tiny_data)
+    with_attrs = [r for r in data.split("test") if any(v.strip() for v in data.catalog[r["target"]]["attrs"].values())]
+    assert report["users_evaluated"] == len(with_attrs) > 0
+    assert NO_REQUEST in (tmp_path / "eval" / "metrics.md").read_text()
+    # the request-text baseline by hand for one request
+    from genrec.eval.baselines import request_text_rankings
+
+    ids = list(data.catalog)
+    emb = text_embeddings([item_text(data.catalog[i]) for i in ids])
+    q = text_embeddings(["Something with genres: Comedy, please"])[0]
+    order = [ids[j] for j in np.argsort(-(emb @ q))]
+    assert request_text_rankings(data.catalog, ["Something with genres: Comedy, please"], [{order[0]}], 3)[0] == \
+        order[1:4]
+    with pytest.raises(GenrecError, match="was not trained for task 'request'"):
+        run_evaluation(EvaluateConfig(model=str(cut_token_model), task="request", output=str(tmp_path / "e2")),
+                       log=lambda m: None)
+    assert not (tmp_path / "e2").exists()

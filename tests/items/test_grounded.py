@@ -137,7 +137,9 @@ def test_grounded_resumes_to_the_same_rows(cold_data, tmp_path):
 def test_grounded_bad_settings_are_one_line_errors(tiny_data, tmp_path, kw, needle):
     from genrec.train.recipe import train
 
-    with pytest.raises(GenrecError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    import re
+
+    with pytest.raises(GenrecError, match=re.escape(needle)):
         train(tiny_sft_config(tiny_data, tmp_path / "m", **kw), log=lambda m: None)
     assert not (tmp_path / "m" / "genrec.json").exists()
 
