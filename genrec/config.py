@@ -106,6 +106,10 @@ class PromptConfig:
                                          "a request built from its attributes (the template's `request` block), so "
                                          "the model also answers request text, with or without a history; 0 = item "
                                          "lists only.")
+    reason_share: float = opt(0.0, help="Sequence objective: the share of training windows whose last item is "
+                                        "followed by a one-sentence reason (the template's `reason` block, from the "
+                                        "item's facts and the history), so the model writes reasons (--with-reasons); "
+                                        "0 = none.")
     max_prompt_tokens: int = 384
     max_title_chars: int = 120
     item_facts: list[str] | None = opt(None, help="Catalog attributes shown as facts beside items; none = all kept, "

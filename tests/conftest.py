@@ -167,6 +167,20 @@ def cut_token_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def talking_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
+    """One model that ranks and talks: a real 3-step sequence fine-tune over item tokens (2 decoder layers) whose
+    windows also carry request lines and reasons (`prompt.request_share`, `prompt.reason_share`)."""
+    def config(out):
+        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
+                              max_batch_tokens=600, layers=2)
+        cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
+        cfg.prompt.request_share = cfg.prompt.reason_share = 0.5
+        return cfg
+
+    return trained(tmp_path_factory, "talking", config)
+
+
+@pytest.fixture(scope="session")
 def rerank_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 3-step fine-tune of the rerank task, its SASRec retriever trained (briefly) and saved inside it."""
     def config(out):

@@ -145,6 +145,12 @@ class ItemRows(nn.Module):
             raise GenrecError("item_text=grounded: a training target is an item the training part never shows")
         return hidden @ rows[present].t().to(hidden.dtype), renumber[targets]
 
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The items' logits at text positions (a reason after an item), items without training interactions at
+        -inf: at a text position every item is a negative, and those items are none."""
+        logits = hidden @ self().t().to(hidden.dtype)
+        return logits.masked_fill(self.absent, float("-inf")) if self.absent.any() else logits
+
     def state(self) -> dict[str, torch.Tensor]:
         return {"map.weight": self.map.weight.detach(), "map.bias": self.map.bias.detach(),
                 "residual": self.residual.detach(), "features": self.features}

@@ -52,10 +52,11 @@ class SequenceBuilder(PromptBuilder):
         self._after: dict[tuple, list[int]] = {}
         self._has_before = "before" in self.template.template.blocks
         self._has_after = "after" in self.template.template.blocks
-        if not 0 <= self.cfg.request_share <= 1:
-            raise GenrecError(f"prompt.request_share must be in [0, 1], got {self.cfg.request_share}")
-        if self.cfg.request_share and "request" not in self.template.template.blocks:
-            raise GenrecError(f"prompt.request_share needs a `request` block in {self.template.path}")
+        for share, block in (("request_share", "request"), ("reason_share", "reason")):
+            if not 0 <= getattr(self.cfg, share) <= 1:
+                raise GenrecError(f"prompt.{share} must be in [0, 1], got {getattr(self.cfg, share)}")
+            if getattr(self.cfg, share) and block not in self.template.template.blocks:
+                raise GenrecError(f"prompt.{share} needs a `{block}` block in {self.template.path}")
         self._header = self.wrap(self.template.render_block("system", self._header_vars()),
                                  self.template.render_block("user", self._header_vars()))
 
@@ -83,7 +84,13 @@ class SequenceBuilder(PromptBuilder):
 
     @property
     def with_reasons(self) -> bool:
-        return False
+        """Whether it writes a reason after an item: trained with reasons (`prompt.reason_share`)."""
+        return self.cfg.reason_share > 0
+
+    def reason_ids(self, item_id: str, history: list[str]) -> list[int]:
+        """The supervised reason after an item (the template's `reason` block), closed by EOS, as
+        `--with-reasons` then writes it freely after the constrained item."""
+        return self.plain(" " + self.reason_text(item_id, history)) + [self.eos_id]
 
     @property
     def max_tokens(self) -> int:
@@ -199,8 +206,14 @@ class SequenceBuilder(PromptBuilder):
             ids, mask = list(self._header), [0] * len(self._header)
             for j, (a, b, c) in enumerate(lines):
                 target = 1 if j > 0 else 0
-                if j == len(lines) - 1 and rng is not None and self.cfg.request_share:
+                last = j == len(lines) - 1 and rng is not None
+                if last and self.cfg.request_share:
                     out += self.with_request(ids, mask, items[end - 1], rng)
+                if last and self.cfg.reason_share and rng.random() < self.cfg.reason_share:
+                    c = self.reason_ids(items[end - 1], items[start:end - 1])  # the window ends on its reason
+                    ids += a + b + c
+                    mask += [0] * len(a) + [1] * (len(b) + len(c))
+                    continue
                 ids += a + b + c
                 mask += [0] * len(a) + [target] * len(b) + [0] * len(c)
             out.append({"input_ids": ids, "completion_mask": mask})

@@ -15,13 +15,15 @@ SMOOTHING_SCOPE = "label_smoothing applies to the item softmax: item_id=token wi
 
 def item_softmax_rows(index: ItemIndex, builders: dict[str, PromptBuilder], span: range | None,
                       examples: list[dict], label_smoothing: float, grounded: bool) -> range | None:
-    """The item tokens' rows when the loss is the item softmax, else None: item tokens in sequence lists only, so
-    every supervised token is an item (checked here, once, on the examples). Label smoothing and grounded rows
-    need the item softmax."""
+    """The item tokens' rows when the loss is the item softmax, else None: item tokens in sequence lists only. Every
+    supervised token is an item (checked here, once, on the examples), or text a builder writes after an item (a
+    reason, `prompt.reason_share`), which the loss scores over the whole vocabulary. Label smoothing and grounded
+    rows need the item softmax."""
     only_items = index.rules.one_token and all(b.per_window for b in builders.values())
     rows = span if only_items else None
-    if rows is not None and any(t not in rows for e in examples
-                                for t, m in zip(e["input_ids"], e["completion_mask"]) if m):
+    writes_text = any(b.with_reasons for b in builders.values())
+    if rows is not None and not writes_text and any(t not in rows for e in examples
+                                                    for t, m in zip(e["input_ids"], e["completion_mask"]) if m):
         raise GenrecError("item softmax: a supervised token is not an item token (a template writes other text "
                           "after an item)")
     if label_smoothing and rows is None:
@@ -33,12 +35,14 @@ def item_softmax_rows(index: ItemIndex, builders: dict[str, PromptBuilder], span
 
 def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None, smoothing: float = 0.0,
                       item_matrix=None):
-    """Cross-entropy of each supervised next token over the item tokens' rows alone (SASRec's full softmax over
-    the catalog), from the final hidden states of the supervised positions only.
+    """Cross-entropy of each supervised next token: an item over the item tokens' rows alone (SASRec's full
+    softmax over the catalog), text (a reason after an item) over the whole vocabulary; from the final hidden
+    states of the supervised positions only.
 
-    Why: with item_id=token every supervised token is an item, and the search only ever compares items, so the
-    other ~49k vocabulary logits are never needed; computing them at every position was half of a training step's
-    time on CPU (measured: 5.1 s -> 3.0 s for a 1,024-token batch)."""
+    Why: with item_id=token the search only ever compares items, so the other ~49k vocabulary logits are needed at
+    text positions alone; computing them at every position was half of a training step's time on CPU (measured:
+    5.1 s -> 3.0 s for a 1,024-token batch)."""
+    import torch
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -46,16 +50,22 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None,
     hidden = body(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).last_hidden_state
     target = inputs["labels"][:, 1:]
     keep = target != -100
-    y = target[keep] - rows.start  # every supervised token is an item token: checked once, before training
+    y, h = target[keep], hidden[:, :-1][keep]
+    is_item = (y >= rows.start) & (y < rows.stop)
+    out = base.get_output_embeddings().weight
     # item_text=grounded: the rows and their logits come from grounded.ItemRows, not the embedding matrix
     if item_matrix is not None:
-        logits, y = item_matrix.softmax(hidden[:, :-1][keep], y)
+        logits, y_item = item_matrix.softmax(h[is_item], y[is_item] - rows.start)
     else:
-        logits = hidden[:, :-1][keep] @ base.get_output_embeddings().weight[rows.start:rows.stop].t()
-    if num_items_in_batch is None:
-        return F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
+        logits, y_item = h[is_item] @ out[rows.start:rows.stop].t(), y[is_item] - rows.start
+    loss = F.cross_entropy(logits.float(), y_item, reduction="sum", label_smoothing=smoothing)
+    if not is_item.all():  # text: the base vocabulary and the items' current rows (an item never stands in text)
+        ht = h[~is_item]
+        items = item_matrix.text_logits(ht) if item_matrix is not None else ht @ out[rows.start:rows.stop].t()
+        text = torch.cat([ht @ out[:rows.start].t(), items], 1)
+        loss = loss + F.cross_entropy(text.float(), y[~is_item], reduction="sum")
     # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count
-    return F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=smoothing) / num_items_in_batch
+    return loss / (num_items_in_batch if num_items_in_batch is not None else max(len(y), 1))
 
 
 def embedding_dropout(model, p: float) -> None:

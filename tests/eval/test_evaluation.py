@@ -210,35 +210,31 @@ def test_cold_item_protocol_reports_cold_and_warm_targets_beside_a_content_basel
     assert content_rankings(data.catalog, [row["history"]], [seen], 3)[0] == [ids[j] for j in np.argsort(-scores)[:3]]
 
 
-def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, tmp_path_factory, tiny_data,
+def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, talking_model, tiny_data,
                                                                      cut_token_model):
     """--task request on an item-token sequence model trained with request lines: each user's history plus a
     request worded from the target's attributes, beside the same model on the same users without it, the request
-    text alone (MiniLM retrieval, checked by hand for one user) and the baselines, paired; users whose target has
-    no attributes are left out. A model trained without request lines refuses --task request in one line."""
+    text alone (MiniLM retrieval, checked by hand for one request) and the baselines, paired; users whose target
+    has no attributes are left out; its reasons are measured for grounding. A model trained without request lines
+    refuses --task request in one line."""
     import numpy as np
 
-    from conftest import tiny_sft_config, trained
     from genrec.config import EvaluateConfig
     from genrec.data.prepared import load_prepared
     from genrec.eval.baselines import NO_REQUEST, REQUEST_TEXT
     from genrec.eval.protocol import run_evaluation
     from genrec.items.text import item_text, text_embeddings
 
-    def config(out):
-        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
-                              max_batch_tokens=600, layers=2)
-        cfg.prompt.max_history, cfg.prompt.item_facts, cfg.prompt.request_share = 20, [], 0.5
-        return cfg
-
-    model = trained(tmp_path_factory, "cut-request", config)
+    model = talking_model
     report = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=["popular"], task="request",
-                                           output=str(tmp_path / "eval")), log=lambda m: None)
+                                           with_reasons=True, output=str(tmp_path / "eval")), log=lambda m: None)
     assert set(report["results"]) == {"genrec", NO_REQUEST, REQUEST_TEXT, "popular"}
     data = load_prepared(tiny_data)
     with_attrs = [r for r in data.split("test") if any(v.strip() for v in data.catalog[r["target"]]["attrs"].values())]
     assert report["users_evaluated"] == len(with_attrs) > 0
     assert NO_REQUEST in (tmp_path / "eval" / "metrics.md").read_text()
+    grounding = report["reason_grounding"]
+    assert grounding["reasons"] == report["users_evaluated"]  # one top-1 reason per user, checked
     # the request-text baseline by hand for one request
     from genrec.eval.baselines import request_text_rankings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -250,6 +251,56 @@ def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
     uniform = -F.log_softmax(logits[keep][:, rows.start:rows.stop], -1).mean()
     assert not torch.isclose(smooth, loss, atol=1e-3)
     assert torch.isclose(smooth, 0.8 * direct + 0.2 * uniform, atol=1e-4)
+
+
+def test_the_loss_of_windows_with_reasons_is_items_over_the_catalog_and_text_over_the_vocabulary(token_model,
+                                                                                                   tiny_data):
+    """prompt.reason_share: a window ending on a reason supervises text after its last item; the loss is then the
+    item softmax at item positions plus the whole vocabulary's cross-entropy at text positions, over all targets
+    (recomputed here from a direct forward pass's full logits)."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from genrec.infer.recommender import Recommender
+    from genrec.model_dir import load_tokenizer
+    from genrec.prompts.builder import load_template
+    from genrec.prompts.sequence import make_builder
+    from genrec.train.losses import item_softmax_loss
+
+    tok = load_tokenizer(token_model)
+    rec = Recommender(token_model)
+    cfg = dataclasses.replace(rec.history_prompts.cfg, reason_share=1.0)
+    b = make_builder(tok, cfg, rec.catalog, rec.index, load_template(cfg.template))
+    assert b.with_reasons
+    rows = tok.convert_tokens_to_ids(rec.index.new_tokens)
+    rows = range(rows[0], rows[-1] + 1)
+    model = AutoModelForCausalLM.from_pretrained(str(token_model / "merged"), dtype=torch.float32)
+    data = load_prepared(tiny_data)
+    exs = [b.sequence_examples(data.train_items(u), rng=random.Random(0))[-1] for u in list(data.users.values())[:3]]
+    width = max(len(e["input_ids"]) for e in exs)
+    ids = torch.full((3, width), tok.pad_token_id)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for n, e in enumerate(exs):
+        ids[n, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[n, :len(e["input_ids"])] = 1
+        labels[n, :len(e["input_ids"])] = torch.where(torch.tensor(e["completion_mask"]) == 1,
+                                                      torch.tensor(e["input_ids"]), -100)
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        loss = item_softmax_loss(model, inputs, rows)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    keep = labels[:, 1:] != -100
+    y, lg = labels[:, 1:][keep], logits[keep]
+    item = (y >= rows.start) & (y < rows.stop)
+    assert item.any() and (~item).any() and y[~item].eq(tok.eos_token_id).sum() == 3  # each reason ends on EOS
+    direct = (F.cross_entropy(lg[item][:, rows.start:rows.stop], y[item] - rows.start, reduction="sum") +
+              F.cross_entropy(lg[~item][:, :rows.stop], y[~item], reduction="sum")) / len(y)
+    assert torch.isclose(loss, direct, atol=1e-4)
+    items = data.train_items(list(data.users.values())[0])
+    assert b.as_text(exs[0]["input_ids"]).endswith(" " + b.reason_text(items[-1], items[:-1]) + tok.eos_token)
 
 
 def test_token_model_prompt_is_frameless_and_search_is_exact(token_model, tiny_data):

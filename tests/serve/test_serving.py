@@ -444,39 +444,34 @@ def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_facto
         thread.join(10)
 
 
-def test_plain_chat_on_an_item_token_model_trained_with_requests_is_a_request(tmp_path_factory, tiny_data):
-    """An item-token sequence model trained with request lines (`prompt.request_share`) reads free text as a request:
-    the official client's plain-text message gets what the library answers for that request (a titles-only part of
-    it read as the history), and the request changes the scores of the same history."""
+def test_plain_chat_on_an_item_token_model_trained_with_requests_is_a_request(talking_model):
+    """An item-token sequence model trained with request lines and reasons (`prompt.request_share`,
+    `prompt.reason_share`) reads free text as a request: the official client's plain-text message gets what the
+    library answers for that request, reasons included (a titles-only part of it read as the history), and the
+    request changes the scores of the same history."""
     from openai import OpenAI
 
-    from conftest import tiny_sft_config, trained
     from genrec.infer.query import Query
     from genrec.infer.recommender import Recommender
 
-    def config(out):
-        cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=3, save_steps=100,
-                              max_batch_tokens=600, layers=2)
-        cfg.prompt.max_history, cfg.prompt.item_facts, cfg.prompt.request_share = 20, [], 0.5
-        return cfg
-
-    rec = Recommender(trained(tmp_path_factory, "cut-request", config))
-    assert rec.reads_request_text
+    rec = Recommender(talking_model)
+    assert rec.reads_request_text and rec.with_reasons
     a, b = list(rec.catalog)[:2]
     ask = "something with genres: Comedy, please"
-    alone = rec.recommend([Query(text=ask)], k=3)[0]
-    named = rec.recommend([Query(history=[a, b], text=f"after {rec.catalog[a]['title']} and "
-                                 f"{rec.catalog[b]['title']}, {ask}", seen={a, b})], k=3)[0]
+    said = f"after {rec.catalog[a]['title']} and {rec.catalog[b]['title']}, {ask}"
+    alone = rec.recommend([Query(text=ask)], k=3, with_reasons=True)[0]
+    named = rec.recommend([Query(history=[a, b], text=said, seen={a, b})], k=3, with_reasons=True)[0]
     plain = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
     assert [p.score for p in named.items] != [p.score for p in plain.items]  # the request is read
+    assert all(isinstance(p.reason, str) for p in named.items + alone.items)
     srv, thread, url = start_server(rec)
     try:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        resp = client.chat.completions.create(model="genrec-test", n=3, messages=[{"role": "user", "content": ask}])
-        assert [c.message.content for c in resp.choices] == [p.title for p in alone.items]
-        resp = client.chat.completions.create(model="genrec-test", n=3, messages=[{"role": "user", "content":
-                                              f"after {rec.catalog[a]['title']} and {rec.catalog[b]['title']}, {ask}"}])
-        assert [c.message.content for c in resp.choices] == [p.title for p in named.items]
+        for text, ref in ((ask, alone), (said, named)):
+            resp = client.chat.completions.create(model="genrec-test", n=3,
+                                                  messages=[{"role": "user", "content": text}])
+            assert [c.message.content for c in resp.choices] == \
+                [p.title + (f"\n{p.reason}" if p.reason else "") for p in ref.items]
     finally:
         srv.should_exit = True
         thread.join(10)
