@@ -415,11 +415,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise GenrecError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+        raise GenrecError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    values = {}
+    for k, v in data.items():
+        default = fields[k].default_factory  # a nested config's own defaults (SFTConfig's prompt: item_facts=[])
+        if isinstance(v, dict) and default is not dataclasses.MISSING and dataclasses.is_dataclass(default()):
+            v = _merged(to_dict(default()), v)  # a key given for it changes that key alone
+        values[k] = _coerce(v, hints[k], prefix + k)
+    return cls(**values)
+
+
+def _merged(base: dict, given: dict) -> dict:
+    """`given` over `base`, mapping by mapping (a null given stays null)."""
+    out = dict(base)
+    for k, v in given.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:

@@ -14,6 +14,22 @@ def test_yaml_then_overrides(tmp_path):
         (7, 4, 0.01, "next_item_reason")
 
 
+def test_a_nested_key_changes_that_key_alone(tmp_path):
+    """SFTConfig's prompt has defaults of its own (item_facts=[], max_history=50, not PromptConfig's): one prompt key
+    on the command line or in YAML keeps the others (it once rebuilt the prompt from PromptConfig's, so
+    `prompt.request_share=0.3` silently wrote every item's facts into the windows); an explicit null stays null."""
+    from genrec.config import PromptConfig
+
+    assert PromptConfig().item_facts is None and SFTConfig().prompt.item_facts == []
+    cfg = load_config(SFTConfig, None, {"prompt.request_share": "0.3"})
+    assert cfg.prompt == SFTConfig().prompt.__class__(**{**vars(SFTConfig().prompt), "request_share": 0.3})
+    p = tmp_path / "c.yaml"
+    p.write_text("prompt:\n  max_history: 4\n")
+    assert load_config(SFTConfig, p).prompt.item_facts == []
+    p.write_text("prompt:\n  item_facts: null\n")
+    assert load_config(SFTConfig, p).prompt.item_facts is None
+
+
 @pytest.mark.parametrize("overrides,needle", [
     ({"nope": 1}, "unknown config key 'nope'"),
     ({"prompt.nope": 1}, "unknown config key 'prompt.nope'"),
