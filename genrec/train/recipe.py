@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from genrec.config import SFTConfig, to_dict
+from genrec.config import GROUNDED_RESIDUAL_DROPOUT, SFTConfig, to_dict
 from genrec.data.prepared import PreparedData, load_prepared
 from genrec.errors import GenrecError
 from genrec.infer.retriever import Retriever
@@ -135,7 +135,8 @@ def check_settings(cfg: SFTConfig) -> None:
         raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
     if cfg.item_text == "grounded" and not item_lists:
         raise GenrecError(GROUNDED_SCOPE)
-    if not 0 <= cfg.residual_dropout < 1 or cfg.residual_dropout and cfg.item_text != "grounded":
+    if cfg.residual_dropout is not None and (not 0 <= cfg.residual_dropout < 1 or
+                                             cfg.residual_dropout and cfg.item_text != "grounded"):
         raise GenrecError(f"residual_dropout must be in [0, 1) and applies to item_text=grounded, got "
                           f"{cfg.residual_dropout}")
     check_trackers(cfg.report_to)
@@ -230,12 +231,13 @@ def ground_items(cfg: SFTConfig, model, tok, index: ItemIndex, data: PreparedDat
     t0 = time.time()
     features = grounded.text_features(model, tok, [item_text(data.catalog[i]) for i in index.item_ids])
     vocab = model.get_input_embeddings().weight.detach()[:min(new_ids)]
-    log(f"item_text=grounded: read {len(features)} item texts in {time.time() - t0:.0f}s")
+    dropout = GROUNDED_RESIDUAL_DROPOUT if cfg.residual_dropout is None else cfg.residual_dropout
+    log(f"item_text=grounded: read {len(features)} item texts in {time.time() - t0:.0f}s; residual dropout {dropout:g}")
     import torch
 
     counts = data.training_counts()
     return grounded.ItemRows(features, ITEM_ROW_SCALE * float(vocab.norm(dim=1).mean()),
-                             torch.tensor([counts[i] > 0 for i in index.item_ids]), cfg.residual_dropout)
+                             torch.tensor([counts[i] > 0 for i in index.item_ids]), dropout)
 
 
 def make_trainer(run: Run, loaded: LoadedModel, log=print) -> Fitting:

@@ -42,8 +42,8 @@ def test_grounded_rows_are_the_map_of_the_text_plus_a_residual_that_cold_items_n
 
     out = tmp_path / "m"
     logs = []
-    train(grounded_config(cold_data, out, residual_dropout=0.5), log=logs.append)
-    assert any("item_text=grounded: read" in m for m in logs)
+    train(grounded_config(cold_data, out), log=logs.append)  # residual_dropout: grounded's default, 0.5
+    assert any("item_text=grounded: read" in m and m.endswith("residual dropout 0.5") for m in logs)
     state = load_file(str(out / ModelCard.ITEM_TEXT))
     W, b, r, f = state["map.weight"], state["map.bias"], state["residual"], state["features"]
     card = ModelCard.load(out)
