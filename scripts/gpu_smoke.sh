@@ -14,6 +14,7 @@ RUN=${GENREC_GPU_RUN:-runs/gpu}
 genrec data prepare --output "$RUN/data" --overwrite
 genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --overwrite --max-steps ${STEPS:-200}
 python -m benchmarks.bench_backends --model "$RUN/model" --users ${USERS:-256} --batch-size 64 --check  # exits 1 on a fault
+python -m benchmarks.bench_shards --model "$RUN/model" --data "$RUN/data" --shards 2 --work "$RUN/shards"  # every test user
 python -m benchmarks.bench_serve --model "$RUN/model" --backend vllm --clients 32 --seconds 60
 python -m benchmarks.bench_serve --model "$RUN/model" --backend hf --clients 8 --seconds 60
 # More than one GPU: the multi-GPU variants (DDP fine-tuning through accelerate, vLLM tensor parallelism).
