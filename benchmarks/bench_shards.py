@@ -96,6 +96,8 @@ def main() -> None:
     for backend in args.backends.split(","):
         r = generate_sharded(Path(args.model), work / "users.jsonl", work, backend, args.shards, args.k)
         lines = len(r["merged"].read_text().splitlines())
+        if lines != n:  # merge-shards refuses overlaps; a missing line would be a lost user
+            raise SystemExit(f"{backend}: {lines} lines after merging {args.shards} shards of {n} users")
         out[backend] = {**{k: v for k, v in r.items() if k != "merged"}, "lines": lines,
                         "users_per_s": round(n / sum(r["wall_s"]), 1)}
         rows.append({"backend": backend, "users": n, "shards": args.shards, "lines out": lines,

@@ -284,8 +284,8 @@ class VLLMBackend:
         self.requests += len(rows)
         outs = self.llm.encode([TokensPrompt(prompt_token_ids=r) for r in rows], pooling_task="embed",
                                use_tqdm=False)
-        hidden = torch.stack([o.outputs.data for o in outs]).float().cpu()
-        return gather_allowed(torch.log_softmax(hidden @ self.head.t(), -1), allowed)
+        hidden = torch.stack([o.outputs.data for o in outs]).float().to(self.head.device)
+        return gather_allowed(torch.log_softmax(hidden @ self.head.t(), -1), allowed).cpu()
 
     def score(self, rows: list[list[int]], allowed: list[list[int]] | None) -> torch.Tensor:
         """One engine request per row, whatever the catalog size: a row allowing at most VLLM_MAX_TOKEN_IDS tokens
@@ -379,8 +379,12 @@ def start_engine(kwargs: dict):
 
 def output_matrix(path: str | Path) -> torch.Tensor:
     """The [vocab, d] float32 matrix that turns the model's last hidden state into logits (its output embeddings,
-    tied or not), read on the host. A model whose logits are more than that product (a logit scale or soft cap)
-    is refused: its pooled scores would not be its log-probabilities."""
+    tied or not), read alone from the safetensors files (on the GPU when there is one). A model whose logits are
+    more than that product (a logit scale or soft cap) is refused: its pooled scores would not be its
+    log-probabilities."""
+    import json
+
+    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path))
@@ -388,10 +392,21 @@ def output_matrix(path: str | Path) -> torch.Tensor:
         if getattr(config, name, None) not in (None, 1, 1.0):
             raise GenrecError(f"{path}: {name}={getattr(config, name)}: item-token scoring on vLLM reads plain "
                               "output logits (use --backend hf)")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    head = model.get_output_embeddings().weight.detach().float().clone()
-    del model
-    return head
+    with torch.device("meta"):  # the parameter's names (tied: the input embedding's too), no weights
+        model = AutoModelForCausalLM.from_config(config)
+    out = model.get_output_embeddings().weight
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is out]
+    root = Path(path)
+    index = root / "model.safetensors.index.json"
+    files = json.loads(index.read_text())["weight_map"] if index.is_file() else {}
+    for name in names:
+        file = root / files.get(name, "model.safetensors")
+        if file.is_file():
+            with safe_open(str(file), "pt") as fh:
+                if name in fh.keys():
+                    head = fh.get_tensor(name).float()
+                    return head.cuda() if torch.cuda.is_available() else head
+    raise GenrecError(f"{path}: none of {', '.join(names)} is in its safetensors files")
 
 
 def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None, vllm=None,
@@ -408,12 +423,18 @@ def load_backend(card, tok, kind: str = "hf", dtype: str = "auto", adapter=None,
                               "(vLLM serves the final merged model)")
         return VLLMBackend(merged or card.base_path(), None if merged else adapter_dir, dtype, tok.eos_token_id,
                            max_model_len=max_model_len, lora_rank=card.lora_rank, engine=vllm,
-                           pooled=merged is not None and card.item_index().rules.one_token)
+                           pooled=merged is not None and card.item_index().rules.one_token and not writes_text(card))
     if merged is not None and adapter is None:
         model, _ = load_base(merged, dtype)
     else:
         model = card.load_checkpoint(adapter_dir, tok, dtype)
     return HFBackend(model, tok.pad_token_id, tok.eos_token_id)
+
+
+def writes_text(card) -> bool:
+    """Whether the model writes text after an item (a reason): a pooled engine cannot, and a second, generating
+    engine beside it would want the same GPU memory share, so such a model is served by the generating engine."""
+    return any(p.get("reason_share") or p.get("task") == "next_item_reason" for p in card.task_prompts().values())
 
 
 def _vllm_dtype(dtype: str) -> str:

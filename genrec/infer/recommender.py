@@ -98,7 +98,8 @@ class Recommender:
     @property
     def reads_request_text(self) -> bool:
         """Whether a request's free text reaches a prompt this model was trained on (a sequence model's lists hold
-        item identifiers only; serving then reads the catalog titles a message names as its history)."""
+        item identifiers only unless trained with prompt.request_share; without it, serving reads the catalog
+        titles a message names as its history)."""
         return self.request_prompts is not None and self.request_prompts.reads_text
 
     @property
@@ -156,7 +157,8 @@ class Recommender:
         if s.k < 1 or s.k > n_items:
             raise GenrecError(f"k must be between 1 and the catalog size ({n_items})")
         if s.with_reasons and not self.with_reasons:
-            raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason, or an "
+                              "item-token sequence model with prompt.reason_share)")
         if candidates is not None and self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever for --candidates retriever:K (train it with "
                               "`genrec sft retriever=sasrec`)")
@@ -173,7 +175,8 @@ class Recommender:
         raises its GenrecError here, on its own, before the server batches it with others."""
         s = settings or Search()
         if s.with_reasons and not self.with_reasons:
-            raise GenrecError("this model was trained without reasons (train with --task next_item_reason)")
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason, or an "
+                              "item-token sequence model with prompt.reason_share)")
         if not req.history and not req.text:
             return  # the popular fallback: nothing to build
         builder = self.route(req)

@@ -99,7 +99,7 @@ class PromptBuilder:
 
     objective = "prefix"  # one prompt per history prefix (SequenceBuilder: one list per user window)
     shipped_template = None  # the task's own template (SequenceBuilder: sequence.j2, whatever the task)
-    reads_text = True  # its prompts can carry request text (SequenceBuilder: item lists only)
+    reads_text = True  # its prompts can carry request text (SequenceBuilder: under prompt.request_share)
     only_task = None  # the one task this objective trains (SequenceBuilder: next_item), None: any
     per_window = False  # one example per history prefix (SequenceBuilder: per user window, every item a target)
 

@@ -99,8 +99,10 @@ class SequenceBuilder(PromptBuilder):
     def n_targets(self, example: dict) -> int:
         """The items a window supervises: its masked end tokens (item tokens: its masked tokens)."""
         mask = example["completion_mask"]
-        if not self.item_ending:
-            return sum(mask)
+        if not self.item_ending:  # one token per item: its masked item tokens (not a reason's text)
+            if not hasattr(self, "_item_ids"):
+                self._item_ids = set(self.tok.convert_tokens_to_ids(self.index.new_tokens))
+            return sum(1 for i, m in zip(example["input_ids"], mask) if m and i in self._item_ids)
         return sum(1 for i, m in zip(example["input_ids"], mask) if m and i == self.item_end_id)
 
     def _header_vars(self) -> dict:
@@ -149,7 +151,8 @@ class SequenceBuilder(PromptBuilder):
         """The newest history items that fit (`max_history`, `max_sequence_tokens` less room for the answer),
         rendered as in training, then the next line's `before` text: the model writes the next identifier."""
         if request and not self.reads_text:
-            raise GenrecError("a sequence model reads histories; it was not trained to answer request text")
+            raise GenrecError("a sequence model reads histories; it was not trained to answer request text (train "
+                              "it with prompt.request_share)")
         asked = self.request_line(request) if request else []
         n = min(len(history), max(self.cfg.max_history, 0))
         items = list(history)[len(history) - n:]
@@ -238,6 +241,8 @@ class SequenceBuilder(PromptBuilder):
             return []
         alone = list(self._header) + asked + self.before(1, None, None)
         answer = self.ident(item)
+        if self.cfg.reason_share and rng.random() < self.cfg.reason_share:  # a reason with no history to name
+            answer = answer + self.reason_ids(item, [])
         return [{"input_ids": alone + answer, "completion_mask": [0] * len(alone) + [1] * len(answer)}]
 
     def completion(self, item_id: str, history: list[str], context: dict | None = None) -> list[int]:

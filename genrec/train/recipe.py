@@ -135,6 +135,11 @@ def check_settings(cfg: SFTConfig) -> None:
         raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
     if cfg.item_text == "grounded" and not item_lists:
         raise GenrecError(GROUNDED_SCOPE)
+    for share in ("request_share", "reason_share"):
+        if getattr(cfg.prompt, share) and (objective is None or not objective.per_window):
+            raise GenrecError(f"prompt.{share} writes request lines or reasons into the sequence objective's "
+                              "windows: use objective=sequence (other objectives have the request and "
+                              "next_item_reason tasks)")
     if cfg.residual_dropout is not None and (not 0 <= cfg.residual_dropout < 1 or
                                              cfg.residual_dropout and cfg.item_text != "grounded"):
         raise GenrecError(f"residual_dropout must be in [0, 1) and applies to item_text=grounded, got "

@@ -244,3 +244,25 @@ def test_request_share_bad_settings_are_one_line_errors(tokenizer, tiny_data, tm
     tpl.write_text(BEFORE_TEMPLATE)  # no request block
     with pytest.raises(GenrecError, match="prompt.request_share needs a `request` block in"):
         _builder(tokenizer, data, tpl, request_share=0.5)
+    from genrec.train.recipe import train
+
+    cfg = tiny_sft_config(tiny_data, tmp_path / "m", objective="prefix")
+    cfg.prompt.reason_share = 0.5
+    with pytest.raises(GenrecError, match="prompt.reason_share writes request lines or reasons into the sequence"):
+        train(cfg, log=lambda m: None)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_reason_names_what_exists(tokenizer, tiny_data):
+    """The shipped reason: the last history item's title, the item's title and its first non-empty fact; an item
+    without attributes, or a request with no history, still gets a sentence (no template error)."""
+    from genrec.data.prepared import load_prepared
+
+    data = load_prepared(tiny_data)
+    a, b = list(data.catalog)[:2]
+    builder = _builder(tokenizer, data, reason_share=1.0)
+    catalog = builder.catalog = {**data.catalog, b: {**data.catalog[b], "attrs": {}}}  # b: no attributes
+    said = builder.reason_text(b, [a])
+    assert said == f"After {catalog[a]['title']}: {catalog[b]['title']}."
+    first = sorted((k, v) for k, v in catalog[a]["attrs"].items() if v)[0]
+    assert builder.reason_text(a, []).startswith(f"To start with: {catalog[a]['title']} ({first[0]}: ")
