@@ -72,9 +72,10 @@ def agreement(a: Path, b: Path) -> tuple[int, int, float]:
     lb = [json.loads(x) for x in b.read_text().splitlines()]
     same, worst = 0, 0.0
     for x, y in zip(la, lb):
-        ix, iy = [r["item_id"] for r in x["items"]], [r["item_id"] for r in y["items"]]
+        ix, iy = [r["item_id"] for r in x["recommendations"]], [r["item_id"] for r in y["recommendations"]]
         same += ix == iy
-        worst = max([worst] + [abs(p["score"] - q["score"]) for p, q in zip(x["items"], y["items"])])
+        worst = max([worst] + [abs(p["score"] - q["score"]) for p, q in zip(x["recommendations"],
+                                                                           y["recommendations"])])
     return min(len(la), len(lb)), same, worst
 
 
