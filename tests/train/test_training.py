@@ -60,7 +60,10 @@ def _sft_args(cfg, data, out, save_steps: int) -> list[str]:
             f"batch_size={cfg.batch_size}", f"max_steps={cfg.max_steps}", f"save_steps={save_steps}",
             f"learning_rate={cfg.learning_rate}", f"lora_r={cfg.lora_r}", f"lora_alpha={cfg.lora_alpha}",
             f"seed={cfg.seed}", "logging_steps=1", f"prompt.max_history={cfg.prompt.max_history}",
-            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}", f"objective={cfg.objective}", *TITLE_RECIPE]
+            f"prompt.max_prompt_tokens={cfg.prompt.max_prompt_tokens}", f"objective={cfg.objective}",
+            # the reference run's facts (other prompt keys keep SFTConfig's own defaults, item_facts=[] among them)
+            "prompt.item_facts=" + ("none" if cfg.prompt.item_facts is None else ",".join(cfg.prompt.item_facts)),
+            *TITLE_RECIPE]
 
 
 def _assert_same_adapter(a: Path, b: Path) -> None:
