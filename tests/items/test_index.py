@@ -210,6 +210,21 @@ def token_model(tiny_data, tmp_path_factory):
     return out
 
 
+def loss_inputs(exs: list[dict], pad_id: int) -> dict:
+    """A right-padded batch of examples as the trainer's collator gives it: labels only where the mask supervises."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in exs)
+    ids = torch.full((len(exs), width), pad_id)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for n, e in enumerate(exs):
+        ids[n, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        mask[n, :len(e["input_ids"])] = 1
+        labels[n, :len(e["input_ids"])] = torch.where(torch.tensor(e["completion_mask"]) == 1,
+                                                      torch.tensor(e["input_ids"]), -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
     """Training with item tokens uses the item softmax, and that loss equals the cross-entropy recomputed from a
     direct forward pass's full logits restricted to the item rows (and, given a target count, the sum over it);
@@ -230,15 +245,8 @@ def test_item_softmax_loss_is_the_catalog_cross_entropy(token_model, tiny_data):
     model = AutoModelForCausalLM.from_pretrained(str(token_model / "merged"), dtype=torch.float32)
     data = load_prepared(tiny_data)
     exs = [rec.history_prompts.sequence_examples(data.train_items(u))[0] for u in list(data.users.values())[:3]]
-    width = max(len(e["input_ids"]) for e in exs)
-    ids = torch.full((3, width), tok.pad_token_id)
-    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
-    for n, e in enumerate(exs):
-        ids[n, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        mask[n, :len(e["input_ids"])] = 1
-        labels[n, :len(e["input_ids"])] = torch.where(torch.tensor(e["completion_mask"]) == 1,
-                                                      torch.tensor(e["input_ids"]), -100)
-    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    inputs = loss_inputs(exs, tok.pad_token_id)
+    ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     with torch.no_grad():
         loss = item_softmax_loss(model, inputs, rows)
         summed = item_softmax_loss(model, inputs, rows, num_items_in_batch=1)
@@ -280,15 +288,8 @@ def test_the_loss_of_windows_with_reasons_is_items_over_the_catalog_and_text_ove
     model = AutoModelForCausalLM.from_pretrained(str(token_model / "merged"), dtype=torch.float32)
     data = load_prepared(tiny_data)
     exs = [b.sequence_examples(data.train_items(u), rng=random.Random(0))[-1] for u in list(data.users.values())[:3]]
-    width = max(len(e["input_ids"]) for e in exs)
-    ids = torch.full((3, width), tok.pad_token_id)
-    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
-    for n, e in enumerate(exs):
-        ids[n, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        mask[n, :len(e["input_ids"])] = 1
-        labels[n, :len(e["input_ids"])] = torch.where(torch.tensor(e["completion_mask"]) == 1,
-                                                      torch.tensor(e["input_ids"]), -100)
-    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    inputs = loss_inputs(exs, tok.pad_token_id)
+    ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     with torch.no_grad():
         loss = item_softmax_loss(model, inputs, rows)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
