@@ -208,6 +208,9 @@ class SFTConfig:
     label_smoothing: float = opt(0.0, help="item_id=token's item softmax: this share of each target's probability is "
                                            "spread over the whole catalog (a regulariser against the confident "
                                            "memorised targets that stop validation gains; 0 = off).")
+    reason_weight: float = opt(1.0, help="prompt.reason_share: the weight of a reason's tokens in the loss, relative "
+                                         "to an item's (a reason is ~20 tokens after one item, so at 1 the reasons "
+                                         "can outweigh the ranking they explain).")
     # weight_decay cannot reach the item rows: their embedding matrix holds the base vocabulary too
     item_weight_decay: float = opt(2.0, help="Decoupled weight decay (AdamW's) on the new item/code token rows alone: "
                                              "each step scales them by 1 - lr x this, lr being the scheduler's rate "

@@ -110,6 +110,7 @@ class ItemRows(nn.Module):
         if not 0 <= residual_dropout < 1:
             raise GenrecError(f"residual_dropout must be in [0, 1), got {residual_dropout}")
         self.residual_dropout = residual_dropout
+        self._current: torch.Tensor | None = None  # this forward's rows (`current`)
         n, d = features.shape
         self.register_buffer("features", features.float(), persistent=False)
         scale = target_norm / features.norm(dim=1).mean().clamp_min(1e-8)
@@ -134,10 +135,24 @@ class ItemRows(nn.Module):
             residual = residual * keep
         return self.map(self.features) + residual
 
+    def begin(self) -> torch.Tensor:
+        """The rows of a training forward, computed once at its input hook and shared by the input, the item
+        softmax and the text positions until `forget` (the loss's end). Why: one evaluation per step instead of
+        three, and one residual-dropout draw, so an item reads and scores alike within a step."""
+        self._current = self()
+        return self._current
+
+    def current(self) -> torch.Tensor:
+        """The forward's rows from `begin`, or (outside a hooked forward) freshly computed and not kept."""
+        return self._current if self._current is not None else self()
+
+    def forget(self) -> None:
+        self._current = None
+
     def softmax(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The item softmax's logits of `hidden` [m, d] and `targets` (item positions) renumbered to match, over
         the items with training interactions alone (see the module's docstring)."""
-        rows = self()
+        rows = self.current()
         if not self.absent.any():
             return hidden @ rows.t().to(hidden.dtype), targets
         present = (~self.absent).nonzero().squeeze(1)
@@ -149,7 +164,7 @@ class ItemRows(nn.Module):
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The items' logits at text positions (a reason after an item), items without training interactions at
         -inf: at a text position every item is a negative, and those items are none."""
-        logits = hidden @ self().t().to(hidden.dtype)
+        logits = hidden @ self.current().t().to(hidden.dtype)
         return logits.masked_fill(self.absent, float("-inf")) if self.absent.any() else logits
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -178,14 +193,15 @@ class ItemRows(nn.Module):
 
 def attach(model, rows: ItemRows, span: range) -> None:
     """Training reads the items' rows from `rows`: the input embedding's output at item positions is replaced
-    (a hook that runs before any other, embedding dropout included)."""
+    (a hook that runs before any other, embedding dropout included). Each forward computes the rows afresh."""
     def hook(module, args, out):
+        rows.forget()
         ids = args[0]
         mask = (ids >= span.start) & (ids < span.stop)
         if not mask.any():
             return out
         out = out.clone()
-        out[mask] = rows()[ids[mask] - span.start].to(out.dtype)
+        out[mask] = rows.begin()[ids[mask] - span.start].to(out.dtype)
         return out
 
     model.get_input_embeddings().register_forward_hook(hook, prepend=True)

@@ -34,10 +34,10 @@ def item_softmax_rows(index: ItemIndex, builders: dict[str, PromptBuilder], span
 
 
 def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None, smoothing: float = 0.0,
-                      item_matrix=None):
+                      item_matrix=None, text_weight: float = 1.0):
     """Cross-entropy of each supervised next token: an item over the item tokens' rows alone (SASRec's full
-    softmax over the catalog), text (a reason after an item) over the whole vocabulary; from the final hidden
-    states of the supervised positions only.
+    softmax over the catalog), text (a reason after an item) over the whole vocabulary and weighted by
+    `text_weight` (`reason_weight`); from the final hidden states of the supervised positions only.
 
     Why: with item_id=token the search only ever compares items, so the other ~49k vocabulary logits are needed at
     text positions alone; computing them at every position was half of a training step's time on CPU (measured:
@@ -63,7 +63,9 @@ def item_softmax_loss(model, inputs: dict, rows: range, num_items_in_batch=None,
         ht = h[~is_item]
         items = item_matrix.text_logits(ht) if item_matrix is not None else ht @ out[rows.start:rows.stop].t()
         text = torch.cat([ht @ out[:rows.start].t(), items], 1)
-        loss = loss + F.cross_entropy(text.float(), y[~is_item], reduction="sum")
+        loss = loss + text_weight * F.cross_entropy(text.float(), y[~is_item], reduction="sum")
+    if item_matrix is not None:
+        item_matrix.forget()  # this forward's rows are used up
     # the Trainer sums micro-batch losses under gradient accumulation: normalise by the accumulated target count
     return loss / (num_items_in_batch if num_items_in_batch is not None else max(len(y), 1))
 
@@ -85,8 +87,9 @@ def token_batch_trainer(base):
 
     class TokenBatchTrainer(base):
         def __init__(self, *args, batches: list[list[int]], item_rows: range | None = None,
-                     label_smoothing: float = 0.0, item_matrix=None, **kw):
+                     label_smoothing: float = 0.0, item_matrix=None, text_weight: float = 1.0, **kw):
             self._batches = batches
+            self._text_weight = text_weight
             self._item_rows = item_rows
             self._item_matrix = item_matrix
             self._smoothing = label_smoothing
@@ -97,7 +100,7 @@ def token_batch_trainer(base):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             return item_softmax_loss(model, inputs, self._item_rows, num_items_in_batch, self._smoothing,
-                                     self._item_matrix)
+                                     self._item_matrix, self._text_weight)
 
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader

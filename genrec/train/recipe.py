@@ -140,6 +140,9 @@ def check_settings(cfg: SFTConfig) -> None:
             raise GenrecError(f"prompt.{share} writes request lines or reasons into the sequence objective's "
                               "windows: use objective=sequence (other objectives have the request and "
                               "next_item_reason tasks)")
+    if not cfg.reason_weight >= 0 or cfg.reason_weight != 1 and not cfg.prompt.reason_share:
+        raise GenrecError(f"reason_weight must be >= 0 and applies to prompt.reason_share's reasons, got "
+                          f"{cfg.reason_weight}")
     if cfg.residual_dropout is not None and (not 0 <= cfg.residual_dropout < 1 or
                                              cfg.residual_dropout and cfg.item_text != "grounded"):
         raise GenrecError(f"residual_dropout must be in [0, 1) and applies to item_text=grounded, got "
@@ -274,7 +277,7 @@ def make_trainer(run: Run, loaded: LoadedModel, log=print) -> Fitting:
     trainer = trainer_cls(model=model, args=run.args, train_dataset=Dataset.from_list(examples),
                           processing_class=run.tok, peft_config=peft_config, callbacks=callbacks,
                           **({"batches": batches, "item_rows": item_rows, "label_smoothing": cfg.label_smoothing,
-                              "item_matrix": rows} if batches else {}))
+                              "item_matrix": rows, "text_weight": cfg.reason_weight} if batches else {}))
     code_rows.attach(trainer.model)
     if rows is not None:  # a submodule: the optimizer (made in train()) takes W, b and the residuals
         trainer.model.add_module("genrec_item_rows", rows)
@@ -285,7 +288,9 @@ def make_trainer(run: Run, loaded: LoadedModel, log=print) -> Fitting:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(MinutesBar(clock))
     if item_rows is not None:
-        log(f"loss: the softmax over the {len(item_rows)} item tokens at each supervised position")
+        text = (f"; a reason's tokens over the whole vocabulary, weighted {cfg.reason_weight}"
+                if cfg.prompt.reason_share else "")
+        log(f"loss: the softmax over the {len(item_rows)} item tokens at each supervised item position{text}")
     return Fitting(trainer, code_rows, clock, loss_log, batches)
 
 

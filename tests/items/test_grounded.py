@@ -290,3 +290,49 @@ def test_catalog_add_on_an_init_model_starts_new_rows_from_their_titles(cut_toke
     assert "z1" in ids and len(set(ids)) == n
     again = CliRunner().invoke(main, ["catalog", "add", "--model", str(model), "--catalog", str(new)])
     assert again.exit_code == 2 and "item 'z1' is already in the model's catalog" in again.output
+
+
+def test_a_training_forward_computes_the_grounded_rows_once_for_input_items_and_text():
+    """The item rows of one training step (input hook, item softmax, text positions) come from one evaluation
+    with one residual-dropout draw, kept for that step alone; the loss equals the one computed from those rows
+    written into the embedding matrix, and the next forward draws afresh."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genrec.items.grounded import ItemRows, attach
+    from genrec.train.losses import item_softmax_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    span = range(30, 40)
+    rows = ItemRows(torch.randn(10, 16), 1.0, residual_dropout=0.5)
+    with torch.no_grad():
+        rows.residual.normal_()
+    model.add_module("genrec_item_rows", rows)
+    attach(model, rows, span)
+    calls = []
+    rows.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([[1, 31, 33, 35, 5, 6, 2], [1, 32, 34, 36, 7, 8, 2]])  # items, then a reason's text
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    model.train()
+    loss = item_softmax_loss(model, inputs, span, item_matrix=rows)
+    assert len(calls) == 1 and rows.current is not None and rows._current is None
+    loss.backward()
+    assert rows.residual.grad is not None and rows.map.weight.grad is not None
+
+    torch.manual_seed(1)
+    loss = item_softmax_loss(model, inputs, span, item_matrix=rows)
+    torch.manual_seed(1)
+    drawn = rows().detach()  # the same draw: the rows that step used
+    with torch.no_grad():  # embedded by hand: the input hook, and so no further draw, is not run
+        model.get_input_embeddings().weight[30:40] = drawn
+        embeds = model.get_input_embeddings().weight[ids]
+        hidden = model.model(inputs_embeds=embeds).last_hidden_state[:, :-1].reshape(-1, 16)
+    y = ids[:, 1:].reshape(-1)
+    item = y >= 30
+    direct = (F.cross_entropy(hidden[item] @ drawn.t(), y[item] - 30, reduction="sum") +
+              F.cross_entropy(hidden[~item] @ model.get_input_embeddings().weight.t(), y[~item],
+                              reduction="sum")) / len(y)
+    assert len(calls) == 3 and torch.isclose(loss, direct, atol=1e-5)

@@ -292,14 +292,16 @@ def test_the_loss_of_windows_with_reasons_is_items_over_the_catalog_and_text_ove
     ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
     with torch.no_grad():
         loss = item_softmax_loss(model, inputs, rows)
+        weighted = item_softmax_loss(model, inputs, rows, text_weight=0.25)  # reason_weight=0.25
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     keep = labels[:, 1:] != -100
     y, lg = labels[:, 1:][keep], logits[keep]
     item = (y >= rows.start) & (y < rows.stop)
     assert item.any() and (~item).any() and y[~item].eq(tok.eos_token_id).sum() == 3  # each reason ends on EOS
-    direct = (F.cross_entropy(lg[item][:, rows.start:rows.stop], y[item] - rows.start, reduction="sum") +
-              F.cross_entropy(lg[~item][:, :rows.stop], y[~item], reduction="sum")) / len(y)
-    assert torch.isclose(loss, direct, atol=1e-4)
+    items_sum = F.cross_entropy(lg[item][:, rows.start:rows.stop], y[item] - rows.start, reduction="sum")
+    text_sum = F.cross_entropy(lg[~item][:, :rows.stop], y[~item], reduction="sum")
+    assert torch.isclose(loss, (items_sum + text_sum) / len(y), atol=1e-4)
+    assert torch.isclose(weighted, (items_sum + 0.25 * text_sum) / len(y), atol=1e-4)
     items = data.train_items(list(data.users.values())[0])
     assert b.as_text(exs[0]["input_ids"]).endswith(" " + b.reason_text(items[-1], items[:-1]) + tok.eos_token)
 

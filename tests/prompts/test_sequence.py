@@ -251,6 +251,13 @@ def test_request_share_bad_settings_are_one_line_errors(tokenizer, tiny_data, tm
     with pytest.raises(GenrecError, match="prompt.reason_share writes request lines or reasons into the sequence"):
         train(cfg, log=lambda m: None)
     assert not (tmp_path / "m").exists()
+    for share, weight in ((0.0, 0.5), (0.5, -1.0)):  # a weight with no reasons to weigh, or below 0
+        cfg = tiny_sft_config(tiny_data, tmp_path / "m", objective="sequence", item_id="token", reason_weight=weight)
+        cfg.prompt.reason_share = share
+        with pytest.raises(GenrecError, match=rf"reason_weight must be >= 0 and applies to prompt.reason_share's "
+                                              rf"reasons, got {weight}$"):
+            train(cfg, log=lambda m: None)
+        assert not (tmp_path / "m").exists()
 
 
 def test_a_reason_names_what_exists(tokenizer, tiny_data):
