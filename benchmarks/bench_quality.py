@@ -46,6 +46,11 @@ def main() -> None:
     ap.add_argument("--cold-items", type=float, default=0.0, help="the cold-item protocol: hold this share of items "
                     "out of training (`genrec data prepare --cold-items`; use its own --work); evaluation then "
                     "reports cold and warm targets and the content baseline")
+    ap.add_argument("--request", action="store_true", help="also evaluate each arm trained with request lines "
+                    "(--sft prompt.request_share=S) with `--task request` on the same users (history + a request for "
+                    "the target, beside the same model without it, MiniLM on the request alone, SASRec, popular), "
+                    "and its reasons' grounding on --reason-users users when it writes reasons")
+    ap.add_argument("--reason-users", type=int, default=500)
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
@@ -114,6 +119,8 @@ def main() -> None:
                 rows.append({"dataset": name, "model": f"{'genrec (' + label + ')' if model_name == 'genrec' else model_name}"
                              f" [{group} targets]", "users": sl["users"], "NDCG@10": fmt_ci(iv["NDCG@10"]),
                              "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
+        if args.request and ModelCard.load(model).prompt.get("request_share"):
+            report["arms"][f"{name}/{label}"]["request"] = request_rows(model, args, name, label, rows)
         if args.curve_users and checkpoints(model):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
                                                                                args.curve_users)
@@ -124,6 +131,38 @@ def main() -> None:
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
     for pair, d in report.get("between_arms", {}).items():
         print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")
+
+
+def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> dict:
+    """`genrec evaluate --task request` of an arm (every chosen user whose target has attributes; kept in
+    <arm>/eval-request) and, when the model writes reasons, their grounding on --reason-users users; the table's
+    rows added to `rows`."""
+    from genrec.config import EvaluateConfig
+    from genrec.eval.protocol import run_evaluation
+    from genrec.files import read_json
+    from genrec.metrics import fmt_ci, fmt_diff
+
+    out = {}
+    for key, kw in (("ranking", dict(max_users=args.users, baselines=["popular", "sasrec"])),
+                    ("reasons", dict(max_users=args.reason_users, baselines=[], with_reasons=True))):
+        path = model / f"eval-request-{key}" / "metrics.json"
+        if key == "reasons" and not ModelCard.load(model).prompt.get("reason_share"):
+            continue
+        if not path.is_file():
+            run_evaluation(EvaluateConfig(model=str(model), task="request", ks=[1, 5, 10], output=str(path.parent),
+                                          **kw))
+        out[key] = read_json(path)
+    ev = out["ranking"]
+    for model_name, iv in ev["intervals"].items():
+        diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
+        rows.append({"dataset": name, "model": (f"genrec ({label}), history + request" if model_name == "genrec"
+                                                else model_name) + " [request task]",
+                     "users": ev["users_evaluated"], "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
+                     "genrec - this (NDCG@10)": "" if diff is None else fmt_diff(diff), "CPU-minutes (train)": ""})
+    return {"users_evaluated": ev["users_evaluated"], "intervals": ev["intervals"],
+            "paired_differences": ev["paired_differences"],
+            "reason_grounding": out.get("reasons", {}).get("reason_grounding"),
+            "reason_users": out.get("reasons", {}).get("users_evaluated")}
 
 
 if __name__ == "__main__":

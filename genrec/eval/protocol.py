@@ -255,34 +255,36 @@ def _choose_users(rec: Recommender, cfg: EvaluateConfig, plan: Plan, data, rows)
                  repeats=sum(1 for i in chosen if all_targets[i] in set(all_hist[i])) if not plan.cold else 0)
 
 
-def _cold_requests(task, rows, chosen: list[int], seed: int) -> tuple[list[int], list[Query]]:
-    """Cold-start users: the request the task words for each chosen user's target (users it has none for are left
-    out), and the rows kept."""
-    rng = random.Random(seed)
-    kept, requests = [], []
+def _worded(rows, chosen: list[int], word) -> tuple[list[int], list[str]]:
+    """The request `word(target)` gives each chosen user's target, and the users kept: those whose target has
+    attributes to word one from (a request never names the title)."""
+    kept, texts = [], []
     for i in chosen:
-        text = task.request_for(rows[i]["target"], rng)
+        text = word(rows[i]["target"])
         if text is not None:
             kept.append(i)
-            requests.append(Query(user_id=rows[i]["user_id"], text=text, context=json.loads(rows[i]["context"])))
-    return kept, requests
+            texts.append(text)
+    return kept, texts
+
+
+def _cold_requests(task, rows, chosen: list[int], seed: int) -> tuple[list[int], list[Query]]:
+    """Cold-start users: the request the task words for each chosen user's target, and the rows kept."""
+    rng = random.Random(seed)
+    kept, texts = _worded(rows, chosen, lambda item: task.request_for(item, rng))
+    return kept, [Query(user_id=rows[i]["user_id"], text=t, context=json.loads(rows[i]["context"]))
+                  for i, t in zip(kept, texts)]
 
 
 def _asked(builder, rows, chosen: list[int], queries: list[Query], seed: int) -> tuple[list[int], list[Query]]:
-    """History users who also say what they want: each query given the request training words for its target
-    (its attributes, never its title); users whose target has no attributes are left out."""
+    """History users who also say what they want: each query given the request training words for its target."""
     from genrec.prompts.tasks import request_for
 
     rng = random.Random(seed)
-    kept, out = [], []
-    for i, q in zip(chosen, queries):
-        text = request_for(builder, rows[i]["target"], rng)
-        if text is not None:
-            kept.append(i)
-            out.append(dataclasses.replace(q, text=text))
-    if not out:
+    kept, texts = _worded(rows, chosen, lambda item: request_for(builder, item, rng))
+    if not kept:
         raise GenrecError("--task request: no test target has attributes to word a request from")
-    return kept, out
+    by_row = dict(zip(chosen, queries))
+    return kept, [dataclasses.replace(by_row[i], text=t) for i, t in zip(kept, texts)]
 
 
 # ------------------------------------------------------------------------------------------------ ranking

@@ -261,7 +261,6 @@ class VLLMBackend:
         self.pooled = pooled
         self.head = output_matrix(base_model) if pooled else None
         self.llm = start_engine({**self.kwargs, **pooling_kwargs()} if pooled else self.kwargs)
-        self.generator = None if pooled else self.llm  # the engine that writes text (started on demand if pooled)
         self.lora = LoRARequest("genrec", 1, str(adapter)) if adapter is not None else None
         self.eos_id = eos_id
         self.requests = 0
@@ -272,10 +271,10 @@ class VLLMBackend:
     def _generate(self, rows: list[list[int]], params: list) -> list:
         from vllm.inputs import TokensPrompt
 
-        if self.generator is None:
-            self.generator = start_engine(self.kwargs)
+        if self.pooled:  # the recommender pools only models that write no text (`writes_text`)
+            raise GenrecError("a pooled vLLM engine scores items from hidden states; it does not write text")
         self.requests += len(rows)  # engine requests sent (benchmarks report them per user)
-        return self.generator.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False,
+        return self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], params, use_tqdm=False,
                                        lora_request=self.lora)
 
     def _pooled_score(self, rows: list[list[int]], allowed: list[list[int]]) -> torch.Tensor:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import require
+from genrec.errors import GenrecError
 
 try:
     import vllm  # noqa: F401
@@ -115,8 +116,11 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
             # from the pooled last hidden state: the raw log_softmax over the whole vocabulary, HF's numbers
             import torch
 
-            assert vl.backend.pooled and vl.backend.generator is None  # no generating engine was needed
             prompt = vl.builder.encode(reqs[0].history)
+            assert vl.backend.pooled  # one engine, pooling: asked to write text, it says so
+            with pytest.raises(GenrecError, match="a pooled vLLM engine scores items from hidden states; it does "
+                                                  "not write text"):
+                vl.backend._generate([prompt], [])
             with torch.no_grad():
                 ref = torch.log_softmax(hf.model(torch.tensor([prompt])).logits[0, -1].float(), -1)
             items, everything = vl.trie.allowed(0), list(range(ref.shape[0]))[::-1]
