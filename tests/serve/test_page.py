@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -83,3 +84,34 @@ def test_page_never_reads_the_key_from_the_url(chromium, page_server, recommende
     uid, _ = a_user(recommender)
     dom = headless(f"{page_server}/?user={uid}&key=page-key", "--dump-dom").stdout
     assert 'data-done="error"' in dom and "invalid API key" in dom
+
+
+def test_page_shows_the_talking_models_items_and_reasons_for_titles_and_a_request(chromium, talking_model):
+    """The model that ranks and talks, on the page: history titles typed in and a request give the items and the
+    reasons the API gives for the same body, each reason under its item."""
+    import json
+
+    from genrec.infer.recommender import Recommender
+
+    rec = Recommender(talking_model)
+    uid, items = a_user(rec)
+    titles = [rec.catalog[i]["title"] for i in items[-2:]]
+    srv, thread, url = start_server(rec, timeout_s=120)
+    try:
+        body = {"history": titles, "request": "something with a twist", "k": 3, "with_reasons": True}
+        req = urllib.request.Request(f"{url}/v1/recommendations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            api = json.loads(resp.read())["recommendations"]
+        query = urllib.parse.urlencode({"history": "|".join(titles), "request": body["request"], "k": 3,
+                                        "reasons": 1})
+        dom = headless(f"{url}/?{query}", "--dump-dom").stdout
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+    assert 'data-done="1"' in dom, dom[-2000:]
+    recs = dom.split('id="recs"')[1]
+    assert len(api) == 3 and all(r["reason"] for r in api)
+    for r in api:  # in order, each title followed by its own reason
+        at = recs.index(html.escape(r["title"], quote=False))
+        assert recs.index(f'class="reason">{html.escape(r["reason"], quote=False)}<', at) > at
