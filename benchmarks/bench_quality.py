@@ -78,7 +78,8 @@ def main() -> None:
                           save_minutes=args.minutes / 4 if args.curve_users else None)
             cfg = SFTConfig(data=str(data), output=str(model), **budget) if arm == "default" else SFTConfig(
                 data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
-                item_id="token" if arm == "token" else "title", prompt=prompt, max_steps=0, num_epochs=100,
+                item_id="token" if arm == "token" else "title", item_text="init",  # the arms' recorded recipes
+                prompt=prompt, max_steps=0, num_epochs=100,
                 layers=args.layers, embedding_dropout=0.0, item_weight_decay=0.0, **budget)
             if args.layers is not None:
                 cfg.layers = args.layers

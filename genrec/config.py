@@ -183,10 +183,11 @@ class SFTConfig:
                                      "(started from its title). Generate/evaluate/serve use the model's.")
     # init: the row starts as its title's mean token embedding and is trained like an ID embedding; grounded:
     # W f(item) + b + a residual, f the base model's reading of the item's text (grounded.py)
-    item_text: str = opt("init", choices=ITEM_TEXT_STYLES,
-                         help="item_id=token: init starts each row from its title; grounded builds it from the base "
-                              "model's reading of the item's text through a learned map plus a residual, so new "
-                              "items get rows (genrec catalog add).")
+    item_text: str | None = opt(None, choices=ITEM_TEXT_STYLES,
+                                help="item_id=token: init starts each row from its title; grounded builds it from "
+                                     "the base model's reading of the item's text through a learned map plus a "
+                                     "residual, so new items get rows (genrec catalog add) [grounded for item tokens "
+                                     "under the sequence objective, else init].")
     # measured (Scientific, cold-item protocol, 30 min): 0.5 took cold targets from 0.0011 (at 20 min) to 0.0404
     residual_dropout: float | None = opt(None, help="item_text=grounded: while training, each item's residual is "
                                                     "dropped with this probability, so its text alone must score it: "

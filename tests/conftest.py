@@ -156,10 +156,11 @@ def semantic_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def cut_token_model(tmp_path_factory, tiny_data, base_model_dir) -> Path:
     """A real 2-step sequence fine-tune over item tokens on the base model's first 2 decoder layers (`layers=2`),
-    checkpointed by the clock after each step (`save_minutes`)."""
+    checkpointed by the clock after each step (`save_minutes`); its rows start from titles (`item_text=init`, the
+    default's alternative)."""
     def config(out):
         cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=2, save_steps=100,
-                              max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3)
+                              max_batch_tokens=600, layers=2, save_minutes=1e-4, keep_checkpoints=3, item_text="init")
         cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
         return cfg
 

@@ -13,6 +13,7 @@ that takes it), callbacks.py (what genrec adds to the training loop), output.py 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ class Fitting:
 def setup(cfg: SFTConfig, log=print) -> Run:
     """Everything before the model loads: settings checked, data read, the run's directory made (and its
     retriever trained), the items' identifiers built and every task's examples tokenized."""
+    cfg = with_item_text(cfg)
     check_settings(cfg)
     data = load_prepared(cfg.data)
     base = resolve_base_model(cfg.model)
@@ -118,6 +120,20 @@ def setup(cfg: SFTConfig, log=print) -> Run:
     return Run(cfg, data, base, dtype, args, out, retriever, tok, index, builders, examples, skipped)
 
 
+def item_lists(cfg: SFTConfig) -> bool:
+    """Whether the loss is the item softmax: one token per item, whole windows (the sequence objective)."""
+    objective = OBJECTIVE.get(cfg.objective)  # unknown: refused with the list when the builders are made
+    return id_style(cfg.item_id).one_token and objective is not None and objective.per_window
+
+
+def with_item_text(cfg: SFTConfig) -> SFTConfig:
+    """`item_text` unset: grounded rows where the item softmax is the loss (measured best on Scientific, and the
+    only rows a new item can get), else the title start; the card records which."""
+    if cfg.item_text is not None:
+        return cfg
+    return dataclasses.replace(cfg, item_text="grounded" if item_lists(cfg) else "init")
+
+
 def check_settings(cfg: SFTConfig) -> None:
     """The settings that need no data, checked before anything is loaded or written."""
     for name in ("max_minutes", "save_minutes"):
@@ -125,15 +141,15 @@ def check_settings(cfg: SFTConfig) -> None:
             raise GenrecError(f"{name} must be > 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.label_smoothing < 1:
         raise GenrecError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    objective = OBJECTIVE.get(cfg.objective)  # unknown: refused with the list when the builders are made
-    item_lists = id_style(cfg.item_id).one_token and objective is not None and objective.per_window  # item softmax
-    if cfg.label_smoothing and not item_lists:
+    objective = OBJECTIVE.get(cfg.objective)
+    items = item_lists(cfg)
+    if cfg.label_smoothing and not items:
         raise GenrecError(SMOOTHING_SCOPE)
     if cfg.item_weight_decay < 0 or cfg.item_weight_decay and not id_style(cfg.item_id).new_vocabulary:
         raise GenrecError("item_weight_decay must be >= 0 and applies to new item tokens: item_id=token or semantic")
     if cfg.item_text not in grounded.STYLES:
         raise GenrecError(f"unknown item_text {cfg.item_text!r} ({', '.join(grounded.STYLES)})")
-    if cfg.item_text == "grounded" and not item_lists:
+    if cfg.item_text == "grounded" and not items:
         raise GenrecError(GROUNDED_SCOPE)
     for share in ("request_share", "reason_share"):
         if getattr(cfg.prompt, share) and (objective is None or not objective.per_window):
