@@ -48,6 +48,7 @@ def nearest_items(queries: torch.Tensor, emb: torch.Tensor, ids: list[str], seen
 
 NO_REQUEST = "genrec, no request"  # evaluate --task request: the same model and users without the request
 REQUEST_TEXT = "request text (MiniLM)"  # ... and the request alone, by text retrieval
+READ_ONLY = "genrec, request read only"  # ... and (under --text-match) the model's own reading of the request
 
 
 def request_text_rankings(catalog: dict[str, dict], requests: list[str], seen: list[set[str]],

@@ -19,7 +19,7 @@ from genrec import metrics
 from genrec.config import EvaluateConfig, to_dict
 from genrec.data.prepared import load_prepared
 from genrec.errors import GenrecError
-from genrec.eval.baselines import (BASELINES, NO_REQUEST, REQUEST_TEXT, content_rankings, popular_rankings,
+from genrec.eval.baselines import (BASELINES, NO_REQUEST, READ_ONLY, REQUEST_TEXT, content_rankings, popular_rankings,
                                    request_text_rankings, sasrec_rankings, sasrec_retriever)
 from genrec.eval.report import (
     bar_chart,
@@ -301,6 +301,10 @@ def _rank(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, data,
     if plan.asks:  # the same model and users without the request, and the request text alone (MiniLM)
         unasked = [dataclasses.replace(q, text=None) for q in users.requests]
         out.lists[NO_REQUEST] = _genrec_ranked(rec, unasked, cfg, plan.search, f"genrec {cfg.split}, no request")
+        if plan.search.text_match:
+            out.lists[READ_ONLY] = _genrec_ranked(rec, users.requests, cfg,
+                                                  dataclasses.replace(plan.search, text_match=0.0),
+                                                  f"genrec {cfg.split}, request read only")
         out.lists[REQUEST_TEXT] = request_text_rankings(data.catalog, [q.text for q in users.requests],
                                                         users.seen, plan.kmax)
     if "popular" in plan.baselines:

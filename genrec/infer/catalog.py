@@ -1,5 +1,6 @@
 """The items a loaded model recommends, built once per catalog: rows by id, the item index (each item's
-identifier), training popularity, one trie per item ending, and the popularity penalty per strength.
+identifier), training popularity, one trie per item ending, the popularity penalty per strength, and the items'
+text embeddings that a request's words are matched against.
 
 Why one value: the recommender, the search and the evaluation all need these together, and a model switched to
 another dataset's catalog (zero-shot transfer) must switch all of them at once; building a new Catalog is that
@@ -24,6 +25,7 @@ class Catalog(Mapping):
         self.popular = list(counts)
         self._tries: dict[int, TokenTrie] = {}
         self._penalties: dict[float, list[float]] = {}
+        self._text = None  # MiniLM embeddings of the items' text, index order (`text_penalty`)
 
     def __getitem__(self, item_id: str) -> dict:
         return self.rows[item_id]
@@ -52,6 +54,22 @@ class Catalog(Mapping):
         if strength not in self._penalties:
             self._penalties[strength] = [strength * math.log1p(self.counts.get(i, 0)) for i in self.index.item_ids]
         return self._penalties[strength]
+
+    def text_penalty(self, texts: list[str], weight: float, base: list[float] | None) -> list[list[float]]:
+        """Per request text, per item (index order): `base` (or 0) + weight x (1 - cosine(request, item text)),
+        both read by MiniLM. Subtracted from an item's log-probability it ranks by log p + weight x cosine: the
+        request's words matched against every item's text, which the model's reading of them alone does not
+        (yet) do as well (measured: `genrec evaluate --task request`)."""
+        import torch
+
+        from genrec.items.text import item_text, text_embeddings
+
+        if self._text is None:
+            self._text = torch.from_numpy(text_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
+        pen = weight * (1 - torch.from_numpy(text_embeddings(texts)) @ self._text.t()).clamp_min(0)
+        if base is not None:
+            pen = pen + torch.tensor(base, dtype=pen.dtype)
+        return pen.tolist()
 
     def fallback(self, k: int, seen: set[str]) -> list[str]:
         """The k most popular training items outside `seen` (the answer to a request with nothing to go on)."""

@@ -25,14 +25,10 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
         banned = [everything - {rec.index.position[i] for i, _ in pool[:candidates]} for pool in pools]
     fusing = pools is not None and weight != 0
     n_found = candidates if fusing else min(s.k, candidates or s.k)
-    stats: dict = {}
-    found = top_items(rec.backend, prompts, rec.catalog.trie(builder), n_found, max(s.width, n_found), banned,
-                      rec.catalog.penalty(s.popularity_penalty), search=s.search, stats=stats,
-                      max_width=s.max_width)
+    found, uncertified = searched(rec, builder, batch, prompts, banned, n_found, s)
     if fusing:
         found = [hybrid.fused(rec, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
     reasons = write_reasons(rec, builder, prompts, found) if s.with_reasons and builder.with_reasons else None
-    uncertified = set(stats["uncertified"])
     out = []
     for j, hyps in enumerate(found):
         picks = [rec.pick(rec.index.item_ids[h.item], rank, round(h.score, 5),
@@ -50,6 +46,31 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
             answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
         out.append(answer)
     return out
+
+
+def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list[int]], banned: list[set[int]],
+             k: int, s: Search) -> tuple[list, set[int]]:
+    """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. Requests whose words
+    are matched (`Search.text_match`, on a model that reads request text) are searched one by one, each with its
+    own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty alone."""
+    base = rec.catalog.penalty(s.popularity_penalty)
+    worded = [j for j, r in enumerate(batch) if r.text] if s.text_match and builder.reads_text else []
+    groups = [([j for j in range(len(batch)) if j not in set(worded)], base)]
+    if worded:
+        penalties = rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, base)
+        groups += [([j], pen) for j, pen in zip(worded, penalties)]
+    found: list = [None] * len(batch)
+    uncertified: set[int] = set()
+    for rows, penalty in groups:
+        if not rows:
+            continue
+        stats: dict = {}
+        got = top_items(rec.backend, [prompts[j] for j in rows], rec.catalog.trie(builder), k, max(s.width, k),
+                        [banned[j] for j in rows], penalty, search=s.search, stats=stats, max_width=s.max_width)
+        for j, hyps in zip(rows, got):
+            found[j] = hyps
+        uncertified |= {rows[u] for u in stats["uncertified"]}
+    return found, uncertified
 
 
 def write_reasons(rec, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from genrec.config import SEARCHES
+from genrec.config import SEARCHES, TEXT_MATCH
 from genrec.errors import GenrecError
 
 
@@ -45,6 +45,7 @@ class Search:
     exclude_seen: bool = True
     with_reasons: bool = False
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
+    text_match: float = TEXT_MATCH  # a request's text: + this * MiniLM cosine(request, item text) (Catalog.text_penalty)
     # search only the retriever's top K; None: the model's tuned hybrid (fusion.json, `genrec tune-fusion`) if it
     # has one, else the whole catalog; 0: the whole catalog
     candidates: int | None = None
@@ -55,6 +56,8 @@ class Search:
     def __post_init__(self):
         if self.search not in SEARCHES:
             raise GenrecError(f"unknown search {self.search!r} ({', '.join(SEARCHES)})")
+        if not self.text_match >= 0 or self.text_match == float("inf"):
+            raise GenrecError(f"--text-match must be a finite number >= 0, got {self.text_match}")
         if self.max_width is not None and self.max_width < 1:
             raise GenrecError(f"--max-width must be at least 1, got {self.max_width}")
 

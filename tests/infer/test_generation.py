@@ -212,6 +212,41 @@ def test_popularity_penalty_recommends_less_popular_items(recommender, tiny_data
         recommender.recommend(reqs, k=10, popularity_penalty=-1)
 
 
+def test_text_match_ranks_by_log_p_plus_the_request_items_cosine(talking_model):
+    """`text_match=w` on a model that reads request text: each item's score is its log-probability plus
+    w x (cosine(request, item text) - 1), MiniLM reading both; at a large w the top item is the request's nearest
+    item by text; requests without text, or at w = 0, are searched as before; w < 0 is a one-line error."""
+    import torch
+
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+    from genrec.items.text import item_text, text_embeddings
+
+    rec = Recommender(talking_model)
+    ids = rec.index.item_ids
+    first = ids[0]
+    texts = ["something with a twist", "an old film about the sea"]
+    reqs = [Query(history=[first], text=t, seen={first}) for t in texts] + [Query(history=[first], seen={first})]
+    n = len(ids) - 1
+    plain = rec.recommend(reqs, k=n, text_match=0.0)
+    matched = rec.recommend(reqs, k=n, text_match=3.0)
+    # no words to match: the same list (scores within a padded batch's float noise)
+    alone, batched = ({x.item_id: x.score for x in r.items} for r in (matched[2], plain[2]))
+    assert alone.keys() == batched.keys() and max(abs(alone[i] - batched[i]) for i in alone) < 1e-3
+    emb = torch.from_numpy(text_embeddings([item_text(rec.catalog[i]) for i in ids]))
+    for text, p, m in zip(texts, plain, matched):
+        cos = dict(zip(ids, (torch.from_numpy(text_embeddings([text])) @ emb.t())[0].tolist()))
+        logp = {x.item_id: x.score for x in p.items}
+        assert {x.item_id for x in m.items} == set(logp) and len(m.items) == n
+        assert all(abs(x.score - (logp[x.item_id] + 3.0 * (cos[x.item_id] - 1))) < 1e-3 for x in m.items)
+        assert [x.score for x in m.items] == sorted((x.score for x in m.items), reverse=True)
+        assert [x.item_id for x in m.items][:5] != [x.item_id for x in p.items][:5]  # the words moved the list
+        strong = rec.recommend([Query(history=[first], text=text, seen={first})], k=1, text_match=1e4)[0]
+        assert strong.items[0].item_id == max((c, i) for i, c in cos.items() if i != first)[1]
+    with pytest.raises(GenrecError, match=r"--text-match must be a finite number >= 0, got -1"):
+        rec.recommend(reqs, k=3, text_match=-1)
+
+
 def test_request_model_cold_start(tmp_path, tiny_data):
     """A user with no history types what they want: only catalog items come back; training requests never
     contain the target's title."""
