@@ -51,6 +51,9 @@ def main() -> None:
                     "the target, beside the same model without it, MiniLM on the request alone, SASRec, popular), "
                     "and its reasons' grounding on --reason-users users when it writes reasons")
     ap.add_argument("--reason-users", type=int, default=500)
+    ap.add_argument("--text-match", default="0", help="--request: text_match weights tried on --tune-users validation "
+                    "users; the best (NDCG@10) is the one the test users get (e.g. 0,1,2,4,8)")
+    ap.add_argument("--tune-users", type=int, default=1000)
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
     args = ap.parse_args()
@@ -141,26 +144,37 @@ def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
     from genrec.files import read_json
+    from genrec.model_dir import ModelCard
     from genrec.metrics import fmt_ci, fmt_diff
 
+    tried = {}
+    for w in [float(x) for x in args.text_match.split(",")]:  # chosen on validation users, never on test ones
+        path = model / f"eval-request-valid-{w:g}" / "metrics.json"
+        if not path.is_file():
+            run_evaluation(EvaluateConfig(model=str(model), task="request", split="valid", ks=[10], baselines=[],
+                                          max_users=args.tune_users, text_match=w, output=str(path.parent)))
+        tried[w] = read_json(path)["results"]["genrec"]["NDCG@10"]
+    text_match = max(tried, key=lambda w: (tried[w], -w))
     out = {}
     for key, kw in (("ranking", dict(max_users=args.users, baselines=["popular", "sasrec"])),
                     ("reasons", dict(max_users=args.reason_users, baselines=[], with_reasons=True))):
-        path = model / f"eval-request-{key}" / "metrics.json"
+        path = model / f"eval-request-{key}-{text_match:g}" / "metrics.json"
         if key == "reasons" and not ModelCard.load(model).prompt.get("reason_share"):
             continue
         if not path.is_file():
             run_evaluation(EvaluateConfig(model=str(model), task="request", ks=[1, 5, 10], output=str(path.parent),
-                                          **kw))
+                                          text_match=text_match, **kw))
         out[key] = read_json(path)
     ev = out["ranking"]
     for model_name, iv in ev["intervals"].items():
         diff = ev["paired_differences"].get(f"genrec - {model_name}", {}).get("NDCG@10")
-        rows.append({"dataset": name, "model": (f"genrec ({label}), history + request" if model_name == "genrec"
-                                                else model_name) + " [request task]",
+        shown = f"genrec ({label}), history + request, text_match {text_match:g}" if model_name == "genrec" else \
+            model_name
+        rows.append({"dataset": name, "model": shown + " [request task]",
                      "users": ev["users_evaluated"], "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                      "genrec - this (NDCG@10)": "" if diff is None else fmt_diff(diff), "CPU-minutes (train)": ""})
-    return {"users_evaluated": ev["users_evaluated"], "intervals": ev["intervals"],
+    return {"text_match_tried": tried, "text_match": text_match, "users_evaluated": ev["users_evaluated"],
+            "intervals": ev["intervals"],
             "paired_differences": ev["paired_differences"],
             "reason_grounding": out.get("reasons", {}).get("reason_grounding"),
             "reason_users": out.get("reasons", {}).get("users_evaluated")}
