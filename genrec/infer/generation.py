@@ -54,16 +54,16 @@ def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list
     are matched (`Search.text_match`, on a model that reads request text) are searched one by one, each with its
     own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty alone."""
     base = rec.catalog.penalty(s.popularity_penalty)
-    worded = [j for j, r in enumerate(batch) if r.text] if s.text_match and builder.reads_text else []
-    groups = [([j for j in range(len(batch)) if j not in set(worded)], base)]
+    matched = bool(s.text_match) and builder.reads_text
+    worded = [j for j, r in enumerate(batch) if matched and r.text]
+    plain = [j for j, r in enumerate(batch) if not (matched and r.text)]
+    groups = [(plain, base)] if plain else []
     if worded:
         penalties = rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, base)
         groups += [([j], pen) for j, pen in zip(worded, penalties)]
     found: list = [None] * len(batch)
     uncertified: set[int] = set()
     for rows, penalty in groups:
-        if not rows:
-            continue
         stats: dict = {}
         got = top_items(rec.backend, [prompts[j] for j in rows], rec.catalog.trie(builder), k, max(s.width, k),
                         [banned[j] for j in rows], penalty, search=s.search, stats=stats, max_width=s.max_width)
