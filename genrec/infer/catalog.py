@@ -55,6 +55,17 @@ class Catalog(Mapping):
             self._penalties[strength] = [strength * math.log1p(self.counts.get(i, 0)) for i in self.index.item_ids]
         return self._penalties[strength]
 
+    def text_embeddings(self):
+        """[items, 384] MiniLM embeddings of the items' text (index order), read on first use (`genrec serve` reads
+        them before it listens, when its model matches request text)."""
+        import torch
+
+        from genrec.items.text import item_text, text_embeddings
+
+        if self._text is None:
+            self._text = torch.from_numpy(text_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
+        return self._text
+
     def text_penalty(self, texts: list[str], weight: float, base: list[float] | None) -> list[list[float]]:
         """Per request text, per item (index order): `base` (or 0) + weight x (1 - cosine(request, item text)),
         both read by MiniLM. Subtracted from an item's log-probability it ranks by log p + weight x cosine: the
@@ -62,11 +73,9 @@ class Catalog(Mapping):
         (yet) do as well (measured: `genrec evaluate --task request`)."""
         import torch
 
-        from genrec.items.text import item_text, text_embeddings
+        from genrec.items.text import text_embeddings
 
-        if self._text is None:
-            self._text = torch.from_numpy(text_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
-        pen = weight * (1 - torch.from_numpy(text_embeddings(texts)) @ self._text.t()).clamp_min(0)
+        pen = weight * (1 - torch.from_numpy(text_embeddings(texts)) @ self.text_embeddings().t()).clamp_min(0)
         if base is not None:
             pen = pen + torch.tensor(base, dtype=pen.dtype)
         return pen.tolist()

@@ -41,7 +41,7 @@ from genrec.config import ServeConfig
 from genrec.errors import GenrecError
 from genrec.infer.answer import Recommendation
 from genrec.infer.jobs import title_index, to_request
-from genrec.infer.query import Query
+from genrec.infer.query import Query, Search
 from genrec.infer.recommender import Recommender
 from genrec.items.text import facts_line
 from genrec.serve.batcher import Batcher
@@ -320,6 +320,9 @@ def serve(cfg: ServeConfig, log=print) -> None:
         log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
             "(set --api-key or GENREC_API_KEY)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
+    if rec.reads_request_text and Search().text_match:  # not at the first request, within its timeout
+        log(f"reading the text of {len(rec.catalog)} items for request matching (text_match)")
+        rec.catalog.text_embeddings()
     app = create_app(rec, cfg)
     log(f"serving {app.state.service.name} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/v1")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=5)
