@@ -294,7 +294,7 @@ def test_item_weight_decay_shrinks_the_new_rows_alone(tmp_path, tiny_data):
         out = tmp_path / f"d{d}"
         cfg = tiny_sft_config(tiny_data, out, item_id="token", objective="sequence", max_steps=1, save_steps=100,
                               max_batch_tokens=600, layers=2, learning_rate=lr, lr_scheduler="constant",
-                              warmup_ratio=0.0, item_weight_decay=d)
+                              warmup_ratio=0.0, item_weight_decay=d, item_text="init")  # grounded: the residual's
         cfg.prompt.max_history, cfg.prompt.item_facts = 20, []
         train(cfg, log=lambda m: None)
         rows[d] = load_file(str(out / "code_embeddings.safetensors"))["rows_0"]
