@@ -40,8 +40,9 @@ SEARCHES = ("beam", "exact")
 SPLITS = ("valid", "test")
 OBJECTIVES = ("sequence", "prefix")
 ITEM_TEXT_STYLES = ("init", "grounded")  # SFTConfig.item_text (grounded.py builds the rows)
-# SearchConfig.text_match's default (and Search's): measured on validation users (docs/results.md)
-TEXT_MATCH = 0.0
+# SearchConfig.text_match's default (and Search's): the best of 0, 3, 10, 30 on 500 Scientific validation users of
+# a model trained with request lines (bench_quality --request; docs/results.md#quality_std_scientific_multitask)
+TEXT_MATCH = 30.0
 GROUNDED_RESIDUAL_DROPOUT = 0.5  # SFTConfig.residual_dropout's default under item_text=grounded
 
 
@@ -272,9 +273,9 @@ class SearchConfig(EngineConfig):
                                          "often the reasons name non-catalog titles or unsupported attributes).")
     popularity_penalty: float = opt(0.0, help="Down-weight popular items: rank by log p - this * log(1 + training "
                                               "count) (0 = off; evaluate: the genrec model only).")
-    text_match: float = opt(TEXT_MATCH, help="A request's words (a model trained with request lines): rank by "
-                                             "log p + this x the MiniLM cosine between the request and each item's "
-                                             "text (0 = the model's reading alone).")
+    text_match: float = opt(TEXT_MATCH, help="A request's words (an item-token model trained with request lines): "
+                                             "rank by log p + this x the MiniLM cosine between the request and each "
+                                             "item's text (0 = the model's reading alone).")
     candidates: str | None = opt(None, help="retriever:K: search only the model's retriever's top K items (then its "
                                             "order); needs a model trained with retriever=sasrec. catalog: the whole "
                                             "catalog. evaluate shows the hybrid beside its LLM alone and its "

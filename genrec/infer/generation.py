@@ -51,10 +51,11 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
 def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list[int]], banned: list[set[int]],
              k: int, s: Search) -> tuple[list, set[int]]:
     """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. Requests whose words
-    are matched (`Search.text_match`, on a model that reads request text) are searched one by one, each with its
-    own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty alone."""
+    are matched (`Search.text_match`, on an item-token model that reads request text) are searched one by one,
+    each with its own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty
+    alone."""
     base = rec.catalog.penalty(s.popularity_penalty)
-    matched = bool(s.text_match) and builder.reads_text
+    matched = bool(s.text_match) and builder.reads_text and rec.index.rules.one_token  # measured on item tokens
     worded = [j for j, r in enumerate(batch) if matched and r.text]
     plain = [j for j, r in enumerate(batch) if not (matched and r.text)]
     groups = [(plain, base)] if plain else []

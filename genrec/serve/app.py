@@ -320,7 +320,7 @@ def serve(cfg: ServeConfig, log=print) -> None:
         log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
             "(set --api-key or GENREC_API_KEY)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
-    if rec.reads_request_text and Search().text_match:  # not at the first request, within its timeout
+    if rec.reads_request_text and rec.index.rules.one_token and Search().text_match:  # not at the first request, within its timeout
         log(f"reading the text of {len(rec.catalog)} items for request matching (text_match)")
         rec.catalog.text_embeddings()
     app = create_app(rec, cfg)

@@ -227,7 +227,8 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
 
     model = talking_model
     report = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=["popular"], task="request",
-                                           with_reasons=True, output=str(tmp_path / "eval")), log=lambda m: None)
+                                           with_reasons=True, text_match=0.0, output=str(tmp_path / "eval")),
+                            log=lambda m: None)
     assert set(report["results"]) == {"genrec", NO_REQUEST, REQUEST_TEXT, "popular"}
     data = load_prepared(tiny_data)
     with_attrs = [r for r in data.split("test") if any(v.strip() for v in data.catalog[r["target"]]["attrs"].values())]
@@ -244,8 +245,8 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
     order = [ids[j] for j in np.argsort(-(emb @ q))]
     assert request_text_rankings(data.catalog, ["Something with genres: Comedy, please"], [{order[0]}], 3)[0] == \
         order[1:4]
-    # --text-match: the fused row is genrec's, and the model's reading alone stands beside it, on the same users
-    fused = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=[], task="request", text_match=2.0,
+    # --text-match (by default): the fused row is genrec's, and the model's reading alone stands beside it
+    fused = run_evaluation(EvaluateConfig(model=str(model), ks=[10], baselines=[], task="request",
                                           output=str(tmp_path / "fused")), log=lambda m: None)
     assert set(fused["results"]) == {"genrec", NO_REQUEST, READ_ONLY, REQUEST_TEXT}
     assert fused["results"][READ_ONLY] == report["results"]["genrec"]
