@@ -46,8 +46,9 @@ def main() -> None:
     ap.add_argument("--cold-items", type=float, default=0.0, help="the cold-item protocol: hold this share of items "
                     "out of training (`genrec data prepare --cold-items`; use its own --work); evaluation then "
                     "reports cold and warm targets and the content baseline")
-    ap.add_argument("--request", action="store_true", help="also evaluate each arm trained with request lines "
-                    "(--sft prompt.request_share=S) with `--task request` on the same users (history + a request for "
+    ap.add_argument("--request", action="store_true", help="also evaluate each arm that answers requests (trained "
+                    "with request lines, --sft prompt.request_share=S, or item tokens matching a request's words to "
+                    "item texts, --text-match) with `--task request` on the same users (history + a request for "
                     "the target, beside the same model without it, MiniLM on the request alone, SASRec, popular), "
                     "and its reasons' grounding on --reason-users users when it writes reasons")
     ap.add_argument("--reason-users", type=int, default=500)
@@ -123,7 +124,7 @@ def main() -> None:
                 rows.append({"dataset": name, "model": f"{'genrec (' + label + ')' if model_name == 'genrec' else model_name}"
                              f" [{group} targets]", "users": sl["users"], "NDCG@10": fmt_ci(iv["NDCG@10"]),
                              "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
-        if args.request and ModelCard.load(model).prompt.get("request_share"):
+        if args.request and answers_requests(ModelCard.load(model)):
             report["arms"][f"{name}/{label}"]["request"] = request_rows(model, args, name, label, rows)
         if args.curve_users and checkpoints(model):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
@@ -137,6 +138,11 @@ def main() -> None:
         print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")
 
 
+def answers_requests(card) -> bool:
+    """Trained with request lines, or item tokens (whose search matches a request's words to item texts)."""
+    return bool(card.prompt.get("request_share")) or card.item_index().rules.one_token
+
+
 def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> dict:
     """`genrec evaluate --task request` of an arm (every chosen user whose target has attributes; kept in
     <arm>/eval-request) and, when the model writes reasons, their grounding on --reason-users users; the table's
@@ -147,8 +153,10 @@ def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
     from genrec.model_dir import ModelCard
     from genrec.metrics import fmt_ci, fmt_diff
 
+    card = ModelCard.load(model)
     tried = {}
-    for w in [float(x) for x in args.text_match.split(",")]:  # chosen on validation users, never on test ones
+    reads = bool(card.prompt.get("request_share"))  # else a request is its words matched: W = 0 cannot answer
+    for w in [float(x) for x in args.text_match.split(",") if float(x) or reads]:  # on validation users only
         path = model / f"eval-request-valid-{w:g}" / "metrics.json"
         if not path.is_file():
             run_evaluation(EvaluateConfig(model=str(model), task="request", split="valid", ks=[10], baselines=[],
@@ -159,7 +167,7 @@ def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
     for key, kw in (("ranking", dict(max_users=args.users, baselines=["popular", "sasrec"])),
                     ("reasons", dict(max_users=args.reason_users, baselines=[], with_reasons=True))):
         path = model / f"eval-request-{key}-{text_match:g}" / "metrics.json"
-        if key == "reasons" and not ModelCard.load(model).prompt.get("reason_share"):
+        if key == "reasons" and not card.prompt.get("reason_share"):
             continue
         if not path.is_file():
             run_evaluation(EvaluateConfig(model=str(model), task="request", ks=[1, 5, 10], output=str(path.parent),

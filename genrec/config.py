@@ -273,9 +273,9 @@ class SearchConfig(EngineConfig):
                                          "often the reasons name non-catalog titles or unsupported attributes).")
     popularity_penalty: float = opt(0.0, help="Down-weight popular items: rank by log p - this * log(1 + training "
                                               "count) (0 = off; evaluate: the genrec model only).")
-    text_match: float = opt(TEXT_MATCH, help="A request's words (an item-token model trained with request lines): "
-                                             "rank by log p + this x the MiniLM cosine between the request and each "
-                                             "item's text (0 = the model's reading alone).")
+    text_match: float = opt(TEXT_MATCH, help="A request's words (an item-token model): rank by log p + this x the "
+                                             "MiniLM cosine between the request and each item's text (0 = the "
+                                             "model's reading alone, for a model trained with request lines).")
     candidates: str | None = opt(None, help="retriever:K: search only the model's retriever's top K items (then its "
                                             "order); needs a model trained with retriever=sasrec. catalog: the whole "
                                             "catalog. evaluate shows the hybrid beside its LLM alone and its "

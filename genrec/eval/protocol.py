@@ -183,12 +183,14 @@ def _check_options(cfg: EvaluateConfig) -> None:
         raise GenrecError(f"unknown baseline {sorted(unknown)[0]!r} ({', '.join(BASELINES)})")
 
 
-ASKED = "request"  # --task request on a sequence model trained with request lines: history + request (`_plan`)
+# --task request on a sequence model trained with request lines, or on item tokens matching a request's words
+# (`Recommender.answers_text`): history + request (`_plan`)
+ASKED = "request"
 
 
 def _task(rec: Recommender, cfg: EvaluateConfig) -> str:
     task = cfg.task or rec.builder.cfg.task
-    if task == ASKED and task not in rec.builders and rec.reads_request_text:
+    if task == ASKED and task not in rec.builders and rec.answers_text(Search.of(cfg)):
         return rec.request_prompts.cfg.task  # its next-item lists, asked with a request after the history
     if task not in rec.builders:
         raise GenrecError(f"{cfg.model} was not trained for task {task!r} (it has: {', '.join(rec.builders)})")
@@ -301,7 +303,7 @@ def _rank(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, data,
     if plan.asks:  # the same model and users without the request, and the request text alone (MiniLM)
         unasked = [dataclasses.replace(q, text=None) for q in users.requests]
         out.lists[NO_REQUEST] = _genrec_ranked(rec, unasked, cfg, plan.search, f"genrec {cfg.split}, no request")
-        if plan.search.text_match:
+        if plan.search.text_match and rec.reads_request_text:  # else the same as no request
             out.lists[READ_ONLY] = _genrec_ranked(rec, users.requests, cfg,
                                                   dataclasses.replace(plan.search, text_match=0.0),
                                                   f"genrec {cfg.split}, request read only")

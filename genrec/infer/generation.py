@@ -16,8 +16,7 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
     """The constrained search of one prompt builder's requests: over the whole catalog, or (`pools`) within each
     request's K retrieved candidates, fused with the retriever's scores when `weight` != 0 (then every one of
     the K is scored and reordered), the retriever's order going on after them."""
-    prompts = [builder.encode(r.history, r.history_ts, r.context, r.text, history_ratings=r.ratings)
-               for r in batch]
+    prompts = [rec.prompt(builder, r, s) for r in batch]
     banned = [{rec.index.position[i] for i in r.excluded(s.exclude_seen) if i in rec.index.position}
               for r in batch]
     if pools is not None:  # a trie of the retriever's K candidates only: ban every other item
@@ -51,11 +50,11 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
 def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list[int]], banned: list[set[int]],
              k: int, s: Search) -> tuple[list, set[int]]:
     """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. Requests whose words
-    are matched (`Search.text_match`, on an item-token model that reads request text) are searched one by one,
+    are matched (`Recommender.matches_text`) are searched one by one,
     each with its own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty
     alone."""
     base = rec.catalog.penalty(s.popularity_penalty)
-    matched = bool(s.text_match) and builder.reads_text and rec.index.rules.one_token  # measured on item tokens
+    matched = rec.matches_text(s)
     worded = [j for j, r in enumerate(batch) if matched and r.text]
     plain = [j for j, r in enumerate(batch) if not (matched and r.text)]
     groups = [(plain, base)] if plain else []

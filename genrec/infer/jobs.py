@@ -398,8 +398,7 @@ def length_batches(rec, requests: list[Query], batch_size: int) -> list[list[int
         b = rec.route(req)
         if b.task.ranks_candidates:  # its prompt needs the retriever's candidates: the history stands in
             return len(req.history)
-        return len(b.encode(req.history, req.history_ts, req.context, req.text,
-                                          history_ratings=req.ratings))
+        return len(rec.prompt(b, req, Search()))  # a length to sort by: the default text_match will do
 
     order = sorted(range(len(requests)), key=lambda n: -length(requests[n]))
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]

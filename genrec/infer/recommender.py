@@ -102,6 +102,23 @@ class Recommender:
         titles a message names as its history)."""
         return self.request_prompts is not None and self.request_prompts.reads_text
 
+    def matches_text(self, s: Search) -> bool:
+        """Whether a request's words are matched to item texts (`Search.text_match` > 0, item tokens: log p + W x
+        MiniLM cosine). Why any item-token model, not only one trained with request lines: a next-item model then
+        answers a request too, ranking by its history with the request's words added outside the prompt, and keeps
+        the ranking that request training costs (docs/results.md#quality_std_scientific_multitask)."""
+        return bool(s.text_match) and self.index.rules.one_token
+
+    def answers_text(self, s: Search) -> bool:
+        """Whether request text gets an answer: the model reads it, or its words are matched to item texts."""
+        return self.reads_request_text or self.matches_text(s)
+
+    def prompt(self, builder: PromptBuilder, req: Query, s: Search) -> list[int]:
+        """A request's prompt. Its text goes in when the builder reads text; when it does not and the words are
+        matched (`matches_text`) the prompt is the history's alone; otherwise the builder refuses the text."""
+        text = req.text if builder.reads_text or not self.matches_text(s) else None
+        return builder.encode(req.history, req.history_ts, req.context, text, history_ratings=req.ratings)
+
     @property
     def with_reasons(self) -> bool:
         return self.history_prompts is not None and self.history_prompts.with_reasons
@@ -181,7 +198,7 @@ class Recommender:
             return  # the popular fallback: nothing to build
         builder = self.route(req)
         if not builder.task.ranks_candidates:  # a rerank prompt needs the retriever's candidates: built in the search
-            builder.encode(req.history, req.history_ts, req.context, req.text, history_ratings=req.ratings)
+            self.prompt(builder, req, s)
 
     def hybrid(self, s: Search) -> tuple[int | None, float]:
         """(candidates K or None for the whole catalog, retriever weight) a search runs with: what it asks for,

@@ -152,7 +152,7 @@ class SequenceBuilder(PromptBuilder):
         rendered as in training, then the next line's `before` text: the model writes the next identifier."""
         if request and not self.reads_text:
             raise GenrecError("a sequence model reads histories; it was not trained to answer request text (train "
-                              "it with prompt.request_share)")
+                              "it with prompt.request_share; an item-token model answers with --text-match > 0)")
         asked = self.request_line(request) if request else []
         n = min(len(history), max(self.cfg.max_history, 0))
         items = list(history)[len(history) - n:]

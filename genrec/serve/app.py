@@ -105,7 +105,7 @@ class Service:
                 named = title_index(self.rec.catalog).find_in(stripped[:self.cfg.max_request_chars])
                 if named:
                     fields["history"] = named[-self.cfg.max_history:]
-            if self.rec.reads_request_text:
+            if self.rec.answers_text(Search()):
                 fields.setdefault("request", stripped)
             elif "history" not in fields and "user_id" not in fields:
                 raise APIError(400, f"{where}: this model ranks from a history; it was not trained to answer request "
@@ -320,7 +320,7 @@ def serve(cfg: ServeConfig, log=print) -> None:
         log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
             "(set --api-key or GENREC_API_KEY)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
-    if rec.reads_request_text and rec.index.rules.one_token and Search().text_match:  # not at the first request, within its timeout
+    if rec.matches_text(Search()):  # read before the first request, not within its timeout
         log(f"reading the text of {len(rec.catalog)} items for request matching (text_match)")
         rec.catalog.text_embeddings()
     app = create_app(rec, cfg)

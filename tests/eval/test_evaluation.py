@@ -216,7 +216,7 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
     request worded from the target's attributes, beside the same model on the same users without it, the request
     text alone (MiniLM retrieval, checked by hand for one request) and the baselines, paired; users whose target
     has no attributes are left out; its reasons are measured for grounding. A model trained without request lines
-    refuses --task request in one line."""
+    answers by matching the request's words (text_match), and refuses --task request in one line at text_match 0."""
     import numpy as np
 
     from genrec.config import EvaluateConfig
@@ -251,7 +251,12 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
     assert set(fused["results"]) == {"genrec", NO_REQUEST, READ_ONLY, REQUEST_TEXT}
     assert fused["results"][READ_ONLY] == report["results"]["genrec"]
     assert "genrec - " + READ_ONLY in fused["paired_differences"]
+    # a next-item model answers by matching the request's words alone: no "read only" row (it reads none)
+    matched = run_evaluation(EvaluateConfig(model=str(cut_token_model), ks=[10], baselines=[], task="request",
+                                            output=str(tmp_path / "matched")), log=lambda m: None)
+    assert set(matched["results"]) == {"genrec", NO_REQUEST, REQUEST_TEXT}
+    assert matched["results"]["genrec"] != matched["results"][NO_REQUEST]
     with pytest.raises(GenrecError, match="was not trained for task 'request'"):
-        run_evaluation(EvaluateConfig(model=str(cut_token_model), task="request", output=str(tmp_path / "e2")),
-                       log=lambda m: None)
+        run_evaluation(EvaluateConfig(model=str(cut_token_model), task="request", text_match=0.0,
+                                      output=str(tmp_path / "e2")), log=lambda m: None)
     assert not (tmp_path / "e2").exists()

@@ -247,6 +247,33 @@ def test_text_match_ranks_by_log_p_plus_the_request_items_cosine(talking_model):
         rec.recommend(reqs, k=3, text_match=-1)
 
 
+def test_a_next_item_model_answers_a_request_by_matching_its_words(cut_token_model):
+    """An item-token model trained without request lines ranks a history + request by the history's log-probability
+    (the prompt holds no words) plus w x (cosine - 1); a request alone too; at w = 0 it refuses the text in one
+    line, naming both ways to answer it."""
+    import torch
+
+    from genrec.infer.query import Query, Search
+    from genrec.infer.recommender import Recommender
+    from genrec.items.text import item_text, text_embeddings
+
+    rec = Recommender(cut_token_model)
+    assert not rec.reads_request_text and rec.answers_text(Search()) and not rec.answers_text(Search(text_match=0))
+    ids = rec.index.item_ids
+    first, text = ids[0], "an old film about the sea"
+    n = len(ids) - 1
+    logp = {x.item_id: x.score for x in rec.recommend([Query(history=[first], seen={first})], k=n)[0].items}
+    emb = torch.from_numpy(text_embeddings([item_text(rec.catalog[i]) for i in ids]))
+    cos = dict(zip(ids, (torch.from_numpy(text_embeddings([text])) @ emb.t())[0].tolist()))
+    got = rec.recommend([Query(history=[first], text=text, seen={first})], k=n, text_match=2.0)[0].items
+    assert len(got) == n and all(abs(x.score - (logp[x.item_id] + 2.0 * (cos[x.item_id] - 1))) < 1e-3 for x in got)
+    assert [x.item_id for x in got][:5] != sorted(logp, key=logp.get, reverse=True)[:5]  # the words moved the list
+    alone = rec.recommend([Query(text=text)], k=1, text_match=1e4)[0]
+    assert alone.items[0].item_id == max((c, i) for i, c in cos.items())[1]
+    with pytest.raises(GenrecError, match=r"not trained to answer request text .*--text-match > 0"):
+        rec.recommend([Query(history=[first], text=text)], k=3, text_match=0.0)
+
+
 def test_request_model_cold_start(tmp_path, tiny_data):
     """A user with no history types what they want: only catalog items come back; training requests never
     contain the target's title."""

@@ -419,26 +419,32 @@ def test_titles_in_free_text_are_the_history():
 
 
 def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_factory, cut_token_model):
-    """The default kind of model (item tokens, sequence objective) answers a plain-text message that names catalog
-    items with recommendations from those items; one naming none gets a 400 that says what to send."""
-    from openai import BadRequestError, OpenAI
+    """The default kind of model (item tokens, sequence objective, no request lines) answers a plain-text message:
+    the catalog titles it names are the history and its words are matched to item texts (`text_match`), so the
+    official client gets what the library answers for that history and request; a message naming no item is a
+    request alone."""
+    from openai import OpenAI
 
-    from genrec.infer.query import Query
+    from genrec.infer.query import Query, Search
     from genrec.infer.recommender import Recommender
 
     rec = Recommender(cut_token_model)
+    assert not rec.reads_request_text and rec.answers_text(Search())
     a, b = list(rec.catalog)[:2]
     ta, tb = rec.catalog[a]["title"], rec.catalog[b]["title"]
+    said = f"I watched {ta} and then {tb}, what should I watch next?"
+    ask = "something like a space movie but funnier"
+    named = rec.recommend([Query(history=[a, b], text=said, seen={a, b})], k=3)[0]
+    alone = rec.recommend([Query(text=ask)], k=3)[0]
+    plain = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
+    assert [p.score for p in named.items] != [p.score for p in plain.items]  # the words count
     srv, thread, url = start_server(rec)
     try:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        resp = client.chat.completions.create(model="genrec-test", n=3, messages=[
-            {"role": "user", "content": f"I watched {ta} and then {tb}, what should I watch next?"}])
-        ref = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
-        assert [c.message.content for c in resp.choices] == [p.title for p in ref.items]
-        with pytest.raises(BadRequestError, match="Name catalog items in the message"):
-            client.chat.completions.create(model="genrec-test", messages=[
-                {"role": "user", "content": "something like a space movie but funnier"}])
+        for text, ref in ((said, named), (ask, alone)):
+            resp = client.chat.completions.create(model="genrec-test", n=3,
+                                                  messages=[{"role": "user", "content": text}])
+            assert [c.message.content for c in resp.choices] == [p.title for p in ref.items]
     finally:
         srv.should_exit = True
         thread.join(10)
