@@ -8,6 +8,7 @@ from collections import Counter
 import torch
 
 from genrec.config import EvaluateConfig
+from genrec.infer.catalog import Catalog
 from genrec.infer.recommender import Recommender
 from genrec.infer.retriever import Retriever
 
@@ -15,20 +16,28 @@ from genrec.infer.retriever import Retriever
 BASELINES = ("popular", "sasrec", "content")  # `genrec evaluate --baselines` (content: added for cold items)
 
 
-def content_rankings(catalog: dict[str, dict], histories: list[list[str]], seen: list[set[str]],
+def content_rankings(catalog: Catalog | dict[str, dict], histories: list[list[str]], seen: list[set[str]],
                      k: int) -> list[list[str]]:
     """Content baseline, no training: each item's text (title and facts) embedded by MiniLM (the encoder of
     semantic ids), a user as the mean of their history's item vectors, items ranked by cosine. Why: it is what a
     catalog's text alone knows, the floor a model that reads item text should clear on items it never saw in
     training (SASRec and most-popular cannot rank those at all)."""
-    from genrec.items.text import item_text, text_embeddings
-
-    ids = list(catalog)
+    ids, emb = item_vectors(catalog)
     pos = {i: n for n, i in enumerate(ids)}
-    emb = torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
     users = torch.stack([emb[[pos[i] for i in h if i in pos]].mean(0) if any(i in pos for i in h)
                          else torch.zeros(emb.shape[1]) for h in histories])
     return nearest_items(users, emb, ids, seen, k)
+
+
+def item_vectors(catalog: Catalog | dict[str, dict]) -> tuple[list[str], torch.Tensor]:
+    """(item ids, their MiniLM text rows in that order). A model's Catalog reads them once and keeps them (its
+    search matches requests against the same rows); a plain catalog is read here."""
+    if isinstance(catalog, Catalog):
+        return catalog.index.item_ids, catalog.text_embeddings()
+    from genrec.items.text import item_text, text_embeddings
+
+    ids = list(catalog)
+    return ids, torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
 
 
 def nearest_items(queries: torch.Tensor, emb: torch.Tensor, ids: list[str], seen: list[set[str]],
@@ -51,15 +60,14 @@ REQUEST_TEXT = "request text (MiniLM)"  # ... and the request alone, by text ret
 READ_ONLY = "genrec, request read only"  # ... and (under --text-match) the model's own reading of the request
 
 
-def request_text_rankings(catalog: dict[str, dict], requests: list[str], seen: list[set[str]],
+def request_text_rankings(catalog: Catalog | dict[str, dict], requests: list[str], seen: list[set[str]],
                           k: int) -> list[list[str]]:
     """Text retrieval on a request alone: MiniLM's cosine between the request and each item's text (title and
     facts), seen items excluded. Why: what the words of a request find without any history or training, the
     floor a model that reads both must clear."""
-    from genrec.items.text import item_text, text_embeddings
+    from genrec.items.text import text_embeddings
 
-    ids = list(catalog)
-    emb = torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
+    ids, emb = item_vectors(catalog)
     return nearest_items(torch.from_numpy(text_embeddings(requests)), emb, ids, seen, k)
 
 

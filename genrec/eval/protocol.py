@@ -307,12 +307,12 @@ def _rank(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, data,
             out.lists[READ_ONLY] = _genrec_ranked(rec, users.requests, cfg,
                                                   dataclasses.replace(plan.search, text_match=0.0),
                                                   f"genrec {cfg.split}, request read only")
-        out.lists[REQUEST_TEXT] = request_text_rankings(data.catalog, [q.text for q in users.requests],
+        out.lists[REQUEST_TEXT] = request_text_rankings(rec.catalog, [q.text for q in users.requests],
                                                         users.seen, plan.kmax)
     if "popular" in plan.baselines:
         out.everyone["popular"] = popular_rankings(counts, users.all_seen, plan.kmax)
     if "content" in plan.baselines:
-        out.everyone["content"] = content_rankings(data.catalog, users.all_hist, users.all_seen, plan.kmax)
+        out.everyone["content"] = content_rankings(rec.catalog, users.all_hist, users.all_seen, plan.kmax)
     histories = [users.all_hist]
     if plan.perturb:
         prng = random.Random(cfg.seed + 1)
