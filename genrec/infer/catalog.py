@@ -66,8 +66,8 @@ class Catalog(Mapping):
             self._text = torch.from_numpy(text_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
         return self._text
 
-    def text_penalty(self, texts: list[str], weight: float, base: list[float] | None) -> list[list[float]]:
-        """Per request text, per item (index order): `base` (or 0) + weight x (1 - cosine(request, item text)),
+    def text_penalty(self, texts: list[str], weight: float, base: list[float] | None):
+        """[texts, items] (float64, index order): `base` (or 0) + weight x (1 - cosine(request, item text)),
         both read by MiniLM. Subtracted from an item's log-probability it ranks by log p + weight x cosine: the
         request's words matched against every item's text, which the model's reading of them alone does not
         (yet) do as well (measured: `genrec evaluate --task request`)."""
@@ -75,10 +75,9 @@ class Catalog(Mapping):
 
         from genrec.items.text import text_embeddings
 
-        pen = weight * (1 - torch.from_numpy(text_embeddings(texts)) @ self.text_embeddings().t()).clamp_min(0)
-        if base is not None:
-            pen = pen + torch.tensor(base, dtype=pen.dtype)
-        return pen.tolist()
+        cos = torch.from_numpy(text_embeddings(texts)) @ self.text_embeddings().t()
+        pen = weight * (1 - cos.double()).clamp_min(0)
+        return pen + torch.tensor(base, dtype=pen.dtype) if base is not None else pen
 
     def fallback(self, k: int, seen: set[str]) -> list[str]:
         """The k most popular training items outside `seen` (the answer to a request with nothing to go on)."""

@@ -50,6 +50,8 @@ class TokenTrie:
             self.leaf_item[node] = item
         self.depth = max((len(s) for s in sequences), default=0)
         self._allowed: dict[int, list[int]] = {}
+        self._levels: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (nodes, their parents) per depth
+        self._leaves: tuple[torch.Tensor, torch.Tensor] | None = None  # (leaf nodes, their items)
 
         self.leaf_of_item = {item: node for node, item in self.leaf_item.items()}
         self.end_tokens = {t for kids in self.children for t, c in kids.items() if c in self.leaf_item}
@@ -80,15 +82,23 @@ class TokenTrie:
                 frontier.append(p)
         return dead
 
-    def subtree_min(self, item_values: list[float]) -> list[float]:
-        """Per node, the smallest value of any item below it (a leaf: its item's value)."""
-        out = [float("inf")] * len(self.children)
-        for node, item in self.leaf_item.items():
-            out[node] = item_values[item]
-        for node in range(len(self.children) - 1, 0, -1):  # children always have larger ids than parents
-            p = self.parent[node]
-            if out[node] < out[p]:
-                out[p] = out[node]
+    def subtree_min(self, item_values: torch.Tensor) -> torch.Tensor:
+        """[..., nodes]: per node, the smallest value of any item below it (a leaf: its item's value), for one row
+        of item values ([items]) or one per prompt ([prompts, items]); one scatter per trie depth."""
+        if self._levels is None:
+            depth = [0] * len(self.children)
+            for node in range(1, len(self.children)):  # children always have larger ids than parents
+                depth[node] = depth[self.parent[node]] + 1
+            by_depth: dict[int, list[int]] = {}
+            for node in range(1, len(self.children)):
+                by_depth.setdefault(depth[node], []).append(node)
+            self._levels = [(torch.tensor(nodes), torch.tensor([self.parent[n] for n in nodes]))
+                            for _, nodes in sorted(by_depth.items(), reverse=True)]
+            self._leaves = (torch.tensor(list(self.leaf_item)), torch.tensor(list(self.leaf_item.values())))
+        out = item_values.new_full(item_values.shape[:-1] + (len(self.children),), float("inf"))
+        out[..., self._leaves[0]] = item_values[..., self._leaves[1]]
+        for nodes, parents in self._levels:  # deepest first: a node's value is final before its parent reads it
+            out.scatter_reduce_(-1, parents.expand(out.shape[:-1] + parents.shape), out[..., nodes], "amin")
         return out
 
     def allowed_rows(self, nodes: list[int], dead: list[set[int]]) -> list[list[int]]:
@@ -149,15 +159,17 @@ class LiveBeams:
 @torch.no_grad()
 def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
                 banned: list[set[int]] | None = None,
-                max_new_tokens: int | None = None, item_penalty: list[float] | None = None,
+                max_new_tokens: int | None = None, item_penalty=None,
                 pruned: list[float] | None = None) -> list[list[Hypothesis]]:
     """Top-k items per prompt, best first. `banned[b]` are item positions never returned for prompt b.
     `pruned`, when given, is filled with each prompt's best pruned score (-inf: nothing was pruned).
 
-    `item_penalty[i]` (>= 0, e.g. a popularity penalty) is subtracted from item i's log-probability. A beam is
-    ranked from its first token by its log-probability minus the smallest penalty of any item below it, so
-    beams do not spend the width on prefixes of penalised items only; that bound only grows along a path,
-    which keeps the early stop ("scores only fall") exact.
+    `item_penalty[i]` (>= 0, e.g. a popularity penalty) is subtracted from item i's log-probability; one row of
+    them ([items]) for every prompt, or one row per prompt ([prompts, items]: a request's words matched to item
+    texts), so prompts with different penalties are still searched in one batch. A beam is ranked from its first
+    token by its log-probability minus the smallest penalty of any item below it, so beams do not spend the width
+    on prefixes of penalised items only; that bound only grows along a path, which keeps the early stop ("scores
+    only fall") exact.
 
     Only live beams are kept as rows (finished prompts and dead beams are dropped), so the cost per step follows
     the work left; beams never enter subtrees whose items are all banned. The search space is the trie's: its
@@ -165,7 +177,7 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     """
     B, W = len(prompts), max(beam_width, k)
     dead = [trie.dead_nodes(banned[b]) if banned and banned[b] else set() for b in range(B)]
-    bound = trie.subtree_min(item_penalty) if item_penalty is not None else None
+    bound = penalty_bound(trie, item_penalty, B)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     best_pruned = [NEG_INF] * B
     if pruned is not None:
@@ -177,12 +189,12 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     beams = backend.start([prompts[b] for b in live.owner], allowed)
     logp = beams.logp
     if bound is not None:
-        live.score = [-bound[0]] * len(live.score)
+        live.score = (-bound[live.owner, 0]).tolist()
     max_len = max_new_tokens or trie.depth
     for step in range(max_len):
         cand = logp.new_tensor(live.score).view(-1, 1) + logp  # [R, A]
         if bound is not None:
-            cand = cand - step_penalty(trie, bound, live.node, allowed, cand)
+            cand = cand - step_penalty(trie, bound, live.owner, live.node, allowed, cand)
         grown = LiveBeams([], [], [], [])
         rows_of: dict[int, list[int]] = {}
         for r, o in enumerate(live.owner):
@@ -200,14 +212,28 @@ def beam_search(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam
     return finished
 
 
-def step_penalty(trie: TokenTrie, bound: list[float], nodes: list[int], allowed: list[list[int]],
-                 like: torch.Tensor) -> torch.Tensor:
-    """[R, A]: bound(child) - bound(node) for each allowed token (>= 0; padded columns 0)."""
-    out = torch.zeros(like.shape, dtype=like.dtype)
-    for r, (n, toks_r) in enumerate(zip(nodes, allowed)):
-        kids = trie.children[n]
-        out[r, :len(toks_r)] = torch.tensor([bound[kids[t]] - bound[n] for t in toks_r], dtype=like.dtype)
-    return out.to(like.device)
+def penalty_bound(trie: TokenTrie, item_penalty, prompts: int) -> torch.Tensor | None:
+    """[prompts, nodes] (float64): per prompt and trie node, the smallest penalty of any item below it; None
+    without a penalty. A shared row is bounded once and viewed per prompt."""
+    if item_penalty is None:
+        return None
+    pen = torch.as_tensor(item_penalty, dtype=torch.float64)
+    if pen.dim() == 2 and pen.shape[0] != prompts:
+        raise GenrecError(f"item_penalty has {pen.shape[0]} rows for {prompts} prompts")
+    bound = trie.subtree_min(pen)
+    return bound if bound.dim() == 2 else bound.expand(prompts, -1)
+
+
+def step_penalty(trie: TokenTrie, bound: torch.Tensor, owners: list[int], nodes: list[int],
+                 allowed: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    """[R, A]: bound(child) - bound(node) for each allowed token of each row, from its prompt's row of `bound`
+    (>= 0; padded columns 0)."""
+    width = like.shape[1]
+    kids = torch.tensor([[trie.children[n][t] for t in toks] + [n] * (width - len(toks))
+                         for n, toks in zip(nodes, allowed)]).view(len(nodes), width)
+    own = torch.tensor(owners)
+    out = bound[own.view(-1, 1), kids] - bound[own, torch.tensor(nodes)].view(-1, 1)
+    return out.to(like.dtype).to(like.device)
 
 
 def extend(trie: TokenTrie, cand: torch.Tensor, rows: list[int], live: LiveBeams, allowed, W: int, k: int,
@@ -255,7 +281,7 @@ def unfinished(grown: LiveBeams, finished: list[list[Hypothesis]], k: int) -> li
 
 
 def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_width: int,
-              banned: list[set[int]] | None = None, item_penalty: list[float] | None = None,
+              banned: list[set[int]] | None = None, item_penalty=None,
               search: str = "beam", stats: dict | None = None, max_width: int | None = None) -> list[list[Hypothesis]]:
     """Beam search that always returns min(k, allowed items) results: should a search still end short, that
     prompt is searched again with twice the width (a safety net; dead-subtree pruning makes it rare).
@@ -283,7 +309,15 @@ def top_items(backend, prompts: list[list[int]], trie: TokenTrie, k: int, beam_w
         rounds += 1
         again_pruned: list[float] = []
         again = beam_search(backend, [prompts[b] for b in todo], trie, k, width,
-                            [banned[b] for b in todo] if banned else None, item_penalty=item_penalty,
+                            [banned[b] for b in todo] if banned else None, item_penalty=rows_of(item_penalty, todo),
                             pruned=again_pruned)
         for b, f, p in zip(todo, again, again_pruned):
             found[b], pruned[b] = f, p
+
+
+def rows_of(item_penalty, prompts: list[int]):
+    """The penalty of a subset of prompts: a shared row as it is, per-prompt rows those prompts' rows."""
+    if item_penalty is None:
+        return None
+    pen = torch.as_tensor(item_penalty)
+    return pen[prompts] if pen.dim() == 2 else item_penalty

@@ -4,6 +4,8 @@ it used. `Recommender.recommend` routes each request here or to the rerank model
 
 from __future__ import annotations
 
+import torch
+
 from genrec.infer import hybrid
 from genrec.infer.answer import Recommendation, Usage
 from genrec.infer.constrained import top_items
@@ -49,28 +51,21 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
 
 def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list[int]], banned: list[set[int]],
              k: int, s: Search) -> tuple[list, set[int]]:
-    """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. Requests whose words
-    are matched (`Recommender.matches_text`) are searched one by one,
-    each with its own per-item penalty (`Catalog.text_penalty`); the others together, with the popularity penalty
-    alone."""
-    base = rec.catalog.penalty(s.popularity_penalty)
-    matched = rec.matches_text(s)
-    worded = [j for j, r in enumerate(batch) if matched and r.text]
-    plain = [j for j, r in enumerate(batch) if not (matched and r.text)]
-    groups = [(plain, base)] if plain else []
-    if worded:
-        penalties = rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, base)
-        groups += [([j], pen) for j, pen in zip(worded, penalties)]
-    found: list = [None] * len(batch)
-    uncertified: set[int] = set()
-    for rows, penalty in groups:
-        stats: dict = {}
-        got = top_items(rec.backend, [prompts[j] for j in rows], rec.catalog.trie(builder), k, max(s.width, k),
-                        [banned[j] for j in rows], penalty, search=s.search, stats=stats, max_width=s.max_width)
-        for j, hyps in zip(rows, got):
-            found[j] = hyps
-        uncertified |= {rows[u] for u in stats["uncertified"]}
-    return found, uncertified
+    """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. The popularity
+    penalty is every prompt's; a request whose words are matched (`Recommender.matches_text`) adds its own
+    per-item penalty (`Catalog.text_penalty`), and the batch is still searched together."""
+    penalty = rec.catalog.penalty(s.popularity_penalty)
+    worded = [j for j, r in enumerate(batch) if r.text] if rec.matches_text(s) else []
+    if worded:  # one row per prompt: the plain ones keep the shared row (or none)
+        rows = torch.zeros(len(batch), len(rec.index.item_ids), dtype=torch.float64)
+        if penalty is not None:
+            rows[:] = torch.tensor(penalty, dtype=torch.float64)
+        rows[worded] = rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, penalty)
+        penalty = rows
+    stats: dict = {}
+    found = top_items(rec.backend, prompts, rec.catalog.trie(builder), k, max(s.width, k), banned, penalty,
+                      search=s.search, stats=stats, max_width=s.max_width)
+    return found, set(stats["uncertified"])
 
 
 def write_reasons(rec, builder: PromptBuilder, prompts: list[list[int]], found) -> list[list[str]]:

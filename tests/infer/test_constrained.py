@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from genrec.config import PromptConfig
+from genrec.errors import GenrecError
 from genrec.infer.constrained import beam_search, top_items
 from genrec.infer.constrained import TokenTrie
 from genrec.items.index import ItemIndex
@@ -191,6 +192,24 @@ def test_item_penalty_ranks_by_penalised_log_probability(base_lm):
     assert len(narrow) == 3 and best not in {h.item for h in narrow}
     for h in found + narrow:
         assert h.score == pytest.approx(exact[h.item] - penalty[h.item], abs=1e-3)
+
+
+def test_a_penalty_row_per_prompt_searches_each_as_alone(base_lm):
+    """Per-prompt penalty rows ([prompts, items], a request's words matched to item texts) in one batch give each
+    prompt exactly what a search of it alone with its row gives; a row count that is not the prompts' is refused."""
+    backend, tok = base_lm
+    titles = ["Heat", "Alien", "Aliens", "Toy Story", "Toy Story 2", "The Matrix", "Love Actually", "Star Wars"]
+    catalog, index, b, trie = build(tok, titles)
+    prompts = [b.encode(["3"]), b.encode(["1", "2"]), b.encode(["6"])]
+    rows = [[0.0] * len(titles), [float(i % 3) for i in range(len(titles))],
+            [5.0 * (i == 4) for i in range(len(titles))]]
+    batched = top_items(backend, prompts, trie, 3, 3, [set(), {0}, set()], item_penalty=rows, search="exact")
+    for p, row, banned, got in zip(prompts, rows, [set(), {0}, set()], batched):
+        alone = top_items(backend, [p], trie, 3, 3, [banned], item_penalty=row, search="exact")[0]
+        assert [h.item for h in got] == [h.item for h in alone]
+        assert [h.score for h in got] == pytest.approx([h.score for h in alone], abs=1e-4)
+    with pytest.raises(GenrecError, match="item_penalty has 2 rows for 3 prompts"):
+        top_items(backend, prompts, trie, 3, 3, None, item_penalty=rows[:2])
 
 
 def brute_force(backend, prompt, b, index, banned=frozenset(), penalty=None):
