@@ -3,6 +3,11 @@ objective as the "before") for the same M minutes of training, beside SASRec tra
 most-popular, all under one protocol (leave-one-out, full ranking, earlier items excluded, the target rankable,
 equal timestamps in a seeded order; no k-core, users with < 3 interactions dropped, as the reference baselines).
 
+An arm's M minutes are counted on the CPU clock (`clock=cpu`: the training process's CPU time over its torch
+threads), so an arm trained while the machine was busy does the work of one trained on an idle machine. Result
+files written before this (their command has no `clock`) counted wall-clock minutes, and their step counts
+followed the machine's load: 371 and 1,105 steps of the same recipe on Scientific.
+
 The LLM arms are evaluated on a seeded sample of test users (default: up to 610, i.e. all of ml-latest-small), the
 baselines on every test user and on the LLM's users; each metric with a 95% bootstrap interval and genrec minus
 each baseline as a paired difference. Finished arms are reused (their metrics.json is kept), so the table can be
@@ -78,7 +83,7 @@ def main() -> None:
             prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
                       "token": PromptConfig(max_history=50, item_facts=[]), "default": None,
                       "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
-            budget = dict(max_minutes=args.minutes, save_steps=10**6, overwrite=True, keep_checkpoints=3,
+            budget = dict(max_minutes=args.minutes, clock="cpu", save_steps=10**6, overwrite=True, keep_checkpoints=3,
                           save_minutes=args.minutes / 4 if args.curve_users else None)
             cfg = SFTConfig(data=str(data), output=str(model), **budget) if arm == "default" else SFTConfig(
                 data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",

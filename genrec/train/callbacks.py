@@ -119,18 +119,30 @@ class LossLog(TrainerCallback):
                                      "seconds": time.time() - self.t0}) + "\n")
 
 
+def clock_source(name: str):
+    """The seconds `SFTConfig.clock` counts: wall-clock, or (cpu) this process's CPU seconds over its torch threads.
+    Why the second: two arms given "30 minutes" on a shared 2-core machine got 371 and 1,105 steps of the same
+    model (docs/results.md); CPU time is what each really got, and it advances only as the process runs."""
+    if name == "wall":
+        return time.time
+    import torch
+
+    threads = max(1, torch.get_num_threads())
+    return lambda: time.process_time() / threads
+
+
 class SaveEvery(TrainerCallback):
     """`save_minutes`: a checkpoint whenever another M minutes of training have passed (steps differ in cost, so a
     learning curve over a time budget needs checkpoints by the clock, not by step count)."""
 
-    def __init__(self, minutes: float, used=None):
+    def __init__(self, minutes: float, used=None, now=time.time):
         self.every = minutes * 60
-        self._t0 = None
-        self.used = used or (lambda: time.time() - self._t0)
+        self._t0, self.now = None, now
+        self.used = used or (lambda: self.now() - self._t0)
         self.next = None
 
     def on_train_begin(self, args, state, control, **kw):
-        self._t0 = time.time()
+        self._t0 = self.now()
         self.next = (self.used() // self.every + 1) * self.every  # resumed: the clock goes on from the time used
 
     def on_step_end(self, args, state, control, **kw):
@@ -144,12 +156,12 @@ class Clock(TrainerCallback):
     """`max_minutes`: the learning rate follows the clock (linear warmup by steps, then cosine over the time budget,
     reaching 0 at the end) and training stops when the budget is spent; the time used survives --resume."""
 
-    def __init__(self, minutes: float, lr: float, warmup_steps: int):
-        self.budget, self.lr, self.warmup = minutes * 60, lr, warmup_steps
+    def __init__(self, minutes: float, lr: float, warmup_steps: int, now=time.time):
+        self.budget, self.lr, self.warmup, self.now = minutes * 60, lr, warmup_steps, now
         self.before, self.t0, self.last_lr = 0.0, None, None
 
     def used(self) -> float:
-        return self.before + (time.time() - self.t0 if self.t0 is not None else 0.0)
+        return self.before + (self.now() - self.t0 if self.t0 is not None else 0.0)
 
     def synced(self, args) -> float:
         """The time used as every process sees it: the largest, so all processes take the same learning rate and
@@ -165,7 +177,7 @@ class Clock(TrainerCallback):
         return used
 
     def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
+        self.t0 = self.now()
 
     def on_step_begin(self, args, state, control, optimizer=None, **kw):
         import math
@@ -258,9 +270,11 @@ def trainer_callbacks(cfg: SFTConfig, new_ids: list[int], grounded_rows: grounde
     clock = None
     if cfg.max_minutes is not None:
         steps = len(batches) if batches else -(-n_examples // cfg.batch_size)
-        clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))))
+        clock = Clock(cfg.max_minutes, cfg.learning_rate, max(1, int(cfg.warmup_ratio * min(steps, 200))),
+                      clock_source(cfg.clock))
     if cfg.save_minutes:  # before the clock: at the budget's end the clock cancels a save (the model is written)
-        callbacks.append(SaveEvery(cfg.save_minutes, clock.used if clock is not None else None))
+        callbacks.append(SaveEvery(cfg.save_minutes, clock.used if clock is not None else None,
+                                   clock_source(cfg.clock)))
     if clock is not None:
         callbacks.append(clock)
     callbacks.append(CheckpointDone())  # last: after every file of a checkpoint

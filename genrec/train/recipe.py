@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from genrec.config import GROUNDED_RESIDUAL_DROPOUT, SFTConfig, to_dict
+from genrec.config import CLOCKS, GROUNDED_RESIDUAL_DROPOUT, SFTConfig, to_dict
 from genrec.data.prepared import PreparedData, load_prepared
 from genrec.errors import GenrecError
 from genrec.infer.retriever import Retriever
@@ -139,6 +139,8 @@ def check_settings(cfg: SFTConfig) -> None:
     for name in ("max_minutes", "save_minutes"):
         if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
             raise GenrecError(f"{name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.clock not in CLOCKS:
+        raise GenrecError(f"unknown clock {cfg.clock!r} ({', '.join(CLOCKS)})")
     if not 0 <= cfg.label_smoothing < 1:
         raise GenrecError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     objective = OBJECTIVE.get(cfg.objective)

@@ -184,6 +184,34 @@ def test_max_minutes_stops_on_the_clock_and_the_bar_and_logs_follow_it(tmp_path,
         train(tiny_sft_config(tiny_data, tmp_path / "bad", objective="sequence", max_minutes=0), log=lambda m: None)
 
 
+def test_the_cpu_clock_counts_what_the_process_runs(tmp_path, tiny_data):
+    """clock=cpu: time the process does not run (asleep here; on a busy machine, waiting for a core) spends none
+    of the budget, and work spends it at most at wall speed; a run on it stops by that clock."""
+    import time
+
+    import torch
+
+    from genrec.train.callbacks import clock_source
+    from genrec.train.recipe import train
+
+    cpu, wall = clock_source("cpu"), clock_source("wall")
+    c, w = cpu(), wall()
+    time.sleep(1.0)
+    assert cpu() - c < 0.2 and wall() - w >= 1.0
+    c, p, w = cpu(), time.process_time(), wall()
+    while time.process_time() - p < 0.4 and wall() - w < 60:  # one thread busy for 0.4 CPU-seconds
+        pass
+    assert cpu() - c == pytest.approx((time.process_time() - p) / torch.get_num_threads(), abs=0.02)
+    assert cpu() - c <= wall() - w
+    out = tmp_path / "m"
+    train(tiny_sft_config(tiny_data, out, objective="sequence", max_steps=0, num_epochs=50, max_minutes=0.05,
+                          clock="cpu", save_steps=1000, max_batch_tokens=200), log=lambda m: None)
+    card = json.loads((out / "genrec.json").read_text())
+    assert card["stopped_by_clock"] and card["sft"]["clock"] == "cpu" and card["global_step"] >= 1
+    with pytest.raises(GenrecError, match="clock"):
+        train(tiny_sft_config(tiny_data, tmp_path / "bad", clock="sundial"), log=lambda m: None)
+
+
 def test_sequence_objective_is_for_next_item_only(tokenizer, tiny_data):
     from genrec.data.prepared import load_prepared
 
