@@ -5,7 +5,7 @@ equal timestamps in a seeded order; no k-core, users with < 3 interactions dropp
 
 An arm's M minutes are counted on the CPU clock (`clock=cpu`: the training process's CPU time over its torch
 threads), so an arm trained while the machine was busy does the work of one trained on an idle machine. Result
-files written before this (their command has no `clock`) counted wall-clock minutes, and their step counts
+files written before this (their settings have no `clock`) counted wall-clock minutes, and their step counts
 followed the machine's load: 371 and 1,105 steps of the same recipe on Scientific.
 
 The LLM arms are evaluated on a seeded sample of test users (default: up to 610, i.e. all of ml-latest-small), the
@@ -38,6 +38,8 @@ from benchmarks.common import arms_parser, dataset_arms, learning_curve, machine
 ARMS = ("default", "sequence", "prefix", "token")
 # token: the sequence objective with one new vocabulary token per item (item_id=token), SASRec's history of 50
 
+
+CLOCK = "cpu"  # what an arm's minutes count (SFTConfig.clock), recorded in the result file's settings
 
 def main() -> None:
     ap = arms_parser(__doc__, "movielens,scientific", "sequence,prefix", 60.0, 30, "runs/bench_quality")
@@ -72,7 +74,7 @@ def main() -> None:
     from genrec.train.recipe import train
 
     work = Path(args.work)
-    report = {"settings": vars(args), "machine": machine(), "arms": {}}
+    report = {"settings": {**vars(args), "clock": CLOCK}, "machine": machine(), "arms": {}}
     rows = []
     for name, data, n, arm in dataset_arms(work, args.datasets, args.arms, ARMS, args.cold_items):
         label = arm + ("" if args.layers is None else f"-layers{args.layers}") + "".join(f"-{o}" for o in args.sft)
@@ -83,7 +85,7 @@ def main() -> None:
             prompt = {"sequence": PromptConfig(max_history=args.history, item_facts=facts),
                       "token": PromptConfig(max_history=50, item_facts=[]), "default": None,
                       "prefix": PromptConfig(max_history=20, max_prompt_tokens=384, item_facts=facts)}[arm]
-            budget = dict(max_minutes=args.minutes, clock="cpu", save_steps=10**6, overwrite=True, keep_checkpoints=3,
+            budget = dict(max_minutes=args.minutes, clock=CLOCK, save_steps=10**6, overwrite=True, keep_checkpoints=3,
                           save_minutes=args.minutes / 4 if args.curve_users else None)
             cfg = SFTConfig(data=str(data), output=str(model), **budget) if arm == "default" else SFTConfig(
                 data=str(data), output=str(model), objective="prefix" if arm == "prefix" else "sequence",
