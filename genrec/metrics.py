@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 
 from genrec.errors import GenrecError
+from genrec.items.text import attr_values
 
 
 def target_ranks(ranked: list[list[str]], targets: list[str]) -> list[int | None]:
@@ -181,19 +182,22 @@ def reason_grounding(cases: list[tuple[str, str, list[str]]], catalog: dict[str,
     values: dict[str, set[str]] = {}
     for row in catalog.values():
         for k, v in row.get("attrs", {}).items():
-            values.setdefault(k, set()).update(x.strip().lower() for x in re.split(r"[|,]", v) if x.strip())
+            values.setdefault(k, set()).update(x.lower() for x in attr_values({k: v}))
     vocab = {v for vs in values.values() if len(vs) <= 100 for v in vs if len(v) > 2}
 
     def item_values(i: str) -> set[str]:
-        return {x.strip().lower() for v in catalog[i].get("attrs", {}).values() for x in re.split(r"[|,]", v)}
+        return {x.lower() for x in attr_values(catalog[i].get("attrs", {}))}
 
     counts = Counter()
     for reason, item, history in cases:
-        low = " ".join(reason.lower().split())
-        spans = [" ".join(m.group(0).strip('" ').lower().split()) for m in TITLE_MENTION.finditer(reason)]
-        # a span may start before the title ("Because you enjoyed Heat (1995)"): any word-suffix may be the title
-        counts["non_catalog_title"] += any(not any(" ".join(w[i:]) in titles for i in range(len(w)))
-                                           for w in (sp.split() for sp in spans))
+        text = " ".join(reason.split())
+        low = text.lower()
+        # where a catalog title named in the reason ends: a title-like span is one when it ends there, whether it
+        # starts before the title ("Because you enjoyed Heat (1995)") or inside it ("Matrix, The (1999)": the
+        # pattern stops at the comma and sees "The (1999)")
+        ends = {m.end() for t in titles if t in low for m in re.finditer(re.escape(t), low)}
+        counts["non_catalog_title"] += any(m.end() - m.group(0).endswith('"') not in ends
+                                           for m in TITLE_MENTION.finditer(text))
         allowed = item_values(item).union(*(item_values(h) for h in history if h in catalog))
         said = {v for v in vocab if re.search(rf"\b{re.escape(v)}\w*\b", low)}
         counts["unsupported_attribute"] += bool(said - allowed)

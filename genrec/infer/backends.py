@@ -198,6 +198,12 @@ class HFBackend:
         return (SharedPromptBeams if self.shared_prompt else HFBeams)(self.model, prompts, self.pad_id, allowed)
 
     @torch.no_grad()
+    def output_rows(self, ids: list[int]) -> torch.Tensor:
+        """The output embedding rows of token ids (float32, on the CPU): an item token's row is the model's own
+        vector for that item (`explain.py`)."""
+        return self.model.get_output_embeddings().weight[ids].float().cpu()
+
+    @torch.no_grad()
     def greedy(self, seqs: list[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
         from transformers import GenerationConfig
 
@@ -285,6 +291,13 @@ class VLLMBackend:
                                use_tqdm=False)
         hidden = torch.stack([o.outputs.data for o in outs]).float().to(self.head.device)
         return gather_allowed(torch.log_softmax(hidden @ self.head.t(), -1), allowed).cpu()
+
+    def output_rows(self, ids: list[int]) -> torch.Tensor:
+        """The output embedding rows of token ids, as HF's (`output_matrix`: the pooled engine's, else read once
+        from the served weights)."""
+        if self.head is None:
+            self.head = output_matrix(self.kwargs["model"])
+        return self.head[ids].float().cpu()
 
     def score(self, rows: list[list[int]], allowed: list[list[int]] | None) -> torch.Tensor:
         """One engine request per row, whatever the catalog size: a row allowing at most VLLM_MAX_TOKEN_IDS tokens

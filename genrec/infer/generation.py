@@ -1,12 +1,12 @@
 """A generative model's answers: the constrained search over one prompt builder's requests (the whole catalog, or
-the hybrid's K candidates, fused with the retriever), the reasons it writes after each chosen item, and the tokens
-it used. `Recommender.recommend` routes each request here or to the rerank model (`hybrid.py`)."""
+the hybrid's K candidates, fused with the retriever), the reasons it writes after each chosen item (or, for an
+item-token model trained without them, `explain.py`'s), and the tokens it used. `Recommender.recommend` routes each request here or to the rerank model (`hybrid.py`)."""
 
 from __future__ import annotations
 
 import torch
 
-from genrec.infer import hybrid
+from genrec.infer import explain, hybrid
 from genrec.infer.answer import Recommendation, Usage
 from genrec.infer.constrained import top_items
 from genrec.infer.query import Query, Search
@@ -29,7 +29,9 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
     found, uncertified = searched(rec, builder, batch, prompts, banned, n_found, s)
     if fusing:
         found = [hybrid.fused(rec, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
-    reasons = write_reasons(rec, builder, prompts, found) if s.with_reasons and builder.with_reasons else None
+    wrote = s.with_reasons and builder.with_reasons  # the engine writes them; an item-token model's are explained
+    reasons = write_reasons(rec, builder, prompts, found) if wrote else \
+        explain.explained(rec, builder, batch, found) if s.with_reasons and rec.explains else None
     out = []
     for j, hyps in enumerate(found):
         picks = [rec.pick(rec.index.item_ids[h.item], rank, round(h.score, 5),
@@ -42,7 +44,7 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
         answer = Recommendation(picks, exact=(j not in uncertified) if s.search == "exact" else None)
         if with_usage:
             per_item = [len(builder.item_tokens(rec.index.targets[h.item])) +
-                        (len(builder.plain(reasons[j][r])) + 1 if reasons is not None else 0)
+                        (len(builder.plain(reasons[j][r])) + 1 if wrote else 0)
                         for r, h in enumerate(hyps)]
             answer.usage = Usage(len(prompts[j]), sum(per_item), per_item)
         out.append(answer)

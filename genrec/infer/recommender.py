@@ -120,8 +120,15 @@ class Recommender:
         return builder.encode(req.history, req.history_ts, req.context, text, history_ratings=req.ratings)
 
     @property
+    def explains(self) -> bool:
+        """Whether reasons are explained (`explain.py`) rather than written: an item-token model trained without
+        reason lines."""
+        return self.index.rules.one_token and not (self.history_prompts and self.history_prompts.with_reasons)
+
+    @property
     def with_reasons(self) -> bool:
-        return self.history_prompts is not None and self.history_prompts.with_reasons
+        """Whether `--with-reasons` gets a reason per item: written by a model trained with them, or explained."""
+        return self.history_prompts is not None and (self.history_prompts.with_reasons or self.explains)
 
     def recommend(self, requests: list[Query], settings: Search | None = None, with_usage: bool = False,
                   retrieved: list[list[tuple[str, float]]] | None = None, **fields) -> list[Recommendation]:
@@ -174,8 +181,8 @@ class Recommender:
         if s.k < 1 or s.k > n_items:
             raise GenrecError(f"k must be between 1 and the catalog size ({n_items})")
         if s.with_reasons and not self.with_reasons:
-            raise GenrecError("this model was trained without reasons (train with --task next_item_reason, or an "
-                              "item-token sequence model with prompt.reason_share)")
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason; an "
+                              "item-token model's reasons are explained from its item rows)")
         if candidates is not None and self.retriever is None:
             raise GenrecError(f"{self.dir} has no retriever for --candidates retriever:K (train it with "
                               "`genrec sft retriever=sasrec`)")
@@ -192,8 +199,8 @@ class Recommender:
         raises its GenrecError here, on its own, before the server batches it with others."""
         s = settings or Search()
         if s.with_reasons and not self.with_reasons:
-            raise GenrecError("this model was trained without reasons (train with --task next_item_reason, or an "
-                              "item-token sequence model with prompt.reason_share)")
+            raise GenrecError("this model was trained without reasons (train with --task next_item_reason; an "
+                              "item-token model's reasons are explained from its item rows)")
         if not req.history and not req.text:
             return  # the popular fallback: nothing to build
         builder = self.route(req)

@@ -5,6 +5,7 @@ so an item reads the same everywhere."""
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import torch
@@ -16,6 +17,25 @@ def facts_line(attrs: dict[str, str], keys) -> str:
     """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
     what prompts show beside items and what the text encoder reads for semantic ids."""
     return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
+
+
+def attr_values(attrs: dict[str, str]) -> list[str]:
+    """An item's attribute values one by one ("Adventure|Animation" is two), in order, without repeats (case aside): what a
+    reason may say an item is, and what reason grounding checks it against."""
+    out, seen = [], set()
+    for v in attrs.values():
+        for x in (x.strip() for x in re.split(r"[|,]", str(v))):
+            if x and x.lower() not in seen:
+                out.append(x)
+                seen.add(x.lower())
+    return out
+
+
+def shared_values(item: dict[str, str], other: dict[str, str], limit: int = 3) -> list[str]:
+    """The first `limit` of an item's attribute values that another item also has (case-insensitively): what an
+    explained reason says the two have in common."""
+    theirs = {x.lower() for x in attr_values(other)}
+    return [x for x in attr_values(item) if x.lower() in theirs][:limit]
 
 
 def item_text(row: dict) -> str:

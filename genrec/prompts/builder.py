@@ -28,7 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from genrec.config import PromptConfig
 from genrec.errors import GenrecError
 from genrec.items.index import ItemIndex
-from genrec.items.text import facts_line
+from genrec.items.text import facts_line, shared_values
 from genrec.prompts.tasks import RERANK_LABELS, bind_task, rating_level
 
 
@@ -248,9 +248,16 @@ class PromptBuilder:
         return self.plain(target) + self.item_ending
 
     def reason_text(self, item_id: str, history: list[str], history_ts: list[int] | None = None,
-                    context: dict | None = None) -> str:
-        v = self._variables(list(history)[-self.cfg.max_history:], None, context, None, None)
+                    context: dict | None = None, because: str | None = None, request: str | None = None) -> str:
+        """The template's `reason` block for `item_id` after `history`. It also sees `because`, the history item
+        the reason names (default: the newest; an explained reason passes the model's own choice), `shared`, the
+        attribute values both have, and `request`."""
+        history = list(history)[-self.cfg.max_history:] if self.cfg.max_history > 0 else []
+        v = self._variables(history, None, context, request, None)
         v["item"] = self.item_view(item_id)
+        because = because or (history[-1] if history else None)
+        v["because"] = self.item_view(because) if because else None
+        v["shared"] = shared_values(v["item"]["attrs"], v["because"]["attrs"]) if because else []
         return " ".join(self.template.render_block("reason", v).split())
 
     def completion(self, item_id: str, history: list[str], context: dict | None = None) -> list[int]:

@@ -127,6 +127,10 @@ def test_merged_models_on_vllm_match_hf(model, tiny_data, request):
             got = vl.backend.score([prompt, prompt], [items[:50], everything])
             assert torch.allclose(got[0, :50], ref[items[:50]], atol=2e-3) and torch.isinf(got[0, 50:]).all()
             assert torch.allclose(got[1], ref[everything], atol=2e-3)
+            # the same explained reasons, from the same item rows (HF's weights, the pooled engine's head)
+            told_hf, told_vl = (r.recommend(reqs, k=4, with_reasons=True) for r in (hf, vl))
+            assert [[p.reason for p in a.items] for a in told_hf] == [[p.reason for p in b.items] for b in told_vl]
+            assert all(p.reason for a in told_vl for p in a.items)
             # the popularity penalty applies to the same scores on both engines
             pen_hf, pen_vl = (r.recommend(reqs, k=4, popularity_penalty=0.5) for r in (hf, vl))
             for a, b in zip(pen_hf, pen_vl):

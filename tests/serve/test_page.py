@@ -86,14 +86,17 @@ def test_page_never_reads_the_key_from_the_url(chromium, page_server, recommende
     assert 'data-done="error"' in dom and "invalid API key" in dom
 
 
-def test_page_shows_the_talking_models_items_and_reasons_for_titles_and_a_request(chromium, talking_model):
-    """The model that ranks and talks, on the page: history titles typed in and a request give the items and the
-    reasons the API gives for the same body, each reason under its item."""
+@pytest.mark.parametrize("kind", ["talking_model", "cut_token_model"])
+def test_page_shows_items_and_reasons_for_titles_and_a_request(chromium, kind, request):
+    """A model that ranks and talks, on the page: history titles typed in and a request give the items and the
+    reasons the API gives for the same body, each reason under its item. Both kinds: trained with request lines
+    and reasons (it writes them), and the default kind (next item only: its request's words are matched, its
+    reasons explained)."""
     import json
 
     from genrec.infer.recommender import Recommender
 
-    rec = Recommender(talking_model)
+    rec = Recommender(request.getfixturevalue(kind))
     uid, items = a_user(rec)
     titles = [rec.catalog[i]["title"] for i in items[-2:]]
     srv, thread, url = start_server(rec, timeout_s=120)

@@ -421,8 +421,8 @@ def test_titles_in_free_text_are_the_history():
 def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_factory, cut_token_model):
     """The default kind of model (item tokens, sequence objective, no request lines) answers a plain-text message:
     the catalog titles it names are the history and its words are matched to item texts (`text_match`), so the
-    official client gets what the library answers for that history and request; a message naming no item is a
-    request alone."""
+    official client gets what the library answers for that history and request, each item with its explained
+    reason (`explain.py`); a message naming no item is a request alone."""
     from openai import OpenAI
 
     from genrec.infer.query import Query, Search
@@ -434,17 +434,18 @@ def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_facto
     ta, tb = rec.catalog[a]["title"], rec.catalog[b]["title"]
     said = f"I watched {ta} and then {tb}, what should I watch next?"
     ask = "something like a space movie but funnier"
-    named = rec.recommend([Query(history=[a, b], text=said, seen={a, b})], k=3)[0]
-    alone = rec.recommend([Query(text=ask)], k=3)[0]
+    named = rec.recommend([Query(history=[a, b], text=said, seen={a, b})], k=3, with_reasons=True)[0]
+    alone = rec.recommend([Query(text=ask)], k=3, with_reasons=True)[0]
     plain = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
     assert [p.score for p in named.items] != [p.score for p in plain.items]  # the words count
+    assert all(p.reason.startswith(("Because of ", "For your request")) for p in named.items + alone.items)
     srv, thread, url = start_server(rec)
     try:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         for text, ref in ((said, named), (ask, alone)):
             resp = client.chat.completions.create(model="genrec-test", n=3,
                                                   messages=[{"role": "user", "content": text}])
-            assert [c.message.content for c in resp.choices] == [p.title for p in ref.items]
+            assert [c.message.content for c in resp.choices] == [f"{p.title}\n{p.reason}" for p in ref.items]
     finally:
         srv.should_exit = True
         thread.join(10)

@@ -1,0 +1,48 @@
+"""Reasons for an item-token model trained without them: each recommended item is explained by the history item
+the model itself places nearest to it, and by the attribute values the two share, rendered by the template's
+`reason` block ("Because of Toy Story 2 (1999) in your history: both Adventure, Animation, Children.").
+
+Why not free text: a next-item model trained without reason lines writes none, and one trained with them
+(`prompt.reason_share`) costs ranking and, at CPU budgets, names no title of the history (docs/results.md). Here
+the reason costs no training and no engine pass, every title and value it states is a catalog fact, and it is the
+model's own: an item token's row is one vector for both reading and writing that item (tied embeddings), and items
+the model predicts in the same contexts get nearby rows, so the history item whose row has the largest cosine with
+the recommended item's is the one that history most supports it by. A request with no history names no item; its
+reason gives the item's first attribute."""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.infer.query import Query
+from genrec.prompts.builder import PromptBuilder
+
+
+def anchors(picks: torch.Tensor, history: torch.Tensor) -> list[int]:
+    """Per pick row, the index of the history row with the largest cosine (ties: the newest, the last row)."""
+    p = torch.nn.functional.normalize(picks.double(), dim=-1)
+    h = torch.nn.functional.normalize(history.double(), dim=-1)
+    sims = (p @ h.t()).flip(-1)  # flipped: argmax takes the first maximum, i.e. the newest history item
+    return (history.shape[0] - 1 - sims.argmax(-1)).tolist()
+
+
+def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[list[str]]:
+    """The reason for each hypothesis of each request (`found`: its hypotheses, in order), rendered from the
+    model's nearest history item (among those its prompt shows) and the request."""
+    token = {}
+    for req, hyps in zip(batch, found):
+        for i in [rec.index.item_ids[h.item] for h in hyps] + list(req.history):
+            if i in rec.index.position and i not in token:
+                token[i] = builder.ident(i)[0]
+    ids = list(token)
+    rows = dict(zip(ids, rec.backend.output_rows([token[i] for i in ids]))) if ids else {}
+    keep = max(builder.cfg.max_history, 0)
+    out = []
+    for req, hyps in zip(batch, found):
+        shown = [i for i in list(req.history)[len(req.history) - keep:] if i in rows] if keep else []
+        picked = [rec.index.item_ids[h.item] for h in hyps]
+        near = anchors(torch.stack([rows[i] for i in picked]), torch.stack([rows[i] for i in shown])) \
+            if shown and picked else [None] * len(picked)
+        out.append([builder.reason_text(i, shown, because=shown[a] if a is not None else None, request=req.text)
+                    for i, a in zip(picked, near)])
+    return out
