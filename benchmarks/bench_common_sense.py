@@ -122,7 +122,7 @@ def main() -> None:
     rec = Recommender(args.model)
     lists = {"genrec": [[p.item_id for p in r.items] for r in
                         rec.recommend([Query(history=h, seen=s) for h, s in zip(histories, seen)], k=k)]}
-    sasrec = Retriever.train(data, log=lambda m: None)
+    sasrec, _ = Retriever.cached(data, log=lambda m: None)
     lists["sasrec"] = [[i for i, _ in row] for row in sasrec.top(histories, seen, k)]
     lists["content (MiniLM)"] = content_rankings(rec.catalog, histories, seen, k)
     lists["popular"] = popular_rankings(data.training_counts(), seen, k)

@@ -90,11 +90,14 @@ def popular_rankings(train_counts: Counter, seen: list[set[str]], k: int) -> lis
 def sasrec_retriever(rec: Recommender | None, data, cfg: EvaluateConfig, transfer: bool,
                      log) -> tuple[Retriever, dict]:
     """The SASRec row: the model's own retriever when it has one (a hybrid is compared with exactly the retriever it
-    reranks), else SASRec trained now on the training part of every sequence, early-stopped on validation."""
+    reranks), else SASRec trained on the training part of every sequence, early-stopped on validation (now, or by an
+    earlier evaluation of the same data: `Retriever.cached`)."""
     if rec is not None and rec.retriever is not None and not transfer:
         return rec.retriever, {**rec.retriever.facts, "source": "the model's retriever"}
-    r = Retriever.train(data, seed=cfg.seed, max_seconds=cfg.sasrec_seconds, dropout=cfg.sasrec_dropout, log=log)
-    return r, {**r.facts, "source": "trained for this evaluation"}
+    r, cached = Retriever.cached(data, seed=cfg.seed, max_seconds=cfg.sasrec_seconds, dropout=cfg.sasrec_dropout,
+                                 log=log)
+    return r, {**r.facts, "source": "trained for an earlier evaluation of this data (sasrec-cache)" if cached else
+               "trained for this evaluation"}
 
 
 def sasrec_rankings(retriever: Retriever, histories: list[list[list[str]]], seen: list[list[set[str]]],

@@ -50,11 +50,44 @@ class Retriever:
                                          "dim": model.item.embedding_dim, "layers": len(model.qkv),
                                          "heads": model.heads, "seed": seed})
 
+    @classmethod
+    def cached(cls, data, seed: int = 42, max_seconds: float | None = None, dropout: float | None = None,
+               log=print) -> tuple[Retriever, bool]:
+        """`train`'s SASRec for `data`, kept in the prepared data directory (`sasrec-cache/<key>/`, the key hashing
+        the data's manifest, the settings and SASRec's code) and read back by later calls with the same key;
+        (retriever, whether it was read back). Why: every evaluation with the SASRec row, and every benchmark arm,
+        trained it again: 16-30 CPU-minutes on ml-latest-small, for the same numbers. A cache that cannot be read
+        is trained again; one that cannot be written is only logged."""
+        import hashlib
+
+        from genrec.infer import sasrec
+
+        code = hashlib.sha256(Path(sasrec.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+        key = hashlib.sha256(json.dumps([data.manifest, seed, max_seconds, dropout, code], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        path = Path(data.path) / "sasrec-cache" / key
+        try:
+            found = cls.load(path)
+        except GenrecError as exc:
+            log(f"retraining SASRec: {exc}")
+            found = None
+        if found is not None:
+            return found, True
+        r = cls.train(data, seed=seed, max_seconds=max_seconds, dropout=dropout, log=log)
+        try:
+            r.write(path)
+        except OSError as exc:
+            log(f"SASRec not cached in {path.parent} ({exc})")
+        return r, False
+
     def save(self, model_dir: str | Path) -> Path:
-        """Write `<model_dir>/retriever/` whole or not at all (a temporary directory renamed into place)."""
+        """Write `<model_dir>/retriever/` whole or not at all."""
+        return self.write(Path(model_dir) / ModelCard.RETRIEVER)
+
+    def write(self, target: Path) -> Path:
+        """Write the retriever folder `target` whole or not at all (a temporary directory renamed into place)."""
         from safetensors.torch import save_file
 
-        target = Path(model_dir) / ModelCard.RETRIEVER
         with atomic_dir(target, overwrite=True) as tmp:
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "sasrec.safetensors"))
             (tmp / "retriever.json").write_text(json.dumps(
@@ -64,6 +97,7 @@ class Retriever:
     @classmethod
     def load(cls, model_dir: str | Path) -> Retriever | None:
         """The retriever saved in a model directory (or the retriever folder itself), or None when there is none."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from genrec.infer.sasrec import SASRec
@@ -78,7 +112,7 @@ class Retriever:
             model = SASRec(len(meta["items"]), max_len=s["max_len"], dim=s["dim"], layers=s["layers"],
                            heads=s["heads"], dropout=s["dropout"])
             model.load_state_dict(load_file(str(path / "sasrec.safetensors")))
-        except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError, SafetensorError) as exc:
             raise GenrecError(f"{path} is not a readable retriever ({str(exc).splitlines()[0][:160]})") from None
         return cls(model.eval(), meta["items"], meta.get("facts", {}), s)
 

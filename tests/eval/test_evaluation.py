@@ -260,3 +260,34 @@ def test_evaluate_task_request_on_a_sequence_model_with_request_lines(tmp_path, 
         run_evaluation(EvaluateConfig(model=str(cut_token_model), task="request", text_match=0.0,
                                       output=str(tmp_path / "e2")), log=lambda m: None)
     assert not (tmp_path / "e2").exists()
+
+
+def test_sasrec_is_trained_once_per_data_and_settings(tmp_path, tiny_data):
+    """The SASRec row is kept in the prepared data directory and read back by the next evaluation with the same
+    data and settings (the same scores), retrained for other settings, and retrained when its files are damaged."""
+    import shutil
+
+    import numpy as np
+
+    from genrec.config import EvaluateConfig
+    from genrec.data.prepared import load_prepared
+    from genrec.eval.baselines import sasrec_retriever
+    from genrec.infer.retriever import Retriever
+
+    shutil.copytree(tiny_data, tmp_path / "d")
+    data = load_prepared(tmp_path / "d")
+    cfg = EvaluateConfig(model="unused", sasrec_seconds=5)
+    first, facts = sasrec_retriever(None, data, cfg, False, lambda m: None)
+    assert facts["source"] == "trained for this evaluation"
+    again, facts = sasrec_retriever(None, data, cfg, False, lambda m: None)
+    assert facts["source"].startswith("trained for an earlier evaluation")
+    hist = [list(data.catalog)[:3], list(data.catalog)[5:7]]
+    assert np.array_equal(first.scores(hist), again.scores(hist))
+    (kept,) = (tmp_path / "d" / "sasrec-cache").iterdir()
+    _, was = Retriever.cached(data, seed=cfg.seed + 1, max_seconds=5, log=lambda m: None)
+    assert not was and len(list((tmp_path / "d" / "sasrec-cache").iterdir())) == 2
+    (kept / "sasrec.safetensors").write_bytes(b"not weights")
+    said = []
+    _, was = Retriever.cached(data, seed=cfg.seed, max_seconds=5, log=said.append)
+    assert not was and any("retraining SASRec" in m for m in said)
+    assert Retriever.cached(data, seed=cfg.seed, max_seconds=5, log=said.append)[1]  # rewritten whole
