@@ -16,7 +16,6 @@ from collections import Counter
 import numpy as np
 
 from genrec.errors import GenrecError
-from genrec.items.text import attr_values
 
 
 def target_ranks(ranked: list[list[str]], targets: list[str]) -> list[int | None]:
@@ -165,6 +164,18 @@ def popularity_tiers(counts: Counter) -> dict[str, str]:
         tier[item] = "head" if acc < total / 3 else "torso" if acc < 2 * total / 3 else "tail"
         acc += c
     return tier
+
+
+def attr_values(attrs: dict[str, str]) -> list[str]:
+    """An item's attribute values one by one ("Adventure|Animation" is two), in order, without repeats (case aside): what a
+    reason may say an item is, and what reason grounding checks it against."""
+    out, seen = [], set()
+    for v in attrs.values():
+        for x in (x.strip() for x in re.split(r"[|,]", str(v))):
+            if x and x.lower() not in seen:
+                out.append(x)
+                seen.add(x.lower())
+    return out
 
 
 TITLE_MENTION = re.compile(r"[A-Z0-9][^.,;:!?()\"]{0,80}\(\d{4}\)|\"[^\"]{2,80}\"")

@@ -5,30 +5,18 @@ so an item reads the same everywhere."""
 from __future__ import annotations
 
 import functools
-import re
 
 import numpy as np
 import torch
 
 from genrec.errors import GenrecError
+from genrec.metrics import attr_values
 
 
 def facts_line(attrs: dict[str, str], keys) -> str:
     """An item's attributes as one compact line, "genres: Comedy, Drama; brand: Acme" (empty values skipped):
     what prompts show beside items and what the text encoder reads for semantic ids."""
     return "; ".join(f"{k}: {attrs[k].replace('|', ', ')}" for k in keys if str(attrs.get(k, "")).strip())
-
-
-def attr_values(attrs: dict[str, str]) -> list[str]:
-    """An item's attribute values one by one ("Adventure|Animation" is two), in order, without repeats (case aside): what a
-    reason may say an item is, and what reason grounding checks it against."""
-    out, seen = [], set()
-    for v in attrs.values():
-        for x in (x.strip() for x in re.split(r"[|,]", str(v))):
-            if x and x.lower() not in seen:
-                out.append(x)
-                seen.add(x.lower())
-    return out
 
 
 def shared_values(item: dict[str, str], other: dict[str, str], limit: int = 3) -> list[str]:

@@ -289,7 +289,7 @@ def test_an_item_token_model_explains_each_item_by_its_nearest_history_item(tmp_
     from genrec.eval.protocol import run_evaluation
     from genrec.infer.query import Query
     from genrec.infer.recommender import Recommender
-    from genrec.items.text import attr_values
+    from genrec.metrics import attr_values
 
     rec = Recommender(cut_token_model)
     assert rec.explains and rec.with_reasons
