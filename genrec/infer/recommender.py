@@ -227,7 +227,8 @@ class Recommender:
         """The prompt builder (and so the task) a request with a history or a text goes to."""
         b = self.request_prompts if req.text else (self.rerank_prompts if self.reranks else self.history_prompts)
         if b is None:
-            raise GenrecError(f"{self.dir} ranks histories only: send a history or a user_id")
+            raise GenrecError(f"{self.dir} ranks histories only (it was trained without the request task): send a "
+                              "history or a user_id, or train with --task next_item,request")
         return b
 
     def retrieved(self, requests: list[Query], n: int, exclude_seen: bool) -> list[list[tuple[str, float]]]:
