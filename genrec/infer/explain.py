@@ -18,12 +18,15 @@ from genrec.infer.query import Query
 from genrec.prompts.builder import PromptBuilder
 
 
-def anchors(picks: torch.Tensor, history: torch.Tensor) -> list[int]:
-    """Per pick row, the index of the history row with the largest cosine (ties: the newest, the last row)."""
+def anchors(picks: torch.Tensor, history: torch.Tensor, itself: torch.Tensor) -> list[int | None]:
+    """Per pick row, the index of the history row with the largest cosine (ties: the newest, the last row), never
+    the pick itself (`itself[p, j]`: history item j is pick p, seen items being allowed back); None when the
+    history holds nothing else."""
     p = torch.nn.functional.normalize(picks.double(), dim=-1)
     h = torch.nn.functional.normalize(history.double(), dim=-1)
-    sims = (p @ h.t()).flip(-1)  # flipped: argmax takes the first maximum, i.e. the newest history item
-    return (history.shape[0] - 1 - sims.argmax(-1)).tolist()
+    sims = (p @ h.t()).masked_fill(itself, float("-inf")).flip(-1)  # flipped: argmax finds the newest maximum
+    best = history.shape[0] - 1 - sims.argmax(-1)
+    return [None if itself[r].all() else int(j) for r, j in enumerate(best)]
 
 
 def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[list[str]]:
@@ -41,8 +44,9 @@ def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[li
     for req, hyps in zip(batch, found):
         shown = [i for i in list(req.history)[len(req.history) - keep:] if i in rows] if keep else []
         picked = [rec.index.item_ids[h.item] for h in hyps]
-        near = anchors(torch.stack([rows[i] for i in picked]), torch.stack([rows[i] for i in shown])) \
+        itself = torch.tensor([[h == i for h in shown] for i in picked], dtype=torch.bool)
+        near = anchors(torch.stack([rows[i] for i in picked]), torch.stack([rows[i] for i in shown]), itself) \
             if shown and picked else [None] * len(picked)
-        out.append([builder.reason_text(i, shown, because=shown[a] if a is not None else None, request=req.text)
-                    for i, a in zip(picked, near)])
+        out.append([builder.reason_text(i, shown if a is not None else [], because=shown[a] if a is not None else None,
+                                        request=req.text) for i, a in zip(picked, near)])
     return out

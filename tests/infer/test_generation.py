@@ -315,6 +315,9 @@ def test_an_item_token_model_explains_each_item_by_its_nearest_history_item(tmp_
             assert all(v.lower() in mine & theirs for v in said)
             assert said or not mine & theirs
     assert len(named) > 1  # not always the newest item
+    again = rec.recommend(reqs, k=len(rec.catalog) // 2, with_reasons=True, exclude_seen=False)
+    back = [(p, r) for r, a in zip(reqs, again) for p in a.items if p.item_id in r.history]
+    assert back and all(not p.reason.startswith(f"Because of {p.title} in") for p, _ in back)  # never itself
     alone = rec.recommend([Query(text="something about the sea")], k=2, with_reasons=True)[0]
     assert all(p.reason.startswith("For your request") for p in alone.items)
     users = tmp_path / "u.jsonl"
