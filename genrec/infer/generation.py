@@ -1,6 +1,7 @@
 """A generative model's answers: the constrained search over one prompt builder's requests (the whole catalog, or
 the hybrid's K candidates, fused with the retriever), the reasons it writes after each chosen item (or, for an
-item-token model trained without them, `explain.py`'s), and the tokens it used. `Recommender.recommend` routes each request here or to the rerank model (`hybrid.py`)."""
+item-token model trained without them, `explain.py`'s), and the tokens it used. `Recommender.recommend` routes
+each request here or to the rerank model (`hybrid.py`)."""
 
 from __future__ import annotations
 
