@@ -52,6 +52,12 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def cache_dir() -> Path:
+    """genrec's own cache ($GENREC_CACHE, default ~/.cache/genrec): the converted default model, item text
+    embeddings. Nothing in it is anyone else's; anything in it can be made again."""
+    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator:
     """Open a temporary file next to `target`; rename it over `target` when the block succeeds."""

@@ -12,15 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from genrec.errors import GenrecError
-from genrec.files import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from genrec.files import atomic_dir, cache_dir, read_json, read_jsonl, write_json, write_jsonl
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_CARD = "genrec.json"  # written last into a genrec model directory: its presence means "complete"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
 
 
 def packaged_gguf() -> Path:

@@ -34,10 +34,10 @@ def item_vectors(catalog: Catalog | dict[str, dict]) -> tuple[list[str], torch.T
     search matches requests against the same rows); a plain catalog is read here."""
     if isinstance(catalog, Catalog):
         return catalog.index.item_ids, catalog.text_embeddings()
-    from genrec.items.text import item_text, text_embeddings
+    from genrec.items.text import catalog_embeddings, item_text
 
     ids = list(catalog)
-    return ids, torch.from_numpy(text_embeddings([item_text(catalog[i]) for i in ids]))
+    return ids, torch.from_numpy(catalog_embeddings([item_text(catalog[i]) for i in ids]))
 
 
 def nearest_items(queries: torch.Tensor, emb: torch.Tensor, ids: list[str], seen: list[set[str]],

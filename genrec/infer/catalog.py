@@ -57,13 +57,14 @@ class Catalog(Mapping):
 
     def text_embeddings(self):
         """[items, 384] MiniLM embeddings of the items' text (index order), read on first use (`genrec serve` reads
-        them before it listens, when its model matches request text)."""
+        them before it listens, when its model matches request text), from genrec's cache when an earlier process
+        read the same texts (`catalog_embeddings`)."""
         import torch
 
-        from genrec.items.text import item_text, text_embeddings
+        from genrec.items.text import catalog_embeddings, item_text
 
         if self._text is None:
-            self._text = torch.from_numpy(text_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
+            self._text = torch.from_numpy(catalog_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
         return self._text
 
     def text_penalty(self, texts: list[str], weight: float, base: list[float] | None):

@@ -336,3 +336,23 @@ def test_a_training_forward_computes_the_grounded_rows_once_for_input_items_and_
               F.cross_entropy(hidden[~item] @ model.get_input_embeddings().weight.t(), y[~item],
                               reduction="sum")) / len(y)
     assert len(calls) == 3 and torch.isclose(loss, direct, atol=1e-5)
+
+
+def test_catalog_text_embeddings_are_read_once_per_catalog(tmp_path, monkeypatch):
+    """A catalog's MiniLM rows are kept in genrec's cache under the hash of its texts: the next call with the same
+    texts reads them (what is on disk is returned), other texts are computed, and a damaged file is replaced."""
+    import numpy as np
+
+    from genrec.items.text import catalog_embeddings, text_embeddings
+
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path))
+    texts = ["Alien (1979). genres: Horror, Sci-Fi", "Toy Story (1995). genres: Animation", "Heat (1995)"]
+    first = catalog_embeddings(texts)
+    assert np.allclose(first, text_embeddings(texts), atol=1e-6)
+    (kept,) = (tmp_path / "item-text").iterdir()
+    np.save(kept, first[::-1].copy())
+    assert np.array_equal(catalog_embeddings(texts), first[::-1])  # read back, not computed
+    assert np.allclose(catalog_embeddings(texts[:2]), first[:2], atol=1e-6)  # another catalog: its own file
+    kept.write_bytes(b"damaged")
+    assert np.allclose(catalog_embeddings(texts), first, atol=1e-6)
+    assert np.allclose(np.load(kept), first, atol=1e-6)
