@@ -11,6 +11,6 @@ genrec data prepare --output "$RUN/data" --overwrite
 genrec sft --config configs/sft.yaml --data "$RUN/data" --output "$RUN/model" --overwrite \
   max_minutes="${GENREC_DEMO_MINUTES:-6}"
 printf '{"user_id": "1"}\n{"user_id": "42"}\n{"history": ["1", "260", "1196"], "context": {"device": "tv"}}\n' > "$RUN/users.jsonl"
-genrec generate --model "$RUN/model" --users "$RUN/users.jsonl" --out "$RUN/recommendations.jsonl" --k 10 --overwrite
+genrec generate --model "$RUN/model" --users "$RUN/users.jsonl" --out "$RUN/recommendations.jsonl" --k 10 --with-reasons --overwrite
 genrec show "$RUN/recommendations.jsonl" --users 3 --k 5
 genrec evaluate --model "$RUN/model" ${GENREC_DEMO_USERS:+--max-users "$GENREC_DEMO_USERS"} --k 1,5,10 --batch-size 16 sasrec_seconds=60
