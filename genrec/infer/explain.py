@@ -7,10 +7,12 @@ Why not free text: a next-item model trained without reason lines writes none, a
 the reason costs no training and no engine pass, every title and value it states is a catalog fact, and it is the
 model's own: an item token's row is one vector for both reading and writing that item (tied embeddings), and items
 the model predicts in the same contexts get nearby rows, so the history item whose row has the largest cosine with
-the recommended item's is the one that history most supports it by. A request with no history names no item; its
+the recommended item's (both less the mean item row) is the one that history most supports it by. A request with no history names no item; its
 reason gives the item's first attribute."""
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -29,6 +31,19 @@ def anchors(picks: torch.Tensor, history: torch.Tensor, itself: torch.Tensor) ->
     return [None if itself[r].all() else int(j) for r, j in enumerate(best)]
 
 
+_MEANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> its mean item row
+
+
+def mean_row(rec, builder: PromptBuilder) -> torch.Tensor:
+    """The mean of every item token's row, read once per engine. Rows are compared after it is subtracted: what
+    all items' rows share (the grounded rows' common bias, the general direction of new tokens) says nothing of
+    which history item is nearest one of them."""
+    if rec.backend not in _MEANS:
+        ids = [builder.ident(i)[0] for i in rec.index.item_ids]
+        _MEANS[rec.backend] = rec.backend.output_rows(ids).mean(0)
+    return _MEANS[rec.backend]
+
+
 def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[list[str]]:
     """The reason for each hypothesis of each request (`found`: its hypotheses, in order), rendered from the
     model's nearest history item (among those its prompt shows) and the request."""
@@ -38,7 +53,8 @@ def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[li
             if i in rec.index.position and i not in token:
                 token[i] = builder.ident(i)[0]
     ids = list(token)
-    rows = dict(zip(ids, rec.backend.output_rows([token[i] for i in ids]))) if ids else {}
+    center = mean_row(rec, builder)
+    rows = dict(zip(ids, rec.backend.output_rows([token[i] for i in ids]) - center)) if ids else {}
     keep = max(builder.cfg.max_history, 0)
     out = []
     for req, hyps in zip(batch, found):
