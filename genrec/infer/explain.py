@@ -7,26 +7,27 @@ Why not free text: a next-item model trained without reason lines writes none, a
 the reason costs no training and no engine pass, every title and value it states is a catalog fact, and it is the
 model's own: an item token's row is one vector for both reading and writing that item (tied embeddings), and items
 the model predicts in the same contexts get nearby rows, so the history item whose row has the largest cosine with
-the recommended item's (both less the mean item row) is the one that history most supports it by. A request with no history names no item; its
-reason gives the item's first attribute."""
+the recommended item's (both less the mean item row) is the one that history most supports it by. A request with
+no history names no item; its reason gives the item's first attribute."""
 
 from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import torch
 
 from genrec.infer.query import Query
 from genrec.prompts.builder import PromptBuilder
 
 
-def anchors(picks: torch.Tensor, history: torch.Tensor, itself: torch.Tensor) -> list[int | None]:
+def anchors(picks: np.ndarray, history: np.ndarray, itself: np.ndarray) -> list[int | None]:
     """Per pick row, the index of the history row with the largest cosine (ties: the newest, the last row), never
     the pick itself (`itself[p, j]`: history item j is pick p, seen items being allowed back); None when the
-    history holds nothing else."""
-    p = torch.nn.functional.normalize(picks.double(), dim=-1)
-    h = torch.nn.functional.normalize(history.double(), dim=-1)
-    sims = (p @ h.t()).masked_fill(itself, float("-inf")).flip(-1)  # flipped: argmax finds the newest maximum
+    history holds nothing else. NumPy: these are a few rows a request, where torch's per-op cost dominates."""
+    p = picks / np.maximum(np.linalg.norm(picks, axis=1, keepdims=True), 1e-12)
+    h = history / np.maximum(np.linalg.norm(history, axis=1, keepdims=True), 1e-12)
+    sims = np.where(itself, -np.inf, p @ h.T)[:, ::-1]  # reversed: argmax finds the newest maximum
     best = history.shape[0] - 1 - sims.argmax(-1)
     return [None if itself[r].all() else int(j) for r, j in enumerate(best)]
 
@@ -54,14 +55,14 @@ def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[li
                 token[i] = builder.ident(i)[0]
     ids = list(token)
     center = mean_row(rec, builder)
-    rows = dict(zip(ids, rec.backend.output_rows([token[i] for i in ids]) - center)) if ids else {}
+    rows = dict(zip(ids, (rec.backend.output_rows([token[i] for i in ids]) - center).double().numpy())) if ids else {}
     keep = max(builder.cfg.max_history, 0)
     out = []
     for req, hyps in zip(batch, found):
         shown = [i for i in list(req.history)[len(req.history) - keep:] if i in rows] if keep else []
         picked = [rec.index.item_ids[h.item] for h in hyps]
-        itself = torch.tensor([[h == i for h in shown] for i in picked], dtype=torch.bool)
-        near = anchors(torch.stack([rows[i] for i in picked]), torch.stack([rows[i] for i in shown]), itself) \
+        itself = np.array([[h == i for h in shown] for i in picked], dtype=bool)
+        near = anchors(np.stack([rows[i] for i in picked]), np.stack([rows[i] for i in shown]), itself) \
             if shown and picked else [None] * len(picked)
         out.append([builder.reason_text(i, shown if a is not None else [], because=shown[a] if a is not None else None,
                                         request=req.text) for i, a in zip(picked, near)])

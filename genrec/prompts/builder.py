@@ -109,6 +109,7 @@ class PromptBuilder:
         self.cfg = cfg
         self.catalog = catalog
         self.index = index
+        self._views: dict[str, dict] = {}  # item_view of an item with no time or rating, made once
         self.template = template or load_template(template_path(cfg))
         self.task = bind_task(self, cfg.task)  # what this builder's prompts ask: tasks.py
         self.eos_id = tokenizer.eos_token_id
@@ -167,6 +168,17 @@ class PromptBuilder:
         return bos, self.plain("\n\n"), self.plain("\n\nAnswer: ")
 
     def item_view(self, item_id: str, timestamp: int | None = None, rating: float | None = None) -> dict:
+        """What a template sees of an item (a fresh dict: callers may add keys). Without a time or a rating it is
+        made once per item: a prompt shows up to max_history items and a reason every one of them again."""
+        plain = timestamp is None and rating is None
+        if plain and item_id in self._views:
+            return dict(self._views[item_id])
+        view = self._item_view(item_id, timestamp, rating)
+        if plain:
+            self._views[item_id] = view
+        return dict(view)
+
+    def _item_view(self, item_id: str, timestamp: int | None, rating: float | None) -> dict:
         row = self.catalog.get(item_id)
         if row is None:
             raise GenrecError(f"unknown item id {item_id!r}")
