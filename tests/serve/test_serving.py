@@ -436,13 +436,16 @@ def test_plain_chat_on_a_sequence_model_reads_the_titles_it_names(tmp_path_facto
     ask = "something like a space movie but funnier"
     named = rec.recommend([Query(history=[a, b], text=said, seen={a, b})], k=3, with_reasons=True)[0]
     alone = rec.recommend([Query(text=ask)], k=3, with_reasons=True)[0]
+    titles = f"{ta}\n{tb}"  # a titles-only message: those items are the history
+    listed = rec.recommend([Query(history=[a, b], text=titles, seen={a, b})], k=3, with_reasons=True)[0]
     plain = rec.recommend([Query(history=[a, b], seen={a, b})], k=3)[0]
     assert [p.score for p in named.items] != [p.score for p in plain.items]  # the words count
     assert all(p.reason.startswith(("Because of ", "For your request")) for p in named.items + alone.items)
+    assert all(p.reason.startswith((f"Because of {ta} in", f"Because of {tb} in")) for p in listed.items)
     srv, thread, url = start_server(rec)
     try:
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        for text, ref in ((said, named), (ask, alone)):
+        for text, ref in ((said, named), (ask, alone), (titles, listed)):
             resp = client.chat.completions.create(model="genrec-test", n=3,
                                                   messages=[{"role": "user", "content": text}])
             assert [c.message.content for c in resp.choices] == [f"{p.title}\n{p.reason}" for p in ref.items]
