@@ -274,7 +274,7 @@ def test_sasrec_is_trained_once_per_data_and_settings(tmp_path, tiny_data):
     from genrec.eval.baselines import sasrec_retriever
     from genrec.infer.retriever import Retriever
 
-    shutil.copytree(tiny_data, tmp_path / "d")
+    shutil.copytree(tiny_data, tmp_path / "d", ignore=shutil.ignore_patterns("sasrec-cache"))  # others' runs
     data = load_prepared(tmp_path / "d")
     cfg = EvaluateConfig(model="unused", sasrec_seconds=5)
     first, facts = sasrec_retriever(None, data, cfg, False, lambda m: None)
