@@ -43,6 +43,7 @@ def prepare(cfg: DataConfig, log=print) -> dict:
 
     The recipe: find the columns, check the catalog, read and filter the interactions into each user's
     chronological sequence, hold out the cold items, split leave-one-out, write, report."""
+    check_output(cfg)
     inter = read_table(cfg.interactions, "interactions")
     cat = read_table(cfg.catalog, "catalog")
     columns = find_columns(cfg, inter, cat)
@@ -291,6 +292,16 @@ def make_manifest(cfg: DataConfig, columns: dict, counts: dict) -> dict:
         "columns": columns,
         "counts": counts,
     }
+
+
+def check_output(cfg: DataConfig) -> None:
+    """--overwrite replaces a prepared dataset (or an empty directory), never a directory genrec did not write:
+    refused before any work."""
+    out = Path(cfg.output)
+    if cfg.overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())) and not (
+            (out / "manifest.json").is_file() and (out / "dataset").is_dir()):
+        raise GenrecError(f"{out} exists and is not a prepared genrec dataset: --overwrite replaces only those "
+                          "(choose another --output)")
 
 
 def write_prepared(cfg: DataConfig, splits: dict[str, list[dict]], items: list[dict], users: list[dict],

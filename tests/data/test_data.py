@@ -331,3 +331,20 @@ def test_split_positions_and_readers_share_one_leave_one_out():
             assert user["items"][t] == PreparedData.target(user, split)
             assert user["items"][:t] == PreparedData.before_target(user, split)
         assert [user["items"][t] for t in pos["train"]] == PreparedData.train_items(user)[1:]
+
+
+def test_overwrite_replaces_only_a_prepared_dataset(tmp_path, tiny_raw):
+    """`data prepare --overwrite` over a directory genrec did not write is refused before any work and leaves it
+    as it was; over a prepared dataset it replaces it."""
+    inter, cat = tiny_raw
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    res, _ = run_prepare(tmp_path, inter, cat, "--overwrite")
+    assert res.exit_code == 2 and "is not a prepared genrec dataset" in res.output, res.output
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"] and (out / "thesis.tex").read_text() == "years of work"
+    (out / "thesis.tex").unlink()
+    res, _ = run_prepare(tmp_path, inter, cat, "--overwrite")  # an empty directory
+    assert res.exit_code == 0, res.output
+    res, _ = run_prepare(tmp_path, inter, cat, "--overwrite")  # a prepared dataset
+    assert res.exit_code == 0 and load_prepared(out).users, res.output
