@@ -88,7 +88,8 @@ class DataConfig:
                                          "keeps the file's row order.")
     seed: int = 42
     strict: bool = opt(False, help="Fail on interactions naming unknown items instead of dropping.")
-    overwrite: bool = opt(False, help="Replace an existing output directory.")
+    overwrite: bool = opt(False, help="Replace an existing prepared dataset at --output (a directory genrec did "
+                                      "not write is refused).")
 
 
 @dataclass
