@@ -111,7 +111,7 @@ def main() -> None:
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "genrec_users_per_second", "users_target_in_history", "slices")}
         report["arms"][f"{name}/{label}"]["training"] = {k: card.get(k) for k in (
-            "train_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
+            "train_seconds", "clock_seconds", "global_step", "train_examples", "target_tokens", "train_tokens",
             "stopped_by_clock", "train_loss")}
         for model_name, iv in ev["intervals"].items():
             row_name = f"genrec ({label})" if model_name == "genrec" else model_name
@@ -120,7 +120,7 @@ def main() -> None:
                 "dataset": name, "model": row_name, "users": ev["users_evaluated"],
                 "NDCG@10": fmt_ci(iv["NDCG@10"]), "HR@10": fmt_ci(iv["HR@10"]),
                 "genrec - this (NDCG@10)": "" if diff is None else fmt_diff(diff),
-                "CPU-minutes (train)": round(card["train_seconds"] / 60, 1) if model_name == "genrec" else
+                "CPU-minutes (train)": cpu_minutes(card, args.minutes) if model_name == "genrec" else
                 (round(ev["sasrec"]["seconds"] / 60, 1) if model_name == "sasrec" and ev.get("sasrec") else ""),
             })
         for model_name, a in (ev.get("baselines_all_users") or {}).items():
@@ -147,6 +147,14 @@ def main() -> None:
         write_results(args.name, report, rows)  # after each arm: a long run keeps what it finished
     for pair, d in report.get("between_arms", {}).items():
         print(f"{pair}: NDCG@10 {fmt_diff(d['NDCG@10'])} on the same {d['users']} users")
+
+
+def cpu_minutes(stats: dict, budget: float) -> float | str:
+    """The CPU-clock minutes an arm trained: recorded (`clock_seconds`), else its whole budget when the clock ended
+    it; "" when neither is known (a run stopped by its step count before `clock_seconds` was recorded)."""
+    if stats.get("clock_seconds") is not None:
+        return round(stats["clock_seconds"] / 60, 1)
+    return budget if stats.get("stopped_by_clock") else ""
 
 
 def answers_requests(card) -> bool:

@@ -370,7 +370,8 @@ def run_stats(run: Run, fitting: Fitting, result, seconds: float) -> dict:
         or (round(tokens / len(batches) * state.global_step) if batches else None),
         "skipped_examples": run.skipped,
         "train_loss": result.training_loss,
-        "train_seconds": seconds,
+        "train_seconds": seconds,  # wall-clock
+        "clock_seconds": clock.used() if clock is not None else None,  # what max_minutes counted (SFTConfig.clock)
         "global_step": state.global_step,
         "processes": run.args.world_size,  # a global batch is batch_size x grad_accum x processes examples
         "global_batch": run.cfg.batch_size * run.cfg.grad_accum * run.args.world_size if not batches else None,
