@@ -167,8 +167,8 @@ def popularity_tiers(counts: Counter) -> dict[str, str]:
 
 
 def attr_values(attrs: dict[str, str]) -> list[str]:
-    """An item's attribute values one by one ("Adventure|Animation" is two), in order, without repeats (case aside): what a
-    reason may say an item is, and what reason grounding checks it against."""
+    """An item's attribute values one by one ("Adventure|Animation" is two), in order, without repeats (case
+    aside): what a reason may say an item is, and what reason grounding checks it against."""
     out, seen = [], set()
     for v in attrs.values():
         for x in (x.strip() for x in re.split(r"[|,]", str(v))):
@@ -206,7 +206,7 @@ def reason_grounding(cases: list[tuple[str, str, list[str]]], catalog: dict[str,
         # where a catalog title named in the reason ends: a title-like span is one when it ends there, whether it
         # starts before the title ("Because you enjoyed Heat (1995)") or inside it ("Matrix, The (1999)": the
         # pattern stops at the comma and sees "The (1999)")
-        ends = {m.end() for t in titles if t in low for m in re.finditer(re.escape(t), low)}
+        ends = {m.end() for t in titles if t in low for m in re.finditer(r"(?<!\w)" + re.escape(t), low)}
         counts["non_catalog_title"] += any(m.end() - m.group(0).endswith('"') not in ends
                                            for m in TITLE_MENTION.finditer(text))
         allowed = item_values(item).union(*(item_values(h) for h in history if h in catalog))

@@ -35,24 +35,31 @@ def anchors(picks: np.ndarray, history: np.ndarray, itself: np.ndarray) -> list[
 _MEANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> its mean item row
 
 
+def token_id(builder: PromptBuilder, rec, item: str) -> int:
+    """An item's one token (item_id=token), whichever builder asks."""
+    return builder.item_tokens(rec.index.targets[rec.index.position[item]])[0]
+
+
 def mean_row(rec, builder: PromptBuilder) -> torch.Tensor:
     """The mean of every item token's row, read once per engine. Rows are compared after it is subtracted: what
     all items' rows share (the grounded rows' common bias, the general direction of new tokens) says nothing of
     which history item is nearest one of them."""
     if rec.backend not in _MEANS:
-        ids = [builder.ident(i)[0] for i in rec.index.item_ids]
+        ids = [token_id(builder, rec, i) for i in rec.index.item_ids]
         _MEANS[rec.backend] = rec.backend.output_rows(ids).mean(0)
     return _MEANS[rec.backend]
 
 
-def explained(rec, builder: PromptBuilder, batch: list[Query], found) -> list[list[str]]:
-    """The reason for each hypothesis of each request (`found`: its hypotheses, in order), rendered from the
-    model's nearest history item (among those its prompt shows) and the request."""
+def explained(rec, batch: list[Query], found) -> list[list[str]]:
+    """The reason for each hypothesis of each request (`found`: its hypotheses, in order), rendered by the history
+    prompts' `reason` block (`Recommender.explains`) from the model's nearest history item among the newest
+    `max_history` (those a prompt may show) and the request; whichever builder searched the request."""
+    builder = rec.history_prompts
     token = {}
     for req, hyps in zip(batch, found):
         for i in [rec.index.item_ids[h.item] for h in hyps] + list(req.history):
             if i in rec.index.position and i not in token:
-                token[i] = builder.ident(i)[0]
+                token[i] = token_id(builder, rec, i)
     ids = list(token)
     center = mean_row(rec, builder)
     rows = dict(zip(ids, (rec.backend.output_rows([token[i] for i in ids]) - center).double().numpy())) if ids else {}

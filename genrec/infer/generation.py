@@ -32,7 +32,7 @@ def search(rec, builder: PromptBuilder, batch: list[Query], s: Search, candidate
         found = [hybrid.fused(rec, hyps, dict(pool[:candidates]), weight)[:s.k] for hyps, pool in zip(found, pools)]
     wrote = s.with_reasons and builder.with_reasons  # the engine writes them; an item-token model's are explained
     reasons = write_reasons(rec, builder, prompts, found) if wrote else \
-        explain.explained(rec, builder, batch, found) if s.with_reasons and rec.explains else None
+        explain.explained(rec, batch, found) if s.with_reasons and rec.explains else None
     out = []
     for j, hyps in enumerate(found):
         picks = [rec.pick(rec.index.item_ids[h.item], rank, round(h.score, 5),

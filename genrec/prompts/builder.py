@@ -171,12 +171,12 @@ class PromptBuilder:
         """What a template sees of an item (a fresh dict: callers may add keys). Without a time or a rating it is
         made once per item: a prompt shows up to max_history items and a reason every one of them again."""
         plain = timestamp is None and rating is None
-        if plain and item_id in self._views:
-            return dict(self._views[item_id])
-        view = self._item_view(item_id, timestamp, rating)
-        if plain:
-            self._views[item_id] = view
-        return dict(view)
+        view = self._views.get(item_id) if plain else None
+        if view is None:
+            view = self._item_view(item_id, timestamp, rating)
+            if plain:
+                self._views[item_id] = view
+        return {**view, "attrs": dict(view["attrs"])}
 
     def _item_view(self, item_id: str, timestamp: int | None, rating: float | None) -> dict:
         row = self.catalog.get(item_id)

@@ -110,7 +110,7 @@ class UserFields(BaseModel):
 class SearchFields(BaseModel):
     """genrec's settings of a search, on every route."""
 
-    with_reasons: StrictBool | None = Field(None, validate_default=True)  # default: as the model was trained
+    with_reasons: StrictBool | None = Field(None, validate_default=True)  # default: the model gives reasons
     exclude_seen: Annotated[StrictBool, null_is(True)] = True
 
     @field_validator("with_reasons")

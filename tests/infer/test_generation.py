@@ -492,3 +492,31 @@ def test_batches_of_similar_length_change_no_result(recommender, tiny_data):
         assert [x.item_id for x in alone] == [x.item_id for x in together[n].items]
         assert [x.score for x in alone] == pytest.approx([x.score for x in together[n].items],
                                                              abs=1e-3)
+
+
+def test_explained_reasons_on_other_item_token_recipes(tmp_path, tiny_data):
+    """Explained reasons come from the history prompts' `reason` block whichever builder searched: an item-token
+    sequence model with a request task answers a request + history with reasons; an item-token model of the prefix
+    objective (its template has no `reason` block) refuses --with-reasons in one line."""
+    from conftest import tiny_sft_config
+
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+    from genrec.train.recipe import train
+
+    both = tiny_sft_config(tiny_data, tmp_path / "both", item_id="token", objective="sequence", max_steps=1,
+                           save_steps=100, layers=2, tasks=["next_item", "request"], item_text="init")
+    train(both, log=lambda m: None)
+    rec = Recommender(tmp_path / "both")
+    a, b = list(rec.catalog)[:2]
+    assert rec.explains and rec.route(Query(history=[a, b], text="x")) is not rec.history_prompts
+    got = rec.recommend([Query(history=[a, b], text="something funny", seen={a, b})], k=3, with_reasons=True)[0]
+    assert all(p.reason.startswith((f"Because of {rec.catalog[a]['title']} in",
+                                    f"Because of {rec.catalog[b]['title']} in")) for p in got.items)
+    prefix = tiny_sft_config(tiny_data, tmp_path / "prefix", item_id="token", objective="prefix", max_steps=1,
+                             save_steps=100, layers=2, item_text="init")
+    train(prefix, log=lambda m: None)
+    rec = Recommender(tmp_path / "prefix")
+    assert not rec.explains and not rec.with_reasons
+    with pytest.raises(GenrecError, match="trained without reasons"):
+        rec.recommend([Query(history=[a, b])], k=3, with_reasons=True)
