@@ -88,7 +88,10 @@ def test_sft_generate_serve_on_another_architecture(arch, item_id, tmp_path, tmp
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         resp = client.chat.completions.create(model="genrec-test", n=4, messages=[
             {"role": "user", "content": json.dumps({"user_id": uid})}])
-        assert [c.message.content for c in resp.choices] == [r["title"] for r in lines[0]["recommendations"]]
+        said = [c.message.content.split("\n") for c in resp.choices]  # item tokens: each title, then its reason
+        assert [x[0] for x in said] == [r["title"] for r in lines[0]["recommendations"]]
+        assert all(x[1:] == ([] if item_id == "title" else [x[1]]) for x in said)
+        assert all(x[1].startswith("Because of ") for x in said if item_id != "title")
     finally:
         server.should_exit = True
         thread.join(10)

@@ -289,8 +289,8 @@ def test_request_share_bad_settings_are_one_line_errors(tokenizer, tiny_data, tm
 
 
 def test_a_reason_names_what_exists(tokenizer, tiny_data):
-    """The shipped reason: the last history item's title, the item's title and its first non-empty fact; an item
-    without attributes, or a request with no history, still gets a sentence (no template error)."""
+    """The shipped reason: the history item it names (by default the newest) and the attribute values both items
+    have; an item without attributes, or one with no history, still gets a sentence (no template error)."""
     from genrec.data.prepared import load_prepared
 
     data = load_prepared(tiny_data)
@@ -298,6 +298,8 @@ def test_a_reason_names_what_exists(tokenizer, tiny_data):
     builder = _builder(tokenizer, data, reason_share=1.0)
     catalog = builder.catalog = {**data.catalog, b: {**data.catalog[b], "attrs": {}}}  # b: no attributes
     said = builder.reason_text(b, [a])
-    assert said == f"After {catalog[a]['title']}: {catalog[b]['title']}."
+    assert said == f"Because of {catalog[a]['title']} in your history."  # b shares nothing: it has no attributes
+    assert builder.reason_text(a, [a]).startswith(f"Because of {catalog[a]['title']} in your history: both ")
     first = sorted((k, v) for k, v in catalog[a]["attrs"].items() if v)[0]
-    assert builder.reason_text(a, []).startswith(f"To start with: {catalog[a]['title']} ({first[0]}: ")
+    assert builder.reason_text(a, []).startswith(f"To start with: {first[0]} ")
+    assert builder.reason_text(a, [], request="x").startswith(f"For your request: {first[0]} ")
