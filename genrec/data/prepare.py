@@ -20,7 +20,7 @@ import pandas as pd
 
 from genrec.config import DataConfig, to_dict
 from genrec.errors import GenrecError
-from genrec.data.prepared import COLD_ITEMS, PreparedData
+from genrec.data.prepared import COLD_ITEMS, PreparedData, is_prepared
 from genrec.data.read import (
     CONTROL_CHARS,
     DERIVED_CONTEXT,
@@ -298,8 +298,7 @@ def check_output(cfg: DataConfig) -> None:
     """--overwrite replaces a prepared dataset (or an empty directory), never a directory genrec did not write:
     refused before any work."""
     out = Path(cfg.output)
-    if cfg.overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())) and not (
-            (out / "manifest.json").is_file() and (out / "dataset").is_dir()):
+    if cfg.overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())) and not is_prepared(out):
         raise GenrecError(f"{out} exists and is not a prepared genrec dataset: --overwrite replaces only those "
                           "(choose another --output)")
 

@@ -80,9 +80,14 @@ def sample_negative(rng: random.Random, item_ids: list[str], interacted: set[str
             return item
 
 
+def is_prepared(path: str | Path) -> bool:
+    """Whether `path` is a prepared genrec dataset (what `genrec data prepare` writes)."""
+    return (Path(path) / "manifest.json").is_file() and (Path(path) / "dataset").is_dir()
+
+
 def load_prepared(path: str | Path) -> PreparedData:
     path = Path(path)
-    if not (path / "manifest.json").is_file() or not (path / "dataset").is_dir():
+    if not is_prepared(path):
         raise GenrecError(f"{path} is not a prepared genrec dataset (run `genrec data prepare` first)")
     manifest = read_json(path / "manifest.json")
     catalog = {row["item_id"]: row for row in read_jsonl(path / "catalog.jsonl")}
