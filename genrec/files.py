@@ -16,39 +16,54 @@ from genrec.errors import GenrecError
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `target` only if the block succeeds."""
+    """Yield a temporary sibling directory that replaces `target` only if the block succeeds (`replace_dir`)."""
     target = Path(target)
+    recover_dir(target)
     if target.exists() and not overwrite:
         raise GenrecError(f"output {target} already exists (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the swap succeeded
+
+
+def _old(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+def recover_dir(target: str | Path) -> None:
+    """Undo what a kill between `replace_dir`'s two renames left: the old directory aside at `.NAME.old` and
+    nothing at NAME is put back; a `.NAME.old` beside a complete NAME (a kill after the swap) is removed."""
+    target = Path(target)
+    old = _old(target)
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    elif old.is_dir():
         shutil.rmtree(old, ignore_errors=True)
 
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put the complete directory `new` in place of `target` (two renames; the old one is then removed). A kill
-    between the renames leaves the old directory whole at `.NAME.old` beside it. The one owner of this swap:
-    `sft --overwrite` and `catalog add` both stage a directory and swap it in."""
+    between the renames leaves the old directory whole at `.NAME.old` beside it, put back by the next
+    `recover_dir`; a failed second rename puts it back at once. The one owner of this swap: `atomic_dir` (data,
+    retrievers, merged weights), `sft --overwrite` and `catalog add` all stage a directory and swap it in."""
     new, target = Path(new), Path(target)
     if new == target:
         return
-    old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
+    recover_dir(target)
+    old = _old(target)
     if target.exists():
         os.replace(target, old)
-    os.replace(new, target)
+    try:
+        os.replace(new, target)
+    except OSError as exc:
+        if old.is_dir() and not target.exists():
+            os.replace(old, target)
+        raise GenrecError(f"could not put the new {target.name} in place at {target} ({exc.strerror}); "
+                          f"{'the old one is as it was' if target.exists() else 'nothing was there'}") from None
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from genrec.errors import GenrecError
-from genrec.files import atomic_dir, cache_dir, read_json, read_jsonl, write_json, write_jsonl
+from genrec.files import atomic_dir, cache_dir, recover_dir, read_json, read_jsonl, write_json, write_jsonl
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -176,6 +176,8 @@ class ModelCard:
     @classmethod
     def load(cls, model_dir: str | Path) -> ModelCard:
         model_dir = Path(model_dir)
+        if not model_dir.exists():
+            recover_dir(model_dir)  # a kill between the renames of `sft --overwrite` or `catalog add`'s swap
         if not cls.exists(model_dir):
             if checkpoints(model_dir):
                 raise GenrecError(f"{model_dir} is an unfinished training run (finish it with `genrec sft --resume`)")

@@ -52,13 +52,13 @@ def text_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
     item texts run from a few tokens to the 128-token cap."""
     tok, model = minilm()
     out = np.zeros((len(texts), 384), dtype=np.float32)
-    lengths = [len(x) for x in tok(list(texts), truncation=True, max_length=128)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    ids = tok(list(texts), truncation=True, max_length=128)["input_ids"] if texts else []  # tokenized once
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            enc = tok([texts[i] for i in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
+            enc = tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()

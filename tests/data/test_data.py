@@ -348,3 +348,23 @@ def test_overwrite_replaces_only_a_prepared_dataset(tmp_path, tiny_raw):
     assert res.exit_code == 0, res.output
     res, _ = run_prepare(tmp_path, inter, cat, "--overwrite")  # a prepared dataset
     assert res.exit_code == 0 and load_prepared(out).users, res.output
+
+
+def test_a_kill_between_the_swaps_renames_loses_nothing(tmp_path, tiny_raw):
+    """A run killed between the two renames of its swap leaves the old dataset at `.out.old` and nothing at `out`:
+    the next write to `out` puts it back first (without --overwrite: refused, the old dataset whole in place)."""
+    inter, cat = tiny_raw
+    res, out = run_prepare(tmp_path, inter, cat)
+    assert res.exit_code == 0, res.output
+    def files():
+        return sorted((str(p.relative_to(out)), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+
+    before = files()
+    out.rename(tmp_path / ".out.old")  # the state a kill between the renames leaves
+    res, _ = run_prepare(tmp_path, inter, cat)
+    assert res.exit_code == 2 and "already exists" in res.output, res.output
+    assert files() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    res, _ = run_prepare(tmp_path, inter, cat, "--overwrite")
+    assert res.exit_code == 0 and load_prepared(out).users, res.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []

@@ -177,6 +177,23 @@ def test_overwrite_killed_keeps_the_old_model_then_resume_replaces_it(tmp_path, 
     assert ".m.next" not in (out / "README.md").read_text()
 
 
+def test_a_model_left_aside_by_a_kill_between_the_renames_loads(tmp_path, tiny_model):
+    """`sft --overwrite` and `catalog add` swap a model in by two renames; a kill between them leaves the old model
+    at `.m.old` and nothing at `m`. Loading `m` puts it back: the user's model is never lost to the swap."""
+    import shutil
+
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+    from genrec.model_dir import ModelCard
+
+    shutil.copytree(tiny_model, tmp_path / ".m.old")
+    out = tmp_path / "m"
+    card = ModelCard.load(out)
+    assert card.dir == out and not (tmp_path / ".m.old").exists()
+    user = Recommender(out).recommend([Query(history=[card.item_index().item_ids[0]])], k=3)
+    assert len(user[0].item_ids) == 3
+
+
 def test_resume_passes_over_a_checkpoint_genrec_did_not_finish(tmp_path, tiny_data, cut_token_model):
     """A kill between the trainer's files and genrec's (code rows, clock, marker) leaves a checkpoint the trainer
     would take: --resume takes the one before it instead, and finishes."""
