@@ -97,7 +97,7 @@ def train_sasrec(train_seqs: list[list[int]], valid: list[tuple[list[int], int]]
     budget-limited baseline is never mistaken for a converged one. Returns (model, training facts)."""
     import time
 
-    t0 = time.time()
+    t0 = shown = time.time()
     torch.manual_seed(seed)
     rng = random.Random(seed)
     dropout = sasrec_dropout(train_seqs) if dropout is None else dropout
@@ -134,9 +134,13 @@ def train_sasrec(train_seqs: list[list[int]], valid: list[tuple[list[int], int]]
                     best_state = {k: v.clone() for k, v in model.state_dict().items()}
                 else:
                     bad += 1
-                    if bad >= patience:
-                        stop = True
-                        break
+                if time.time() - shown >= 30:  # a long training says where it is, twice a minute at most
+                    shown = time.time()
+                    log(f"SASRec: epoch {step / steps_per_epoch:.0f}, valid NDCG@10 {ndcg:.4f} (best {best:.4f}; "
+                        f"stops after {patience} evaluations without a gain), {shown - t0:.0f}s")
+                if bad >= patience:
+                    stop = True
+                    break
             if max_seconds is not None and time.time() - t0 > max_seconds:
                 capped = stop = True
                 break
