@@ -205,8 +205,8 @@ def sft(config_path, template, overrides, **opts) -> None:
 @main.command()
 @config_file(GenerateConfig)
 @config_options(GenerateConfig, "model", "users", "out", "data", "k", "beam_width", "search", "max_width", "batch_size",
-                "backend", "exclude_seen", "with_reasons", "popularity_penalty", "strict", "resume", "overwrite",
-                "candidates", "retriever_weight", "shard",
+                "backend", "exclude_seen", "with_reasons", "popularity_penalty", "history_match", "strict", "resume",
+                "overwrite", "candidates", "retriever_weight", "shard",
                 flags={"exclude_seen": "--exclude-seen/--include-seen", "with_reasons": "--with-reasons/--no-reasons"})
 @click.argument("overrides", nargs=-1)
 @friendly
@@ -327,8 +327,8 @@ def merge_shards_cmd(parts, out) -> None:
 @main.command()
 @config_file(EvaluateConfig)
 @config_options(EvaluateConfig, "model", "data", "split", "task", "ks", "max_users", "backend", "batch_size",
-                "baselines", "perturb", "popularity_penalty", "with_reasons", "candidates", "retriever_weight",
-                "search", "max_width", "output",
+                "baselines", "perturb", "popularity_penalty", "history_match", "with_reasons", "candidates",
+                "retriever_weight", "search", "max_width", "output",
                 flags={"ks": "--k", "output": "--output,-o", "with_reasons": "--with-reasons/--no-reasons"})
 @click.argument("overrides", nargs=-1)
 @friendly

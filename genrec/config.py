@@ -282,6 +282,9 @@ class SearchConfig(EngineConfig):
     text_match: float = opt(TEXT_MATCH, help="A request's words (an item-token model): rank by log p + this x the "
                                              "MiniLM cosine between the request and each item's text (0 = the "
                                              "model's reading alone, for a model trained with request lines).")
+    history_match: float = opt(0.0, help="An item-token model: also rank by log p + this x the MiniLM cosine "
+                                         "between the history's items' texts (their mean) and each item's text: "
+                                         "the content baseline's score added to the model's (0 = off).")
     candidates: str | None = opt(None, help="retriever:K: search only the model's retriever's top K items (then its "
                                             "order); needs a model trained with retriever=sasrec. catalog: the whole "
                                             "catalog. evaluate shows the hybrid beside its LLM alone and its "

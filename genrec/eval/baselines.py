@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 
 from genrec.config import EvaluateConfig
-from genrec.infer.catalog import Catalog
+from genrec.infer.catalog import Catalog, history_vectors
 from genrec.infer.recommender import Recommender
 from genrec.infer.retriever import Retriever
 
@@ -23,10 +23,7 @@ def content_rankings(catalog: Catalog | dict[str, dict], histories: list[list[st
     catalog's text alone knows, the floor a model that reads item text should clear on items it never saw in
     training (SASRec and most-popular cannot rank those at all)."""
     ids, emb = item_vectors(catalog)
-    pos = {i: n for n, i in enumerate(ids)}
-    users = torch.stack([emb[[pos[i] for i in h if i in pos]].mean(0) if any(i in pos for i in h)
-                         else torch.zeros(emb.shape[1]) for h in histories])
-    return nearest_items(users, emb, ids, seen, k)
+    return nearest_items(history_vectors(ids, emb, histories), emb, ids, seen, k)
 
 
 def item_vectors(catalog: Catalog | dict[str, dict]) -> tuple[list[str], torch.Tensor]:

@@ -80,6 +80,25 @@ class Catalog(Mapping):
         pen = weight * (1 - cos.double()).clamp_min(0)
         return pen + torch.tensor(base, dtype=pen.dtype) if base is not None else pen
 
+    def history_penalty(self, histories: list[list[str]], weight: float):
+        """[histories, items] (float64, index order): weight x (1 - cosine(the history's text, item text)), the
+        history's text being the mean MiniLM row of its items (`history_vectors`, the content baseline's user).
+        Subtracted from an item's log-probability it ranks by log p + weight x that cosine: what the items' texts
+        say about the history beside what the model learned, most use for items it saw little or never (cold)."""
+        cos = history_vectors(self.index.item_ids, self.text_embeddings(), histories) @ self.text_embeddings().t()
+        return weight * (1 - cos.double()).clamp_min(0)
+
     def fallback(self, k: int, seen: set[str]) -> list[str]:
         """The k most popular training items outside `seen` (the answer to a request with nothing to go on)."""
         return [i for i in self.popular if i not in seen and i in self.rows][:k]
+
+
+def history_vectors(ids: list[str], emb, histories: list[list[str]]):
+    """[histories, d]: each history as the mean of its items' rows of `emb` (in `ids` order; items not in `ids`
+    are passed over, a history with none is the zero row). The one definition of a user read from item texts: the
+    content baseline's user and `history_penalty`'s."""
+    import torch
+
+    pos = {i: n for n, i in enumerate(ids)}
+    rows = [[pos[i] for i in h if i in pos] for h in histories]
+    return torch.stack([emb[r].mean(0) if r else torch.zeros(emb.shape[1], dtype=emb.dtype) for r in rows])

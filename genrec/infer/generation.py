@@ -56,14 +56,19 @@ def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list
              k: int, s: Search) -> tuple[list, set[int]]:
     """The top k hypotheses per prompt, and the prompts whose exact top k is not certified. The popularity
     penalty is every prompt's; a request whose words are matched (`Recommender.matches_text`) adds its own
-    per-item penalty (`Catalog.text_penalty`), and the batch is still searched together."""
+    per-item penalty (`Catalog.text_penalty`), a history whose item texts are matched (`matches_history`) its own
+    (`Catalog.history_penalty`), and the batch is still searched together."""
     penalty = rec.catalog.penalty(s.popularity_penalty)
     worded = [j for j, r in enumerate(batch) if r.text] if rec.matches_text(s) else []
-    if worded:  # one row per prompt: the plain ones keep the shared row (or none)
+    read = [j for j, r in enumerate(batch) if r.history] if rec.matches_history(s) else []
+    if worded or read:  # one row per prompt: the others keep the shared row (or none)
         rows = torch.zeros(len(batch), len(rec.index.item_ids), dtype=torch.float64)
         if penalty is not None:
             rows[:] = torch.tensor(penalty, dtype=torch.float64)
-        rows[worded] = rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, penalty)
+        if worded:
+            rows[worded] += rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, None)
+        if read:
+            rows[read] += rec.catalog.history_penalty([batch[j].history for j in read], s.history_match)
         penalty = rows
     stats: dict = {}
     found = top_items(rec.backend, prompts, rec.catalog.trie(builder), k, max(s.width, k), banned, penalty,

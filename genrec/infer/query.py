@@ -46,6 +46,7 @@ class Search:
     with_reasons: bool = False
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
     text_match: float = TEXT_MATCH  # a request's text: + this * MiniLM cosine(request, item text) (Catalog.text_penalty)
+    history_match: float = 0.0  # item tokens: + this * MiniLM cosine(the history's texts, item text) (history_penalty)
     # search only the retriever's top K; None: the model's tuned hybrid (fusion.json, `genrec tune-fusion`) if it
     # has one, else the whole catalog; 0: the whole catalog
     candidates: int | None = None
@@ -56,8 +57,9 @@ class Search:
     def __post_init__(self):
         if self.search not in SEARCHES:
             raise GenrecError(f"unknown search {self.search!r} ({', '.join(SEARCHES)})")
-        if not self.text_match >= 0 or self.text_match == float("inf"):
-            raise GenrecError(f"--text-match must be a finite number >= 0, got {self.text_match}")
+        for flag, v in (("--text-match", self.text_match), ("--history-match", self.history_match)):
+            if not v >= 0 or v == float("inf"):
+                raise GenrecError(f"{flag} must be a finite number >= 0, got {v}")
         if self.max_width is not None and self.max_width < 1:
             raise GenrecError(f"--max-width must be at least 1, got {self.max_width}")
 

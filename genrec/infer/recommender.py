@@ -109,6 +109,10 @@ class Recommender:
         the ranking that request training costs (docs/results.md#quality_std_scientific_multitask)."""
         return bool(s.text_match) and self.index.rules.one_token
 
+    def matches_history(self, s: Search) -> bool:
+        """Whether a history's item texts are matched to item texts (`Search.history_match` > 0, item tokens)."""
+        return bool(s.history_match) and self.index.rules.one_token
+
     def answers_text(self, s: Search) -> bool:
         """Whether request text gets an answer: the model reads it, or its words are matched to item texts."""
         return self.reads_request_text or self.matches_text(s)

@@ -277,6 +277,35 @@ def test_a_next_item_model_answers_a_request_by_matching_its_words(cut_token_mod
         rec.recommend([Query(history=[first], text=text)], k=3, text_match=0.0)
 
 
+def test_history_match_adds_the_content_baselines_cosine_to_log_p(cut_token_model):
+    """`history_match=w` on an item-token model: each item's score is its log-probability plus w x (cosine - 1)
+    between the mean MiniLM row of the history's item texts and the item's text, computed here from MiniLM apart
+    from the code; at a large w the list is the content baseline's; w = 0 changes nothing; w < 0 is refused."""
+    import torch
+
+    from genrec.eval.baselines import content_rankings
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+    from genrec.items.text import item_text, text_embeddings
+
+    rec = Recommender(cut_token_model)
+    ids = rec.index.item_ids
+    history = ids[:3]
+    n = len(ids) - len(history)
+    req = Query(history=history, seen=set(history))
+    logp = {x.item_id: x.score for x in rec.recommend([req], k=n)[0].items}
+    assert {x.item_id: x.score for x in rec.recommend([req], k=n, history_match=0.0)[0].items} == logp
+    emb = torch.from_numpy(text_embeddings([item_text(rec.catalog[i]) for i in ids]))
+    cos = dict(zip(ids, (emb[:3].mean(0) @ emb.t()).tolist()))
+    got = rec.recommend([req], k=n, history_match=2.0)[0].items
+    assert len(got) == n and all(abs(x.score - (logp[x.item_id] + 2.0 * (cos[x.item_id] - 1))) < 1e-3 for x in got)
+    assert [x.item_id for x in got][:5] != sorted(logp, key=logp.get, reverse=True)[:5]  # the texts moved the list
+    strong = [x.item_id for x in rec.recommend([req], k=3, history_match=1e4)[0].items]
+    assert strong == content_rankings(rec.catalog, [history], [set(history)], 3)[0]
+    with pytest.raises(GenrecError, match=r"--history-match must be a finite number >= 0, got -1"):
+        rec.recommend([req], k=3, history_match=-1)
+
+
 def test_an_item_token_model_explains_each_item_by_its_nearest_history_item(tmp_path, cut_token_model):
     """An item-token model trained without reason lines gives a reason per item: the history item whose output row
     has the largest cosine with the item's (both less the mean item row), and the attribute values both have, and its items are the same as
