@@ -63,6 +63,9 @@ def main() -> None:
                     "for item tokens) on --reason-users test users: `evaluate --with-reasons`")
     ap.add_argument("--text-match", default="0", help="--request: text_match weights tried on --tune-users validation "
                     "users; the best (NDCG@10) is the one the test users get (e.g. 0,1,2,4,8)")
+    ap.add_argument("--history-match", default="0", help="history_match weights tried on --tune-users validation "
+                    "users for each item-token arm (e.g. 0,1,3,10): the best (NDCG@10) is evaluated on the test users, "
+                    "paired against the arm without it, with its slices (tail and cold targets)")
     ap.add_argument("--tune-users", type=int, default=1000)
     ap.add_argument("--layers", type=int, default=None, help="train the LLM arms on the base model's first N decoder "
                     "layers (their directories: <arm>-layers<N>); default: all")
@@ -135,6 +138,8 @@ def main() -> None:
                              "HR@10": fmt_ci(iv["HR@10"]), "genrec - this (NDCG@10)": "", "CPU-minutes (train)": ""})
         if args.request and answers_requests(ModelCard.load(model)):
             report["arms"][f"{name}/{label}"]["request"] = request_rows(model, args, name, label, rows)
+        if args.history_match != "0" and ModelCard.load(model).item_index().rules.one_token:
+            report["arms"][f"{name}/{label}"]["history_match"] = history_rows(model, args, name, label, rows)
         if args.reasons and gives_reasons(ModelCard.load(model)):
             report["arms"][f"{name}/{label}"]["reasons"] = reason_grounding(model, args.reason_users)
         if args.curve_users and checkpoints(model):
@@ -224,6 +229,46 @@ def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
             "paired_differences": ev["paired_differences"],
             "reason_grounding": out.get("reasons", {}).get("reason_grounding"),
             "reason_users": out.get("reasons", {}).get("users_evaluated")}
+
+
+def history_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> dict:
+    """`genrec evaluate --history-match W` of an item-token arm: W chosen on --tune-users validation users (kept in
+    <arm>/eval-history-valid-W), then every chosen test user at that W (<arm>/eval-history-test-W), paired against
+    the arm's own evaluation without it (the same users and targets); its slices (tail, cold targets) are kept
+    beside the arm's."""
+    from genrec import metrics
+    from genrec.config import EvaluateConfig
+    from genrec.eval.protocol import run_evaluation
+    from genrec.files import read_json, read_jsonl
+    from genrec.metrics import fmt_ci, fmt_diff
+
+    tried = {}
+    for w in [float(x) for x in args.history_match.split(",")]:
+        path = model / f"eval-history-valid-{w:g}" / "metrics.json"
+        if not path.is_file():
+            run_evaluation(EvaluateConfig(model=str(model), split="valid", ks=[10], baselines=[],
+                                          max_users=args.tune_users, history_match=w, output=str(path.parent)))
+        tried[w] = read_json(path)["results"]["genrec"]["NDCG@10"]
+    best = max(tried, key=lambda w: (tried[w], -w))
+    path = model / f"eval-history-test-{best:g}" / "metrics.json"
+    if not path.is_file():
+        run_evaluation(EvaluateConfig(model=str(model), max_users=args.users, ks=[1, 5, 10], baselines=[],
+                                      history_match=best, output=str(path.parent)))
+    ev = read_json(path)
+    with_, without = (read_jsonl(path.parent.parent / d / "recommendations.jsonl")
+                      for d in (path.parent.name, "eval-test"))
+    assert [(r["user_id"], r["target"]) for r in with_] == [(r["user_id"], r["target"]) for r in without]
+    targets = [r["target"] for r in with_]
+    per = [metrics.per_user(metrics.target_ranks([r["recommended"] for r in rs], targets), [10])
+           for rs in (with_, without)]
+    diff = metrics.paired_difference(*per, metrics.bootstrap_draws(len(targets), seed=42))
+    rows.append({"dataset": name, "model": f"genrec ({label}) + history match {best:g} (chosen on validation)",
+                 "users": ev["users_evaluated"], "NDCG@10": fmt_ci(ev["intervals"]["genrec"]["NDCG@10"]),
+                 "HR@10": fmt_ci(ev["intervals"]["genrec"]["HR@10"]),
+                 "genrec - this (NDCG@10)": f"{fmt_diff(diff['NDCG@10'])} (this minus the arm without it)",
+                 "CPU-minutes (train)": ""})
+    return {"tried": tried, "history_match": best, "users_evaluated": ev["users_evaluated"],
+            "intervals": ev["intervals"], "minus_without": diff, "slices": ev.get("slices")}
 
 
 if __name__ == "__main__":
