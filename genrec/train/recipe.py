@@ -43,9 +43,22 @@ def train(cfg: SFTConfig, log=print) -> Path:
     loaded = load_model(run, log)
     fitting = make_trainer(run, loaded, log)
     result, seconds = fit(run, loaded, fitting, log)
-    if not fitting.trainer.is_world_process_zero():
-        return run.out
-    return save(run, loaded, fitting, result, seconds, log)
+    main = fitting.trainer.is_world_process_zero()
+    out = save(run, loaded, fitting, result, seconds, log) if main else run.out
+    end_processes(fitting.trainer)
+    return out
+
+
+def end_processes(trainer) -> None:
+    """Distributed: every process waits until the main one has written the model, then leaves the process group.
+    Why: a process that returned at once, while the main one still saved, sometimes aborted at exit ("terminate
+    called without an active exception", SIGABRT: its group's threads torn down live), and the launcher then
+    stopped the main process mid-save (seen once in a fresh-clone CI run of the 2-process test)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 @dataclass
