@@ -67,26 +67,27 @@ class Catalog(Mapping):
             self._text = torch.from_numpy(catalog_embeddings([item_text(self.rows[i]) for i in self.index.item_ids]))
         return self._text
 
-    def text_penalty(self, texts: list[str], weight: float, base: list[float] | None):
-        """[texts, items] (float64, index order): `base` (or 0) + weight x (1 - cosine(request, item text)),
-        both read by MiniLM. Subtracted from an item's log-probability it ranks by log p + weight x cosine: the
-        request's words matched against every item's text, which the model's reading of them alone does not
-        (yet) do as well (measured: `genrec evaluate --task request`)."""
+    def text_penalty(self, texts: list[str], weight: float):
+        """[texts, items] (float64, index order): weight x (1 - cosine(request, item text)), both read by MiniLM.
+        Subtracted from an item's log-probability it ranks by log p + weight x cosine: the request's words matched
+        against every item's text, which the model's reading of them alone does not (yet) do as well (measured:
+        `genrec evaluate --task request`)."""
         import torch
 
         from genrec.items.text import text_embeddings
 
-        cos = torch.from_numpy(text_embeddings(texts)) @ self.text_embeddings().t()
-        pen = weight * (1 - cos.double()).clamp_min(0)
-        return pen + torch.tensor(base, dtype=pen.dtype) if base is not None else pen
+        return self._cosine_penalty(torch.from_numpy(text_embeddings(texts)), weight)
 
     def history_penalty(self, histories: list[list[str]], weight: float):
         """[histories, items] (float64, index order): weight x (1 - cosine(the history's text, item text)), the
         history's text being the mean MiniLM row of its items (`history_vectors`, the content baseline's user).
         Subtracted from an item's log-probability it ranks by log p + weight x that cosine: what the items' texts
         say about the history beside what the model learned, most use for items it saw little or never (cold)."""
-        cos = history_vectors(self.index.item_ids, self.text_embeddings(), histories) @ self.text_embeddings().t()
-        return weight * (1 - cos.double()).clamp_min(0)
+        return self._cosine_penalty(history_vectors(self.index.item_ids, self.text_embeddings(), histories), weight)
+
+    def _cosine_penalty(self, queries, weight: float):
+        """weight x (1 - cosine(query row, item text row)) for each query row and item, float64."""
+        return weight * (1 - (queries @ self.text_embeddings().t()).double()).clamp_min(0)
 
     def fallback(self, k: int, seen: set[str]) -> list[str]:
         """The k most popular training items outside `seen` (the answer to a request with nothing to go on)."""

@@ -66,7 +66,7 @@ def searched(rec, builder: PromptBuilder, batch: list[Query], prompts: list[list
         if penalty is not None:
             rows[:] = torch.tensor(penalty, dtype=torch.float64)
         if worded:
-            rows[worded] += rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match, None)
+            rows[worded] += rec.catalog.text_penalty([batch[j].text for j in worded], s.text_match)
         if read:
             rows[read] += rec.catalog.history_penalty([batch[j].history for j in read], s.history_match)
         penalty = rows
