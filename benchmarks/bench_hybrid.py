@@ -131,7 +131,7 @@ def main() -> None:
         report["arms"][f"{name}/{arm}"] = {k: ev.get(k) for k in (
             "users_evaluated", "users_in_split", "catalog_items", "results", "intervals", "paired_differences",
             "baselines_all_users", "sasrec", "retriever_recall", "genrec_users_per_second", "genrec_seconds",
-            "fusion")}
+            "fusion", "slices")}
         tuning = loaded.fusion()
         if tuning is not None:
             report["arms"][f"{name}/{arm}"]["fusion_tuning"] = tuning
@@ -140,9 +140,10 @@ def main() -> None:
         for model_name, iv in ev["intervals"].items():
             if arm != "rerank" and model_name in ("sasrec", "popular") and f"{name}/rerank" in report["arms"]:
                 continue  # the same baselines on the same users: shown once, with the rerank arm when it ran
-            w = (ev.get("fusion") or {}).get("weight", 1.0)
-            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w={w:g})"}.get(
-                model_name, model_name)
+            fusion = ev.get("fusion") or {}
+            w, h = fusion.get("weight", 1.0), fusion.get("history_match", 0.0)
+            label = {"genrec": f"genrec ({arm})", "genrec x sasrec": f"genrec x sasrec ({arm}, w={w:g}" +
+                     (f", history match {h:g})" if h else ")")}.get(model_name, model_name)
             d = ev["paired_differences"].get(f"{model_name} - sasrec", {}).get("NDCG@10") \
                 if model_name.startswith("genrec") else None
             rows.append({

@@ -234,8 +234,9 @@ def request_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
 def history_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> dict:
     """`genrec evaluate --history-match W` of an item-token arm: W chosen on --tune-users validation users (kept in
     <arm>/eval-history-valid-W), then every chosen test user at that W (<arm>/eval-history-test-W), paired against
-    the arm's own evaluation without it (the same users and targets); its slices (tail, cold targets) are kept
-    beside the arm's."""
+    the arm's own evaluation without it (the same users and targets), and beside the baselines (SASRec from its
+    cache: the arm's own); its slices (tail, cold targets) are kept with their paired differences, and those of
+    the tail and cold targets become rows."""
     from genrec import metrics
     from genrec.config import EvaluateConfig
     from genrec.eval.protocol import run_evaluation
@@ -252,8 +253,8 @@ def history_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
     best = max(tried, key=lambda w: (tried[w], -w))
     path = model / f"eval-history-test-{best:g}" / "metrics.json"
     if not path.is_file():
-        run_evaluation(EvaluateConfig(model=str(model), max_users=args.users, ks=[1, 5, 10], baselines=[],
-                                      history_match=best, output=str(path.parent)))
+        run_evaluation(EvaluateConfig(model=str(model), max_users=args.users, ks=[1, 5, 10], history_match=best,
+                                      baselines=[b for b in args.baselines.split(",") if b], output=str(path.parent)))
     ev = read_json(path)
     with_, without = (read_jsonl(path.parent.parent / d / "recommendations.jsonl")
                       for d in (path.parent.name, "eval-test"))
@@ -267,6 +268,12 @@ def history_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
                  "HR@10": fmt_ci(ev["intervals"]["genrec"]["HR@10"]),
                  "genrec - this (NDCG@10)": f"{fmt_diff(diff['NDCG@10'])} (this minus the arm without it)",
                  "CPU-minutes (train)": ""})
+    for kind, group in (("target_popularity", "tail"), ("target", "cold")):
+        sl = (ev.get("slices") or {}).get(kind, {}).get(group)
+        for pair, d in (sl or {}).get("paired", {}).items():
+            rows.append({"dataset": name, "model": f"genrec ({label}) + history match {best:g} [{group} targets]",
+                         "users": sl["users"], "NDCG@10": fmt_ci(sl["models"]["genrec"]["NDCG@10"]), "HR@10": "",
+                         "genrec - this (NDCG@10)": f"{fmt_diff(d['NDCG@10'])} ({pair})", "CPU-minutes (train)": ""})
     return {"tried": tried, "history_match": best, "users_evaluated": ev["users_evaluated"],
             "intervals": ev["intervals"], "minus_without": diff, "slices": ev.get("slices")}
 

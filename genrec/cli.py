@@ -358,15 +358,16 @@ def evaluate(config_path, overrides, **opts) -> None:
 
 @main.command("tune-fusion")
 @config_file(FusionConfig)
-@config_options(FusionConfig, "model", "candidates", "weights", "max_users", "batch_size", "backend")
+@config_options(FusionConfig, "model", "candidates", "weights", "history_weights", "max_users", "batch_size",
+                "backend")
 @click.argument("overrides", nargs=-1)
 @friendly
 def tune_fusion(config_path, overrides, **opts) -> None:
     """Choose the hybrid's retriever weight (and K) on validation users; generate, evaluate and serve then use it.
 
     Scores every user's K candidates once (the LLM and the model's retriever), ranks them by
-    log p_LLM + W x log softmax(retriever) for each W (and each K given), keeps the best NDCG@10 in
-    <model>/fusion.json.
+    log p_LLM + W x log softmax(retriever) [+ H x history match, item-token models] for each W (and each K and H
+    given), keeps the best NDCG@10 in <model>/fusion.json.
     """
     from genrec.config import load_config, parse_overrides
     from genrec.eval.fusion import tune_fusion as run_tuning

@@ -282,9 +282,10 @@ class SearchConfig(EngineConfig):
     text_match: float = opt(TEXT_MATCH, help="A request's words (an item-token model): rank by log p + this x the "
                                              "MiniLM cosine between the request and each item's text (0 = the "
                                              "model's reading alone, for a model trained with request lines).")
-    history_match: float = opt(0.0, help="An item-token model: also rank by log p + this x the MiniLM cosine "
-                                         "between the history's items' texts (their mean) and each item's text: "
-                                         "the content baseline's score added to the model's (0 = off).")
+    history_match: float | None = opt(None, help="An item-token model: also rank by log p + this x the MiniLM "
+                                                "cosine between the history's items' texts (their mean) and each "
+                                                "item's text: the content baseline's score added to the model's "
+                                                "(0 = off) [within candidates the model's tuned hybrid's, else 0].")
     candidates: str | None = opt(None, help="retriever:K: search only the model's retriever's top K items (then its "
                                             "order); needs a model trained with retriever=sasrec. catalog: the whole "
                                             "catalog. evaluate shows the hybrid beside its LLM alone and its "
@@ -321,6 +322,10 @@ class FusionConfig(EngineConfig):
                                                       "own K).")
     weights: list[float] = opt(factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
                                help="Comma-separated retriever weights to try [0,0.25,0.5,1,2,4,8,16].")
+    history_weights: list[float] = opt(factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
+                                       help="An item-token model: comma-separated history-match weights to try with "
+                                            "each retriever weight (--history-match within the candidates; 0 = off) "
+                                            "[0,0.5,1,2,4,8].")
     max_users: int | None = opt(2000, help="Validation users, a seeded random sample (none: all) [2000].")
     batch_size: int = opt(8, help="Users per batch.")
     seed: int = 42

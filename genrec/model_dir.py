@@ -223,7 +223,8 @@ class ModelCard:
         return read_json(self.dir / self.POPULARITY)
 
     def fusion(self) -> dict | None:
-        """{"candidates": K (None for a rerank model: its own K), "weight": w, ...how it was chosen} or None."""
+        """{"candidates": K (None for a rerank model: its own K), "weight": w, "history_match": h (absent in
+        files written before it: 0), ...how it was chosen} or None."""
         path = self.dir / self.FUSION
         if not path.is_file():
             return None
@@ -231,6 +232,8 @@ class ModelCard:
             tuned = read_json(path)
             if not isinstance(tuned, dict) or float(tuned["weight"]) < 0:
                 raise ValueError("no non-negative weight")
+            if not 0 <= float(tuned.get("history_match", 0.0)) < float("inf"):
+                raise ValueError("a history_match that is not a finite number >= 0")
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise GenrecError(f"{path} is not a readable fusion file ({exc}); rerun `genrec tune-fusion`") from None
         return tuned

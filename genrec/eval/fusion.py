@@ -1,5 +1,5 @@
-"""`genrec tune-fusion`: a hybrid's retriever weight (and K) chosen on validation users, written to
-`<model>/fusion.json`, which generate, evaluate and serve then use by default."""
+"""`genrec tune-fusion`: a hybrid's retriever weight (and K, and an item-token model's history match) chosen on
+validation users, written to `<model>/fusion.json`, which generate, evaluate and serve then use by default."""
 
 from __future__ import annotations
 
@@ -19,15 +19,18 @@ from genrec.model_dir import ModelCard
 
 
 def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> dict:
-    """Choose a hybrid's retriever weight w (and, for a generative model given several, its K) on validation users,
-    never test ones: each user's candidates are scored once at the largest K (`candidate_scores`; a smaller K is
-    the same scores cut to the retriever's first K, `narrowed`), every (K, w) ranks them (`hybrid_order`), and the
-    best NDCG@10 (ties: the smaller w, then the smaller K) is written with its table to `<model>/fusion.json`,
-    which generate, evaluate and serve then use by default. Why tune: the LLM's and the retriever's log-scores are
-    on different scales, and w = 1 fixed in advance left the fusion below SASRec alone on Scientific (-0.0032
-    NDCG@10, paired); why K too: a larger K lets the LLM bring up items the retriever ranked lower."""
-    if not cfg.weights or any(w < 0 for w in cfg.weights):
-        raise GenrecError(f"--weights must be non-negative numbers, got {cfg.weights}")
+    """Choose a hybrid's retriever weight w (and, for a generative model given several, its K; for an item-token
+    model its history match h) on validation users, never test ones: each user's candidates are scored once at the
+    largest K (`candidate_scores`; a smaller K is the same scores cut to the retriever's first K, `narrowed`),
+    every (K, w, h) ranks them (`hybrid_order`), and the best NDCG@10 (ties: the smaller w, h, then K) is written
+    with its table to `<model>/fusion.json`, which generate, evaluate and serve then use by default. Why tune: the
+    LLM's and the retriever's log-scores are on different scales, and w = 1 fixed in advance left the fusion below
+    SASRec alone on Scientific (-0.0032 NDCG@10, paired); why K too: a larger K lets the LLM bring up items the
+    retriever ranked lower; why h: what the items' texts say about the history is a third view, strongest on the
+    tail where the other two saw least."""
+    for flag, values in (("--weights", cfg.weights), ("--history-weights", cfg.history_weights)):
+        if not values or any(not 0 <= w < float("inf") for w in values):
+            raise GenrecError(f"{flag} must be non-negative numbers, got {values}")
     asked = parse_candidate_sizes(cfg.candidates) if cfg.candidates else None
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
     if rec.retriever is None:
@@ -40,15 +43,18 @@ def tune_fusion(cfg: FusionConfig, log=lambda m: print(m, file=sys.stderr)) -> d
     scored, targets = _validation_scores(rec, cfg, sizes[-1])
     if rerank:
         log("note: a rerank model learnt these validation items, so the weight chosen on them leans toward the LLM")
-    table = _fusion_table(scored, targets, sizes, cfg.weights)
-    best = max(table, key=lambda row: (row["NDCG@10"], -row["weight"], -(row["candidates"] or 0)))
-    tuned = {"candidates": best["candidates"], "weight": best["weight"], "chosen_by": "NDCG@10", "split": "valid",
-             "users": len(targets), "seed": cfg.seed, "table": table,
+    histories = sorted(set(cfg.history_weights)) if all("content" in c for c in scored) else [0.0]
+    table = _fusion_table(scored, targets, sizes, cfg.weights, histories)
+    best = max(table, key=lambda row: (row["NDCG@10"], -row["weight"], -row["history_match"],
+                                       -(row["candidates"] or 0)))
+    tuned = {"candidates": best["candidates"], "weight": best["weight"], "history_match": best["history_match"],
+             "chosen_by": "NDCG@10", "split": "valid", "users": len(targets), "seed": cfg.seed, "table": table,
              "retriever_alone": _measure([(c["items"] + c["rest"])[:10] for c in scored], targets)}
     write_json(Path(cfg.model) / ModelCard.FUSION, tuned)
     for row in table:
-        log(("" if rerank else f"K = {row['candidates']}, ") + f"w = {row['weight']:g}: NDCG@10 {row['NDCG@10']:.4f}"
-            f"  HR@10 {row['HR@10']:.4f}" + ("  <- chosen" if row is best else ""))
+        log(("" if rerank else f"K = {row['candidates']}, ") + f"w = {row['weight']:g}" +
+            (f", h = {row['history_match']:g}" if len(histories) > 1 else "") +
+            f": NDCG@10 {row['NDCG@10']:.4f}  HR@10 {row['HR@10']:.4f}" + ("  <- chosen" if row is best else ""))
     log(f"retriever alone: NDCG@10 {tuned['retriever_alone']['NDCG@10']:.4f}; wrote {cfg.model}/{ModelCard.FUSION}")
     return tuned
 
@@ -68,13 +74,15 @@ def _validation_scores(rec: Recommender, cfg: FusionConfig, K: int | None) -> tu
     return scored, [targets[i] for i in chosen]
 
 
-def _fusion_table(scored: list[dict], targets: list[str], sizes: list[int | None], weights: list[float]) -> list[dict]:
-    """NDCG@10 and HR@10 of every (K, w): the scores at the largest K, cut to each smaller K."""
+def _fusion_table(scored: list[dict], targets: list[str], sizes: list[int | None], weights: list[float],
+                  histories: list[float]) -> list[dict]:
+    """NDCG@10 and HR@10 of every (K, w, h): the scores at the largest K, cut to each smaller K."""
     table = []
     for K in sizes:
         at_k = scored if K is None or K == sizes[-1] else [narrowed(c, K) for c in scored]
-        table += [{"candidates": K, "weight": w, **_measure([hybrid_order(c, w, 10) for c in at_k], targets)}
-                  for w in sorted(set(weights))]
+        table += [{"candidates": K, "weight": w, "history_match": h,
+                   **_measure([hybrid_order(c, w, 10, h) for c in at_k], targets)}
+                  for w in sorted(set(weights)) for h in histories]
     return table
 
 

@@ -237,9 +237,11 @@ def _baselines(cfg: EvaluateConfig, cold: bool, data) -> list[str]:
 
 
 def _fusion_weight(cfg: EvaluateConfig, tuned: dict) -> dict:
-    """The fused row's weight: asked for, else the tuned one, else a fixed even mix (`infer/hybrid.py` owns both)."""
+    """The fused row's weight: asked for, else the tuned one, else a fixed even mix (`infer/hybrid.py` owns both);
+    its history match: asked for, else the tuned one, else none."""
     weight, source = retriever_weight(cfg.retriever_weight, tuned, UNTUNED_FUSED_ROW_WEIGHT)
-    return {"weight": weight, "source": source}
+    history = cfg.history_match if cfg.history_match is not None else float(tuned.get("history_match", 0.0))
+    return {"weight": weight, "history_match": history, "source": source}
 
 
 def _choose_users(rec: Recommender, cfg: EvaluateConfig, plan: Plan, data, rows) -> Users:
@@ -337,8 +339,7 @@ def _genrec_lists(rec: Recommender, cfg: EvaluateConfig, plan: Plan,
     if plan.hybrid_k is None:
         return {"genrec": _genrec_ranked(rec, requests, cfg, plan.search, f"genrec {cfg.split}")}
     where = "rerank" if plan.rerank else f"within {plan.cand_k}"
-    ranked, fused = _hybrid(rec, requests, cfg, plan.cand_k, plan.fusion["weight"], plan.kmax,
-                            f"genrec {where} {cfg.split}")
+    ranked, fused = _hybrid(rec, requests, cfg, plan.cand_k, plan.fusion, plan.kmax, f"genrec {where} {cfg.split}")
     return {"genrec": ranked, "genrec x sasrec": fused}
 
 
@@ -390,12 +391,14 @@ def batched(rec: Recommender, requests: list[Query], cfg, desc: str, run) -> lis
     return out
 
 
-def _hybrid(rec: Recommender, requests: list[Query], cfg, K: int | None, weight: float, kmax: int,
+def _hybrid(rec: Recommender, requests: list[Query], cfg, K: int | None, fusion: dict, kmax: int,
             desc: str) -> tuple[list[list[str]], list[list[str]]]:
     """A hybrid's two lists per user from one scoring of the retriever's K (`candidate_scores`): the LLM's order
-    alone and its fusion with the retriever (weight w), each followed by the retriever's order."""
+    alone (with the history match asked for) and its fusion with the retriever (`fusion`'s weight w and history
+    match h), each followed by the retriever's order."""
     def run(chunk):
-        return [(hybrid_order(c, 0.0, kmax), hybrid_order(c, weight, kmax))
+        return [(hybrid_order(c, 0.0, kmax, cfg.history_match or 0.0),
+                 hybrid_order(c, fusion["weight"], kmax, fusion["history_match"]))
                 for c in candidate_scores(rec, chunk, kmax, cfg.exclude_seen, K, cfg.popularity_penalty)]
 
     pairs = batched(rec, requests, cfg, desc, run)
@@ -420,7 +423,8 @@ def _measure(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, ra
     k_main = 10 if 10 in cfg.ks else plan.kmax
     paired = _paired_differences(results, per_user_values, ranked.fused, draws)
     slices = user_slices([len(users.all_hist[i]) for i in users.chosen], users.targets, counts, per_user_values,
-                         results, k_main, cfg.seed, data.cold_items) if not plan.cold else {}
+                         results, k_main, cfg.seed, data.cold_items,
+                         [tuple(pair.split(" - ")) for pair in paired]) if not plan.cold else {}
     n, seconds = len(users.chosen), ranked.genrec_seconds
     return {
         "split": cfg.split, "main_k": k_main, "users_evaluated": n, "users_in_split": len(users.rows),

@@ -60,10 +60,11 @@ HISTORY_BUCKETS = ((0, 10, "history <10"), (10, 51, "history 10-50"), (51, 10**9
 
 
 def user_slices(history_lengths: list[int], targets: list[str], counts: Counter, per_user: dict, models: dict,
-                k: int, seed: int, cold_items: frozenset = frozenset()) -> dict:
+                k: int, seed: int, cold_items: frozenset = frozenset(), pairs: list[tuple[str, str]] = ()) -> dict:
     """NDCG@k / HR@k with intervals per history-length bucket, per target-popularity tier and (cold-item protocol)
-    for cold and warm targets, for every model: where the LLM helps (short histories, cold items) is what users of
-    LLM recommenders want to know."""
+    for cold and warm targets, for every model, and each of `pairs` (a, b) as a paired difference a - b on the
+    group's users: where the LLM helps (short histories, the tail, cold items) is what users of LLM recommenders
+    want to know, and a group's own paired interval is what says whether it does."""
     import numpy as np
 
     tier = metrics.popularity_tiers(counts)
@@ -82,20 +83,24 @@ def user_slices(history_lengths: list[int], targets: list[str], counts: Counter,
                 continue
             draws = metrics.bootstrap_draws(len(idx), seed=seed)
             sel = np.array(idx)
-            out[kind][g] = {"users": len(idx), "models": {
-                name: metrics.summary({m: per_user[name][m][sel] for m in (f"NDCG@{k}", f"HR@{k}")}, draws)
-                for name in models}}
+            of = lambda name: {m: per_user[name][m][sel] for m in (f"NDCG@{k}", f"HR@{k}")}  # noqa: E731
+            out[kind][g] = {"users": len(idx), "models": {name: metrics.summary(of(name), draws) for name in models}}
+            if pairs:
+                out[kind][g]["paired"] = {f"{a} - {b}": metrics.paired_difference(of(a), of(b), draws)
+                                          for a, b in pairs}
     return out
 
 
 def slices_markdown(slices: dict, k: int) -> str:
-    names = list(next(iter(next(iter(slices.values())).values()))["models"]) if slices else []
-    lines = [f"NDCG@{k} by user group (95% bootstrap intervals):\n", "| group | users | " + " | ".join(names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    first = next(iter(next(iter(slices.values())).values())) if slices else {"models": {}}
+    names, pairs = list(first["models"]), list(first.get("paired", {}))
+    lines = [f"NDCG@{k} by user group (95% bootstrap intervals; a - b: paired on the group's users, * excludes 0):\n",
+             "| group | users | " + " | ".join(names + pairs) + " |", "|---|---|" + "---|" * len(names + pairs)]
     for kind, gs in slices.items():
         for g, s in gs.items():
             lines.append(f"| {g} | {s['users']} | " + " | ".join(
-                metrics.fmt_ci(s["models"][n][f"NDCG@{k}"]) for n in names) + " |")
+                [metrics.fmt_ci(s["models"][n][f"NDCG@{k}"]) for n in names] +
+                [metrics.fmt_diff(s["paired"][p][f"NDCG@{k}"]) for p in pairs]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -162,7 +167,9 @@ def ranking_markdown(report: dict, cfg: EvaluateConfig, k: int) -> str:
         parts.append(f"\nHybrid ({r['hybrid']}, K={recall['k']}): the retriever's top {recall['k']} holds the "
                      f"target for {recall['llm_users']:.3f} of these users ({recall['users']:.3f} of all): the "
                      "ceiling of HR@K for any reranker of its candidates. genrec x sasrec: log p_LLM + "
-                     f"{r['fusion']['weight']:g} x log softmax(SASRec) over the K ({r['fusion']['source']}).\n")
+                     f"{r['fusion']['weight']:g} x log softmax(SASRec) over the K" +
+                     (f" + {r['fusion']['history_match']:g} x history match" if r["fusion"].get("history_match")
+                      else "") + f" ({r['fusion']['source']}).\n")
     if sas:
         parts.append(f"\nSASRec ({sas['source']}): {sas['epochs']} epochs in {sas['seconds']}s, "
                      + ("**capped** by its time limit (not converged)" if sas["capped"]

@@ -28,30 +28,39 @@ def retriever_weight(asked: float | None, tuned: dict | None, untuned: float = U
     return untuned, "fixed in advance"
 
 
-def fuse(llm: list[float], retriever: list[float], weight: float) -> list[tuple[int, float]]:
-    """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K), best
-    first, ties in input order (the reranker gets them in the retriever's order). One rule for the reranker's label scores and
-    for generation within candidates (sequence log-probabilities); weight 0 is the LLM alone."""
+def fuse(llm: list[float], retriever: list[float], weight: float, content: list[float] | None = None,
+         history: float = 0.0) -> list[tuple[int, float]]:
+    """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K)
+    [- history * content, content being each candidate's `Catalog.history_penalty` at weight 1: the history
+    match an item-token search adds to log p], best first, ties in input order (the reranker gets them in the retriever's
+    order). One rule for the reranker's label scores and for generation within candidates (sequence
+    log-probabilities); weight 0 is the LLM alone."""
     import torch
 
     fused = torch.tensor(llm, dtype=torch.float64)
     if weight:
         fused = fused + weight * torch.log_softmax(torch.tensor(retriever, dtype=torch.float64), -1)
+    if history and content is not None:
+        fused = fused - history * torch.tensor(content, dtype=torch.float64)
     return sorted(((c, float(f)) for c, f in enumerate(fused)), key=lambda cf: (-cf[1], cf[0]))
 
 
-def hybrid_order(scored: dict, weight: float, n: int) -> list[str]:
-    """The first n items of a hybrid's list from `candidate_scores` output: the K fused with weight w
-    (`fuse`; w = 0: the LLM's order alone), then the retriever's order."""
-    return ([scored["items"][c] for c, _ in fuse(scored["llm"], scored["retriever"], weight)] + scored["rest"])[:n]
+def hybrid_order(scored: dict, weight: float, n: int, history: float = 0.0) -> list[str]:
+    """The first n items of a hybrid's list from `candidate_scores` output: the K fused with weight w and history
+    match h (`fuse`; w = h = 0: the LLM's order alone), then the retriever's order."""
+    order = fuse(scored["llm"], scored["retriever"], weight, scored.get("content"), history)
+    return ([scored["items"][c] for c, _ in order] + scored["rest"])[:n]
 
 
 def narrowed(scored: dict, k: int) -> dict:
     """`candidate_scores` output of a generative model for K as if it had been asked for its retriever's first k
     (k <= K): exact, since each candidate's sequence log-probability is over the whole vocabulary and so does not
     depend on which other items are candidates (a rerank model's label softmax does: never narrow one)."""
-    return {"items": scored["items"][:k], "llm": scored["llm"][:k], "retriever": scored["retriever"][:k],
-            "rest": scored["items"][k:] + scored["rest"]}
+    out = {"items": scored["items"][:k], "llm": scored["llm"][:k], "retriever": scored["retriever"][:k],
+           "rest": scored["items"][k:] + scored["rest"]}
+    if scored.get("content") is not None:
+        out["content"] = scored["content"][:k]
+    return out
 
 
 def fused(rec, hyps: list, retrieved: dict[str, float], weight: float) -> list:
@@ -65,8 +74,11 @@ def candidate_scores(rec, requests: list, n: int, exclude_seen: bool = True,
     """A hybrid's raw scores, so any retriever weight can be applied afterwards (evaluation, `tune-fusion`):
     per request {"items": the retriever's top K, in its order; "llm": the LLM's log-score of each (a rerank
     model's label log-softmax, else the sequence log-probability from one exact search within the K);
-    "retriever": the retriever's score of each; "rest": its next items up to n in all}. K is a rerank
-    model's own, else `candidates`; a search ranks by the penalised log-probability, as `recommend` does."""
+    "retriever": the retriever's score of each; "rest": its next items up to n in all; and, for a model that
+    can match histories to item texts (`Recommender.can_match_history`), "content": each candidate's
+    `Catalog.history_penalty` at weight 1, so a history-match weight too can be applied afterwards}. K is a rerank model's own,
+    else `candidates`; a search ranks by the penalised log-probability, as `recommend` does (no history match:
+    that is "content")."""
     if rec.reranks:
         K = rec.rerank_prompts.cfg.rerank_candidates
         pools = rec.retrieved(requests, max(n, K), exclude_seen)
@@ -76,14 +88,19 @@ def candidate_scores(rec, requests: list, n: int, exclude_seen: bool = True,
             raise GenrecError("candidate scores need the retriever's K (--candidates retriever:K)")
         K = candidates
         pools = rec.retrieved(requests, max(n, K), exclude_seen)
-        found = rec.recommend(requests, retrieved=pools, k=K, candidates=K, retriever_weight=0.0,
+        found = rec.recommend(requests, retrieved=pools, k=K, candidates=K, retriever_weight=0.0, history_match=0.0,
                                search="exact", exclude_seen=exclude_seen, popularity_penalty=popularity_penalty)
         llm = []
         for res, pool in zip(found, pools):
             score = {p.item_id: p.score for p in res.items if p.score is not None}
             llm.append([score[i] for i, _ in pool[:K]])
-    return [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
-             "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
+    out = [{"items": [i for i, _ in p[:K]], "llm": list(s), "retriever": [r for _, r in p[:K]],
+            "rest": [i for i, _ in p[K:max(n, K)]]} for p, s in zip(pools, llm)]
+    if rec.can_match_history and not rec.reranks:
+        penalty = rec.catalog.history_penalty([r.history for r in requests], 1.0)
+        for j, c in enumerate(out):
+            c["content"] = penalty[j, [rec.index.position[i] for i in c["items"]]].tolist()
+    return out
 
 
 def label_scores(rec, requests: list, candidates: list[list[str]],

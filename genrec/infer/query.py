@@ -46,7 +46,9 @@ class Search:
     with_reasons: bool = False
     popularity_penalty: float = 0.0  # rank by log p(item) - this * log(1 + training count)
     text_match: float = TEXT_MATCH  # a request's text: + this * MiniLM cosine(request, item text) (Catalog.text_penalty)
-    history_match: float = 0.0  # item tokens: + this * MiniLM cosine(the history's texts, item text) (history_penalty)
+    # item tokens: + this * MiniLM cosine(the history's texts, item text) (history_penalty); None: within candidates
+    # the model's tuned hybrid's (fusion.json), else 0
+    history_match: float | None = None
     # search only the retriever's top K; None: the model's tuned hybrid (fusion.json, `genrec tune-fusion`) if it
     # has one, else the whole catalog; 0: the whole catalog
     candidates: int | None = None
@@ -58,7 +60,7 @@ class Search:
         if self.search not in SEARCHES:
             raise GenrecError(f"unknown search {self.search!r} ({', '.join(SEARCHES)})")
         for flag, v in (("--text-match", self.text_match), ("--history-match", self.history_match)):
-            if not v >= 0 or v == float("inf"):
+            if v is not None and (not v >= 0 or v == float("inf")):
                 raise GenrecError(f"{flag} must be a finite number >= 0, got {v}")
         if self.max_width is not None and self.max_width < 1:
             raise GenrecError(f"--max-width must be at least 1, got {self.max_width}")

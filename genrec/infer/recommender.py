@@ -111,7 +111,12 @@ class Recommender:
 
     def matches_history(self, s: Search) -> bool:
         """Whether a history's item texts are matched to item texts (`Search.history_match` > 0, item tokens)."""
-        return bool(s.history_match) and self.index.rules.one_token
+        return bool(s.history_match) and self.can_match_history
+
+    @property
+    def can_match_history(self) -> bool:
+        """An item-token model can add `Catalog.history_penalty` to each item's log p: one token, one score."""
+        return self.index.rules.one_token
 
     def answers_text(self, s: Search) -> bool:
         """Whether request text gets an answer: the model reads it, or its words are matched to item texts."""
@@ -150,6 +155,9 @@ class Recommender:
         request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
         s = dataclasses.replace(settings or Search(), **fields)
         candidates, weight = self.checked(s)
+        if s.history_match is None:  # the tuned hybrid's within its candidates (`tune-fusion`), else none
+            s = dataclasses.replace(s, history_match=float((self.fusion or {}).get("history_match", 0.0))
+                                    if candidates else 0.0)
         results: list[Recommendation | None] = [None] * len(requests)
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):

@@ -320,8 +320,8 @@ def serve(cfg: ServeConfig, log=print) -> None:
         log(f"warning: serving on {cfg.host} without an API key: anyone who can reach it may call it "
             "(set --api-key or GENREC_API_KEY)")
     rec = Recommender(cfg.model, cfg.dtype, cfg.backend, cfg.vllm)
-    if rec.matches_text(Search()):  # read before the first request, not within its timeout
-        log(f"reading the text of {len(rec.catalog)} items for request matching (text_match)")
+    if rec.matches_text(Search()) or (rec.fusion or {}).get("history_match"):  # before the first request's timeout
+        log(f"reading the text of {len(rec.catalog)} items for request and history matching")
         rec.catalog.text_embeddings()
     app = create_app(rec, cfg)
     log(f"serving {app.state.service.name} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/v1")

@@ -77,6 +77,13 @@ def test_evaluate_cli(tmp_path, tiny_model):
         groups = report["slices"][kind]
         assert sum(g["users"] for g in groups.values()) == 6
         assert all(set(g["models"]) == {"genrec", "popular", "sasrec"} for g in groups.values())
+        for g in groups.values():  # each group's own paired differences: genrec minus each baseline on its users
+            assert set(g["paired"]) == {"genrec - popular", "genrec - sasrec"}
+            for b in ("popular", "sasrec"):
+                d = g["paired"][f"genrec - {b}"]["NDCG@10"]
+                assert d["diff"] == pytest.approx(g["models"]["genrec"]["NDCG@10"]["mean"]
+                                                  - g["models"][b]["NDCG@10"]["mean"], abs=1e-9)
+                assert d["lo"] <= d["diff"] <= d["hi"]
     assert "NDCG@10 by user group" in md and "On these 6 users genrec is" in res.output
 
 

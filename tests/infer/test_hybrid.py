@@ -239,7 +239,8 @@ def test_tuned_fusion_is_kept_in_the_model_and_used_by_default(with_retriever, t
     r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[],
                                       output=str(tmp_path / "ev")), log=lambda m: None)
     assert r["hybrid"] == "generation within candidates" and r["retriever_recall"]["k"] == K
-    assert r["fusion"] == {"weight": tuned["weight"], "source": "tuned on 12 validation users", "candidates": K}
+    assert r["fusion"] == {"weight": tuned["weight"], "history_match": 0.0, "source": "tuned on 12 validation users",
+                           "candidates": K}
     r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[], candidates="catalog",
                                       output=str(tmp_path / "ev2")), log=lambda m: None)
     assert r["hybrid"] is None and "genrec x sasrec" not in r["results"]
@@ -280,6 +281,74 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
     # a huge weight is the retriever's own order whatever K is
     assert all({m: r[m] for m in ("NDCG@10", "HR@10")} == tuned["retriever_alone"] for r in tuned["table"]
                if r["weight"] == 1e4)
+
+
+@pytest.fixture(scope="module")
+def token_with_retriever(cut_token_model, tiny_data, tmp_path_factory):
+    """The tiny item-token model given a retriever (copied in here)."""
+    from genrec.data.prepared import load_prepared
+    from genrec.infer.retriever import Retriever
+
+    model = tmp_path_factory.mktemp("token-hybrid") / "m"
+    shutil.copytree(cut_token_model, model)
+    Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
+    return model
+
+
+def test_an_item_token_hybrid_tunes_and_serves_a_history_match_too(token_with_retriever, tmp_path):
+    """An item-token model's candidates also carry the history match (1 - the MiniLM cosine between the history's
+    mean item text and the item's, recomputed here from MiniLM apart from the code); `tune-fusion` chooses its
+    weight h with w on validation users, keeps it in fusion.json, and recommend and evaluate then rank within the
+    K by log p + w x log softmax(retriever) - h x that, unless asked otherwise."""
+    from genrec.config import EvaluateConfig, FusionConfig
+    from genrec.eval.fusion import tune_fusion
+    from genrec.eval.protocol import run_evaluation
+    from genrec.infer.hybrid import candidate_scores, hybrid_order
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+    from genrec.items.text import item_text, text_embeddings
+
+    model, K = tmp_path / "tuned", 6
+    shutil.copytree(token_with_retriever, model)
+    rec = Recommender(model)
+    data, uid, hist = a_user(rec)
+    req = Query(user_id=uid, history=hist, seen=set(hist))
+    scored = candidate_scores(rec, [req], 10, True, K)[0]
+    emb = torch.from_numpy(text_embeddings([item_text(rec.catalog[i]) for i in rec.index.item_ids]))
+    at = {i: n for n, i in enumerate(rec.index.item_ids)}
+    user = emb[[at[i] for i in hist]].mean(0)
+    want = [max(0.0, 1 - float(user @ emb[at[i]])) for i in scored["items"]]
+    assert scored["content"] == pytest.approx(want, abs=1e-4)
+    by_text = sorted(scored["items"], key=lambda i: (want[scored["items"].index(i)], scored["items"].index(i)))
+    assert hybrid_order(scored, 0.0, K, 1e4) == by_text != hybrid_order(scored, 0.0, K)
+
+    tuned = tune_fusion(FusionConfig(model=str(model), candidates=f"retriever:{K}", weights=[0.0, 1.0],
+                                     history_weights=[1e4, 0.0], max_users=12), log=lambda m: None)
+    assert [(r["weight"], r["history_match"]) for r in tuned["table"]] == [(0.0, 0.0), (0.0, 1e4), (1.0, 0.0),
+                                                                           (1.0, 1e4)]
+    best = max(r["NDCG@10"] for r in tuned["table"])
+    first = next(r for r in sorted(tuned["table"], key=lambda r: (r["weight"], r["history_match"]))
+                 if r["NDCG@10"] == best)
+    assert (tuned["weight"], tuned["history_match"]) == (first["weight"], first["history_match"])
+
+    # served by default: a fusion file whose h dominates ranks the K by their texts alone
+    (model / "fusion.json").write_text(json.dumps({**tuned, "weight": 0.0, "history_match": 1e4}))
+    rec = Recommender(model)
+    items = lambda res: [r.item_id for r in res[0].items]  # noqa: E731
+    assert items(rec.recommend([req], k=K, search="exact")) == by_text
+    assert items(rec.recommend([req], k=K, search="exact", history_match=0.0)) == \
+        items(rec.recommend([req], k=K, search="exact", candidates=K, retriever_weight=0.0, history_match=0.0))
+    assert items(rec.recommend([req], k=K, search="exact", history_match=0.0)) != by_text
+    r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[1, 5], baselines=[],
+                                      output=str(tmp_path / "ev")), log=lambda m: None)
+    assert r["fusion"]["history_match"] == 1e4 and r["fusion"]["weight"] == 0.0
+    assert "+ 10000 x history match" in (tmp_path / "ev" / "metrics.md").read_text()
+
+    (model / "fusion.json").write_text(json.dumps({**tuned, "history_match": -1}))
+    with pytest.raises(GenrecError, match="fusion file .*history_match"):
+        Recommender(model)
+    with pytest.raises(GenrecError, match="--history-weights must be non-negative"):
+        tune_fusion(FusionConfig(model=str(token_with_retriever), history_weights=[-1.0]), log=lambda m: None)
 
 
 def test_tuned_fusion_of_a_rerank_model(rerank_model, tmp_path):
