@@ -126,16 +126,21 @@ def test_final_list_is_a_permutation_of_the_catalog_minus_exclusions(reranker):
     assert {r.item_id for r in fused[1][0].items} == set(pool[:k])
 
 
-@pytest.fixture(scope="module")
-def with_retriever(tiny_model, tiny_data, tmp_path_factory):
-    """The tiny next_item model given a retriever (the directory is self-contained: copied in here)."""
+def given_a_retriever(trained, data, where):
+    """A copy of `trained` given a retriever (the directory is self-contained: copied in here)."""
     from genrec.data.prepared import load_prepared
     from genrec.infer.retriever import Retriever
 
-    model = tmp_path_factory.mktemp("hybrid") / "m"
-    shutil.copytree(tiny_model, model)
-    Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
+    model = where / "m"
+    shutil.copytree(trained, model)
+    Retriever.train(load_prepared(data), seed=1, max_seconds=10, log=lambda m: None).save(model)
     return model
+
+
+@pytest.fixture(scope="module")
+def with_retriever(tiny_model, tiny_data, tmp_path_factory):
+    """The tiny next_item model given a retriever."""
+    return given_a_retriever(tiny_model, tiny_data, tmp_path_factory.mktemp("hybrid"))
 
 
 def test_generation_within_candidates(with_retriever, tmp_path):
@@ -285,14 +290,8 @@ def test_fusion_chooses_k_too_from_one_scoring(with_retriever, tmp_path):
 
 @pytest.fixture(scope="module")
 def token_with_retriever(cut_token_model, tiny_data, tmp_path_factory):
-    """The tiny item-token model given a retriever (copied in here)."""
-    from genrec.data.prepared import load_prepared
-    from genrec.infer.retriever import Retriever
-
-    model = tmp_path_factory.mktemp("token-hybrid") / "m"
-    shutil.copytree(cut_token_model, model)
-    Retriever.train(load_prepared(tiny_data), seed=1, max_seconds=10, log=lambda m: None).save(model)
-    return model
+    """The tiny item-token model given a retriever."""
+    return given_a_retriever(cut_token_model, tiny_data, tmp_path_factory.mktemp("token-hybrid"))
 
 
 def test_an_item_token_hybrid_tunes_and_serves_a_history_match_too(token_with_retriever, tmp_path):
