@@ -268,8 +268,9 @@ def history_rows(model: Path, args, name: str, label: str, rows: list[dict]) -> 
                  "HR@10": fmt_ci(ev["intervals"]["genrec"]["HR@10"]),
                  "genrec - this (NDCG@10)": f"{fmt_diff(diff['NDCG@10'])} (this minus the arm without it)",
                  "CPU-minutes (train)": ""})
-    for kind, group in (("target_popularity", "tail"), ("target", "cold")):
-        sl = (ev.get("slices") or {}).get(kind, {}).get(group)
+    everyone = {"users": ev["users_evaluated"], "models": ev["intervals"], "paired": ev["paired_differences"]}
+    for kind, group in (("", "all"), ("target_popularity", "tail"), ("target", "cold")):
+        sl = everyone if group == "all" else (ev.get("slices") or {}).get(kind, {}).get(group)
         for pair, d in (sl or {}).get("paired", {}).items():
             rows.append({"dataset": name, "model": f"genrec ({label}) + history match {best:g} [{group} targets]",
                          "users": sl["users"], "NDCG@10": fmt_ci(sl["models"]["genrec"]["NDCG@10"]), "HR@10": "",
