@@ -367,7 +367,8 @@ def tune_fusion(config_path, overrides, **opts) -> None:
 
     Scores every user's K candidates once (the LLM and the model's retriever), ranks them by
     log p_LLM + W x log softmax(retriever) [+ H x history match, item-token models] for each W (and each K and H
-    given), keeps the best NDCG@10 in <model>/fusion.json.
+    given), keeps the best NDCG@10 in <model>/fusion.json. An item-token model without a retriever: its history
+    match H alone, each searched over the whole catalog.
     """
     from genrec.config import load_config, parse_overrides
     from genrec.eval.fusion import tune_fusion as run_tuning

@@ -32,8 +32,8 @@ def fuse(llm: list[float], retriever: list[float], weight: float, content: list[
          history: float = 0.0) -> list[tuple[int, float]]:
     """The hybrid's order of K candidates: log p_LLM + weight * log softmax(retriever scores over the K)
     [- history * content, content being each candidate's `Catalog.history_penalty` at weight 1: the history
-    match an item-token search adds to log p], best first, ties in input order (the reranker gets them in the retriever's
-    order). One rule for the reranker's label scores and for generation within candidates (sequence
+    match an item-token search adds to log p], best first, ties in input order (the reranker gets them in the
+    retriever's order). One rule for the reranker's label scores and for generation within candidates (sequence
     log-probabilities); weight 0 is the LLM alone."""
     import torch
 

@@ -36,9 +36,10 @@ class Recommender:
         self.dir = card.dir
         self.tok = load_tokenizer(card.dir)
         self.retriever = Retriever.load(card.dir)  # None for a model trained without one
-        # the hybrid `genrec tune-fusion` chose on validation users (candidates K, retriever weight w), or None
-        self.fusion = card.fusion() if self.retriever is not None else None
         self._set_catalog(Catalog(card.catalog_rows(), card.item_index(), card.popularity()))
+        # what `genrec tune-fusion` chose on validation users, or None: the hybrid (candidates K, retriever weight w,
+        # history match h), or for an item-token model without a retriever h over the whole catalog (K None, w 0)
+        self.fusion = card.fusion() if self.retriever is not None or self.can_match_history else None
         if self.index.new_tokens and card.merged_path() is None:
             raise GenrecError(f"{card.dir} writes code tokens but has no merged model (retrain with `genrec sft`)")
         longest = max(b.max_tokens for b in self.builders.values())
@@ -155,9 +156,10 @@ class Recommender:
         request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
         s = dataclasses.replace(settings or Search(), **fields)
         candidates, weight = self.checked(s)
-        if s.history_match is None:  # the tuned hybrid's within its candidates (`tune-fusion`), else none
-            s = dataclasses.replace(s, history_match=float((self.fusion or {}).get("history_match", 0.0))
-                                    if candidates else 0.0)
+        if s.history_match is None:  # the tuned one (`tune-fusion`) where it was tuned (within K, or the catalog)
+            tuned = self.fusion or {}
+            same = bool(candidates) == (tuned.get("candidates") is not None)
+            s = dataclasses.replace(s, history_match=float(tuned.get("history_match", 0.0)) if same else 0.0)
         results: list[Recommendation | None] = [None] * len(requests)
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):

@@ -306,6 +306,39 @@ def test_history_match_adds_the_content_baselines_cosine_to_log_p(cut_token_mode
         rec.recommend([req], k=3, history_match=-1)
 
 
+def test_tune_fusion_chooses_the_history_match_of_a_model_without_a_retriever(cut_token_model, tmp_path):
+    """An item-token model without a retriever: `tune-fusion` searches the whole catalog at each history-match
+    weight for validation users, keeps the best in fusion.json (no K, no retriever weight), and recommend then uses
+    it for the whole catalog unless asked otherwise; a K asked for (no retriever) is still an error."""
+    import shutil
+
+    from genrec.config import FusionConfig
+    from genrec.eval.baselines import content_rankings
+    from genrec.eval.fusion import tune_fusion
+    from genrec.infer.query import Query
+    from genrec.infer.recommender import Recommender
+
+    model = tmp_path / "m"
+    shutil.copytree(cut_token_model, model)
+    tuned = tune_fusion(FusionConfig(model=str(model), history_weights=[1e4, 0.0], max_users=12), log=lambda m: None)
+    assert tuned["candidates"] is None and tuned["weight"] == 0.0 and tuned["users"] == 12
+    assert [r["history_match"] for r in tuned["table"]] == [0.0, 1e4]
+    best = max(r["NDCG@10"] for r in tuned["table"])
+    assert tuned["history_match"] == next(r["history_match"] for r in tuned["table"] if r["NDCG@10"] == best)
+    assert json.loads((model / "fusion.json").read_text()) == json.loads(json.dumps(tuned))
+
+    (model / "fusion.json").write_text(json.dumps({**tuned, "history_match": 1e4}))
+    rec, plain = Recommender(model), Recommender(cut_token_model)
+    history = rec.index.item_ids[:3]
+    req = Query(history=history, seen=set(history))
+    items = lambda res: [x.item_id for x in res[0].items]  # noqa: E731
+    assert items(rec.recommend([req], k=3)) == content_rankings(rec.catalog, [history], [set(history)], 3)[0]
+    assert items(rec.recommend([req], k=3, history_match=0.0)) == items(plain.recommend([req], k=3))
+    assert items(rec.recommend([req], k=3)) != items(plain.recommend([req], k=3))
+    with pytest.raises(GenrecError, match="retriever"):
+        rec.recommend([req], k=3, candidates=5)
+
+
 def test_an_item_token_model_explains_each_item_by_its_nearest_history_item(tmp_path, cut_token_model):
     """An item-token model trained without reason lines gives a reason per item: the history item whose output row
     has the largest cosine with the item's (both less the mean item row), and the attribute values both have, and its items are the same as
