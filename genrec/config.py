@@ -322,10 +322,11 @@ class FusionConfig(EngineConfig):
                                                       "own K).")
     weights: list[float] = opt(factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
                                help="Comma-separated retriever weights to try [0,0.25,0.5,1,2,4,8,16].")
-    history_weights: list[float] = opt(factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
+    # the grid that found h = 30 on Amazon Scientific (quality_cold_history_match_scientific); each h is a whole
+    # search for a model without a retriever, and free within a hybrid's one scoring
+    history_weights: list[float] = opt(factory=lambda: [0.0, 1.0, 3.0, 10.0, 30.0],
                                        help="An item-token model: comma-separated history-match weights to try with "
-                                            "each retriever weight (--history-match within the candidates; 0 = off) "
-                                            "[0,0.5,1,2,4,8].")
+                                            "each retriever weight (--history-match; 0 = off) [0,1,3,10,30].")
     max_users: int | None = opt(2000, help="Validation users, a seeded random sample (none: all) [2000].")
     batch_size: int = opt(8, help="Users per batch.")
     seed: int = 42
