@@ -435,6 +435,9 @@ def _measure(rec: Recommender, cfg: EvaluateConfig, plan: Plan, users: Users, ra
         "baselines_all_users": _all_users(cfg, users, ranked.everyone, catalog), "sasrec": ranked.sasrec_facts,
         "retriever_recall": ranked.recall,
         "hybrid": None if plan.hybrid_k is None else ("rerank" if plan.rerank else "generation within candidates"),
+        # genrec's row: asked for, else (the whole catalog) the tuned one; a hybrid's fused row: "fusion"
+        "history_match": (cfg.history_match or 0.0) if plan.hybrid_k is not None else
+        cfg.history_match if cfg.history_match is not None else rec.tuned_history_match(None),
         "fusion": None if plan.hybrid_k is None else {**plan.fusion, "candidates": plan.hybrid_k},
         "targets_pop_pct": target_pct, "perturbation": _perturbation(cfg, plan, full),
         "reason_grounding": ranked.grounding, "task": plan.task, "data": str(data.path), "catalog_transfer": transfer,

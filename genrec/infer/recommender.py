@@ -114,6 +114,13 @@ class Recommender:
         """Whether a history's item texts are matched to item texts (`Search.history_match` > 0, item tokens)."""
         return bool(s.history_match) and self.can_match_history
 
+    def tuned_history_match(self, candidates: int | None) -> float:
+        """The history match a search runs with when none is asked for: the one `tune-fusion` chose, where it was
+        chosen (within the retriever's K, or over the whole catalog), else 0."""
+        tuned = self.fusion or {}
+        same = bool(candidates) == (tuned.get("candidates") is not None)
+        return float(tuned.get("history_match", 0.0)) if same else 0.0
+
     @property
     def can_match_history(self) -> bool:
         """An item-token model can add `Catalog.history_penalty` to each item's log p: one token, one score."""
@@ -156,10 +163,8 @@ class Recommender:
         request, at least max(k, K) long) spares asking the retriever again when the caller already did."""
         s = dataclasses.replace(settings or Search(), **fields)
         candidates, weight = self.checked(s)
-        if s.history_match is None:  # the tuned one (`tune-fusion`) where it was tuned (within K, or the catalog)
-            tuned = self.fusion or {}
-            same = bool(candidates) == (tuned.get("candidates") is not None)
-            s = dataclasses.replace(s, history_match=float(tuned.get("history_match", 0.0)) if same else 0.0)
+        if s.history_match is None:
+            s = dataclasses.replace(s, history_match=self.tuned_history_match(candidates))
         results: list[Recommendation | None] = [None] * len(requests)
         groups: dict[int, tuple[PromptBuilder, list[int]]] = {}  # requests per prompt builder, in order
         for n, req in enumerate(requests):

@@ -337,6 +337,13 @@ def test_tune_fusion_chooses_the_history_match_of_a_model_without_a_retriever(cu
     assert items(rec.recommend([req], k=3)) != items(plain.recommend([req], k=3))
     with pytest.raises(GenrecError, match="retriever"):
         rec.recommend([req], k=3, candidates=5)
+    from genrec.config import EvaluateConfig
+    from genrec.eval.protocol import run_evaluation
+
+    for asked, used in ((None, 1e4), (0.0, 0.0)):
+        r = run_evaluation(EvaluateConfig(model=str(model), max_users=6, ks=[10], baselines=[], history_match=asked,
+                                          output=str(tmp_path / f"ev{used:g}")), log=lambda m: None)
+        assert r["history_match"] == used and r["hybrid"] is None
 
 
 def test_an_item_token_model_explains_each_item_by_its_nearest_history_item(tmp_path, cut_token_model):
