@@ -39,6 +39,24 @@ def provenance_line(p: dict) -> str:
     return " · ".join(x for x in parts if x)
 
 
+def group_pairs(arms: dict) -> list[dict]:
+    """The paired differences an arm's evaluation kept within the target-popularity tiers and cold/warm targets
+    (an arm's own, and its history-match run's): where a claim about the tail or cold items is read."""
+    rows = []
+    for name, a in arms.items():
+        runs = [(name, a.get("slices"))]
+        if isinstance(a.get("history_match"), dict):
+            runs.append((f"{name} + history match {a['history_match']['history_match']:g}",
+                         a["history_match"].get("slices")))
+        for label, slices in runs:
+            for kind in ("target_popularity", "target"):
+                for group, sl in ((slices or {}).get(kind) or {}).items():
+                    rows += [{"arm: within a user group (paired, its users)": label, "group": f"{group} targets",
+                              "users": sl["users"], "a - b": pair, "NDCG@10": fmt_diff(d["NDCG@10"])}
+                             for pair, d in (sl.get("paired") or {}).items()]
+    return rows
+
+
 def render(results: Path = RESULTS) -> str:
     files = sorted(results.glob("*.json"), key=lambda f: (f.stem not in FIRST,
                                                           FIRST.index(f.stem) if f.stem in FIRST else 0, f.stem))
@@ -59,6 +77,9 @@ def render(results: Path = RESULTS) -> str:
             out += ["", markdown_table([{"arm minus arm (paired, same users)": k, "users": v["users"],
                                          "NDCG@10": fmt_diff(v["NDCG@10"]), "HR@10": fmt_diff(v["HR@10"])}
                                         for k, v in pairs.items()])]
+        grouped = group_pairs(doc.get("arms") or {})
+        if grouped:  # within a user group, model minus model on its users (genrec.eval.report.user_slices)
+            out += ["", markdown_table(grouped)]
         told = {k: a["reasons"] for k, a in (doc.get("arms") or {}).items() if a.get("reasons")}
         if told:  # the top-1 item's reason per user (benchmarks.bench_quality --reasons)
             out += ["", markdown_table([{
