@@ -222,7 +222,7 @@ def _plan(rec: Recommender, cfg: EvaluateConfig, task: str, data) -> Plan:
     if hybrid_k is not None and "sasrec" not in baselines:
         baselines.append("sasrec")
     return Plan(task=task, kmax=max(cfg.ks), cold=cold, asks=asks, baselines=baselines, rerank=rerank, cand_k=cand_k,
-                hybrid_k=hybrid_k, fusion=_fusion_weight(cfg, tuned), search=search,
+                hybrid_k=hybrid_k, fusion=_fusion_weight(cfg, tuned, rec.tuned_history_match(hybrid_k)), search=search,
                 perturb=parse_perturb(cfg.perturb))
 
 
@@ -236,11 +236,11 @@ def _baselines(cfg: EvaluateConfig, cold: bool, data) -> list[str]:
     return baselines
 
 
-def _fusion_weight(cfg: EvaluateConfig, tuned: dict) -> dict:
+def _fusion_weight(cfg: EvaluateConfig, tuned: dict, tuned_history: float) -> dict:
     """The fused row's weight: asked for, else the tuned one, else a fixed even mix (`infer/hybrid.py` owns both);
-    its history match: asked for, else the tuned one, else none."""
+    its history match: asked for, else the tuned one (`Recommender.tuned_history_match`)."""
     weight, source = retriever_weight(cfg.retriever_weight, tuned, UNTUNED_FUSED_ROW_WEIGHT)
-    history = cfg.history_match if cfg.history_match is not None else float(tuned.get("history_match", 0.0))
+    history = cfg.history_match if cfg.history_match is not None else tuned_history
     return {"weight": weight, "history_match": history, "source": source}
 
 
